@@ -5,6 +5,7 @@ from .lattice import (BravaisLattice, Hopping, cubic, cubic_lattice, graph_from_
                       square, square_lattice, triangular, triangular_lattice)
 from .graph import from_networkx
 from .ed import ExactDiagonalization, check_spins
+from .data import SpinDataset, generate_dataset, load_dataset, read_spins
 from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral, triple_q_vectors
 
 __version__ = "0.1.0"
@@ -15,5 +16,6 @@ __all__ = [
     "square_lattice", "triangular_lattice", "honeycomb_lattice", "kagome_lattice", "cubic_lattice",
     "graph_from_description", "site_permutation", "from_networkx",
     "ExactDiagonalization", "check_spins",
+    "generate_dataset", "load_dataset", "SpinDataset", "read_spins",
     "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal",
 ]

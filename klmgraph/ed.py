@@ -7,10 +7,12 @@ hopping block -t on both spins and the on-site block -(J/2) S_r . sigma (DESIGN.
 
 Ensembles (T is the electronic temperature):
 
-* canonical, T = 0: the N_e = round(2 N n) lowest levels are occupied, E = sum of them;
+* canonical, T = 0: the N_e = round(2 N n) lowest levels are occupied, E = sum of them
+  (a degenerate shell at the Fermi level shares its electrons equally: the T -> 0+ limit);
 * canonical, T > 0: Fermi occupations with mu fixed by sum f = N_e; E is the free energy
   Omega + mu N_e;
-* grand canonical, T = 0: levels below mu are occupied, E = sum (eps - mu) over them;
+* grand canonical, T = 0: levels below mu are occupied, E = sum (eps - mu) over them
+  (a level exactly at mu holds 1/2);
 * grand canonical, T > 0: E is the grand potential Omega = -T sum log(1 + exp(-(eps - mu) / T)).
 
 In every case the effective field is B_r = -dE/dS_r = (J/2) sum_k f_k psi_k(r)^+ sigma psi_k(r)
@@ -158,17 +160,25 @@ class ExactDiagonalization:
             -> f (B, 2N), E (B,)
         """
         T = self.temperature
+        # levels closer than this count as degenerate (eigh's error is ~1e-15 of the spectral radius)
+        tol = 1e-9 * levels.abs().amax(-1, keepdim=True).clamp(min=1.0)
         if self.num_electrons is None:  # grand canonical: levels already measured from mu
             if T == 0.0:
-                f = (levels < 0).to(levels.dtype)
+                f = (levels < -tol).to(levels.dtype) + 0.5 * (levels.abs() <= tol).to(levels.dtype)
                 return f, (f * levels).sum(-1)
             f = torch.sigmoid(-levels / T)
             return f, -T * torch.nn.functional.softplus(-levels / T).sum(-1)
         ne = self.num_electrons
         if T == 0.0:
-            f = torch.zeros_like(levels)
-            f[:, :ne] = 1.0
-            return f, levels[:, :ne].sum(-1)
+            # A degenerate shell at the Fermi level shares its electrons equally (the T -> 0+
+            # limit of the Fermi function); otherwise the field would depend on which
+            # eigenvectors eigh happened to return, e.g. for a ferromagnet on a small lattice.
+            fermi = levels[:, ne - 1 : ne]
+            below = (levels < fermi - tol).to(levels.dtype)
+            shell = ((levels - fermi).abs() <= tol).to(levels.dtype)
+            fraction = (ne - below.sum(-1, keepdim=True)) / shell.sum(-1, keepdim=True)
+            f = below + shell * fraction
+            return f, (f * levels).sum(-1)
         mu = self._chemical_potential(levels, ne, T)
         x = (levels - mu[:, None]) / T
         f = torch.sigmoid(-x)

@@ -33,6 +33,7 @@ Per-configuration attributes added by data sets and models: ``spins`` (N, 3),
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -197,6 +198,9 @@ def from_networkx(G, hopping: str = "t", edge_class: str = "edge_type", pos: str
         "nodes": n,
         "edges": nx.number_of_edges(G),
         "classes": classes,
+        # two different graphs of equal size must not pass for one another
+        "fingerprint": hashlib.sha256(b"".join(x.numpy().tobytes() for x in (
+            graph.edge_index, graph.edge_type, graph.hopping))).hexdigest()[:16],
     }
     graph.symmetry_perm = sites[None].clone()
     graph.symmetry_rotation = torch.eye(3, dtype=torch.float64)[None]

@@ -1,0 +1,248 @@
+"""Exact-diagonalization data sets in HDF5, and reading them back as PyG ``Data`` objects.
+
+File layout (format "klmgraph-dataset", version 1)::
+
+    /spins   (M, N, 3) float64   written in full when the file is created
+    /energy  (M,)      float64   E_el, NaN until computed
+    /field   (M, N, 3) float64   B = -dE/dS, NaN until computed
+    /graph/  edge_index, edge_type, hopping, edge_vec, pos, cell, symmetry_perm, symmetry_rotation
+    attrs:   format, format_version, graph (JSON description), edge_classes (JSON),
+             hamiltonian (JSON: J, filling, mu, temperature, num_electrons), num_samples,
+             num_done, source, seed
+
+Samples 0 .. num_done - 1 are complete. Labels are written and flushed before ``num_done`` is
+advanced, so an interrupted run leaves at most unfinished samples beyond ``num_done``; those
+are never read back, and :func:`generate_dataset` on the same path resumes after them.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .ed import ExactDiagonalization, check_spins
+from .graph import HoppingGraph
+from .spins import random_spins
+
+__all__ = ["generate_dataset", "load_dataset", "SpinDataset", "read_spins"]
+
+FORMAT = "klmgraph-dataset"
+FORMAT_VERSION = 1
+_GRAPH_KEYS = ("edge_index", "edge_type", "hopping", "edge_vec", "pos", "cell", "symmetry_perm", "symmetry_rotation")
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+def generate_dataset(path: str | Path, ed: ExactDiagonalization, num_samples: int | None = None,
+                     spins: torch.Tensor | None = None, seed: int = 0, batch_size: int = 1,
+                     progress: bool = True, overwrite: bool = False) -> Path:
+    """Write (spins, E_el, B) of random or given configurations to an HDF5 data set.
+
+    Re-running on an existing, unfinished file with the same settings resumes it; a finished
+    one is left as it is. Settings that differ from the file's raise ValueError (pass
+    ``overwrite=True`` to start afresh).
+
+    Args:
+        path: output file (.h5).
+        ed: the exact solver; its graph and parameters are stored as metadata.
+        num_samples: number of random configurations (uniform on the sphere, from ``seed``).
+        spins: (M, N, 3) configurations to label instead of random ones.
+        seed: seed of the random configurations.
+        batch_size: configurations diagonalised together.
+        progress: show a tqdm progress bar.
+        overwrite: replace an existing file with different settings.
+
+    Returns:
+        The path written.
+    """
+    h5py = _h5py()
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    graph = ed.graph
+    if (num_samples is None) == (spins is None):
+        raise ValueError("give exactly one of num_samples (random configurations) and spins")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if spins is None:
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        spins = random_spins(graph, batch=int(num_samples), seed=seed)
+        source = "random"
+    else:
+        spins = check_spins(torch.as_tensor(spins, dtype=torch.float64), graph.num_nodes)
+        spins = spins.reshape(-1, graph.num_nodes, 3)
+        source = "given"
+        seed = -1
+    settings = {
+        "graph": json.dumps(graph.description, sort_keys=True),
+        "hamiltonian": json.dumps(ed.parameters(), sort_keys=True),
+        "num_samples": len(spins),
+        "source": source,
+        "seed": int(seed),
+    }
+    if path.exists() and not overwrite:
+        with _open(path, "r") as f:
+            _check_settings(f, path, settings, spins)
+    else:
+        _create(path, graph, settings, spins)
+
+    with _open(path, "r+") as f:
+        done, total = int(f.attrs["num_done"]), len(spins)
+        bar = tqdm(total=total, initial=done, desc=f"ED {graph.describe()}", unit="config", disable=not progress)
+        while done < total:
+            stop = min(done + batch_size, total)
+            energy, field = ed.energy_and_field(spins[done:stop])
+            f["energy"][done:stop] = energy.cpu().numpy()
+            f["field"][done:stop] = field.cpu().numpy()
+            f.flush()
+            f.attrs["num_done"] = stop  # only after the labels are on disk
+            f.flush()
+            bar.update(stop - done)
+            done = stop
+        bar.close()
+    return path
+
+
+def _open(path: Path, mode: str):
+    h5py = _h5py()
+    try:
+        return h5py.File(path, mode)
+    except OSError as err:
+        raise ValueError(f"cannot read data set {path}: {err}") from None
+
+
+def _create(path: Path, graph: HoppingGraph, settings: dict, spins: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with _h5py().File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["edge_classes"] = json.dumps(graph.edge_classes)
+        for key, value in settings.items():
+            f.attrs[key] = value
+        f.attrs["num_done"] = 0
+        m, n = spins.shape[:2]
+        f.create_dataset("spins", data=spins.numpy())
+        f.create_dataset("energy", data=np.full(m, np.nan))
+        f.create_dataset("field", data=np.full((m, n, 3), np.nan), chunks=(1, n, 3))
+        g = f.create_group("graph")
+        for key in _GRAPH_KEYS:
+            g.create_dataset(key, data=getattr(graph, key).numpy())
+    tmp.replace(path)  # a file that exists under its name is always well-formed
+
+
+def _check_settings(f, path: Path, settings: dict, spins: torch.Tensor) -> None:
+    if f.attrs.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a klmgraph data set; choose another path or overwrite=True")
+    for key, value in settings.items():
+        stored = f.attrs.get(key)
+        if isinstance(stored, bytes):
+            stored = stored.decode()
+        if stored != value and not (isinstance(value, int) and stored is not None and int(stored) == value):
+            raise ValueError(f"{path} exists with different {key} ({stored} vs {value}); "
+                             "choose another path or pass overwrite=True")
+    if not np.array_equal(f["spins"][()], spins.numpy()):
+        raise ValueError(f"{path} exists with different spin configurations; choose another path or overwrite=True")
+
+
+class SpinDataset(torch.utils.data.Dataset):
+    """Labelled spin configurations on one graph; items are PyG ``Data`` ready to batch.
+
+    Attributes:
+        graph: the :class:`HoppingGraph`.
+        spins: (M, N, 3); energy: (M,); field: (M, N, 3) (float64).
+        hamiltonian: dict of the ED parameters.
+
+    Each item is a shallow copy of the graph with ``spins`` (N, 3), ``energy`` (1,) and
+    ``field`` (N, 3), so ``torch_geometric.loader.DataLoader`` batches them.
+    """
+
+    def __init__(self, graph: HoppingGraph, spins: torch.Tensor, energy: torch.Tensor, field: torch.Tensor,
+                 hamiltonian: dict | None = None):
+        if spins.shape != field.shape or spins.shape[:1] != energy.shape or spins.shape[1] != graph.num_nodes:
+            raise ValueError(f"inconsistent shapes: spins {tuple(spins.shape)}, energy {tuple(energy.shape)}, "
+                             f"field {tuple(field.shape)} on a graph of {graph.num_nodes} sites")
+        self.graph, self.spins, self.energy, self.field = graph, spins, energy, field
+        self.hamiltonian = dict(hamiltonian or {})
+
+    def __len__(self) -> int:
+        return len(self.spins)
+
+    def __getitem__(self, index: int) -> HoppingGraph:
+        data = copy.copy(self.graph)
+        data.spins = self.spins[index]
+        data.energy = self.energy[index].reshape(1)
+        data.field = self.field[index]
+        return data
+
+
+def load_dataset(path: str | Path, graph: HoppingGraph | None = None, allow_partial: bool = False) -> SpinDataset:
+    """Read a data set written by :func:`generate_dataset`.
+
+    Args:
+        path: the HDF5 file.
+        graph: if given, the data set must have been generated on this lattice.
+        allow_partial: read the complete samples of an unfinished file instead of refusing it.
+
+    Raises:
+        ValueError: unreadable or foreign file, unfinished file, or another lattice.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"data set {path} does not exist")
+    with _open(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a klmgraph data set (no format attribute '{FORMAT}')")
+        if int(f.attrs["format_version"]) > FORMAT_VERSION:
+            raise ValueError(f"{path} has format version {f.attrs['format_version']}; this klmgraph reads "
+                             f"up to {FORMAT_VERSION}: upgrade klmgraph")
+        try:
+            done, total = int(f.attrs["num_done"]), int(f.attrs["num_samples"])
+            description = json.loads(f.attrs["graph"])
+            arrays = {key: torch.from_numpy(f["graph"][key][()]) for key in _GRAPH_KEYS}
+            classes = json.loads(f.attrs["edge_classes"])
+            hamiltonian = json.loads(f.attrs["hamiltonian"])
+            spins = torch.from_numpy(f["spins"][:done])
+            energy = torch.from_numpy(f["energy"][:done])
+            field = torch.from_numpy(f["field"][:done])
+        except KeyError as err:
+            raise ValueError(f"{path} is damaged: missing {err}") from None
+    if done < total and not allow_partial:
+        raise ValueError(f"{path} is unfinished ({done} of {total} samples): run generate on it again "
+                         "to resume, or pass allow_partial=True")
+    stored = HoppingGraph(**arrays, num_nodes=arrays["pos"].shape[0])
+    stored.edge_classes = classes
+    stored.description = description
+    if graph is not None and not graph.same_lattice(description):
+        raise ValueError(f"{path} was generated on {stored.describe()}, not on {graph.describe()}")
+    if not (torch.isfinite(energy).all() and torch.isfinite(field).all()):
+        raise ValueError(f"{path} holds non-finite labels among its complete samples: the file is damaged")
+    return SpinDataset(graph if graph is not None else stored, spins, energy, field, hamiltonian)
+
+
+def read_spins(path: str | Path) -> torch.Tensor:
+    """Spin configurations from .npy, .npz (key 'spins') or HDF5 (data set 'spins'): (M, N, 3)."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"spin file {path} does not exist")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                array = z["spins"]
+        else:
+            with _open(path, "r") as f:
+                array = f["spins"][()]
+    except (KeyError, ValueError, OSError) as err:
+        raise ValueError(f"cannot read spins from {path}: {err}") from None
+    spins = torch.as_tensor(array, dtype=torch.float64)
+    return spins[None] if spins.dim() == 2 else spins
