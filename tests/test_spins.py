@@ -48,9 +48,11 @@ def test_multi_q_and_skyrmion_crystal():
     # the core at the origin points against z, the offset m_z raises the mean S^z
     assert float(sk[0, 2]) == pytest.approx(-1.0)
     assert float(sk[:, 2].mean()) > float(klmgraph.skyrmion_crystal(graph, m_z=0.0)[:, 2].mean())
-    # Q = pi/3 is commensurate with 12x12: translating by 6 a1 maps the texture onto itself
-    perm = klmgraph.site_permutation(graph, translation=(6.0, 0.0))
+    # |Q| = pi/3: the magnetic cell (48 sites) is spanned by 8 a1 + 4 a2 = (6, 2 sqrt 3) and its
+    # rotations; translating by it maps the texture onto itself, translating by 6 a1 does not
+    perm = klmgraph.site_permutation(graph, translation=(6.0, 2 * math.sqrt(3)))
     torch.testing.assert_close(sk[perm], sk)
+    assert not torch.allclose(sk[klmgraph.site_permutation(graph, translation=(6.0, 0.0))], sk)
 
 
 def test_ansatz_that_vanishes_is_refused():
