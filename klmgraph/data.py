@@ -96,7 +96,7 @@ def generate_dataset(path: str | Path, ed: ExactDiagonalization, num_samples: in
 
     with _open(path, "r+") as f:
         done, total = int(f.attrs["num_done"]), len(spins)
-        bar = tqdm(total=total, initial=done, desc=f"ED {graph.describe()}", unit="config", disable=not progress)
+        bar = tqdm(total=total, initial=done, desc="ED", unit="config", disable=not progress)
         while done < total:
             stop = min(done + batch_size, total)
             energy, field = ed.energy_and_field(spins[done:stop])
