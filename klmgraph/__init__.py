@@ -6,6 +6,9 @@ from .lattice import (BravaisLattice, Hopping, cubic, cubic_lattice, graph_from_
 from .graph import from_networkx
 from .ed import ExactDiagonalization, check_spins
 from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral, triple_q_vectors
+from .dynamics import LLG, Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
+from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
+                      skyrmion_number, skyrmion_number_per_cell, structure_factor)
 
 __version__ = "0.1.0"
 
@@ -16,4 +19,7 @@ __all__ = [
     "graph_from_description", "site_permutation", "from_networkx",
     "ExactDiagonalization", "check_spins",
     "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal",
+    "LLG", "Provider", "as_provider", "Zeeman", "SingleIonAnisotropy", "Heisenberg",
+    "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
+    "structure_factor", "magnetic_cell_sites", "locality",
 ]
