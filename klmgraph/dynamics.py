@@ -225,13 +225,21 @@ class Heisenberg(Provider):
         keep = weight != 0
         self.num_sites = graph.num_nodes
         self.J = j
-        self._source, self._target = graph.edge_index[:, keep]
-        self._weight = weight[keep]
+        self._edges = (*graph.edge_index[:, keep], weight[keep])
+        self._cache = {}
+
+    def _edges_on(self, device, dtype):
+        """(source, target, weight) on the spins' device, copied there once."""
+        key = (str(device), dtype)
+        if key not in self._cache:
+            src, dst, w = self._edges
+            self._cache[key] = (src.to(device), dst.to(device), w.to(device=device, dtype=dtype))
+        return self._cache[key]
 
     def energy_and_field(self, spins):
         _check_shape(spins, self.num_sites)
-        src, dst = self._source.to(spins.device), self._target.to(spins.device)
-        w = self._weight.to(spins.dtype).to(spins.device)[:, None]  # (E, 1)
+        src, dst, w = self._edges_on(spins.device, spins.dtype)
+        w = w[:, None]  # (E, 1)
         s_src, s_dst = spins[..., src, :], spins[..., dst, :]  # (..., E, 3)
         energy = -0.5 * (w[:, 0] * (s_src * s_dst).sum(-1)).sum(-1)
         # gradient of both ends of every directed edge: exact even if J_ij != J_ji were given
@@ -280,9 +288,12 @@ class LLG:
       solved exactly for a given W by a Cayley rotation (norm preserved to rounding); W is
       evaluated at the normalised midpoint of the previous estimate, ``iterations`` times
       (the first at S0). iterations = 2 is the semi-implicit scheme B of J. H. Mentink et al.,
-      J. Phys.: Condens. Matter 22, 176001 (2010), which also integrates the Stratonovich
-      noise; more iterations approach the implicit midpoint rule. With noise it needs
-      iterations >= 2 (a single evaluation at S0 would integrate the Ito equation).
+      J. Phys.: Condens. Matter 22, 176001 (2010), except that the field is taken at the
+      *normalised* midpoint, because providers such as exact diagonalization accept unit
+      spins only; like the original it integrates the Stratonovich noise (weak order 1, with
+      the same noise sample in every iteration). More iterations approach the implicit
+      midpoint rule. With noise it needs iterations >= 2 (a single evaluation at S0 would
+      integrate the Ito equation, whose spurious drift breaks the Boltzmann distribution).
 
     Args:
         provider: force provider (see :func:`as_provider`).
