@@ -228,7 +228,7 @@ class StructureFactor:
         One configuration only."""
         if self.value.dim() != len(self.size):
             raise ValueError("peaks are found for one configuration at a time")
-        value = self.value.clone()
+        value = self.value.detach().cpu().clone()
         zero = (0,) * len(self.size)
         if not include_zero:
             value[zero] = -1.0
@@ -338,7 +338,7 @@ class Locality:
         """Distinct distances (ascending) and the largest ratio at each: (D,), (D,)."""
         shells, inverse = torch.unique(torch.round(self.distance * 10 ** decimals) / 10 ** decimals,
                                        return_inverse=True)
-        top = torch.zeros(len(shells), dtype=self.ratio.dtype).scatter_reduce(
+        top = torch.zeros(len(shells), dtype=self.ratio.dtype, device=self.ratio.device).scatter_reduce(
             0, inverse, self.ratio, reduce="amax", include_self=False)
         return shells, top
 
@@ -383,10 +383,10 @@ def locality(provider, graph: HoppingGraph, spins: torch.Tensor, site: int = 0,
         raise ValueError(f"site must lie in [0, {graph.num_nodes}), got {site}")
     s = spins[site].to(torch.float64)
     if axis is None:
-        axis = torch.linalg.cross(s, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+        axis = torch.linalg.cross(s, s.new_tensor([0.0, 0.0, 1.0]))
         if axis.norm() < 1e-8:
-            axis = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
-    axis = torch.as_tensor(axis, dtype=torch.float64)
+            axis = s.new_tensor([1.0, 0.0, 0.0])
+    axis = torch.as_tensor(axis, dtype=torch.float64, device=s.device)
     axis = axis / axis.norm()
     # Rodrigues rotation of one spin
     rotated = (s * math.cos(angle) + torch.linalg.cross(axis, s) * math.sin(angle)
@@ -397,5 +397,5 @@ def locality(provider, graph: HoppingGraph, spins: torch.Tensor, site: int = 0,
     _, before = p.energy_and_field(spins)
     _, after = p.energy_and_field(moved)
     ratio = (after - before).norm(dim=-1) / before.norm(dim=-1)
-    return Locality(distance=minimum_image_distance(graph, site).to(ratio.dtype),
-                    ratio=ratio.detach(), site=site)
+    distance = minimum_image_distance(graph, site).to(dtype=ratio.dtype, device=ratio.device)
+    return Locality(distance=distance, ratio=ratio.detach(), site=site)
