@@ -9,6 +9,7 @@ from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral,
 from .dynamics import LLG, Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
 from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
                       skyrmion_number, skyrmion_number_per_cell, structure_factor)
+from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = [
     "LLG", "Provider", "as_provider", "Zeeman", "SingleIonAnisotropy", "Heisenberg",
     "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
     "structure_factor", "magnetic_cell_sites", "locality",
+    "TrajectoryWriter", "Trajectory", "read_trajectory",
 ]
