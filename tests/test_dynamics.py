@@ -195,6 +195,21 @@ def test_energy_does_not_rise_without_noise_ed(integrator):
     assert float(energy[-1]) < float(energy[0]) - 0.5  # and it really relaxes
 
 
+def test_midpoint_has_no_secular_energy_drift_without_damping():
+    """alpha = 0, T = 0 conserves E. Measured on this system over t = 100 at dt = 0.05: Heun
+    drifts by +3.5, the midpoint scheme stays within 0.054 (0.018 with 4 iterations)."""
+    graph = klmgraph.triangular(6, 6)
+    provider = Heisenberg(graph, 1.0) + SingleIonAnisotropy(0.5)
+    spins = klmgraph.random_spins(graph, seed=0)
+    drift = {}
+    for integrator, iterations in [("heun", 2), ("midpoint", 2), ("midpoint", 4)]:
+        llg = LLG(provider, dt=0.05, alpha=0.0, integrator=integrator, iterations=iterations)
+        energy = llg.run(spins, 2000, record_every=200).energies
+        drift[integrator, iterations] = float((energy - energy[0]).abs().max())
+    assert drift["midpoint", 2] < 0.1 and drift["midpoint", 4] < 0.03
+    assert drift["heun", 2] > 10 * drift["midpoint", 2]
+
+
 def test_noise_is_reproducible_and_batches_are_independent():
     graph = klmgraph.square(4, 4)
     llg = LLG(Heisenberg(graph, 1.0), dt=0.05, alpha=0.5, temperature=0.3)
