@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .dynamics import as_provider
 from .ed import check_spins
 from .graph import HoppingGraph
 
@@ -42,7 +43,6 @@ def energy_per_site(provider, spins: torch.Tensor) -> torch.Tensor:
     Shapes:
         spins: (N, 3) or (B, N, 3) -> () or (B,)
     """
-    from .dynamics import as_provider
     energy, _ = as_provider(provider).energy_and_field(spins)
     return energy.detach() / spins.shape[-2]
 
@@ -375,7 +375,6 @@ def locality(provider, graph: HoppingGraph, spins: torch.Tensor, site: int = 0,
     Returns:
         :class:`Locality` with distances and |dB| / |B| per site.
     """
-    from .dynamics import as_provider
     spins = _spins(graph, spins)
     if spins.dim() != 2:
         raise ValueError("locality takes one configuration (N, 3)")

@@ -1,10 +1,7 @@
 """HDF5 trajectories round-trip and the figures draw."""
-import math
-
 import matplotlib
 import numpy as np
 import pytest
-import torch
 
 import klmgraph
 from klmgraph.dynamics import Heisenberg, SingleIonAnisotropy
