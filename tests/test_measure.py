@@ -76,6 +76,13 @@ def test_analytic_skyrmion_has_unit_charge(builder, dtype):
     assert float(skyrmion_number(open_graph, s)) == pytest.approx(-1.0, abs=1e-10)
 
 
+@pytest.mark.parametrize("builder", [klmgraph.honeycomb, klmgraph.kagome])
+def test_analytic_skyrmion_on_lattices_with_a_basis(builder):
+    graph = builder(24, 24)
+    assert float(skyrmion_number(graph, analytic_skyrmion(graph, 8.0))) == pytest.approx(-1.0, abs=1e-10)
+    assert float(skyrmion_number(graph, analytic_skyrmion(graph, 8.0, core=1.0))) == pytest.approx(1.0, abs=1e-10)
+
+
 @pytest.mark.parametrize("size", [12, 24])
 def test_triple_q_ansatz_has_one_skyrmion_per_magnetic_cell(size):
     graph = klmgraph.triangular(size, size)
