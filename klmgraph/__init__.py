@@ -7,6 +7,10 @@ from .graph import from_networkx
 from .ed import ExactDiagonalization, check_spins
 from .data import SpinDataset, generate_dataset, load_dataset, read_spins
 from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral, triple_q_vectors
+from .dynamics import LLG, Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
+from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
+                      skyrmion_number, skyrmion_number_per_cell, structure_factor)
+from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
 
 __version__ = "0.1.0"
 
@@ -18,4 +22,8 @@ __all__ = [
     "ExactDiagonalization", "check_spins",
     "generate_dataset", "load_dataset", "SpinDataset", "read_spins",
     "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal",
+    "LLG", "Provider", "as_provider", "Zeeman", "SingleIonAnisotropy", "Heisenberg",
+    "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
+    "structure_factor", "magnetic_cell_sites", "locality",
+    "TrajectoryWriter", "Trajectory", "read_trajectory",
 ]

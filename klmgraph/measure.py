@@ -1,0 +1,400 @@
+"""Observables of spin configurations on a hopping graph.
+
+Every function takes the graph (or a force provider) and spins of shape (N, 3) or (B, N, 3) and
+returns one value per configuration. Conventions follow DESIGN.md section 1:
+
+* magnetization: per site, M = (1/N) sum_r S_r;
+* skyrmion number: Berg-Luscher solid angles of the elementary triangles,
+  n_sk = (1/4 pi) sum_t Omega_t with
+  Omega = 2 atan2(S1 . (S2 x S3), 1 + S1.S2 + S2.S3 + S3.S1) over counter-clockwise triangles
+  (B. Berg and M. Luscher, Nucl. Phys. B 190, 412 (1981)). This is the lattice version of
+  (1/4 pi) int S . (dS/dx x dS/dy) dx dy, so a skyrmion whose core points down in an up
+  background has n_sk = -1 for vorticity +1;
+* structure factor: S(q) = (1/N) |sum_r S_r exp(-i q . r)|^2 (summed over spin components) on
+  the reciprocal grid of the periodic supercell; sum_q S(q) = N for one site per cell.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .dynamics import as_provider
+from .ed import check_spins
+from .graph import HoppingGraph
+
+__all__ = ["energy_per_site", "magnetization", "abs_mz", "elementary_triangles", "skyrmion_number",
+           "skyrmion_number_per_cell", "StructureFactor", "structure_factor", "magnetic_cell_sites",
+           "Locality", "locality"]
+
+
+def _spins(graph: HoppingGraph, spins) -> torch.Tensor:
+    return check_spins(spins, graph.num_nodes, tol=1e-5)
+
+
+def energy_per_site(provider, spins: torch.Tensor) -> torch.Tensor:
+    """E / N of a provider (anything with ``energy_and_field`` or a callable returning (E, B)).
+
+    Shapes:
+        spins: (N, 3) or (B, N, 3) -> () or (B,)
+    """
+    energy, _ = as_provider(provider).energy_and_field(spins)
+    return energy.detach() / spins.shape[-2]
+
+
+def magnetization(graph: HoppingGraph, spins: torch.Tensor) -> torch.Tensor:
+    """Magnetization per site M = (1/N) sum_r S_r.
+
+    Shapes:
+        spins: (N, 3) or (B, N, 3) -> (3,) or (B, 3)
+    """
+    return _spins(graph, spins).mean(-2)
+
+
+def abs_mz(graph: HoppingGraph, spins: torch.Tensor) -> torch.Tensor:
+    """|M^z|, the absolute z magnetization per site.
+
+    Shapes:
+        spins: (N, 3) or (B, N, 3) -> () or (B,)
+    """
+    return magnetization(graph, spins)[..., 2].abs()
+
+
+# --------------------------------------------------------------------------- triangulation
+
+def elementary_triangles(graph: HoppingGraph) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triangles covering the supercell of a 2D lattice graph once, counter-clockwise.
+
+    The triangles are the Delaunay triangulation of the lattice's sites (with a fixed tiny
+    shear that breaks the ties of cocircular sites, so a square is cut along one diagonal and a
+    honeycomb hexagon into four triangles), found once on a patch of the infinite lattice and
+    repeated over the supercell. Works for any 2D :class:`~klmgraph.BravaisLattice` with a
+    basis (square, triangular, honeycomb, kagome, ...). Along open boundaries the triangles
+    that leave the supercell are dropped.
+
+    Returns:
+        triangles (T, 3) int64 site indices, each counter-clockwise; areas (T,) float64.
+
+    Raises:
+        ValueError: for a graph that is not a 2D lattice in the xy plane (e.g. from networkx).
+    """
+    d = graph.description
+    if "vectors" not in d or len(d["vectors"]) != 2:
+        raise ValueError(f"skyrmion numbers need a 2D lattice graph built from a BravaisLattice; "
+                         f"this one is {d.get('lattice', 'unknown')} with "
+                         f"{len(d.get('vectors', [])) or 'no'} lattice vectors")
+    vectors = np.asarray(d["vectors"], dtype=float)
+    basis = np.asarray(d["basis"], dtype=float)
+    if (vectors.shape[1] == 3 and np.abs(vectors[:, 2]).max() > 1e-12) or \
+            (basis.shape[1] == 3 and np.abs(basis[:, 2]).max() > 1e-12):
+        raise ValueError("the lattice is not in the xy plane; skyrmion numbers are defined for "
+                         "2D lattices with spins' z axis normal to the plane")
+    motif = _motif_triangles(json.dumps({"vectors": vectors[:, :2].tolist(),
+                                         "basis": basis[:, :2].tolist()}))
+    size = np.asarray(d["size"])
+    periodic = np.asarray(d["periodic"], dtype=bool)
+    nb = len(basis)
+    cells = np.stack(np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="ij"), -1).reshape(-1, 2)
+    tri, keep = [], np.ones((len(cells), len(motif["sub"])), dtype=bool)
+    for v in range(3):  # the three corners; vectorised over cells and motif triangles
+        c = cells[:, None, :] + motif["cell"][None, :, v, :]  # (cells, T0, 2)
+        for k in range(2):
+            if periodic[k]:
+                c[..., k] %= size[k]
+            else:
+                keep &= (c[..., k] >= 0) & (c[..., k] < size[k])
+        tri.append((c[..., 0] * size[1] + c[..., 1]) * nb + motif["sub"][None, :, v])
+    tri = np.stack(tri, -1)[keep]  # (T, 3)
+    areas = np.broadcast_to(motif["area"], keep.shape)[keep]
+    if len(tri) and ((tri[:, 0] == tri[:, 1]) | (tri[:, 1] == tri[:, 2]) | (tri[:, 0] == tri[:, 2])).any():
+        raise ValueError(f"the supercell {d['size']} is too small: a triangle wraps onto itself")
+    return torch.from_numpy(np.ascontiguousarray(tri)), torch.from_numpy(np.ascontiguousarray(areas))
+
+
+@functools.lru_cache(maxsize=32)
+def _motif_triangles(key: str) -> dict:
+    """Triangles of one unit cell: corner sublattices (T0, 3), corner cell offsets (T0, 3, 2),
+    areas (T0,). Brute-force Delaunay on a 5 x 5 patch (a fixed, lattice-size-independent loop)."""
+    spec = json.loads(key)
+    vectors, basis = np.asarray(spec["vectors"]), np.asarray(spec["basis"])
+    nb = len(basis)
+    frac_basis = basis @ np.linalg.inv(vectors)
+    offsets = np.array(list(itertools.product(range(-2, 3), repeat=2)))
+    cell_of = np.repeat(offsets, nb, axis=0)  # (P, 2)
+    sub_of = np.tile(np.arange(nb), len(offsets))
+    frac = cell_of + frac_basis[sub_of]
+    # a fixed generic shear: a linear map keeps the lattice periodic and any triangulation valid,
+    # and removes the cocircular ties of square and hexagonal motifs
+    shear = np.array([[1.0, 0.0137], [0.0071, 1.0]])
+    x = frac @ vectors @ shear.T
+    triples = np.array(list(itertools.combinations(range(len(x)), 3)))
+    a, b, c = x[triples[:, 0]], x[triples[:, 1]], x[triples[:, 2]]
+    det = 2 * ((b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0])
+    ok = np.abs(det) > 1e-9
+    a, b, c, det, triples = a[ok], b[ok], c[ok], det[ok], triples[ok]
+    ba, ca = b - a, c - a
+    centre = a + np.stack([(ca[:, 1] * (ba ** 2).sum(1) - ba[:, 1] * (ca ** 2).sum(1)) / det,
+                           (ba[:, 0] * (ca ** 2).sum(1) - ca[:, 0] * (ba ** 2).sum(1)) / det], 1)
+    radius2 = ((a - centre) ** 2).sum(1)
+    dist2 = ((x[None, :, :] - centre[:, None, :]) ** 2).sum(-1)  # (triples, P)
+    empty = (dist2 < radius2[:, None] * (1 - 1e-9)).sum(1) == 0
+    triples = triples[empty]
+    # one representative per translation class: the copy whose centroid is in a shifted home cell
+    centroid = frac[triples].mean(1)
+    home = (np.floor(centroid + 0.1234567) == 0).all(1)
+    triples = triples[home]
+    corners = (frac[triples] @ vectors)  # (T0, 3, 2) unsheared Cartesian corners
+    e1, e2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+    cross = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    triples = np.where((cross < 0)[:, None], triples[:, [0, 2, 1]], triples)
+    area = 0.5 * np.abs(cross)
+    cell_area = abs(np.linalg.det(vectors))
+    if not math.isclose(area.sum(), cell_area, rel_tol=1e-9):
+        raise ValueError(f"triangulation failed: triangles cover {area.sum():.6g} of a unit cell "
+                         f"of area {cell_area:.6g}")
+    return {"sub": sub_of[triples], "cell": cell_of[triples], "area": area}
+
+
+def _solid_angles(spins: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
+    # (..., N, 3), (T, 3) -> (..., T)
+    s1, s2, s3 = (spins[..., triangles[:, k], :] for k in range(3))
+    triple = (s1 * torch.linalg.cross(s2, s3, dim=-1)).sum(-1)
+    denom = 1 + (s1 * s2).sum(-1) + (s2 * s3).sum(-1) + (s3 * s1).sum(-1)
+    return 2 * torch.atan2(triple, denom)
+
+
+def skyrmion_number(graph: HoppingGraph, spins: torch.Tensor) -> torch.Tensor:
+    """Total skyrmion number n_sk = (1/4 pi) sum of Berg-Luscher solid angles (module docstring).
+
+    On a periodic lattice the result is an integer up to rounding; on open boundaries it is the
+    sum over the triangles inside.
+
+    Shapes:
+        spins: (N, 3) or (B, N, 3) -> () or (B,), in the spins' dtype.
+    """
+    spins = _spins(graph, spins)
+    triangles, _ = elementary_triangles(graph)
+    return _solid_angles(spins, triangles.to(spins.device)).sum(-1) / (4 * math.pi)
+
+
+def skyrmion_number_per_cell(graph: HoppingGraph, spins: torch.Tensor,
+                             cell_sites: int | None = None) -> torch.Tensor:
+    """Skyrmion number per magnetic unit cell, n_sk * cell_sites / N (as the paper reports it).
+
+    Args:
+        cell_sites: sites per magnetic unit cell (48 for the triangular model of DESIGN.md); None
+            derives it from the structure-factor peaks with :func:`magnetic_cell_sites` (one
+            configuration at a time).
+
+    Shapes:
+        spins: (N, 3) or (B, N, 3) -> () or (B,)
+    """
+    if cell_sites is None:
+        if spins.dim() == 3:
+            return torch.stack([skyrmion_number_per_cell(graph, s) for s in spins])
+        cell_sites = magnetic_cell_sites(graph, spins)
+    if cell_sites <= 0:
+        raise ValueError(f"cell_sites must be positive, got {cell_sites}")
+    return skyrmion_number(graph, spins) * (cell_sites / graph.num_nodes)
+
+
+# ------------------------------------------------------------------------- structure factor
+
+@dataclass
+class StructureFactor:
+    """Spin structure factor on the reciprocal grid of a periodic supercell.
+
+    Attributes:
+        index: (*size, d) int64 grid coordinates m (FFT order); q = sum_k m_k b_k / L_k with
+            b_k the reciprocal vectors of the lattice (a_j . b_k = 2 pi delta_jk).
+        q: (*size, 3) Cartesian wave vectors.
+        value: (*size,) or (B, *size) S(q).
+        size: (L1, ..., Ld).
+    """
+
+    index: torch.Tensor
+    q: torch.Tensor
+    value: torch.Tensor
+    size: tuple
+
+    def peaks(self, threshold: float = 0.5, include_zero: bool = False) -> list[dict]:
+        """Grid points with S(q) >= threshold * max S(q) (q = 0 left out unless asked),
+        strongest first, each as {'index': (m1, ..)  centred in (-L/2, L/2], 'q', 'value'}.
+        One configuration only."""
+        if self.value.dim() != len(self.size):
+            raise ValueError("peaks are found for one configuration at a time")
+        value = self.value.detach().cpu().clone()
+        zero = (0,) * len(self.size)
+        if not include_zero:
+            value[zero] = -1.0
+        top = float(value.max())
+        if top <= 0:
+            return []
+        flat = value.flatten()
+        order = torch.argsort(flat, descending=True)
+        chosen = order[flat[order] >= threshold * top]
+        index = self.index.reshape(-1, len(self.size))[chosen]
+        sizes = torch.tensor(self.size)
+        centred = torch.where(index > sizes // 2, index - sizes, index)
+        q = self.q.reshape(-1, 3)[chosen]
+        return [{"index": tuple(int(x) for x in m), "q": qq, "value": float(v)}
+                for m, qq, v in zip(centred, q, flat[chosen])]
+
+
+def structure_factor(graph: HoppingGraph, spins: torch.Tensor) -> StructureFactor:
+    """S(q) = (1/N) sum_a |sum_r S^a_r exp(-i q . r)|^2 on the supercell's reciprocal grid.
+
+    Computed by FFT over the cells of a periodic lattice graph (one FFT per sublattice, with
+    the basis phase exp(-i q . b)), so it costs O(N log N).
+
+    Shapes:
+        spins: (N, 3) or (B, N, 3) -> value (*size,) or (B, *size)
+
+    Raises:
+        ValueError: for a graph that is not a periodic lattice graph.
+    """
+    spins = _spins(graph, spins)
+    d = graph.description
+    if "vectors" not in d or not all(d.get("periodic", [False])):
+        raise ValueError("the structure factor needs a periodic lattice graph built from a BravaisLattice")
+    size = tuple(int(s) for s in d["size"])
+    dim = len(size)
+    vectors = torch.zeros(dim, 3, dtype=torch.float64)
+    vec = torch.tensor(d["vectors"], dtype=torch.float64)
+    vectors[:, : vec.shape[1]] = vec
+    basis = torch.zeros(len(d["basis"]), 3, dtype=torch.float64)
+    bas = torch.tensor(d["basis"], dtype=torch.float64)
+    basis[:, : bas.shape[1]] = bas
+    # reciprocal vectors b_k (rows) of the lattice within its own span
+    recip = 2 * math.pi * torch.linalg.pinv(vectors).T  # (d, 3)
+    grids = torch.meshgrid(*[torch.arange(s) for s in size], indexing="ij")
+    index = torch.stack(grids, -1)  # (*size, d)
+    q = (index.to(torch.float64) / torch.tensor(size, dtype=torch.float64)) @ recip  # (*size, 3)
+    nb = len(basis)
+    batch_shape = spins.shape[:-2]
+    s = spins.reshape(*batch_shape, *size, nb, 3)
+    s = torch.movedim(s, (-2, -1), (0, 1))  # (nb, 3, ..., *size)
+    amp = torch.fft.fftn(s.to(torch.complex128 if spins.dtype == torch.float64 else torch.complex64),
+                         dim=tuple(range(-dim, 0)))
+    phase = torch.exp(-1j * (q @ basis.T))  # (*size, nb)
+    phase = torch.movedim(phase, -1, 0)[:, None].to(amp.dtype).to(amp.device)  # (nb, 1, *size)
+    phase = phase.reshape(nb, 1, *([1] * len(batch_shape)), *size)
+    total = (amp * phase).sum(0)  # (3, ..., *size)
+    value = (total.abs() ** 2).sum(0) / graph.num_nodes
+    return StructureFactor(index=index, q=q, value=value.to(spins.dtype), size=size)
+
+
+def magnetic_cell_sites(graph: HoppingGraph, spins: torch.Tensor, threshold: float = 0.5) -> int:
+    """Sites per magnetic unit cell, from the structure-factor peaks of one configuration.
+
+    The peaks Q (S(Q) >= threshold * max, q = 0 left out) and the lattice's reciprocal vectors
+    generate the magnetic reciprocal lattice; its index in the supercell's reciprocal grid is
+    the number of magnetic unit cells in the supercell. For the triple-Q state with |Q| = pi / 3
+    on the triangular lattice this gives 48 (DESIGN.md section 1).
+
+    Raises:
+        ValueError: if the peaks do not span the plane (single-Q spirals, uniform states).
+    """
+    if spins.dim() != 2:
+        raise ValueError("magnetic_cell_sites takes one configuration (N, 3)")
+    sf = structure_factor(graph, spins)
+    peaks = sf.peaks(threshold)
+    size = sf.size
+    q_index = np.array([p["index"] for p in peaks], dtype=np.int64).reshape(-1, len(size))
+    if np.linalg.matrix_rank(q_index) < len(size):
+        raise ValueError(f"the structure-factor peaks {[p['index'] for p in peaks]} do not span "
+                         f"{len(size)} dimensions: no finite magnetic unit cell")
+    gens = np.concatenate([q_index, np.diag(size).astype(np.int64)])
+    # [Z^d : M] for the lattice M spanned by integer vectors = gcd of all d x d minors; by
+    # duality it is the number of magnetic unit cells in the supercell
+    cells = 0
+    for rows in itertools.combinations(range(len(gens)), len(size)):
+        cells = math.gcd(cells, abs(int(round(np.linalg.det(gens[list(rows)])))))
+    return graph.num_nodes // cells
+
+
+# ------------------------------------------------------------------------------- locality
+
+@dataclass
+class Locality:
+    """Result of :func:`locality`: per site, the distance to the rotated spin and |dB| / |B|.
+
+    Attributes:
+        distance: (N,) minimum-image distance to the rotated site.
+        ratio: (N,) |B'_r - B_r| / |B_r|.
+        site: the rotated site.
+    """
+
+    distance: torch.Tensor
+    ratio: torch.Tensor
+    site: int
+
+    def profile(self, decimals: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distinct distances (ascending) and the largest ratio at each: (D,), (D,)."""
+        shells, inverse = torch.unique(torch.round(self.distance * 10 ** decimals) / 10 ** decimals,
+                                       return_inverse=True)
+        top = torch.zeros(len(shells), dtype=self.ratio.dtype, device=self.ratio.device).scatter_reduce(
+            0, inverse, self.ratio, reduce="amax", include_self=False)
+        return shells, top
+
+
+def minimum_image_distance(graph: HoppingGraph, site: int) -> torch.Tensor:
+    """(N,) distance of every site to ``site`` through the nearest periodic image."""
+    delta = graph.pos - graph.pos[site]  # (N, 3)
+    periodic = list(graph.description.get("periodic", []))
+    rows = [graph.cell[k] for k in range(len(periodic)) if periodic[k] and graph.cell[k].any()]
+    if not rows:
+        return delta.norm(dim=-1)
+    cell = torch.stack(rows)  # (p, 3)
+    frac = delta @ torch.linalg.pinv(cell)  # (N, p)
+    delta = delta - torch.round(frac) @ cell
+    # skewed cells: the nearest image can be one cell further
+    shifts = torch.tensor(list(itertools.product((-1, 0, 1), repeat=len(rows))), dtype=cell.dtype)
+    return (delta[:, None, :] + (shifts @ cell)[None]).norm(dim=-1).min(1).values
+
+
+def locality(provider, graph: HoppingGraph, spins: torch.Tensor, site: int = 0,
+             angle: float = math.pi / 2, axis=None) -> Locality:
+    """Locality test of the effective field (paper Fig. S3): rotate the spin at ``site`` by
+    ``angle`` and measure how much the field changes at distance d.
+
+    Args:
+        provider: force provider (ED, a model, ...).
+        graph: the lattice graph (positions and supercell for the distances).
+        spins: one configuration (N, 3).
+        site: the site whose spin is rotated.
+        angle: rotation angle (default pi / 2).
+        axis: rotation axis (default: perpendicular to the spin, in the plane of S and z, or x
+            if S is along z).
+
+    Returns:
+        :class:`Locality` with distances and |dB| / |B| per site.
+    """
+    spins = _spins(graph, spins)
+    if spins.dim() != 2:
+        raise ValueError("locality takes one configuration (N, 3)")
+    if not 0 <= site < graph.num_nodes:
+        raise ValueError(f"site must lie in [0, {graph.num_nodes}), got {site}")
+    s = spins[site].to(torch.float64)
+    if axis is None:
+        axis = torch.linalg.cross(s, s.new_tensor([0.0, 0.0, 1.0]))
+        if axis.norm() < 1e-8:
+            axis = s.new_tensor([1.0, 0.0, 0.0])
+    axis = torch.as_tensor(axis, dtype=torch.float64, device=s.device)
+    axis = axis / axis.norm()
+    # Rodrigues rotation of one spin
+    rotated = (s * math.cos(angle) + torch.linalg.cross(axis, s) * math.sin(angle)
+               + axis * (axis @ s) * (1 - math.cos(angle)))
+    moved = spins.clone()
+    moved[site] = rotated.to(spins.dtype)
+    p = as_provider(provider)
+    _, before = p.energy_and_field(spins)
+    _, after = p.energy_and_field(moved)
+    ratio = (after - before).norm(dim=-1) / before.norm(dim=-1)
+    distance = minimum_image_distance(graph, site).to(dtype=ratio.dtype, device=ratio.device)
+    return Locality(distance=distance, ratio=ratio.detach(), site=site)

@@ -1,0 +1,153 @@
+"""Figures: spin configurations, structure factors, LLG time series, the locality test.
+
+Every function draws on a matplotlib ``Axes`` (a new figure when ``ax`` is None) and returns
+it, so figures compose and tests can run headless (Agg backend). matplotlib is imported when a
+function is called, not when klmgraph is imported.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .graph import HoppingGraph
+
+__all__ = ["plot_spins", "plot_structure_factor", "plot_time_series", "plot_locality"]
+
+
+def _axes(ax, **kwargs):
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+    return plt.figure(**kwargs).add_subplot(1, 1, 1)
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def plot_spins(graph: HoppingGraph, spins, ax=None, arrows: bool = True, cmap: str = "RdBu_r",
+               size: float | None = None):
+    """Sites coloured by S^z (red up, blue down) with arrows of the in-plane components.
+
+    Args:
+        graph: graph with positions (the xy plane is drawn).
+        spins: one configuration (N, 3).
+        arrows: draw the in-plane components (turn off for large lattices).
+        size: marker size (default scaled with the number of sites).
+    """
+    s, pos = _numpy(spins), _numpy(graph.pos)
+    if s.shape != (graph.num_nodes, 3):
+        raise ValueError(f"plot_spins takes one configuration of shape ({graph.num_nodes}, 3), got {s.shape}")
+    ax = _axes(ax, figsize=(6, 6))
+    size = size if size is not None else max(2.0, 4000.0 / graph.num_nodes)
+    points = ax.scatter(pos[:, 0], pos[:, 1], c=s[:, 2], cmap=cmap, vmin=-1, vmax=1, s=size, linewidths=0)
+    if arrows:
+        ax.quiver(pos[:, 0], pos[:, 1], s[:, 0], s[:, 1], angles="xy", pivot="middle",
+                  scale_units="xy", scale=1.4, width=0.003, color="k")
+    ax.set_aspect("equal")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.figure.colorbar(points, ax=ax, label=r"$S^z$", shrink=0.8)
+    return ax
+
+
+def plot_structure_factor(sf, ax=None, log: bool = False, cmap: str = "viridis", zones: int = 1):
+    """S(q) of one configuration on its reciprocal grid, centred on q = 0.
+
+    Args:
+        sf: a :class:`~klmgraph.measure.StructureFactor` of one configuration (2D lattice).
+        log: logarithmic colour scale.
+        zones: repeat the first Brillouin-zone grid this many times in each direction (the grid
+            of a lattice with one site per cell is periodic in the reciprocal lattice).
+    """
+    if sf.value.dim() != 2:
+        raise ValueError("plot_structure_factor takes the structure factor of one 2D configuration")
+    size = np.asarray(sf.size)
+    index = _numpy(sf.index).reshape(-1, 2)
+    value = _numpy(sf.value).reshape(-1)
+    q = _numpy(sf.q).reshape(-1, 3)
+    recip = np.stack([q[np.flatnonzero((index == e).all(1))[0]] * s for e, s in
+                      zip(np.eye(2, dtype=int), size)])  # b1, b2 from the grid points (1,0), (0,1)
+    centred = np.where(index > size // 2, index - size, index)
+    base = (centred / size) @ recip[:, :2]
+    shifts = [(i, j) for i in range(-(zones // 2), zones - zones // 2) for j in range(-(zones // 2), zones - zones // 2)]
+    pts = np.concatenate([base + np.asarray(sh) @ recip[:, :2] for sh in shifts])
+    vals = np.tile(value, len(shifts))
+    ax = _axes(ax, figsize=(6, 5))
+    norm = None
+    if log:
+        from matplotlib.colors import LogNorm
+        positive = vals[vals > 0]
+        norm = LogNorm(vmin=max(positive.min(), positive.max() * 1e-6), vmax=positive.max())
+        vals = np.clip(vals, norm.vmin, None)
+    points = ax.scatter(pts[:, 0], pts[:, 1], c=vals, cmap=cmap, norm=norm, s=max(4.0, 6000.0 / len(pts)),
+                        marker="s", linewidths=0)
+    ax.set_aspect("equal")
+    ax.set_xlabel(r"$q_x$")
+    ax.set_ylabel(r"$q_y$")
+    ax.figure.colorbar(points, ax=ax, label=r"$S(\mathbf{q})$", shrink=0.8)
+    return ax
+
+
+def plot_time_series(trajectory, keys=("energy", "mz", "skyrmion_number"), axes=None, num_sites: int | None = None):
+    """Observables of a trajectory against time, one panel each.
+
+    Args:
+        trajectory: a :class:`~klmgraph.trajectory.Trajectory` (or an object with ``time``,
+            ``energy``, ``magnetization`` and optionally ``skyrmion_number``), or an
+            :class:`~klmgraph.LLGRun` (energy only).
+        keys: any of "energy" (per site), "mz", "abs_m" (|M|), "skyrmion_number".
+        axes: sequence of Axes, one per key (default: a new figure).
+        num_sites: N for the energy per site (default: read from the trajectory).
+    """
+    time = _numpy(trajectory.times if hasattr(trajectory, "times") else trajectory.time)
+    n = num_sites or (trajectory.num_sites if hasattr(trajectory, "num_sites") else
+                      int(_numpy(trajectory.spins).shape[-2]))
+    series = {}
+    for key in keys:
+        if key == "energy":
+            energy = _numpy(trajectory.energies if hasattr(trajectory, "energies") else trajectory.energy)
+            series[key] = (energy / n, "E / N")
+        elif key in ("mz", "abs_m"):
+            m = getattr(trajectory, "magnetization", None)
+            if m is None:
+                raise ValueError(f"{key}: this trajectory holds no magnetization")
+            m = _numpy(m)
+            series[key] = (m[..., 2], r"$M^z$") if key == "mz" else (np.linalg.norm(m, axis=-1), "|M|")
+        elif key == "skyrmion_number":
+            nsk = getattr(trajectory, "skyrmion_number", None)
+            if nsk is None:
+                raise ValueError("this trajectory holds no skyrmion numbers")
+            series[key] = (_numpy(nsk), r"$n_\mathrm{sk}$")
+        else:
+            raise ValueError(f"unknown key {key!r}: use energy, mz, abs_m or skyrmion_number")
+    if axes is None:
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(len(keys), 1, sharex=True, figsize=(6, 2.2 * len(keys)), squeeze=False)
+        axes = axes[:, 0]
+    for ax, key in zip(axes, keys):
+        values, label = series[key]
+        ax.plot(time, values.reshape(len(time), -1), lw=1)
+        ax.set_ylabel(label)
+    axes[-1].set_xlabel("t")
+    return axes
+
+
+def plot_locality(result, ax=None, profile: bool = True):
+    """|dB / B| against the distance to the rotated spin, log scale (paper Fig. S3).
+
+    Args:
+        result: a :class:`~klmgraph.measure.Locality`.
+        profile: also draw the largest ratio per distance as a line.
+    """
+    ax = _axes(ax, figsize=(5, 4))
+    d, r = _numpy(result.distance), _numpy(result.ratio)
+    keep = d > 0
+    ax.semilogy(d[keep], np.clip(r[keep], 1e-17, None), ".", ms=3, alpha=0.6, label="sites")
+    if profile:
+        shells, top = (_numpy(x) for x in result.profile())
+        ax.semilogy(shells[shells > 0], np.clip(top[shells > 0], 1e-17, None), "-", lw=1, label="max per shell")
+    ax.set_xlabel("distance to the rotated spin")
+    ax.set_ylabel(r"$|\delta B| / |B|$")
+    ax.legend(frameon=False)
+    return ax
