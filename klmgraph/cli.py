@@ -2,12 +2,15 @@
 
     klmgraph generate [--preset square-paper] [--size 12 12] [--samples 20] --out data.h5
     klmgraph info data.h5
+    klmgraph train --config run.toml
+    klmgraph evaluate MODEL DATA [--plot parity.png]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import lattice as lattices
 from .data import generate_dataset, load_dataset, read_spins
@@ -85,6 +88,34 @@ def _info(args: argparse.Namespace) -> None:
     print(f"Hamiltonian: {json.dumps(data.hamiltonian)}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from .train import load_config, train
+
+    config = load_config(args.config)
+    result = train(config, resume=not args.restart, progress=not args.quiet)
+    last = result["history"][-1] if result["history"] else {}
+    print(f"run folder {result['out']}: {result['epochs_run']} epochs, best at epoch {result['best_epoch']}")
+    if last:
+        print(f"last epoch: train RMSE(B) {last['train_rmse_field']:.5f}, "
+              f"validation RMSE(B) {last['val_rmse_field']:.5f}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .io import load_model
+    from .plot import parity_plot
+    from .train import evaluate
+
+    data = load_dataset(args.data)
+    model = load_model(args.model, graph=data.graph)
+    metrics = evaluate(model, data, batch_size=args.batch_size)
+    print(f"{args.data}: {len(data)} configurations on {data.graph.describe()}")
+    print(f"rmse_field={metrics['rmse_field']:.6g} rmse_energy_per_site={metrics['rmse_energy_per_site']:.6g}")
+    plot = args.plot or str(Path(args.model).with_suffix("")) + "-parity.png"
+    parity_plot(metrics["field_pred"], metrics["field_true"], plot,
+                title=f"{Path(args.model).name} on {Path(args.data).name}: RMSE(B) = {metrics['rmse_field']:.4g}")
+    print(f"parity plot: {plot}")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klmgraph", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +132,22 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overwrite", action="store_true", help="replace an existing file with other settings")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
+
+    tr = sub.add_parser("train", help="train a model on ED data sets (TOML configuration)",
+                        description="Train an ECNN or IFNN. Every key of the configuration, with its "
+                                    "default, is documented in docs/training.md. An interrupted run "
+                                    "resumes from <out>/last.pt.")
+    tr.add_argument("--config", required=True, help="TOML run configuration")
+    tr.add_argument("--restart", action="store_true", help="ignore an existing last.pt and start afresh")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="RMSE of a saved model on a data set, and a parity plot")
+    ev.add_argument("model", help="model file (model.save / klmgraph train's best.pt)")
+    ev.add_argument("data", help="HDF5 data set from klmgraph generate")
+    ev.add_argument("--plot", help="parity plot PNG (default: next to the model)")
+    ev.add_argument("--batch-size", type=int, default=4)
+    ev.set_defaults(func=_evaluate)
 
     info = sub.add_parser("info", help="summarise a data set")
     info.add_argument("path")

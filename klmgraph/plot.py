@@ -1,4 +1,4 @@
-"""Figures: spin configurations, structure factors, LLG time series, the locality test.
+"""Figures: spin configurations, structure factors, LLG time series, the locality test, parity plots.
 
 Every function draws on a matplotlib ``Axes`` (a new figure when ``ax`` is None) and returns
 it, so figures compose and tests can run headless (Agg backend). matplotlib is imported when a
@@ -11,7 +11,7 @@ import torch
 
 from .graph import HoppingGraph
 
-__all__ = ["plot_spins", "plot_structure_factor", "plot_time_series", "plot_locality"]
+__all__ = ["plot_spins", "plot_structure_factor", "plot_time_series", "plot_locality", "parity_plot"]
 
 
 def _axes(ax, **kwargs):
@@ -150,4 +150,42 @@ def plot_locality(result, ax=None, profile: bool = True):
     ax.set_xlabel("distance to the rotated spin")
     ax.set_ylabel(r"$|\delta B| / |B|$")
     ax.legend(frameon=False)
+    return ax
+
+
+def parity_plot(predicted, reference, path=None, ax=None, title: str | None = None, gridsize: int = 80):
+    """Predicted against reference field components, coloured by point density (log scale),
+    with the diagonal (the paper's Fig. 3).
+
+    Args:
+        predicted, reference: field components of any (equal) shape.
+        path: PNG to write (the figure is closed afterwards); None to only draw.
+        ax: axes to draw on (default: a new 4.5 x 4 inch figure).
+        title: default "RMSE = ...".
+
+    Returns:
+        The axes.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    x, y = _numpy(reference).ravel(), _numpy(predicted).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"predicted and reference differ in size: {y.size} vs {x.size}")
+    ax = _axes(ax, figsize=(4.5, 4))
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    pad = 0.02 * (hi - lo or 1.0)
+    hb = ax.hexbin(x, y, gridsize=gridsize, norm=LogNorm(), cmap="viridis", mincnt=1,
+                   extent=(lo - pad, hi + pad, lo - pad, hi + pad))
+    ax.plot([lo, hi], [lo, hi], color="0.3", lw=0.8, ls="--")
+    ax.set_xlabel("ED field component")
+    ax.set_ylabel("predicted field component")
+    ax.set_aspect("equal")
+    ax.figure.colorbar(hb, ax=ax, label="points per bin")
+    rmse = float(np.sqrt(np.mean((x - y) ** 2)))
+    ax.set_title(title or f"RMSE = {rmse:.4g}")
+    if path is not None:
+        ax.figure.tight_layout()
+        ax.figure.savefig(path, dpi=120)
+        plt.close(ax.figure)
     return ax

@@ -1,0 +1,462 @@
+"""Training a model on ED data sets: configuration, loss, trainer with checkpoints, evaluation.
+
+Loss (Miyazaki 2023, eq. 7): mean squared error of the field components plus
+``energy_weight`` (lambda) times the squared error of the energy per site,
+
+    L = < (B_pred - B_ED)^2 >_{configs, sites, components} + lambda < ((E_pred - E_ED) / N)^2 >_configs,
+
+with B_pred = -dE_pred/dS by autograd (double backward during training). The paper uses
+lambda = 0 for the square model and 1 for the triangular one.
+
+A run folder holds ``config.json`` (the fully resolved configuration), ``log.csv`` (one row
+per epoch), ``last.pt`` (training state, for resuming), and ``best.pt`` / ``final.pt`` (models
+readable by :func:`klmgraph.load_model`). Every file is written to a temporary name and
+renamed, so an interrupted run never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Batch
+
+from .data import SpinDataset, load_dataset
+from .nn.forces import compute_field
+
+__all__ = ["DataConfig", "ModelConfig", "OptimizerConfig", "TrainingConfig", "RunConfig",
+           "load_config", "train", "evaluate", "loss_terms", "augment"]
+
+
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class DataConfig:
+    """[data]: where the ED data sets are.
+
+    Attributes:
+        train: training data set (HDF5 from ``klmgraph generate``). Required.
+        validation: validation data set (default: none, see validation_fraction).
+        validation_fraction: share of the training set held out for validation when no
+            validation file is given (default 0.0: validate on nothing, monitor the training loss).
+        augment: apply a random point-group rotation of the lattice (a site permutation, to spins
+            and fields together) to every training configuration each epoch (default true).
+    """
+
+    train: str = ""
+    validation: str = ""
+    validation_fraction: float = 0.0
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """[model]: ``type`` = "ecnn" (default) or "ifnn"; every other key is a hyper-parameter of
+    that model (see :class:`klmgraph.ECNN` and :class:`klmgraph.nn.IFNN`; defaults: published)."""
+
+    type: str = "ecnn"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """[optimizer]
+
+    Attributes:
+        name: "adagrad" (default, the paper's) or "adam".
+        lr: learning rate (default 0.1, the paper's AdaGrad rate; use ~1e-3 with adam).
+        schedule: "plateau" (default: multiply lr by plateau_factor after plateau_patience epochs
+            without improvement, the paper's), "cosine", "onecycle" or "none".
+        plateau_patience: epochs without improvement before the lr drops (default 20).
+        plateau_factor: lr factor of a drop (default 0.5).
+        early_stopping: stop after this many epochs without improvement (default 100; 0 = never).
+        weight_decay: L2 penalty (default 0).
+    """
+
+    name: str = "adagrad"
+    lr: float = 0.1
+    schedule: str = "plateau"
+    plateau_patience: int = 20
+    plateau_factor: float = 0.5
+    early_stopping: int = 100
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """[training]
+
+    Attributes:
+        out: run folder (default "klmgraph-run").
+        epochs: maximum number of epochs (default 1000).
+        minutes: wall-clock budget in minutes, checked after each epoch (default 0 = none).
+        batch_size: configurations per optimizer step (default 1).
+        energy_weight: lambda, weight of the energy-per-site term (default 0.0).
+        dtype: "float32" (default) or "float64".
+        device: "cpu" (default), "cuda", "cuda:1", ...
+        seed: seed of the initial weights, shuffling and augmentation (default 0).
+    """
+
+    out: str = "klmgraph-run"
+    epochs: int = 1000
+    minutes: float = 0.0
+    batch_size: int = 1
+    energy_weight: float = 0.0
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self):
+        if not self.data.train:
+            raise ValueError("[data] train: a training data set is required")
+        if not 0.0 <= self.data.validation_fraction < 1.0:
+            raise ValueError(f"[data] validation_fraction must lie in [0, 1), got {self.data.validation_fraction}")
+        if self.model.type not in _MODEL_TYPES:
+            raise ValueError(f"[model] type must be one of {sorted(_MODEL_TYPES)}, got {self.model.type!r}")
+        if self.optimizer.name not in ("adagrad", "adam"):
+            raise ValueError(f"[optimizer] name must be 'adagrad' or 'adam', got {self.optimizer.name!r}")
+        if self.optimizer.schedule not in ("plateau", "cosine", "onecycle", "none"):
+            raise ValueError("[optimizer] schedule must be 'plateau', 'cosine', 'onecycle' or 'none', "
+                             f"got {self.optimizer.schedule!r}")
+        if not self.optimizer.lr > 0:
+            raise ValueError(f"[optimizer] lr must be > 0, got {self.optimizer.lr}")
+        t = self.training
+        if t.epochs < 1 or t.batch_size < 1 or t.minutes < 0 or t.energy_weight < 0:
+            raise ValueError("[training] needs epochs >= 1, batch_size >= 1, minutes >= 0, energy_weight >= 0")
+        if t.dtype not in ("float32", "float64"):
+            raise ValueError(f"[training] dtype must be 'float32' or 'float64', got {t.dtype!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model"] = {"type": self.model.type, **self.model.params}
+        return d
+
+
+_SECTIONS = {"data": DataConfig, "optimizer": OptimizerConfig, "training": TrainingConfig}
+_MODEL_TYPES = ("ecnn", "ifnn")
+
+
+def config_from_dict(raw: dict) -> RunConfig:
+    """A RunConfig from nested dicts (as read from TOML); unknown sections or keys raise ValueError."""
+    unknown = set(raw) - set(_SECTIONS) - {"model"}
+    if unknown:
+        raise ValueError(f"unknown config section(s) {sorted(unknown)}; known: data, model, optimizer, training")
+    parts = {}
+    for name, cls in _SECTIONS.items():
+        section = dict(raw.get(name, {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = set(section) - known
+        if bad:
+            raise ValueError(f"unknown key(s) {sorted(bad)} in [{name}]; known keys: {sorted(known)}")
+        parts[name] = cls(**section)
+    model = dict(raw.get("model", {}))
+    model_type = model.pop("type", "ecnn")
+    if model_type in _MODEL_TYPES:
+        _check_model_params(model_type, model)
+    parts["model"] = ModelConfig(model_type, model)
+    return RunConfig(**parts)
+
+
+def _check_model_params(model_type: str, params: dict) -> None:
+    import inspect
+
+    cls = _model_class(model_type)
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "num_classes", "edge_classes",
+                                                                 "lattice", "hamiltonian", "graph"}
+    bad = set(params) - allowed
+    if bad:
+        raise ValueError(f"unknown key(s) {sorted(bad)} in [model] for type {model_type!r}; known keys: "
+                         f"{sorted(allowed)}")
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read a TOML run configuration (see the dataclasses of this module for every key)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        raw.setdefault(section, {})[key] = value
+    # relative data paths are relative to the config file
+    for key in ("train", "validation"):
+        value = raw.get("data", {}).get(key)
+        if value and not Path(value).is_absolute():
+            raw["data"][key] = str(path.parent / value)
+    return config_from_dict(raw)
+
+
+def _model_class(model_type: str):
+    from .nn import ECNN, IFNN
+
+    return {"ecnn": ECNN, "ifnn": IFNN}[model_type]
+
+
+# ------------------------------------------------------------------------------ loss, augmentation
+
+def predict(model: torch.nn.Module, batch: Batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energies (num_graphs,) and fields (N_total, 3) of a batch; fields by autograd."""
+    spins = batch.spins.detach().requires_grad_(True)
+    batch.spins = spins
+    with torch.enable_grad():
+        energy = model(batch)
+        field = compute_field(energy, spins, training=training)
+    return energy, field
+
+
+def loss_terms(energy_pred, field_pred, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared error of field components and of the energy per site.
+
+    Shapes:
+        energy_pred: (num_graphs,); field_pred: (N_total, 3) -> two scalars.
+    """
+    sites = torch.bincount(batch.batch, minlength=batch.num_graphs).to(energy_pred)
+    field_mse = ((field_pred - batch.field) ** 2).mean()
+    energy_mse = (((energy_pred - batch.energy) / sites) ** 2).mean()
+    return field_mse, energy_mse
+
+
+def augment(items: list, generator: torch.Generator) -> list:
+    """Apply a random lattice rotation (from the graph's ``symmetry_perm``) to each item.
+
+    The spin of site n moves to site perm[n], and so does its field: without spin-orbit
+    coupling the ED labels of the moved configuration are the moved labels.
+    """
+    moved = []
+    for data in items:
+        perms = data.symmetry_perm
+        g = int(torch.randint(len(perms), (1,), generator=generator))
+        if g == 0:
+            moved.append(data)
+            continue
+        perm = perms[g]
+        new = data.clone()
+        new.spins = torch.empty_like(data.spins)
+        new.spins[perm] = data.spins
+        new.field = torch.empty_like(data.field)
+        new.field[perm] = data.field
+        moved.append(new)
+    return moved
+
+
+def _batches(dataset, indices, batch_size, dtype, device, generator=None, augment_data=False):
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[int(i)] for i in indices[start:start + batch_size]]
+        if augment_data:
+            items = augment(items, generator)
+        batch = Batch.from_data_list(items)
+        for key in ("spins", "field", "energy"):
+            batch[key] = batch[key].to(dtype)
+        yield batch.to(device)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: SpinDataset, batch_size: int = 4, indices=None) -> dict:
+    """RMSE of the field components and of the energy per site, with the predictions.
+
+    Returns:
+        dict with ``rmse_field``, ``rmse_energy_per_site``, ``field_pred``/``field_true``
+        (M, N, 3) and ``energy_pred``/``energy_true`` (M,) as float64 CPU tensors.
+    """
+    p = next(model.parameters())
+    indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
+    was_training = model.training
+    model.eval()
+    e_pred, b_pred = [], []
+    for batch in _batches(dataset, indices, batch_size, p.dtype, p.device):
+        energy, field = predict(model, batch, training=False)
+        e_pred.append(energy.detach().double().cpu())
+        b_pred.append(field.detach().double().cpu().reshape(batch.num_graphs, -1, 3))
+    model.train(was_training)
+    n = dataset.graph.num_nodes
+    energy_pred, field_pred = torch.cat(e_pred), torch.cat(b_pred)
+    energy_true, field_true = dataset.energy[indices].double(), dataset.field[indices].double()
+    return {
+        "rmse_field": float(((field_pred - field_true) ** 2).mean().sqrt()),
+        "rmse_energy_per_site": float((((energy_pred - energy_true) / n) ** 2).mean().sqrt()),
+        "energy_pred": energy_pred, "energy_true": energy_true,
+        "field_pred": field_pred, "field_true": field_true,
+    }
+
+
+# ------------------------------------------------------------------------------------- trainer
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _make_optimizer(params, cfg: OptimizerConfig):
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _make_scheduler(optimizer, cfg: OptimizerConfig, epochs: int, steps_per_epoch: int):
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.plateau_factor,
+                                                          patience=cfg.plateau_patience)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=epochs,
+                                                   steps_per_epoch=steps_per_epoch)
+    return None
+
+
+def build(config: RunConfig, dataset: SpinDataset) -> torch.nn.Module:
+    """The model named in ``config.model`` for the data set's graph and Hamiltonian."""
+    cls = _model_class(config.model.type)
+    return cls.for_graph(dataset.graph, hamiltonian=dataset.hamiltonian, **config.model.params)
+
+
+def _split(config: RunConfig, train_set: SpinDataset):
+    """Training and validation (dataset, indices); validation may be empty."""
+    if config.data.validation:
+        val_set = load_dataset(config.data.validation, graph=train_set.graph)
+        if val_set.hamiltonian != train_set.hamiltonian:
+            raise ValueError(f"validation set {config.data.validation} has another Hamiltonian "
+                             f"({val_set.hamiltonian}) than the training set ({train_set.hamiltonian})")
+        return torch.arange(len(train_set)), val_set, torch.arange(len(val_set))
+    n_val = int(round(config.data.validation_fraction * len(train_set)))
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.training.seed))
+    return order[n_val:], train_set, order[:n_val]
+
+
+def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict:
+    """Train the configured model; resumes from ``<out>/last.pt`` when it exists and ``resume``.
+
+    Returns:
+        dict with ``model`` (the best model, on CPU), ``best_epoch``, ``epochs_run``,
+        ``history`` (list of per-epoch dicts) and ``out`` (the run folder).
+    """
+    from tqdm.auto import tqdm
+
+    from .io import load_model
+
+    t = config.training
+    out = Path(t.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, t.dtype)
+    device = torch.device(t.device)
+    train_set = load_dataset(config.data.train)
+    train_idx, val_set, val_idx = _split(config, train_set)
+    if len(train_idx) == 0:
+        raise ValueError("no training configurations left after the validation split")
+
+    torch.manual_seed(t.seed)
+    model = build(config, train_set).to(device=device, dtype=dtype)
+    optimizer = _make_optimizer(model.parameters(), config.optimizer)
+    steps = math.ceil(len(train_idx) / t.batch_size)
+    scheduler = _make_scheduler(optimizer, config.optimizer, t.epochs, steps)
+
+    state = {"epoch": 0, "best": math.inf, "best_epoch": 0, "elapsed": 0.0}
+    last, resolved = out / "last.pt", config.to_dict()
+    if resume and last.exists():
+        try:
+            ckpt = torch.load(last, map_location=device, weights_only=True)
+            saved = json.loads(ckpt["config"])
+        except Exception as err:  # any unreadable checkpoint is reported the same way
+            raise ValueError(f"cannot resume from {last}: the checkpoint is damaged ({err}); "
+                             "delete it to start afresh") from None
+        if saved != json.loads(json.dumps(resolved)):
+            raise ValueError(f"{last} belongs to a run with another configuration; use another "
+                             "[training] out folder or delete the checkpoint")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+    (out / "config.json").write_text(json.dumps(resolved, indent=2))
+
+    log_path = out / "log.csv"
+    columns = ["epoch", "lr", "train_loss", "train_rmse_field", "val_rmse_field", "val_rmse_energy_per_site",
+               "elapsed_s"]
+    if state["epoch"] == 0 or not log_path.exists():
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(columns)
+
+    history = []
+    bad_epochs = state["epoch"] - state["best_epoch"]
+    start_time = time.perf_counter() - state["elapsed"]
+    bar = tqdm(total=t.epochs, initial=state["epoch"], desc="train", unit="epoch", disable=not progress)
+    model.train()
+    while state["epoch"] < t.epochs:
+        epoch = state["epoch"] + 1
+        generator = torch.Generator().manual_seed(t.seed * 100_003 + epoch)  # resumable: no carried state
+        order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+        total_loss, total_field, count = 0.0, 0.0, 0
+        for batch in _batches(train_set, order, t.batch_size, dtype, device, generator, config.data.augment):
+            energy, field_pred = predict(model, batch, training=True)
+            field_mse, energy_mse = loss_terms(energy, field_pred, batch)
+            loss = field_mse + t.energy_weight * energy_mse
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if config.optimizer.schedule == "onecycle":
+                scheduler.step()
+            total_loss += float(loss) * batch.num_graphs
+            total_field += float(field_mse) * batch.num_graphs
+            count += batch.num_graphs
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total_loss / count,
+               "train_rmse_field": math.sqrt(total_field / count)}
+        if len(val_idx):
+            metrics = evaluate(model, val_set, t.batch_size, val_idx)
+            row["val_rmse_field"] = metrics["rmse_field"]
+            row["val_rmse_energy_per_site"] = metrics["rmse_energy_per_site"]
+            monitored = metrics["rmse_field"] ** 2 + t.energy_weight * metrics["rmse_energy_per_site"] ** 2
+        else:
+            row["val_rmse_field"] = row["val_rmse_energy_per_site"] = float("nan")
+            monitored = row["train_loss"]
+        if config.optimizer.schedule == "plateau":
+            scheduler.step(monitored)
+        elif config.optimizer.schedule == "cosine":
+            scheduler.step()
+        state["epoch"] = epoch
+        state["elapsed"] = time.perf_counter() - start_time
+        row["elapsed_s"] = state["elapsed"]
+        if monitored < state["best"]:
+            state["best"], state["best_epoch"], bad_epochs = monitored, epoch, 0
+            model.save(out / "best.pt")
+        else:
+            bad_epochs += 1
+        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                      "state": state, "config": json.dumps(resolved)}, last)
+        with open(log_path, "a", newline="") as f:
+            csv.writer(f).writerow([row[c] for c in columns])
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['train_loss']:.3g}", val_B=f"{row['val_rmse_field']:.3g}")
+        if config.optimizer.early_stopping and bad_epochs >= config.optimizer.early_stopping:
+            break
+        if t.minutes and state["elapsed"] > 60 * t.minutes:
+            break
+    bar.close()
+    model.save(out / "final.pt")
+    best = load_model(out / "best.pt")
+    return {"model": best, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+            "history": history, "out": out}
