@@ -7,7 +7,7 @@ from .graph import from_networkx
 from .ed import ExactDiagonalization, check_spins
 from .data import SpinDataset, generate_dataset, load_dataset, read_spins
 from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral, triple_q_vectors
-from .dynamics import LLG, Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
+from .dynamics import LLG, DivergenceError, Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
 from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
                       skyrmion_number, skyrmion_number_per_cell, structure_factor)
 from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
@@ -22,7 +22,7 @@ __all__ = [
     "ExactDiagonalization", "check_spins",
     "generate_dataset", "load_dataset", "SpinDataset", "read_spins",
     "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal",
-    "LLG", "Provider", "as_provider", "Zeeman", "SingleIonAnisotropy", "Heisenberg",
+    "LLG", "DivergenceError", "Provider", "as_provider", "Zeeman", "SingleIonAnisotropy", "Heisenberg",
     "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
     "structure_factor", "magnetic_cell_sites", "locality",
     "TrajectoryWriter", "Trajectory", "read_trajectory",

@@ -31,7 +31,7 @@ from .ed import check_spins
 from .graph import HoppingGraph
 
 __all__ = ["Provider", "FunctionProvider", "SumProvider", "Zeeman", "SingleIonAnisotropy",
-           "Heisenberg", "as_provider", "LLG", "LLGRun"]
+           "Heisenberg", "as_provider", "LLG", "LLGRun", "DivergenceError"]
 
 
 # ------------------------------------------------------------------------------ providers
@@ -383,7 +383,8 @@ class LLG:
 
     def run(self, spins: torch.Tensor, steps: int, record_every: int = 0, record_spins: bool = False,
             seed: int | None = None, generator: torch.Generator | None = None,
-            callback: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None) -> LLGRun:
+            callback: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
+            start_step: int = 0, check_finite: bool = True) -> LLGRun:
         """Integrate ``steps`` time steps.
 
         Args:
@@ -397,15 +398,28 @@ class LLG:
                 when ``generator`` is given.
             generator: random generator for the noise.
             callback: called as ``callback(step, spins, energy)`` at every record, with the
-                configuration at the start of that step.
+                configuration at the start of that step, before that step's noise is drawn
+                (so ``generator.get_state()`` there is the state that continues the run
+                exactly from that configuration).
+            start_step: number of the first step (a run continued from step ``start_step``):
+                steps, times and the record schedule count from 0 as if the run had never
+                stopped.
+            check_finite: stop with :class:`DivergenceError` at the first step whose energy,
+                field or new spins are not finite (NaN or inf), before anything of that step is
+                recorded. Costs one reduction (and, on a GPU, one synchronisation) per step.
 
         Returns:
             :class:`LLGRun` with the final spins and the records.
+
+        Raises:
+            DivergenceError: (with ``check_finite``) naming the step that failed.
         """
         if not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
         if not isinstance(record_every, int) or record_every < 0:
             raise ValueError(f"record_every must be a non-negative integer, got {record_every!r}")
+        if not isinstance(start_step, int) or start_step < 0:
+            raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}")
         spins = _prepare(spins)
         if generator is None and seed is not None:
             generator = torch.Generator(device=spins.device).manual_seed(int(seed))
@@ -419,14 +433,25 @@ class LLG:
             if callback is not None:
                 callback(n, s, e)
 
-        for n in range(steps):
-            new, energy = self._step(spins, generator)
-            if n == 0 or (record_every and n % record_every == 0):
+        end = start_step + steps
+        for n in range(start_step, end):
+            # the first provider evaluation of the step comes first, so a record (and its
+            # callback) sees the configuration and the generator before the step's noise
+            energy, field = self.energy_and_field(spins)
+            if check_finite:
+                _check_finite(n, self.dt, spins, energy, field, "the provider's energy or field")
+            if n == start_step or (record_every and n % record_every == 0):
                 record(n, spins, energy)
+            new = self._advance(spins, field, self._noise(spins, generator))
+            if check_finite:
+                _check_finite(n, self.dt, spins, new, None, "the new spins")
             spins = new
-        record(steps, spins, self.energy_and_field(spins)[0])
+        energy = self.energy_and_field(spins)[0]
+        if check_finite:
+            _check_finite(end, self.dt, spins, energy, None, "the provider's energy")
+        record(end, spins, energy)
         return LLGRun(spins=spins, times=torch.tensor(times, dtype=torch.float64),
-                      energies=torch.stack(energies),
+                      energies=torch.stack(energies) if energies else torch.empty(0),
                       snapshots=torch.stack(snapshots) if record_spins else None)
 
     # -- schemes ----------------------------------------------------------------------------
@@ -439,18 +464,21 @@ class LLG:
 
     def _step(self, spins, generator):
         """(new spins, energy of the input spins)."""
-        noise = self._noise(spins, generator)
+        energy, field = self.energy_and_field(spins)
+        return self._advance(spins, field, self._noise(spins, generator)), energy
+
+    def _advance(self, spins, field, noise):
+        """One step from spins whose (deterministic) field is already known."""
         if self.integrator == "heun":
-            return self._heun(spins, noise)
-        return self._midpoint(spins, noise)
+            return self._heun(spins, field, noise)
+        return self._midpoint(spins, field, noise)
 
     def _velocity(self, s, b):
         # dS/dt = -[S x B' + alpha S x (S x B')] / (1 + alpha^2)
         sxb = torch.linalg.cross(s, b, dim=-1)
         return -(sxb + self.alpha * torch.linalg.cross(s, sxb, dim=-1)) / (1 + self.alpha ** 2)
 
-    def _heun(self, s0, noise):
-        e0, b0 = self.energy_and_field(s0)
+    def _heun(self, s0, b0, noise):
         if noise is not None:
             b0 = b0 + noise
         f0 = self._velocity(s0, b0)
@@ -459,14 +487,13 @@ class LLG:
         if noise is not None:
             b1 = b1 + noise
         f1 = self._velocity(s1, b1)
-        return _normalise(s0 + 0.5 * self.dt * (f0 + f1)), e0
+        return _normalise(s0 + 0.5 * self.dt * (f0 + f1))
 
     def _rotation_vector(self, s, b):
         # dS/dt = W x S with W = (B' + alpha S x B') / (1 + alpha^2)
         return (b + self.alpha * torch.linalg.cross(s, b, dim=-1)) / (1 + self.alpha ** 2)
 
-    def _midpoint(self, s0, noise):
-        e0, b = self.energy_and_field(s0)
+    def _midpoint(self, s0, b, noise):
         s_eval = s0
         for k in range(self.iterations):
             if k > 0:
@@ -476,7 +503,34 @@ class LLG:
                 b = b + noise
             s1 = _cayley(s0, 0.5 * self.dt * self._rotation_vector(s_eval, b))
         # the Cayley map is orthogonal; renormalising only removes rounding drift
-        return _normalise(s1), e0
+        return _normalise(s1)
+
+
+class DivergenceError(RuntimeError):
+    """An LLG step produced NaN or infinite values.
+
+    Attributes:
+        step: the step that failed (its input configuration was still finite).
+        time: step * dt.
+    """
+
+    def __init__(self, message: str, step: int, time: float):
+        super().__init__(message)
+        self.step = step
+        self.time = time
+
+
+def _check_finite(step, dt, spins, values, field, what):
+    """Raise :class:`DivergenceError` naming ``step`` unless ``values`` (and ``field``) are finite."""
+    ok = torch.isfinite(values).all()
+    if field is not None:
+        ok = ok & torch.isfinite(field).all()
+    if bool(ok):  # one synchronisation per call on a GPU
+        return
+    hint = ("the provider failed on a finite configuration" if "provider" in what else
+            "the step diverged: a smaller dt (or a provider that stays finite) is needed")
+    raise DivergenceError(f"LLG step {step} (t = {step * dt:g}): {what} contain NaN or inf; {hint}",
+                          step=step, time=step * dt)
 
 
 def _cayley(s, a):
