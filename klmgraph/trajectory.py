@@ -11,19 +11,30 @@ dataset                     shape                  meaning
 ``energy``                  (M,) or (M, B)         total energy (provider + Zeeman term)
 ``magnetization``           (M, 3) or (M, B, 3)    per site
 ``skyrmion_number``         (M,) or (M, B)         total, Berg-Luscher (2D lattices only)
-``spins``                   (M, N, 3) or           every ``spins_every``-th record only
+``spins``                   (M', N, 3) or          every ``spins_every``-th record only
                             (M', B, N, 3)          (``spins_step`` holds their steps)
+``rng_state``               (M', bytes) uint8      state of the noise generator at each snapshot
+                                                   (only when the writer was given it)
 ==========================  =====================  ==========================================
 
 File attributes: ``format`` ("klmgraph-trajectory"), ``format_version``, ``klmgraph_version``,
 ``graph`` (the graph description as JSON), ``llg`` (dt, alpha, temperature, field, integrator,
-iterations as JSON), and ``metadata`` (JSON of anything the user passes).
+iterations as JSON), ``metadata`` (JSON of anything the user passes), and the commit counters
+``num_records`` and ``num_snapshots``.
+
+Consistency: the counters are advanced only after the data they count are flushed (at every
+snapshot and on closing), and readers ignore anything beyond them, so a run killed between
+two snapshots leaves a file that reads as the run up to its last commit. A writer opened with
+``resume=True`` cuts the file back to its last snapshot and continues from there: with the
+generator state stored next to the snapshot, the continued run draws the same noise as an
+uninterrupted one.
 """
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -32,7 +43,7 @@ import torch
 from .graph import HoppingGraph
 from .measure import skyrmion_number
 
-__all__ = ["TrajectoryWriter", "Trajectory", "read_trajectory"]
+__all__ = ["TrajectoryWriter", "Trajectory", "Snapshot", "read_trajectory", "last_snapshot"]
 
 FORMAT = "klmgraph-trajectory"
 FORMAT_VERSION = 1
@@ -62,33 +73,92 @@ class TrajectoryWriter:
 
     def __init__(self, path, graph: HoppingGraph, llg, spins_every: int = 1, skyrmions: bool | None = None,
                  start_time: float = 0.0, metadata: dict | None = None, overwrite: bool = False,
-                 dtype=np.float32):
+                 dtype=np.float32, generator: torch.Generator | None = None, resume: bool = False,
+                 final_step: int | None = None):
         if not isinstance(spins_every, int) or spins_every < 0:
             raise ValueError(f"spins_every must be a non-negative integer, got {spins_every!r}")
         if not math.isfinite(float(start_time)):
             raise ValueError(f"start_time must be finite, got {start_time}")
+        if resume and overwrite:
+            raise ValueError("give resume or overwrite, not both")
         self.graph = graph
         self.llg = llg
         self.spins_every = spins_every
         self.start_time = float(start_time)
         self.dtype = np.dtype(dtype)
+        self.generator = generator
+        self.final_step = final_step
         vectors = graph.description.get("vectors", [])
         can = len(vectors) == 2
         if skyrmions and not can:
             raise ValueError("skyrmion numbers need a 2D lattice graph")
         self.skyrmions = can if skyrmions is None else bool(skyrmions)
+        from . import __version__
+        self._settings = {"graph": json.dumps(graph.description, sort_keys=True),
+                          "llg": json.dumps(_llg_settings(llg)), "metadata": json.dumps(metadata or {})}
+        self._records = 0
+        self._since_snapshot = 0
+        self._skip_snapshot_at = None
+        self.last_snapshot: Snapshot | None = None
+        self._file = None
+        path = Path(path)
+        if resume and path.exists():
+            self._file = _open(path, "r+")
+            self._resume(path)
+            return
         self._file = h5py.File(path, "w" if overwrite else "w-")
         attrs = self._file.attrs
         attrs["format"] = FORMAT
         attrs["format_version"] = FORMAT_VERSION
-        from . import __version__
         attrs["klmgraph_version"] = __version__
-        attrs["graph"] = json.dumps(graph.description, sort_keys=True)
-        attrs["llg"] = json.dumps({"dt": llg.dt, "alpha": llg.alpha, "temperature": llg.temperature,
-                                   "field": list(llg.field), "integrator": llg.integrator,
-                                   "iterations": llg.iterations, "provider": repr(llg.provider)})
-        attrs["metadata"] = json.dumps(metadata or {})
-        self._records = 0
+        for key, value in self._settings.items():
+            attrs[key] = value
+        attrs["num_records"] = 0
+        attrs["num_snapshots"] = 0
+        self._file.flush()
+
+    def _resume(self, path: Path) -> None:
+        """Check that the file holds this run, read its last snapshot and cut it back to there."""
+        f = self._file
+        if f.attrs.get("format") != FORMAT:
+            self.close()
+            raise ValueError(f"{path} is not a klmgraph trajectory; choose another path")
+        for key, mine in self._settings.items():
+            stored = f.attrs.get(key)
+            if key == "llg":  # the provider's repr may hold a memory address: compare the rest
+                stored, mine = (json.dumps({k: v for k, v in json.loads(x).items() if k != "provider"},
+                                           sort_keys=True) for x in (stored, mine))
+            if stored != mine:
+                self.close()
+                raise ValueError(f"{path} holds a run with other {key} settings ({stored} vs {mine}): "
+                                 "resume it with the same settings, or overwrite it / choose another path")
+        records, snapshots = _committed(f)
+        if snapshots:
+            k = snapshots - 1
+            step = int(f["spins_step"][k])
+            rng = f["rng_state"][k] if "rng_state" in f and len(f["rng_state"]) > k else None
+            self.last_snapshot = Snapshot(step=step, spins=torch.from_numpy(f["spins"][k]),
+                                          rng_state=None if rng is None else torch.from_numpy(rng))
+            # the record of the snapshot's step is written again by the continued run
+            steps = f["step"][:records]
+            records = int(np.searchsorted(steps, step)) if len(steps) else 0
+            self._skip_snapshot_at = step
+        else:
+            records = 0
+        for name in list(f):
+            if name in ("spins", "spins_step", "rng_state"):
+                f[name].resize(snapshots, axis=0)
+            else:
+                f[name].resize(records, axis=0)
+        self._records = records
+        self._commit()
+
+    def _commit(self) -> None:
+        """Flush the data, then advance the counters that make them valid."""
+        self._file.flush()
+        self._file.attrs["num_records"] = self._records
+        self._file.attrs["num_snapshots"] = len(self._file["spins_step"]) if "spins_step" in self._file else 0
+        self._file.flush()
 
     def _append(self, name: str, value: np.ndarray, dtype) -> None:
         value = np.asarray(value, dtype=dtype)
@@ -118,16 +188,25 @@ class TrajectoryWriter:
         if self.skyrmions:
             self._append("skyrmion_number", skyrmion_number(self.graph, spins).cpu().double().numpy(),
                          np.float64)
-        if self.spins_every and self._records % self.spins_every == 0:
-            self._append("spins", spins.cpu().numpy(), self.dtype)
-            self._append("spins_step", int(step), np.int64)
         self._records += 1
+        if self.spins_every and (self._since_snapshot % self.spins_every == 0 or step == self.final_step):
+            if step != self._skip_snapshot_at:  # a resumed run starts on a stored snapshot
+                self._append("spins", spins.cpu().numpy(), self.dtype)
+                self._append("spins_step", int(step), np.int64)
+                if self.generator is not None:
+                    self._append("rng_state", self.generator.get_state().cpu().numpy(), np.uint8)
+            self._since_snapshot = 0
+            self._commit()
+        self._since_snapshot += 1
 
     def flush(self) -> None:
-        self._file.flush()
+        """Flush and commit every record written so far."""
+        self._commit()
 
     def close(self) -> None:
         if self._file is not None:
+            if self._file.mode != "r":
+                self._commit()
             self._file.close()
             self._file = None
 
@@ -136,6 +215,58 @@ class TrajectoryWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _llg_settings(llg) -> dict:
+    return {"dt": llg.dt, "alpha": llg.alpha, "temperature": llg.temperature,
+            "field": list(llg.field), "integrator": llg.integrator,
+            "iterations": llg.iterations, "provider": repr(llg.provider)}
+
+
+def _open(path, mode: str):
+    try:
+        return h5py.File(path, mode)
+    except OSError as err:
+        raise ValueError(f"cannot open trajectory {path} ({err}); if it is damaged, overwrite it") from None
+
+
+def _committed(f) -> tuple[int, int]:
+    """(records, snapshots) that are valid: the counters, or everything in files without them."""
+    records = len(f["step"]) if "step" in f else 0
+    snapshots = min(len(f["spins_step"]), len(f["spins"])) if "spins_step" in f else 0
+    records = min(records, int(f.attrs.get("num_records", records)))
+    snapshots = min(snapshots, int(f.attrs.get("num_snapshots", snapshots)))
+    if "rng_state" in f:
+        snapshots = min(snapshots, len(f["rng_state"]))
+    return records, snapshots
+
+
+@dataclass
+class Snapshot:
+    """A stored configuration to continue a run from.
+
+    Attributes:
+        step: its step.
+        spins: (N, 3) or (B, N, 3) in the stored dtype.
+        rng_state: the noise generator's state before that step's noise (uint8), or None.
+    """
+
+    step: int
+    spins: torch.Tensor
+    rng_state: torch.Tensor | None
+
+
+def last_snapshot(path) -> Snapshot | None:
+    """The last committed snapshot of a trajectory file (None if it holds none)."""
+    with _open(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a klmgraph trajectory")
+        _, k = _committed(f)
+        if not k:
+            return None
+        rng = f["rng_state"][k - 1] if "rng_state" in f else None
+        return Snapshot(step=int(f["spins_step"][k - 1]), spins=torch.from_numpy(f["spins"][k - 1]),
+                        rng_state=None if rng is None else torch.from_numpy(rng))
 
 
 @dataclass
@@ -182,8 +313,12 @@ def read_trajectory(path) -> Trajectory:
             raise ValueError(f"{path} has trajectory format {version}; this klmgraph reads up to "
                              f"{FORMAT_VERSION}: upgrade klmgraph")
 
+        records, snapshots = _committed(f)
+
         def get(name):
-            return f[name][()] if name in f else None
+            if name not in f:
+                return None
+            return f[name][:snapshots] if name in ("spins", "spins_step") else f[name][:records]
 
         return Trajectory(time=get("time"), step=get("step"), energy=get("energy"),
                           magnetization=get("magnetization"), skyrmion_number=get("skyrmion_number"),

@@ -1,0 +1,240 @@
+"""A resumable LLG simulation: integrator + trajectory file + summary, in one call.
+
+:func:`simulate` runs :meth:`LLG.run <klmgraph.LLG.run>` with a
+:class:`~klmgraph.TrajectoryWriter` as its callback, so there is one integrator loop and one
+writer. A run folder holds
+
+* ``trajectory.h5``: observables at every record, spins and the noise generator's state at
+  every snapshot (docs/file-formats.md);
+* ``summary.json``: the final observables (written last, under a temporary name first).
+
+Calling :func:`simulate` again with the same folder and settings continues from the last
+snapshot in ``trajectory.h5``; because the generator's state is stored with the snapshot and
+spins are stored in the run's precision, an interrupted and continued run ends in the same
+state as an uninterrupted one. Asking for more steps than a finished run holds extends it.
+A step whose energy, field or spins are NaN or infinite stops the run with
+:class:`~klmgraph.DivergenceError` naming the step; the file keeps everything before it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .dynamics import LLG, DivergenceError, _prepare
+from .graph import HoppingGraph
+from .measure import magnetic_cell_sites, skyrmion_number
+from .trajectory import TrajectoryWriter, read_trajectory
+
+__all__ = ["simulate", "SimulationResult", "TRAJECTORY", "SUMMARY"]
+
+TRAJECTORY = "trajectory.h5"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class SimulationResult:
+    """Final state and observables of :func:`simulate` (also written to ``summary.json``).
+
+    Attributes:
+        folder: the run folder.
+        spins: (N, 3) final configuration (not in the JSON summary).
+        step, time: of the final configuration.
+        hz, temperature, alpha, dt: the LLG settings (Hz is the z component of the field).
+        energy_per_site: total energy (provider + Zeeman term) / N.
+        magnetization: (3,) per site; abs_mz: |M^z|.
+        skyrmion_number: total n_sk (None for graphs that are not 2D lattices).
+        cell_sites: sites per magnetic unit cell used for the per-cell value, or None.
+        skyrmion_number_per_cell: n_sk * cell_sites / N, or the total n_sk when no cell is known.
+        note: how the magnetic cell was chosen (or why the total is reported).
+        resumed_from: the snapshot step this call continued from (None for a fresh run).
+        steps_run: steps integrated by this call.
+        wall_time: seconds spent by this call.
+    """
+
+    folder: str
+    spins: torch.Tensor
+    step: int
+    time: float
+    hz: float
+    temperature: float
+    alpha: float
+    dt: float
+    energy_per_site: float
+    magnetization: list
+    abs_mz: float
+    skyrmion_number: float | None
+    cell_sites: int | None
+    skyrmion_number_per_cell: float | None
+    note: str
+    resumed_from: int | None
+    steps_run: int
+    wall_time: float
+
+    def summary(self) -> dict:
+        """The JSON-able fields (everything but the spins)."""
+        out = asdict(self)
+        out.pop("spins")
+        return out
+
+
+def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out, snapshot_every: int = 100,
+             record_every: int = 1, seed: int = 0, cell_sites: int | str | None = "auto",
+             metadata: dict | None = None, overwrite: bool = False, progress: bool = False) -> SimulationResult:
+    """Run (or continue) LLG dynamics, writing a trajectory and a summary into the folder ``out``.
+
+    Args:
+        llg: the integrator with its provider, dt, alpha, T and field (B = B_provider + Hz z:
+            give Hz as ``LLG(..., field=(0, 0, Hz))``).
+        graph: the lattice graph (observables and the stored description).
+        spins: (N, 3) initial configuration; ignored when the folder holds a run to continue.
+        steps: total number of steps of the run (counted from step 0, also when continuing).
+        out: run folder (created if needed).
+        snapshot_every: store the spins (and the generator's state) every this many steps; the
+            final configuration is always stored. A continued run restarts at the last one.
+        record_every: record the observables every this many steps (divides snapshot_every).
+        seed: seed of the thermal noise (a stream different from ``random_spins(seed=seed)``).
+        cell_sites: sites per magnetic unit cell for ``skyrmion_number_per_cell`` (48 for the
+            triangular model of DESIGN.md); "auto" derives it from the final structure factor
+            with :func:`~klmgraph.magnetic_cell_sites` and falls back to the total n_sk (saying
+            so in ``note``) when the peaks do not span the plane; None reports the total.
+        metadata: JSON-able dict stored in the trajectory (part of the settings that a
+            continued run must repeat, e.g. how the provider and the initial state were made).
+        overwrite: start afresh even if the folder holds a run.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`SimulationResult`.
+
+    Raises:
+        ValueError: for inconsistent arguments, or a folder holding a run with other settings.
+        DivergenceError: when a step produces NaN or inf (the message names the step and the
+            last stored snapshot).
+
+    Shapes:
+        spins: (N, 3), float32 or float64, on the device the run should use.
+    """
+    started = time.perf_counter()
+    for name, value, low in (("steps", steps, 0), ("snapshot_every", snapshot_every, 1),
+                             ("record_every", record_every, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    steps, snapshot_every, record_every = int(steps), int(snapshot_every), int(record_every)
+    if snapshot_every % record_every:
+        raise ValueError(f"snapshot_every ({snapshot_every}) must be a multiple of record_every ({record_every}): "
+                         "snapshots are taken at records")
+    if isinstance(cell_sites, str) and cell_sites != "auto":
+        raise ValueError(f"cell_sites must be a positive integer, 'auto' or None, got {cell_sites!r}")
+    if isinstance(cell_sites, (int, np.integer)) and cell_sites <= 0:
+        raise ValueError(f"cell_sites must be positive, got {cell_sites}")
+    spins = _prepare(spins)
+    if spins.dim() != 2 or spins.shape[0] != graph.num_nodes:
+        raise ValueError(f"simulate takes one configuration of shape ({graph.num_nodes}, 3), "
+                         f"got {tuple(spins.shape)}")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / TRAJECTORY
+    generator = torch.Generator(device=spins.device).manual_seed(_noise_seed(seed))
+    settings = {"seed": int(seed), "snapshot_every": snapshot_every, "record_every": record_every,
+                **(metadata or {})}
+    writer = TrajectoryWriter(path, graph, llg, spins_every=snapshot_every // record_every,
+                              metadata=settings, overwrite=overwrite, resume=not overwrite,
+                              dtype=_numpy_dtype(spins.dtype), generator=generator, final_step=steps)
+    start, resumed_from = 0, None
+    last = writer.last_snapshot
+    if last is not None:
+        if last.step > steps:
+            writer.close()
+            raise ValueError(f"{path} already holds {last.step} steps, more than the {steps} asked for: "
+                             "ask for at least as many steps, or overwrite")
+        start = resumed_from = last.step
+        spins = last.spins.to(device=spins.device, dtype=spins.dtype)
+        if last.rng_state is not None:
+            generator.set_state(last.rng_state)
+    callback = writer
+    bar = None
+    if progress and steps > start:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, initial=start, desc="LLG", unit="step")
+
+        def callback(n, s, e):
+            writer(n, s, e)
+            bar.update(n - bar.n)
+    try:
+        if steps > start:
+            run = llg.run(spins, steps - start, record_every=record_every, generator=generator,
+                          callback=callback, start_step=start)
+            spins, energy = run.spins, run.energies[-1]
+        else:  # a finished run: its final record was cut with the resume; write it again
+            energy = llg.energy_and_field(spins)[0]
+            writer(steps, spins, energy)
+    except DivergenceError as err:
+        writer.close()
+        last = read_trajectory(path).spins_step
+        kept = int(last[-1]) if last is not None and len(last) else None
+        raise DivergenceError(f"{err}. {path} keeps the snapshots up to step {kept}; rerunning the same "
+                              "settings would fail again: change dt (or the provider) and overwrite, or "
+                              "choose another folder", step=err.step, time=err.time) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    writer.close()
+    result = _summarise(llg, graph, spins, energy, steps, cell_sites, folder, resumed_from,
+                        steps - start, time.perf_counter() - started)
+    _write_json(folder / SUMMARY, result.summary())
+    return result
+
+
+def _noise_seed(seed: int) -> int:
+    # random_spins(seed=s) draws from manual_seed(s); the noise must not reuse those numbers
+    return (int(seed) * 0x9E3779B97F4A7C15 + 0x5851F42D4C957F2D) % (2 ** 63)
+
+
+def _numpy_dtype(dtype: torch.dtype):
+    return np.float64 if dtype == torch.float64 else np.float32
+
+
+def _summarise(llg, graph, spins, energy, step, cell_sites, folder, resumed_from, steps_run, wall) -> SimulationResult:
+    n = graph.num_nodes
+    m = spins.mean(0).double().cpu()
+    try:
+        nsk = float(skyrmion_number(graph, spins))
+    except ValueError:  # not a 2D lattice
+        nsk = None
+    cells, note = None, ""
+    if nsk is not None:
+        if cell_sites == "auto":
+            try:
+                cells = magnetic_cell_sites(graph, spins)
+                note = f"magnetic cell of {cells} sites from the structure-factor peaks"
+            except ValueError as err:
+                note = f"total n_sk reported: no magnetic unit cell found ({err})"
+        elif cell_sites is None:
+            note = "total n_sk reported (no magnetic cell given)"
+        else:
+            cells = int(cell_sites)
+            note = f"magnetic cell of {cells} sites (given)"
+    per_cell = None if nsk is None else (nsk * cells / n if cells else nsk)
+    return SimulationResult(
+        folder=str(folder), spins=spins, step=int(step), time=step * llg.dt, hz=float(llg.field[2]),
+        temperature=llg.temperature, alpha=llg.alpha, dt=llg.dt,
+        energy_per_site=float(torch.as_tensor(energy).double()) / n, magnetization=m.tolist(),
+        abs_mz=abs(float(m[2])), skyrmion_number=nsk, cell_sites=cells, skyrmion_number_per_cell=per_cell,
+        note=note, resumed_from=resumed_from, steps_run=int(steps_run), wall_time=wall)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    raise TypeError(f"not JSON-able: {type(x).__name__}")
