@@ -4,16 +4,23 @@
     klmgraph info data.h5
     klmgraph train --config run.toml
     klmgraph evaluate MODEL DATA [--plot parity.png]
+    klmgraph simulate --preset triangular-paper --size 24 24 --provider ecnn4klm:triangle_param.cpt \
+        --hz 0.005 --dt 5 --steps 400 --out run-hz0.005
+    klmgraph scan --preset triangular-paper --size 24 24 --provider ecnn4klm:triangle_param.cpt \
+        --hz 0.002 0.005 0.008 --dt 5 --steps 400 --jobs 3 --out scan
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import sys
 from pathlib import Path
 
 from . import lattice as lattices
 from .data import generate_dataset, load_dataset, read_spins
+from .dynamics import DivergenceError
 from .ed import ExactDiagonalization
 
 # The two models of Miyazaki, Mach. Learn.: Sci. Technol. 4, 045006 (2023) (DESIGN.md section 1).
@@ -67,6 +74,196 @@ def build_model(args: argparse.Namespace) -> ExactDiagonalization:
     if filling is None and mu is None:
         filling, mu = preset.get("filling"), preset.get("mu")
     return ExactDiagonalization(graph, J=J, filling=filling, mu=mu, temperature=args.temperature)
+
+
+def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu"):
+    """The force provider named on the command line, for the graph of ``ed``.
+
+    Args:
+        spec: "ed" (exact diagonalization), "model:PATH" (a saved klmgraph model) or
+            "ecnn4klm:PATH" (a published ecnn4klm checkpoint).
+        ed: the ED solver built from the lattice arguments (its graph is the run's graph).
+        device: where a model's weights go.
+
+    Raises:
+        ValueError: for an unknown provider, a missing file, or a model of another lattice.
+    """
+    kind, _, path = spec.partition(":")
+    if kind == "ed" and not path:
+        return ed
+    if kind not in ("model", "ecnn4klm") or not path:
+        raise ValueError(f"unknown provider {spec!r}: use ed, model:PATH or ecnn4klm:PATH")
+    if not Path(path).is_file():
+        raise ValueError(f"--provider {spec}: no file at {path}")
+    try:
+        if kind == "model":
+            from .io import load_model
+            model = load_model(path, graph=ed.graph, map_location=device)
+        else:
+            from .compat import load_ecnn4klm
+            model = load_ecnn4klm(path, ed.graph).to(device)
+    except ImportError as err:  # a klmgraph without the model import
+        raise ValueError(f"--provider {kind}: this klmgraph cannot load models ({err})") from None
+    return model.bind(ed.graph)
+
+
+def initial_spins(spec: str, graph, seed: int, ansatz_q: float = math.pi / 3, ansatz_mz: float = 0.0):
+    """(N, 3) float64 initial state: "random", "ferromagnet" (along z), "ansatz" (triple-Q
+    skyrmion crystal with |Q| = ansatz_q and offset ansatz_mz) or "file:PATH" (the last
+    configuration of a .npy/.npz/.h5 file, e.g. a trajectory)."""
+    from .spins import ferromagnet, random_spins, skyrmion_crystal
+
+    if spec == "random":
+        return random_spins(graph, seed=seed)
+    if spec == "ferromagnet":
+        return ferromagnet(graph)
+    if spec == "ansatz":
+        return skyrmion_crystal(graph, q=ansatz_q, m_z=ansatz_mz)
+    if spec.startswith("file:"):
+        spins = read_spins(spec[5:])
+        if spins.shape[-2] != graph.num_nodes:
+            raise ValueError(f"{spec[5:]} holds configurations of {spins.shape[-2]} sites; the lattice has "
+                             f"{graph.num_nodes}")
+        spins = spins[-1]
+        return spins / spins.norm(dim=-1, keepdim=True)  # float32 files: restore unit length
+    raise ValueError(f"unknown initial state {spec!r}: use random, ferromagnet, ansatz or file:PATH")
+
+
+def _cell_sites(text: str):
+    if text == "auto":
+        return "auto"
+    if text == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--cell-sites must be a positive integer, auto or none, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"--cell-sites must be positive, got {value}")
+    return value
+
+
+def run_simulation(args: argparse.Namespace):
+    """One simulate run from parsed arguments; returns the :class:`~klmgraph.SimulationResult`."""
+    import torch
+
+    from .dynamics import LLG
+    from .plot import save_run_figures
+    from .simulate import simulate
+
+    ed = build_model(args)
+    graph = ed.graph
+    provider = build_provider(args.provider, ed, args.device)
+    seed0 = args.seed if args.init_seed is None else args.init_seed
+    spins = initial_spins(args.init, graph, seed0, args.ansatz_q, args.ansatz_mz)
+    spins = spins.to(dtype=getattr(torch, args.dtype), device=args.device)
+    llg = LLG(provider, dt=args.dt, alpha=args.alpha, temperature=args.T, field=(0.0, 0.0, args.hz),
+              integrator=args.integrator, iterations=args.iterations)
+    # everything that defines the run except its length: a continued run must repeat it
+    keys = ("preset", "lattice", "size", "open", "t1", "t2", "t3", "J", "filling", "mu", "temperature",
+            "provider", "init", "ansatz_q", "ansatz_mz", "dtype")
+    metadata = {k: getattr(args, k) for k in keys}
+    metadata["init_seed"] = seed0
+    result = simulate(llg, graph, spins, args.steps, args.out, snapshot_every=args.snapshot_every,
+                      record_every=args.record_every, seed=args.seed, cell_sites=_cell_sites(args.cell_sites),
+                      metadata=metadata, overwrite=args.overwrite, progress=not args.quiet)
+    if not args.no_plots:
+        import matplotlib
+        matplotlib.use("Agg")
+        save_run_figures(graph, args.out, spins=result.spins)
+    return result
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    r = run_simulation(args)
+    start = f"resumed at step {r.resumed_from}" if r.resumed_from is not None else "from step 0"
+    print(f"{r.folder}: {r.steps_run} steps {start}, now at step {r.step} (t = {r.time:g}), "
+          f"{r.wall_time:.1f} s")
+    nsk = "n/a" if r.skyrmion_number is None else f"{r.skyrmion_number:.4f}"
+    per = "n/a" if r.skyrmion_number_per_cell is None else f"{r.skyrmion_number_per_cell:.4f}"
+    print(f"E/N = {r.energy_per_site:.6f}, |Mz| = {r.abs_mz:.4f}, n_sk = {nsk}, n_sk per cell = {per} ({r.note})")
+
+
+def _scan_point(arguments: dict, parameter: str, value: float, folder: Path):
+    # module level, so spawned worker processes can unpickle it
+    args = argparse.Namespace(**arguments)
+    setattr(args, "hz" if parameter == "hz" else "T", value)
+    args.out = str(folder)
+    args.quiet = True
+    return run_simulation(args)
+
+
+def _scan(args: argparse.Namespace) -> None:
+    from .scan import parse_values, scan
+
+    hz, temps = parse_values(args.hz, "Hz"), parse_values(args.T, "T")
+    if len(hz) > 1 and len(temps) > 1:
+        raise ValueError("scan one parameter at a time: give several --hz values or several --T values")
+    parameter, values = ("temperature", temps) if len(temps) > 1 else ("hz", hz)
+    if min(temps) < 0:
+        raise ValueError(f"temperatures must be >= 0, got {temps}")
+    arguments = dict(vars(args), hz=hz[0], T=temps[0])
+    arguments.pop("func")
+    if args.jobs > 1 and args.device != "cpu":
+        raise ValueError("--jobs > 1 runs on the CPU only; use --jobs 1 with --device " + args.device)
+    run = functools.partial(_scan_point, arguments, parameter)
+    rows = scan(run, values, args.out, parameter=parameter, jobs=args.jobs,
+                title=f"{args.preset}, {'x'.join(map(str, args.size or []))} {args.provider.split(':')[0]}")
+    print(f"{'Hz':>10} {'T':>8} {'n_sk/cell':>10} {'|Mz|':>8} {'E/N':>12} {'step':>6}  status")
+    for r in rows:
+        fmt = (lambda x, f: "" if x is None else format(x, f))
+        print(f"{fmt(r['hz'], '10.5g')} {fmt(r['temperature'], '8.4g')} {fmt(r['skyrmion_number_per_cell'], '10.4f')} "
+              f"{fmt(r['abs_mz'], '8.4f')} {fmt(r['energy_per_site'], '12.6f')} {fmt(r['step'], '6d')}  {r['status']}")
+    print(f"table {Path(args.out) / 'scan.csv'}, plot {Path(args.out) / 'scan.png'}")
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        raise ScanFailed(f"{len(failed)} of {len(rows)} runs failed")
+
+
+class ScanFailed(RuntimeError):
+    """Some runs of a scan stopped (the table holds their messages)."""
+
+
+def _add_simulation_arguments(p: argparse.ArgumentParser, scan: bool = False) -> None:
+    _add_model_arguments(p)
+    g = p.add_argument_group("dynamics")
+    g.add_argument("--provider", default="ed",
+                   help="force provider: ed (exact, small lattices), model:PATH (klmgraph model file) or "
+                        "ecnn4klm:PATH (published checkpoint) (default ed)")
+    many = {"nargs": "+", "type": str} if scan else {"type": float}
+    g.add_argument("--hz", default=["0"] if scan else 0.0, **many,
+                   help="field Hz along z, B = B_el + Hz z" + (" (several values: the scan)" if scan else "")
+                        + " (default 0)")
+    g.add_argument("--T", default=["0"] if scan else 0.0, **many,
+                   help="temperature of the thermal noise" + (" (several values: the scan)" if scan else "")
+                        + " (default 0; --temperature is the electrons')")
+    g.add_argument("--alpha", type=float, default=1.0, help="Gilbert damping (default 1)")
+    g.add_argument("--dt", type=float, required=True, help="time step (1 / energy units)")
+    g.add_argument("--steps", type=int, required=True, help="total number of steps of the run")
+    g.add_argument("--integrator", choices=("heun", "midpoint"), default="heun", help="(default heun)")
+    g.add_argument("--iterations", type=int, default=2, help="field evaluations per midpoint step (default 2)")
+    g.add_argument("--init", default="random",
+                   help="initial state: random, ferromagnet, ansatz (triple-Q skyrmion crystal) or file:PATH "
+                        "(default random)")
+    g.add_argument("--init-seed", type=int, default=None, help="seed of the random initial state (default --seed)")
+    g.add_argument("--ansatz-q", type=float, default=math.pi / 3, help="|Q| of the ansatz (default pi/3)")
+    g.add_argument("--ansatz-mz", type=float, default=0.0, help="uniform z offset of the ansatz (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    o = p.add_argument_group("output")
+    o.add_argument("--snapshot-every", type=int, default=100, help="store the spins every this many steps (default 100)")
+    o.add_argument("--record-every", type=int, default=1, help="record observables every this many steps (default 1)")
+    o.add_argument("--cell-sites", default="auto",
+                   help="sites per magnetic unit cell for n_sk per cell (48 for triangular-paper), auto (from "
+                        "S(q) peaks) or none (default auto)")
+    o.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    o.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="spin precision (default float64)")
+    o.add_argument("--out", default="klmgraph-scan" if scan else "klmgraph-run",
+                   help="output folder; rerunning with the same settings resumes it")
+    o.add_argument("--overwrite", action="store_true", help="start afresh in an existing folder")
+    o.add_argument("--no-plots", action="store_true", help="no PNG figures")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    if scan:
+        o.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -149,6 +346,19 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=4)
     ev.set_defaults(func=_evaluate)
 
+    sim = sub.add_parser("simulate", help="LLG dynamics with ED or a model; resumable HDF5 trajectory",
+                         description="Integrate stochastic LLG dynamics. The run folder gets trajectory.h5, "
+                                     "summary.json and figures; rerunning the same command continues from the "
+                                     "last snapshot (a larger --steps extends a finished run).")
+    _add_simulation_arguments(sim)
+    sim.set_defaults(func=_simulate)
+
+    sc = sub.add_parser("scan", help="one simulate run per Hz (or T) value; CSV table and |n_sk|, |Mz| plot",
+                        description="Sweep --hz (or --T) over several values, each an independent simulate run "
+                                    "in OUT/hz=<value>; writes OUT/scan.csv and OUT/scan.png (paper Fig. 4a).")
+    _add_simulation_arguments(sc, scan=True)
+    sc.set_defaults(func=_scan)
+
     info = sub.add_parser("info", help="summarise a data set")
     info.add_argument("path")
     info.set_defaults(func=_info)
@@ -162,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"klmgraph {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (DivergenceError, ScanFailed) as err:
+        print(f"klmgraph {args.command}: stopped: {err}", file=sys.stderr)
+        return 3
     return 0
 
 

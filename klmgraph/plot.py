@@ -11,7 +11,8 @@ import torch
 
 from .graph import HoppingGraph
 
-__all__ = ["plot_spins", "plot_structure_factor", "plot_time_series", "plot_locality", "parity_plot"]
+__all__ = ["plot_spins", "plot_structure_factor", "plot_time_series", "plot_locality", "parity_plot",
+           "plot_scan", "save_run_figures"]
 
 
 def _axes(ax, **kwargs):
@@ -26,28 +27,37 @@ def _numpy(x) -> np.ndarray:
 
 
 def plot_spins(graph: HoppingGraph, spins, ax=None, arrows: bool = True, cmap: str = "RdBu_r",
-               size: float | None = None):
-    """Sites coloured by S^z (red up, blue down) with arrows of the in-plane components.
+               size: float | None = None, title: str | None = None):
+    """Arrows of the in-plane components coloured by S^z (red up, blue down) at the lattice sites,
+    over sites coloured the same way (the paper's Fig. 4b-d).
 
     Args:
         graph: graph with positions (the xy plane is drawn).
         spins: one configuration (N, 3).
-        arrows: draw the in-plane components (turn off for large lattices).
-        size: marker size (default scaled with the number of sites).
+        arrows: draw the arrows (turn off for very large lattices: only the coloured sites).
+        size: marker size of the sites (default scaled with the number of sites).
+        title: axes title.
     """
     s, pos = _numpy(spins), _numpy(graph.pos)
     if s.shape != (graph.num_nodes, 3):
         raise ValueError(f"plot_spins takes one configuration of shape ({graph.num_nodes}, 3), got {s.shape}")
     ax = _axes(ax, figsize=(6, 6))
     size = size if size is not None else max(2.0, 4000.0 / graph.num_nodes)
-    points = ax.scatter(pos[:, 0], pos[:, 1], c=s[:, 2], cmap=cmap, vmin=-1, vmax=1, s=size, linewidths=0)
+    # with arrows the sites are a faint background, so the arrows' colour carries S^z
+    points = ax.scatter(pos[:, 0], pos[:, 1], c=s[:, 2], cmap=cmap, vmin=-1, vmax=1, s=size, linewidths=0,
+                        alpha=0.35 if arrows else 1.0)
+    mappable = points
     if arrows:
-        ax.quiver(pos[:, 0], pos[:, 1], s[:, 0], s[:, 1], angles="xy", pivot="middle",
-                  scale_units="xy", scale=1.4, width=0.003, color="k")
+        mappable = ax.quiver(pos[:, 0], pos[:, 1], s[:, 0], s[:, 1], s[:, 2], cmap=cmap, clim=(-1, 1),
+                             angles="xy", pivot="middle", scale_units="xy", scale=1.1,
+                             width=min(0.006, 0.12 / np.sqrt(graph.num_nodes)), headwidth=3.5,
+                             headlength=4, headaxislength=3.5, minlength=0.3)
     ax.set_aspect("equal")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    ax.figure.colorbar(points, ax=ax, label=r"$S^z$", shrink=0.8)
+    if title:
+        ax.set_title(title)
+    ax.figure.colorbar(mappable, ax=ax, label=r"$S^z$", shrink=0.8)
     return ax
 
 
@@ -189,3 +199,91 @@ def parity_plot(predicted, reference, path=None, ax=None, title: str | None = No
         ax.figure.savefig(path, dpi=120)
         plt.close(ax.figure)
     return ax
+
+
+def plot_scan(rows, parameter: str = "hz", path=None, ax=None, title: str | None = None):
+    """|n_sk| per magnetic cell and |M^z| against the swept parameter, on two y axes (the
+    paper's Fig. 4a).
+
+    Args:
+        rows: dicts with the parameter, ``abs_skyrmion_number_per_cell`` and ``abs_mz`` (the
+            rows of :func:`klmgraph.scan`); rows without values (failed runs) are skipped.
+        parameter: "hz" or "temperature".
+        path: PNG to write (the figure is closed afterwards); None to only draw.
+
+    Returns:
+        The axes of |n_sk| (the |M^z| axes is its ``twinx``).
+    """
+    import matplotlib.pyplot as plt
+
+    good = [r for r in rows if r.get("abs_mz") is not None and r.get("abs_skyrmion_number_per_cell") is not None]
+    good.sort(key=lambda r: r[parameter])
+    x = [r[parameter] for r in good]
+    ax = _axes(ax, figsize=(5.5, 3.8))
+    ax.plot(x, [r["abs_skyrmion_number_per_cell"] for r in good], "o-", color="C0")
+    ax.set_xlabel({"hz": r"$H_z$", "temperature": r"$T$"}.get(parameter, parameter))
+    ax.set_ylabel(r"$|n_\mathrm{sk}|$ per magnetic cell", color="C0")
+    ax.tick_params(axis="y", colors="C0")
+    right = ax.twinx()
+    right.plot(x, [r["abs_mz"] for r in good], "s--", color="C3")
+    right.set_ylabel(r"$|M^z|$", color="C3")
+    right.tick_params(axis="y", colors="C3")
+    right.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0)
+    if title:
+        ax.set_title(title)
+    if path is not None:
+        ax.figure.tight_layout()
+        ax.figure.savefig(path, dpi=120)
+        plt.close(ax.figure)
+    return ax
+
+
+def save_run_figures(graph: HoppingGraph, folder, spins=None, prefix: str = "") -> list:
+    """The figures of one run folder: final spins, S(q) and time series, as PNGs in ``folder``.
+
+    Args:
+        graph: the run's graph.
+        folder: a folder written by :func:`klmgraph.simulate` (its ``trajectory.h5`` is read).
+        spins: (N, 3) configuration to draw (default: the last snapshot).
+        prefix: prepended to the file names.
+
+    Returns:
+        The paths written.
+    """
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    from .measure import structure_factor
+    from .trajectory import read_trajectory
+
+    folder = Path(folder)
+    traj = read_trajectory(folder / "trajectory.h5")
+    if spins is None:
+        spins = torch.as_tensor(traj.spins[-1], dtype=torch.float64)
+    spins = torch.as_tensor(spins, dtype=torch.float64)
+    spins = spins / spins.norm(dim=-1, keepdim=True)  # float32 snapshots: restore unit length
+    step = int(traj.spins_step[-1]) if traj.spins_step is not None and len(traj.spins_step) else None
+    llg = traj.llg
+    label = f"$H_z$ = {llg['field'][2]:g}, T = {llg['temperature']:g}" + (f", step {step}" if step is not None else "")
+    paths = []
+    ax = plot_spins(graph, spins, arrows=graph.num_nodes <= 10000, title=label)
+    paths.append(folder / f"{prefix}spins.png")
+    ax.figure.tight_layout()
+    ax.figure.savefig(paths[-1], dpi=130)
+    plt.close(ax.figure)
+    if graph.description.get("vectors") is not None and len(graph.description["vectors"]) == 2 \
+            and all(graph.description.get("periodic", [False])):
+        ax = plot_structure_factor(structure_factor(graph, spins))
+        ax.set_title(f"S(q), {label}")
+        paths.append(folder / f"{prefix}structure_factor.png")
+        ax.figure.tight_layout()
+        ax.figure.savefig(paths[-1], dpi=130)
+        plt.close(ax.figure)
+    keys = ("energy", "mz") + (("skyrmion_number",) if traj.skyrmion_number is not None else ())
+    axes = plot_time_series(traj, keys=keys)
+    paths.append(folder / f"{prefix}time_series.png")
+    axes[0].figure.tight_layout()
+    axes[0].figure.savefig(paths[-1], dpi=130)
+    plt.close(axes[0].figure)
+    return paths
