@@ -175,15 +175,17 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
             writer(steps, spins, energy)
     except DivergenceError as err:
         writer.close()
-        last = read_trajectory(path).spins_step
-        kept = int(last[-1]) if last is not None and len(last) else None
+        kept = read_trajectory(path).spins_step
+        kept = int(kept[-1]) if kept is not None and len(kept) else None
         raise DivergenceError(f"{err}. {path} keeps the snapshots up to step {kept}; rerunning the same "
                               "settings would fail again: change dt (or the provider) and overwrite, or "
                               "choose another folder", step=err.step, time=err.time) from None
     finally:
+        # any other interruption (KeyboardInterrupt, a provider's error) leaves a file that a
+        # rerun continues from its last snapshot
+        writer.close()
         if bar is not None:
             bar.close()
-    writer.close()
     result = _summarise(llg, graph, spins, energy, steps, cell_sites, folder, resumed_from,
                         steps - start, time.perf_counter() - started)
     _write_json(folder / SUMMARY, result.summary())
