@@ -11,6 +11,8 @@ from .dynamics import LLG, DivergenceError, Heisenberg, Provider, SingleIonAniso
 from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
                       skyrmion_number, skyrmion_number_per_cell, structure_factor)
 from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
+from .simulation import SimulationResult, simulate
+from .sweep import scan
 
 __version__ = "0.1.0"
 
@@ -26,4 +28,5 @@ __all__ = [
     "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
     "structure_factor", "magnetic_cell_sites", "locality",
     "TrajectoryWriter", "Trajectory", "read_trajectory",
+    "simulate", "SimulationResult", "scan",
 ]

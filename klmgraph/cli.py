@@ -149,7 +149,7 @@ def run_simulation(args: argparse.Namespace):
 
     from .dynamics import LLG
     from .plot import save_run_figures
-    from .simulate import simulate
+    from .simulation import simulate
 
     ed = build_model(args)
     graph = ed.graph
@@ -194,7 +194,7 @@ def _scan_point(arguments: dict, parameter: str, value: float, folder: Path):
 
 
 def _scan(args: argparse.Namespace) -> None:
-    from .scan import parse_values, scan
+    from .sweep import parse_values, scan
 
     hz, temps = parse_values(args.hz, "Hz"), parse_values(args.T, "T")
     if len(hz) > 1 and len(temps) > 1:

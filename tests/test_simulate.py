@@ -13,8 +13,8 @@ import torch
 import klmgraph
 from klmgraph.cli import main
 from klmgraph.dynamics import DivergenceError, Heisenberg, SingleIonAnisotropy
-from klmgraph.scan import parse_values
-from klmgraph.simulate import simulate
+from klmgraph.sweep import parse_values
+from klmgraph.simulation import simulate
 from klmgraph.trajectory import last_snapshot, read_trajectory
 
 matplotlib.use("Agg")
