@@ -73,6 +73,8 @@ class TypedNeighbours:
             raise ValueError(f"edge_type holds classes outside [0, {k}); the model has {k} neighbour "
                              "classes (build it for this graph's num_edge_types)")
         self.num_nodes, self.num_classes = n, k
+        # backward of the gather: None = gather on GPU, index_add on CPU; True/False to force
+        self.gather_backward = None
         src, dst = edge_index.long()
         slot = dst * k + edge_type.long()  # (E,) position in the flattened (N, K) table
         counts = torch.bincount(slot, minlength=n * k)
@@ -84,17 +86,81 @@ class TypedNeighbours:
             self.complete = bool((counts == 1).all())
             self.table = table
             self.src = self.slot = None
+            # inverse table: the centre that reads site r as its class-k neighbour (N: none). When
+            # it is unique too (any Bravais lattice) the gather's backward is a gather as well.
+            inverse_slot = src * k + edge_type.long()
+            if slot.numel() and int(torch.bincount(inverse_slot, minlength=n * k).max()) <= 1:
+                self.inverse = torch.full((n * k,), n, dtype=torch.long, device=slot.device)
+                self.inverse[inverse_slot] = dst
+            else:
+                self.inverse = None
         else:
             self.complete = False
-            self.table = None
+            self.table = self.inverse = None
             self.src, self.slot = src, slot
 
     def to(self, device) -> "TypedNeighbours":
-        for name in ("table", "src", "slot"):
+        for name in ("table", "inverse", "src", "slot"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
         return self
+
+    def _rows(self, table: torch.Tensor, lead: int, m: int) -> torch.Tensor:
+        """Rows of x viewed as (lead * N * m [+ 1 zero row], U) read by the gathered (lead, N, m, K)
+        entries: rows[(b, n, i, k)] = (b, table[n, k], i), or the zero row where table says N."""
+        n, k = self.num_nodes, self.num_classes
+        table = table.view(n, k)
+        rows = table[:, None, :] * m + torch.arange(m, device=table.device)[None, :, None]  # (N, m, K)
+        rows = rows[None] + (torch.arange(lead, device=table.device) * (n * m))[:, None, None, None]
+        return torch.where(table[None, :, None, :] == n, lead * n * m, rows).reshape(-1)
+
+    def _gather_plan(self, lead: int, m: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(rows, inverse rows or None) of the per-component gather, cached per shape."""
+        key = (lead, m, str(device))
+        cache = self.__dict__.setdefault("_plans", {})
+        if key not in cache:
+            if len(cache) > 8:  # shapes in use: one per (batch, degree)
+                cache.clear()
+            rows = self._rows(self.table.to(device), lead, m)
+            inverse = None
+            if self.inverse is not None:
+                # gathered entry (b, t, i, k) reads x row (b, r, i) iff inverse[r, k] = t
+                n, k = self.num_nodes, self.num_classes
+                inv = self.inverse.to(device).view(n, k)
+                t_rows = self._rows(self.inverse.to(device), lead, m).view(lead, n, m, k)
+                # _rows gives (b, t, i) for x-shaped rows; the gathered row index is that * K + k
+                missing = inv[None, :, None, :] == n
+                t_rows = t_rows * k + torch.arange(k, device=device)
+                # ordered (k, b, r, i): the backward's sum over k runs over the outermost axis
+                inverse = torch.where(missing, lead * n * m * k, t_rows).permute(3, 0, 1, 2).reshape(-1)
+            cache[key] = (rows, inverse)
+        return cache[key]
+
+    def aggregate_components(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-component typed aggregation, laid out as the operand of a channel-mixing matmul.
+
+        Shapes:
+            x: (..., N, m, U) -> (..., N, m, K * U)
+        """
+        n, k = self.num_nodes, self.num_classes
+        lead_shape, (_, m, u) = x.shape[:-3], x.shape[-3:]
+        lead = math.prod(lead_shape)
+        rows = x.reshape(lead * n * m, u)
+        if self.table is not None:
+            index, inverse = self._gather_plan(lead, m, x.device)
+            use_gather = x.is_cuda if self.gather_backward is None else self.gather_backward
+            if inverse is not None and use_gather:
+                # on GPUs a gather-based backward avoids atomics; on CPU index_add is as fast
+                out = _Gather.apply(rows, index, 1, inverse, k)
+            else:
+                if not self.complete:
+                    rows = torch.nn.functional.pad(rows, (0, 0, 0, 1))  # the zero row
+                out = rows.index_select(0, index)
+        else:
+            out = self.aggregate(x.reshape(*lead_shape, n, m * u))  # (..., N, K, m * U)
+            return out.unflatten(-1, (m, u)).transpose(-3, -2).reshape(*lead_shape, n, m, k * u)
+        return out.view(*lead_shape, n, m, k * u)
 
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
         """Sum neighbour features per class.
@@ -114,6 +180,30 @@ class TypedNeighbours:
             out = x.new_zeros(*lead, n * k, x.shape[-1])
             out = out.index_add(-2, self.slot.to(x.device), x.index_select(-2, self.src.to(x.device)))
         return out.view(*lead, n, k, x.shape[-1])
+
+
+class _Gather(torch.autograd.Function):
+    """out[t] = sum_f x_padded[rows[f, t]] with a zero row appended to x; the transpose of such
+    a gather (when every x row is read at most once per slot) is again one, so the backward is
+    a gather + sum instead of a scatter-add (faster on CPU, no atomics on GPU), and double
+    backward (training on forces) follows by recursion.
+
+    Shapes: x (R, U), rows (fan * T,) in [0, R] -> (T, U); inverse (back_fan * R,) in [0, T].
+    """
+
+    @staticmethod
+    def forward(ctx, x, rows, fan, inverse, back_fan):
+        ctx.save_for_backward(rows, inverse)
+        ctx.fan, ctx.back_fan = fan, back_fan
+        out = torch.nn.functional.pad(x, (0, 0, 0, 1)).index_select(0, rows)  # row R: zeros
+        # rows are ordered (f, t): summing over the outer axis vectorises well
+        return out if fan == 1 else out.view(fan, -1, x.shape[-1]).sum(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, inverse = ctx.saved_tensors
+        grad_x = _Gather.apply(grad.contiguous(), inverse, ctx.back_fan, rows, ctx.fan)
+        return grad_x, None, None, None, None
 
 
 class SpinConvolution(nn.Module):
@@ -225,7 +315,12 @@ class SpinConvolution(nn.Module):
             self.register_buffer(f"_coef_{a}", coef, persistent=False)
             self._paths.append(described)
         # Clebsch-Gordan tensors (2li+1, 2lf+1, 2lo+1) of every path, float64 until used
-        self._cg = {}
+        self._cg, self._cg_cache = {}, {}
+        # filter components j that reach output irrep c through some path
+        self._cg_used = [set() for _ in self.irreps_out]
+        f_slices = self.filter_irreps.slices()
+        for _, b, c in self._block:
+            self._cg_used[c].update(range(f_slices[b].start, f_slices[b].stop))
         for a, b, c in self._block:
             key = (self.irreps_in[a].ir.l, self.filter_irreps[b].ir.l, self.irreps_out[c].ir.l)
             if key not in self._cg:
@@ -279,30 +374,48 @@ class SpinConvolution(nn.Module):
     def _forward_fast(self, x, filt, neighbours):
         lead, n = x.shape[:-2], x.shape[-2]
         mats = self.mixing_matrices()
-        # filter blocks Y^(lf): (..., N, 2lf+1)
-        f_slices = self.filter_irreps.slices()
-        ys = [filt[..., s] for s in f_slices]
-        # per output irrep: list of (mixed features (..., 2li+1, N, mul_c), CG matrix (..., N, 2li+1, 2lo+1))
-        pieces = [[] for _ in self.irreps_out]
-        for a, ((mul_a, ir_a), s) in enumerate(zip(self.irreps_in, self.irreps_in.slices())):
-            dim_a = ir_a.dim
-            # (..., N, mul, m) -> component-major (..., m, N, mul)
-            xa = x[..., s].unflatten(-1, (mul_a, dim_a)).movedim(-1, -3)
-            ga = neighbours.aggregate(xa)  # (..., m, N, K, mul)
-            za = ga.reshape(*ga.shape[:-2], self.num_classes * mul_a) @ mats[a]  # (..., m, N, Q_a)
-            for b, c, col in self._paths[a]:
-                mul_c, lo = self.irreps_out[c].mul, self.irreps_out[c].ir.l
-                lf = self.filter_irreps[b].ir.l
-                cg = self._cg[(ir_a.l, lf, lo)].to(dtype=x.dtype, device=x.device)
-                # closed-form CG with the centre filter: M[n, i, k] = sum_j C[i, j, k] Y_j(S_n)
-                m = torch.einsum("ijk,...nj->...nik", cg, ys[b])
-                pieces[c].append((za[..., col:col + mul_c], m))
+        # split (not slicing) keeps the backward to one op
+        xs = torch.split(x, [mul * ir.dim for mul, ir in self.irreps_in], dim=-1)
+        pieces = [[] for _ in self.irreps_out]  # per output irrep: mixed features (..., N, mul_c, 2li+1)
+        for a, (mul_a, ir_a) in enumerate(self.irreps_in):
+            # (..., N, mul, m) -> (..., N, m, mul): rows of the gather are the channels of one component
+            xa = xs[a].unflatten(-1, (mul_a, ir_a.dim)).transpose(-1, -2)
+            ga = neighbours.aggregate_components(xa)  # (..., N, m, K * mul)
+            za = ga @ mats[a]  # (..., N, m, Q_a): channel mixing, one matmul
+            widths = [self.irreps_out[c].mul for _, c, _ in self._paths[a]]
+            for (_, c, _), z in zip(self._paths[a], torch.split(za, widths, dim=-1)):
+                pieces[c].append(z.transpose(-1, -2))
+        # Clebsch-Gordan product with the centre filter Y_j(S_r), j over all filter components:
+        #   out[n, w, k] = sum_j Y_j[n] * sum_{p, i} z_p[n, w, i] C_p[i, j, k],
+        # the inner sum one matmul per output irrep, the outer one J multiply-adds.
+        filt_j = [f[..., None, None] for f in filt.unbind(-1)]  # J x (..., N, 1, 1)
         outs = []
         for c, (mul_c, ir_c) in enumerate(self.irreps_out):
-            z = torch.cat([p[0] for p in pieces[c]], dim=-3)  # (..., I, N, mul_c)
-            m = torch.cat([p[1] for p in pieces[c]], dim=-2)  # (..., N, I, 2lo+1)
-            z = z.movedim(-3, -1)  # (..., N, mul_c, I)
-            out = z @ m  # (..., N, mul_c, 2lo+1): e3nn layout
-            outs.append(out.reshape(*out.shape[:-2], mul_c * ir_c.dim))
-        out = torch.cat(outs, dim=-1)
+            z = torch.cat(pieces[c], dim=-1) if len(pieces[c]) > 1 else pieces[c][0]  # (..., N, mul_c, I_c)
+            v = (z @ self._cg_matrix(c, x.dtype, x.device)).unflatten(-1, (len(filt_j), ir_c.dim))
+            out = None
+            for j, (f, vj) in enumerate(zip(filt_j, v.unbind(-2))):
+                if j in self._cg_used[c]:
+                    out = f * vj if out is None else out + f * vj  # (..., N, mul_c, 2lo+1)
+            outs.append(out.flatten(-2))
+        out = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
         return out.expand(*lead, n, self.irreps_out.dim) if out.shape[:-2] != lead else out
+
+    def _cg_matrix(self, c: int, dtype, device) -> torch.Tensor:
+        """(I_c, J * (2lo+1)) Clebsch-Gordan coefficients: rows (path into output irrep c, i) in
+        the order of ``_forward_fast``, columns (filter component j, k)."""
+        key = (c, dtype, str(device))
+        if key not in self._cg_cache:
+            lo_dim = self.irreps_out[c].ir.dim
+            f_offsets = [s.start for s in self.filter_irreps.slices()]
+            blocks = []
+            for a, (_, ir_a) in enumerate(self.irreps_in):
+                for b, cc, _ in self._paths[a]:
+                    if cc == c:
+                        lf = self.filter_irreps[b].ir.l
+                        cg = self._cg[(ir_a.l, lf, self.irreps_out[c].ir.l)]  # (i, j_b, k)
+                        block = torch.zeros(ir_a.dim, self.filter_irreps.dim, lo_dim, dtype=torch.float64)
+                        block[:, f_offsets[b]:f_offsets[b] + 2 * lf + 1] = cg
+                        blocks.append(block)
+            self._cg_cache[key] = torch.cat(blocks).flatten(1).to(dtype=dtype, device=device)
+        return self._cg_cache[key]
