@@ -163,3 +163,21 @@ def test_validation():
         TypedNeighbours(graph.edge_index, graph.edge_type, 16, 3)
     with pytest.raises(ValueError, match="shape"):
         TypedNeighbours(graph.edge_index[0], graph.edge_type, 16, 5)
+
+
+def test_norm_activation_equals_e3nn():
+    from e3nn.nn import NormActivation
+
+    from klmgraph.nn.blocks import SiLUNormActivation
+
+    irreps = o3.Irreps("3x0e+2x1e+2x2e")
+    ours = SiLUNormActivation(irreps)
+    e3nn_act = NormActivation(irreps, torch.nn.functional.silu, normalize=True, bias=False)
+    x = torch.randn(7, irreps.dim, dtype=torch.float64)
+    x[0] = 0.0  # norms below epsilon are clamped the same way
+    x[1, :3] = torch.tensor([1e-9, -2e-9, 0.5])
+    torch.testing.assert_close(ours(x), e3nn_act(x), rtol=1e-12, atol=1e-15)
+    x.requires_grad_(True)
+    g1 = torch.autograd.grad(ours(x).pow(2).sum(), x)[0]
+    g2 = torch.autograd.grad(e3nn_act(x).pow(2).sum(), x)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)

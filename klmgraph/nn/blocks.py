@@ -15,12 +15,39 @@ from e3nn.nn import NormActivation
 
 from .conv import SpinConvolution, TypedNeighbours
 
-__all__ = ["InteractionBlock", "OutputBlock", "norm_activation"]
+__all__ = ["InteractionBlock", "OutputBlock", "SiLUNormActivation", "norm_activation"]
+
+
+class SiLUNormActivation(NormActivation):
+    """e3nn's NormActivation with SiLU, normalize=True and no bias (paper eq. 6):
+    V -> SiLU(|V|) V / |V| for every irrep, scalars included (x -> sign(x) SiLU(|x|)).
+
+    The forward is computed per irrep block with plain tensor ops instead of e3nn's two
+    generated tensor products: same numbers (norms below epsilon clamped as in e3nn), about 3x
+    cheaper with its backward, which matters because the fast convolution is cheap.
+
+    Shapes:
+        x: (..., irreps.dim) -> (..., irreps.dim)
+    """
+
+    def __init__(self, irreps):
+        super().__init__(o3.Irreps(irreps), torch.nn.functional.silu, normalize=True, bias=False)
+        self._blocks = [(mul, ir.dim) for mul, ir in self.irreps_in]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(features, [mul * dim for mul, dim in self._blocks], dim=-1)
+        outs = []
+        for part, (mul, dim) in zip(parts, self._blocks):
+            v = part.unflatten(-1, (mul, dim))  # (..., mul, 2l+1)
+            sq = (v * v).sum(-1, keepdim=True)
+            norm = torch.where(sq < self._eps_squared, self._eps_squared, sq).sqrt()
+            outs.append((v * (torch.nn.functional.silu(norm) / norm)).flatten(-2))
+        return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
 
 def norm_activation(irreps) -> NormActivation:
     """Paper eq. 6: V -> SiLU(|V|) V / |V| per irrep (scalars included: sign(x) SiLU(|x|)), no bias."""
-    return NormActivation(o3.Irreps(irreps), torch.nn.functional.silu, normalize=True, bias=False)
+    return SiLUNormActivation(irreps)
 
 
 class InteractionBlock(nn.Module):

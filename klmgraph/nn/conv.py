@@ -377,10 +377,18 @@ class SpinConvolution(nn.Module):
         # split (not slicing) keeps the backward to one op
         xs = torch.split(x, [mul * ir.dim for mul, ir in self.irreps_in], dim=-1)
         pieces = [[] for _ in self.irreps_out]  # per output irrep: mixed features (..., N, mul_c, 2li+1)
+        # Narrow inputs (the spherical harmonics of the first layer) are gathered whole: rows of a
+        # few bytes would make the gather slow. Wide ones per component, straight into matmul layout.
+        whole = neighbours.aggregate(x) if self.irreps_in.dim <= 16 else None  # (..., N, K, dim)
+        if whole is not None:
+            whole = torch.split(whole, [mul * ir.dim for mul, ir in self.irreps_in], dim=-1)
         for a, (mul_a, ir_a) in enumerate(self.irreps_in):
-            # (..., N, mul, m) -> (..., N, m, mul): rows of the gather are the channels of one component
-            xa = xs[a].unflatten(-1, (mul_a, ir_a.dim)).transpose(-1, -2)
-            ga = neighbours.aggregate_components(xa)  # (..., N, m, K * mul)
+            if whole is not None:  # (..., N, K, mul, m) -> (..., N, m, K * mul)
+                ga = whole[a].unflatten(-1, (mul_a, ir_a.dim)).movedim(-1, -3).flatten(-2)
+            else:
+                # (..., N, mul, m) -> (..., N, m, mul): gather rows are the channels of one component
+                xa = xs[a].unflatten(-1, (mul_a, ir_a.dim)).transpose(-1, -2)
+                ga = neighbours.aggregate_components(xa)  # (..., N, m, K * mul)
             za = ga @ mats[a]  # (..., N, m, Q_a): channel mixing, one matmul
             widths = [self.irreps_out[c].mul for _, c, _ in self._paths[a]]
             for (_, c, _), z in zip(self._paths[a], torch.split(za, widths, dim=-1)):
