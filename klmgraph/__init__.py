@@ -11,6 +11,9 @@ from .dynamics import LLG, DivergenceError, Heisenberg, Provider, SingleIonAniso
 from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
                       skyrmion_number, skyrmion_number_per_cell, structure_factor)
 from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
+from .nn import ECNN, compute_field
+from .compat import load_ecnn4klm
+from .io import load_model
 from .simulation import SimulationResult, simulate
 from .sweep import scan
 
@@ -28,5 +31,6 @@ __all__ = [
     "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
     "structure_factor", "magnetic_cell_sites", "locality",
     "TrajectoryWriter", "Trajectory", "read_trajectory",
+    "ECNN", "compute_field", "load_ecnn4klm", "load_model",
     "simulate", "SimulationResult", "scan",
 ]
