@@ -60,10 +60,14 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial spins (default 0)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="triangle_param.cpt")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--jobs", type=int, default=1, help="fields run in parallel processes (CPU)")
+    parser.add_argument("--jobs", type=int, default=1, help="fields run in parallel processes (CPU, one thread each)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads with --jobs 1 (default torch's; 1 is faster on a busy machine)")
     parser.add_argument("--out", default=None, help="output folder (default triangular-skyrmions-L)")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = args.size or (24 if args.quick else 96)
     steps = args.steps or (400 if args.quick else 2000)
     if size % 12:
