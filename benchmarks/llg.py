@@ -13,6 +13,7 @@ machine and date) to ``--out``:
 """
 import argparse
 import datetime
+import os
 import platform
 import time
 from pathlib import Path
@@ -75,6 +76,7 @@ def main():
         torch.set_num_threads(args.threads)
     header = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
               f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+              f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at the start), "
               f"torch {torch.__version__}, device {args.device}")
     print("#", header)
     rows = []

@@ -13,7 +13,8 @@ run (arrows coloured by S^z, Fig. 4b-d) and the |n_sk|, |M^z| against Hz plot (F
     PYTHONPATH=. python examples/triangular_skyrmions.py --device cuda  # 96 x 96, the paper's size
 
 --quick runs 24 x 24 (12 magnetic cells) for 400 steps of dt = 5. Random starts on a small
-lattice can freeze in with defects; --seed picks another start.
+lattice can freeze in metastable states; --seed picks another start. Results, with what the
+quick setting does and does not reproduce: docs/results.md.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import argparse
 import datetime
 import functools
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -88,7 +90,8 @@ def main(argv=None):
     from klmgraph.plot import plot_spins
 
     graph = klmgraph.triangular(size, size, t1=1.0, t3=-0.85)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {args.device}"
+    threads = f"{args.jobs} processes x 1 torch thread" if args.jobs > 1 else f"{torch.get_num_threads()} torch threads"
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {threads}, {args.device}"
     date = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
     print(f"\ntriangular {size}x{size}, {steps} Heun steps of dt = {args.dt}, seed {args.seed}; {machine}; {date}")
     print(f"{'Hz':>7} {'n_sk/cell':>10} {'paper |n_sk|':>12} {'|Mz|':>7} {'E/N':>10} {'wall s':>7}")
