@@ -63,6 +63,16 @@ class HoppingGraph(Data):
         return super().__inc__(key, value, *args, **kwargs)
 
     @property
+    def description(self) -> dict:
+        """JSON-able description of the lattice (stored as a JSON string: PyG would turn the
+        numbers of a dict attribute into tensors when it batches graphs)."""
+        return json.loads(self.description_json)
+
+    @description.setter
+    def description(self, value: dict) -> None:
+        self.description_json = json.dumps(value, sort_keys=True)
+
+    @property
     def num_edge_types(self) -> int:
         """K, the number of neighbour classes including the self loop."""
         return len(self.edge_classes)

@@ -12,17 +12,19 @@ build_model(config) + load_state_dict, so a file stays readable when classes mov
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from .nn.ecnn import ECNN
+from .nn.ifnn import IFNN
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "build_model", "save_model", "load_model", "check_graph"]
 
 FORMAT = "klmgraph-model"
 FORMAT_VERSION = 1
-_ARCHITECTURES = {"ECNN": ECNN}
+_ARCHITECTURES = {"ECNN": ECNN, "IFNN": IFNN}
 # description entries that may differ between a model and the graph it runs on
 _SIZE_KEYS = ("size", "periodic", "nodes", "edges")
 
@@ -38,7 +40,11 @@ def build_model(config: dict, architecture: str = "ECNN") -> torch.nn.Module:
 
 
 def save_model(model: torch.nn.Module, path) -> Path:
-    """Write ``model`` (an :class:`~klmgraph.ECNN`) to ``path``; returns the path."""
+    """Write ``model`` (an :class:`~klmgraph.ECNN` or IFNN) to ``path``; returns the path.
+
+    The file is written under a temporary name and renamed, so ``path`` always holds a
+    complete model, also when the writer is interrupted.
+    """
     architecture = type(model).__name__
     if architecture not in _ARCHITECTURES:
         raise ValueError(f"cannot save a {architecture}; known architectures: {sorted(_ARCHITECTURES)}")
@@ -52,7 +58,9 @@ def save_model(model: torch.nn.Module, path) -> Path:
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
     path = Path(path)
-    torch.save(payload, path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
     return path
 
 

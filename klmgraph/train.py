@@ -346,8 +346,15 @@ def _split(config: RunConfig, train_set: SpinDataset):
     return order[n_val:], train_set, order[:n_val]
 
 
+def _without_budget(resolved: dict) -> dict:
+    """The configuration less its budget (epochs, minutes): a resumed run may get a larger one."""
+    training = {k: v for k, v in resolved["training"].items() if k not in ("epochs", "minutes")}
+    return {**resolved, "training": training}
+
+
 def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict:
-    """Train the configured model; resumes from ``<out>/last.pt`` when it exists and ``resume``.
+    """Train the configured model; resumes from ``<out>/last.pt`` when it exists and ``resume``
+    (the configuration must match, except for the budget: epochs and minutes may grow).
 
     Returns:
         dict with ``model`` (the best model, on CPU), ``best_epoch``, ``epochs_run``,
@@ -382,7 +389,7 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
         except Exception as err:  # any unreadable checkpoint is reported the same way
             raise ValueError(f"cannot resume from {last}: the checkpoint is damaged ({err}); "
                              "delete it to start afresh") from None
-        if saved != json.loads(json.dumps(resolved)):
+        if _without_budget(saved) != _without_budget(json.loads(json.dumps(resolved))):
             raise ValueError(f"{last} belongs to a run with another configuration; use another "
                              "[training] out folder or delete the checkpoint")
         model.load_state_dict(ckpt["model"])
@@ -418,8 +425,8 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
             optimizer.step()
             if config.optimizer.schedule == "onecycle":
                 scheduler.step()
-            total_loss += float(loss) * batch.num_graphs
-            total_field += float(field_mse) * batch.num_graphs
+            total_loss += float(loss.detach()) * batch.num_graphs
+            total_field += float(field_mse.detach()) * batch.num_graphs
             count += batch.num_graphs
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total_loss / count,
                "train_rmse_field": math.sqrt(total_field / count)}

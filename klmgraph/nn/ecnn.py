@@ -129,6 +129,10 @@ class ECNN(nn.Module):
         """Typed neighbour table of a graph (or a batch of graphs) for this model."""
         return TypedNeighbours(edge_index, edge_type, num_nodes, self.num_classes)
 
+    def prepare(self, graph) -> TypedNeighbours:
+        """What :meth:`energy` needs of ``graph``: its typed neighbour table."""
+        return self.neighbours(graph.edge_index, graph.edge_type, graph.num_nodes)
+
     def site_energies(self, spins: torch.Tensor, neighbours: TypedNeighbours) -> torch.Tensor:
         """Site energies e_r of configurations on one graph (or one PyG batch).
 
@@ -189,7 +193,8 @@ class BoundModel:
     device; results come back in the spins' dtype and device.
 
     Args:
-        model: an :class:`ECNN` (or any module with ``num_classes``, ``neighbours`` and ``energy``).
+        model: an :class:`ECNN` or :class:`~klmgraph.nn.IFNN` (any module with ``num_classes``,
+            ``prepare(graph)`` and ``energy(spins, prepared)``).
         graph: the hopping graph; its number of classes must match the model's, and so must
             the class names when the model knows them.
 
@@ -207,7 +212,7 @@ class BoundModel:
         self.model = model
         self.graph = graph
         self.num_sites = graph.num_nodes
-        self._neighbours = model.neighbours(graph.edge_index, graph.edge_type, graph.num_nodes)
+        self._neighbours = model.prepare(graph)
 
     def _reference_param(self) -> torch.Tensor:
         return next(self.model.parameters())

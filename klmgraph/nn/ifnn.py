@@ -115,7 +115,7 @@ class IFNN(nn.Module):
                                                    + np.asarray(lattice.basis[h.j]) - np.asarray(lattice.basis[h.i])))
                               for h in lattice.hoppings)
             triangle_cutoff = math.sqrt(2) * nn_distance
-        self.lattice = {k: description[k] for k in ("lattice", "vectors", "basis", "hoppings", "params") if k in description}
+        self.lattice = dict(description)
         self.hparams = {"cutoff": float(cutoff), "triangle_cutoff": float(triangle_cutoff), "hidden": hidden}
         self.num_classes = num_classes
         self.edge_classes = None if edge_classes is None else list(edge_classes)
@@ -146,6 +146,18 @@ class IFNN(nn.Module):
         return {**self.hparams, "description": self.lattice, "num_classes": self.num_classes,
                 "edge_classes": self.edge_classes, "hamiltonian": self.hamiltonian}
 
+    def save(self, path):
+        """Write configuration (JSON) and weights; read back with :func:`klmgraph.load_model`."""
+        from ..io import save_model
+
+        return save_model(self, path)
+
+    def bind(self, graph):
+        """A force provider ``energy_and_field(spins)`` of this model on ``graph``."""
+        from .ecnn import BoundModel
+
+        return BoundModel(self, graph)
+
     @property
     def num_descriptors(self) -> list[int]:
         return [len(g["pairs"]) + len(g["triangles"]) for g in self.geometry]
@@ -154,10 +166,10 @@ class IFNN(nn.Module):
         """Neighbourhood index tables of ``graph`` (a lattice of this model's kind, any size)."""
         from ..lattice import _match_sites, _periodic_dims
 
+        from ..io import check_graph
+
+        check_graph(self, graph)
         description = graph.description
-        if {k: description.get(k) for k in self.lattice} != self.lattice:
-            raise ValueError(f"the IFNN was built for the {self.lattice.get('lattice')} lattice "
-                             f"{self.lattice.get('hoppings')}, not for {graph.describe()}")
         key = (graph.num_nodes, str(description.get("size")))
         if key not in self._tables:
             pos = graph.pos.numpy()

@@ -1,0 +1,164 @@
+import csv
+import math
+
+import pytest
+import torch
+
+import klmgraph
+from klmgraph.cli import main
+from klmgraph.train import augment, config_from_dict, evaluate, load_config, train
+
+SMALL_ECNN = {"type": "ecnn", "channels": 4, "num_interactions": 2}
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    ed = klmgraph.ExactDiagonalization(klmgraph.square(4, 4), J=7.0, filling=0.48)
+    train_path = klmgraph.generate_dataset(folder / "train.h5", ed, num_samples=6, seed=0, batch_size=3, progress=False)
+    val_path = klmgraph.generate_dataset(folder / "val.h5", ed, num_samples=3, seed=1, batch_size=3, progress=False)
+    return train_path, val_path
+
+
+def _config(datasets, out, epochs, model=SMALL_ECNN, **optimizer):
+    return config_from_dict({
+        "data": {"train": str(datasets[0]), "validation": str(datasets[1])},
+        "model": dict(model),
+        "optimizer": {"name": "adam", "lr": 0.05, **optimizer},
+        "training": {"out": str(out), "epochs": epochs, "batch_size": 2, "energy_weight": 1.0, "seed": 3},
+    })
+
+
+def _log(out):
+    with open(out / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_lowers_the_loss(datasets, tmp_path):
+    result = train(_config(datasets, tmp_path / "run", epochs=12), progress=False)
+    losses = [row["train_loss"] for row in result["history"]]
+    assert losses[-1] < 0.1 * losses[0]
+    rows = _log(tmp_path / "run")
+    assert len(rows) == 12 and all(math.isfinite(float(r["val_rmse_field"])) for r in rows)
+    for name in ("best.pt", "final.pt", "last.pt", "config.json"):
+        assert (tmp_path / "run" / name).exists()
+    best = klmgraph.load_model(tmp_path / "run" / "best.pt")
+    assert isinstance(best, klmgraph.ECNN)
+
+
+def test_resume_continues_exactly(datasets, tmp_path):
+    train(_config(datasets, tmp_path / "straight", epochs=4), progress=False)
+    train(_config(datasets, tmp_path / "resumed", epochs=2), progress=False)
+    train(_config(datasets, tmp_path / "resumed", epochs=4), progress=False)  # a larger budget resumes
+    straight, resumed = _log(tmp_path / "straight"), _log(tmp_path / "resumed")
+    assert len(resumed) == 4
+    for a, b in zip(straight, resumed):
+        assert float(a["train_loss"]) == float(b["train_loss"])
+        assert float(a["val_rmse_field"]) == float(b["val_rmse_field"])
+
+
+def test_resume_refuses_other_config_and_damaged_checkpoint(datasets, tmp_path):
+    train(_config(datasets, tmp_path / "run", epochs=1), progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(_config(datasets, tmp_path / "run", epochs=2, lr=0.5), progress=False)
+    (tmp_path / "run" / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="damaged"):
+        train(_config(datasets, tmp_path / "run", epochs=2), progress=False)
+
+
+def test_augmentation_keeps_labels_consistent():
+    graph = klmgraph.triangular(6, 6, t3=-0.85)
+    ed = klmgraph.ExactDiagonalization(graph, J=-1.0, mu=-3.5)
+    spins = klmgraph.random_spins(graph, batch=4, seed=0)
+    energy, field = ed.energy_and_field(spins)
+    data = klmgraph.SpinDataset(graph, spins, energy, field)
+    items = augment([data[i] for i in range(4)], torch.Generator().manual_seed(1))
+    moved = 0
+    for item, original in zip(items, spins):
+        e, b = ed.energy_and_field(item.spins)
+        torch.testing.assert_close(b, item.field, rtol=0, atol=1e-10)
+        moved += not torch.equal(item.spins, original)
+    assert moved > 0
+
+
+def test_evaluate_matches_hand_computed_rmse(datasets):
+    data = klmgraph.load_dataset(datasets[1])
+    torch.manual_seed(0)
+    model = klmgraph.ECNN.for_graph(data.graph, channels=4, num_interactions=2).double()
+    metrics = evaluate(model, data, batch_size=2)
+    provider = model.bind(data.graph)
+    energy, field = provider.energy_and_field(data.spins)
+    assert metrics["rmse_field"] == pytest.approx(float(((field - data.field) ** 2).mean().sqrt()), rel=1e-10)
+    per_site = (energy - data.energy) / data.graph.num_nodes
+    assert metrics["rmse_energy_per_site"] == pytest.approx(float((per_site ** 2).mean().sqrt()), rel=1e-10)
+
+
+def test_config_errors(datasets, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rate'\] in \[optimizer\]"):
+        config_from_dict({"data": {"train": "x.h5"}, "optimizer": {"learning_rate": 0.1}})
+    with pytest.raises(ValueError, match="unknown config section"):
+        config_from_dict({"data": {"train": "x.h5"}, "trainer": {}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['width'\] in \[model\]"):
+        config_from_dict({"data": {"train": "x.h5"}, "model": {"type": "ecnn", "width": 3}})
+    with pytest.raises(ValueError, match="type must be one of"):
+        config_from_dict({"data": {"train": "x.h5"}, "model": {"type": "transformer"}})
+    with pytest.raises(ValueError, match="a training data set is required"):
+        config_from_dict({})
+    (tmp_path / "bad.toml").write_text("[data\ntrain=")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")
+    other = klmgraph.ExactDiagonalization(klmgraph.triangular(5, 5), J=-1.0, mu=-3.5)
+    other_path = klmgraph.generate_dataset(tmp_path / "tri.h5", other, num_samples=1, progress=False)
+    config = config_from_dict({"data": {"train": str(datasets[0]), "validation": str(other_path)},
+                               "training": {"out": str(tmp_path / "run")}})
+    with pytest.raises(ValueError, match="generated on triangular 5x5.*not on square 4x4"):
+        train(config, progress=False)
+
+
+def test_ifnn_physics():
+    graph = klmgraph.square(8, 8)
+    torch.manual_seed(0)
+    model = klmgraph.nn.IFNN.for_graph(graph, cutoff=2.3, hidden=(16, 8)).double()
+    provider = model.bind(graph)
+    spins = klmgraph.random_spins(graph, seed=0)
+    energy, field = provider.energy_and_field(spins)
+    # global spin rotation: E invariant, B rotated
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    rot = q * torch.sign(torch.det(q))
+    e_rot, b_rot = provider.energy_and_field(spins @ rot.T)
+    torch.testing.assert_close(e_rot, energy, rtol=0, atol=1e-10)
+    torch.testing.assert_close(b_rot, field @ rot.T, rtol=0, atol=1e-10)
+    # translation: the field moves with the configuration
+    perm = klmgraph.site_permutation(graph, translation=(3.0, 1.0))
+    moved = torch.empty_like(spins)
+    moved[perm] = spins
+    torch.testing.assert_close(provider.energy_and_field(moved)[1][perm], field, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="too small for the IFNN cutoff"):
+        model.bind(klmgraph.square(4, 4))
+
+
+def test_cli_train_and_evaluate(datasets, tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(f"""
+[data]
+train = "{datasets[0]}"
+validation = "{datasets[1]}"
+[model]
+type = "ifnn"
+cutoff = 1.5
+hidden = [16, 8]
+[optimizer]
+name = "adam"
+lr = 0.01
+[training]
+out = "{tmp_path / 'run'}"
+epochs = 3
+batch_size = 3
+dtype = "float64"
+""")
+    assert main(["train", "--config", str(config), "--quiet"]) == 0
+    assert "3 epochs" in capsys.readouterr().out
+    plot = tmp_path / "parity.png"
+    assert main(["evaluate", str(tmp_path / "run" / "best.pt"), str(datasets[1]), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "rmse_field=" in out and plot.stat().st_size > 1000
