@@ -52,6 +52,7 @@ def plot_spins(graph: HoppingGraph, spins, ax=None, arrows: bool = True, cmap: s
                              angles="xy", pivot="middle", scale_units="xy", scale=1.1,
                              width=min(0.006, 0.12 / np.sqrt(graph.num_nodes)), headwidth=3.5,
                              headlength=4, headaxislength=3.5, minlength=0.3)
+        ax.margins(0.05)  # room for the arrows of the boundary sites
     ax.set_aspect("equal")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
