@@ -271,3 +271,16 @@ def test_cli_refuses_saved_model_of_another_lattice(tmp_path, capsys):
     model.save(tmp_path / "square.pt")
     assert main(["simulate", *TINY, "--out", str(tmp_path / "x"), "--provider", f"model:{tmp_path / 'square.pt'}"]) == 2
     assert "the model was built for" in capsys.readouterr().err
+
+
+def test_triangular_example_runs(tmp_path):
+    _needs_model_import()
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "examples" / "triangular_skyrmions.py"
+    spec = importlib.util.spec_from_file_location("triangular_skyrmions", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--size", "12", "--steps", "2", "--hz", "0.005", "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "example.json").read_text())
+    assert summary["rows"][0]["cell_sites"] == 48 and summary["rows"][0]["step"] == 2
+    assert (tmp_path / "spins_hz0.005.png").exists() and (tmp_path / "scan.png").exists()
