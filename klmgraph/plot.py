@@ -91,12 +91,18 @@ def plot_structure_factor(sf, ax=None, log: bool = False, cmap: str = "viridis",
         positive = vals[vals > 0]
         norm = LogNorm(vmin=max(positive.min(), positive.max() * 1e-6), vmax=positive.max())
         vals = np.clip(vals, norm.vmin, None)
-    points = ax.scatter(pts[:, 0], pts[:, 1], c=vals, cmap=cmap, norm=norm, s=max(4.0, 6000.0 / len(pts)),
-                        marker="s", linewidths=0)
+    points = ax.scatter(pts[:, 0], pts[:, 1], c=vals, cmap=cmap, norm=norm, marker="h", linewidths=0)
     ax.set_aspect("equal")
     ax.set_xlabel(r"$q_x$")
     ax.set_ylabel(r"$q_y$")
     ax.figure.colorbar(points, ax=ax, label=r"$S(\mathbf{q})$", shrink=0.8)
+    # markers as large as one grid step on screen, so the map is contiguous at any lattice size
+    step = min(np.linalg.norm(recip[k, :2]) / size[k] for k in range(2))
+    ax.figure.canvas.draw()  # settle the layout (aspect, colorbar) before measuring the axes
+    box = ax.get_window_extent()
+    x0, x1 = ax.get_xlim()
+    points_per_unit = box.width * 72.0 / ax.figure.dpi / (x1 - x0)
+    points.set_sizes([(1.25 * step * points_per_unit) ** 2])
     return ax
 
 
