@@ -8,8 +8,8 @@ Usage::
     python benchmarks/model.py --quick            # a smoke run (seconds)
     python benchmarks/model.py --json out.json    # also write the raw rows
 
-Timings are the best of ``--repeats`` calls after one warm-up call; on a shared machine the
-best is the least disturbed. Memory: on CUDA the peak allocated by torch during one call; on
+Timings are the best of ``--repeats`` calls (more for small lattices) after one warm-up call;
+on a shared machine the best is the least disturbed. Memory: on CUDA the peak allocated by torch during one call; on
 CPU every configuration runs in a fresh subprocess and the increase of its peak resident set
 size during the calls is reported (an upper bound on what the evaluation needs).
 The model has the published hyper-parameters with random weights (speed does not depend on
@@ -81,7 +81,8 @@ def time_energy_and_field(lattice: str, size: int, implementation: str, device: 
     provider.energy_and_field(spins)  # warm-up (builds the reference TensorProduct, caches plans)
     _sync(device)
     times = []
-    for _ in range(repeats):
+    # at least `repeats` calls, more for small lattices (up to 20 calls or 0.5 s)
+    while len(times) < repeats or (sum(times) < 0.5 and len(times) < 20):
         start = time.perf_counter()
         provider.energy_and_field(spins)
         _sync(device)

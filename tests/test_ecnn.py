@@ -239,3 +239,14 @@ def test_load_refuses_other_lattices_and_bad_files(tmp_path):
         klmgraph.load_model(tmp_path / "future.pt")
     with pytest.raises(FileNotFoundError):
         klmgraph.load_model(tmp_path / "missing.pt")
+
+
+def test_gather_backward_used_on_gpus_gives_the_same_field():
+    graph = klmgraph.triangular(6, 6, 1.0, 0.0, -0.85)
+    provider = small_model(graph).bind(graph)
+    spins = spins_for(graph, batch=2)
+    e1, b1 = provider.energy_and_field(spins)
+    provider._neighbours.gather_backward = True  # the default on CUDA devices
+    e2, b2 = provider.energy_and_field(spins)
+    assert e1.equal(e2)
+    torch.testing.assert_close(b2, b1, rtol=0, atol=1e-13)
