@@ -51,6 +51,8 @@ def test_fast_equals_reference_float64(graph_name):
     e_ref, b_ref = provider.energy_and_field(spins)
     assert e_fast.shape == (2,) and b_fast.shape == spins.shape
     assert b_ref.abs().max() > 1e-3
+    # the provider freezes the weights during the call only
+    assert all(p.requires_grad for p in model.parameters())
     torch.testing.assert_close(e_fast, e_ref, rtol=1e-10, atol=0)
     torch.testing.assert_close(b_fast, b_ref, rtol=0, atol=1e-10 * b_ref.abs().max().item())
 
