@@ -157,7 +157,7 @@ def plan(args) -> list:
     if args.quick:
         return [(lat, L, impl) for lat in LATTICES for L in (16,) for impl in ("fast", "reference")]
     rows = []
-    for lat in LATTICES:
+    for lat in args.lattices:
         for L in args.sizes:
             rows.append((lat, L, "fast"))
             if L <= args.reference_max_size:
@@ -174,7 +174,7 @@ def run_cpu(args) -> tuple[list, list]:
               flush=True)
         results.append(r)
     training = []
-    for lat, L in (("square", 30), ("triangular", 36)):
+    for lat, L in (("square", 30), ("triangular", 36)) if args.training else ():
         for impl in ("fast", "reference"):
             if args.quick and impl == "reference":
                 continue
@@ -189,7 +189,7 @@ def run_cpu(args) -> tuple[list, list]:
 def run_cuda(args) -> tuple[list, list]:
     results = []
     sizes = [64, 128, 256, 384, 576, 768, 1024, 1536, 2048, 3072, 4096] if not args.quick else [64]
-    for lat in LATTICES:
+    for lat in args.lattices:
         for impl in ("fast", "reference"):
             for L in sizes:
                 if impl == "reference" and L > args.reference_max_size_gpu:
@@ -208,7 +208,7 @@ def run_cuda(args) -> tuple[list, list]:
                 results.append(r)
                 torch.cuda.empty_cache()
     training = []
-    for lat, L in (("square", 30), ("triangular", 36)):
+    for lat, L in (("square", 30), ("triangular", 36)) if args.training else ():
         for impl in ("fast", "reference"):
             r = time_training_step(lat, L, args.batch, impl, "cuda", args.repeats)
             print(f"training step {lat} {L}x{L} batch {args.batch} {impl}: {r['seconds'] * 1e3:.1f} ms", flush=True)
@@ -254,6 +254,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8, help="configurations per training step")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--lattices", nargs="+", default=list(LATTICES), choices=list(LATTICES))
+    parser.add_argument("--no-training", dest="training", action="store_false", help="skip the training step")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--one", help=argparse.SUPPRESS)
