@@ -202,7 +202,9 @@ class BoundModel:
     """A model applied to one graph: the force-provider protocol of ExactDiagonalization.
 
     The neighbour table is built once here. Computation happens in the model's dtype and
-    device; results come back in the spins' dtype and device.
+    device; results come back in the spins' dtype and device. During a call the weights are
+    frozen (requires_grad off, restored afterwards) so that autograd keeps only what dB/dS
+    needs; do not train the same model from another thread at the same time.
 
     Args:
         model: an :class:`ECNN` (or any module with ``num_classes``, ``neighbours`` and ``energy``).
