@@ -8,8 +8,10 @@ Usage::
     python benchmarks/model.py --quick            # a smoke run (seconds)
     python benchmarks/model.py --json out.json    # also write the raw rows
 
-Timings are the best of ``--repeats`` calls after one warm-up call; on a shared machine the
-best is the least disturbed. Memory: on CUDA the peak allocated by torch during one call; on
+Timings are the best of ``--repeats`` calls (more for small lattices) after one warm-up call;
+on a shared machine the best is the least disturbed. The process CPU time is reported too: with
+``--threads 1`` it is what the run costs on an idle core even when other jobs compete for it
+(with 2 threads on an oversubscribed machine, OpenMP barriers make many small ops very slow). Memory: on CUDA the peak allocated by torch during one call; on
 CPU every configuration runs in a fresh subprocess and the increase of its peak resident set
 size during the calls is reported (an upper bound on what the evaluation needs).
 The model has the published hyper-parameters with random weights (speed does not depend on
@@ -49,6 +51,7 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": os.getloadavg()[0],
             "torch": torch.__version__, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     if torch.cuda.is_available():
@@ -81,11 +84,14 @@ def time_energy_and_field(lattice: str, size: int, implementation: str, device: 
     provider.energy_and_field(spins)  # warm-up (builds the reference TensorProduct, caches plans)
     _sync(device)
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    # at least `repeats` calls, more for small lattices (up to 20 calls or 0.5 s)
+    cpu_times = []
+    while len(times) < repeats or (sum(times) < 0.5 and len(times) < 20):
+        start, cpu_start = time.perf_counter(), time.process_time()
         provider.energy_and_field(spins)
         _sync(device)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     if device.type == "cuda":
         memory = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
@@ -93,7 +99,7 @@ def time_energy_and_field(lattice: str, size: int, implementation: str, device: 
     best = min(times)
     return {"lattice": lattice, "size": size, "sites": graph.num_nodes, "implementation": implementation,
             "device": device.type, "seconds": best, "us_per_site": best / graph.num_nodes * 1e6,
-            "memory_mb": memory}
+            "cpu_us_per_site": min(cpu_times) / graph.num_nodes * 1e6, "memory_mb": memory}
 
 
 def time_training_step(lattice: str, size: int, batch: int, implementation: str, device: str,
@@ -138,9 +144,9 @@ def time_training_step(lattice: str, size: int, batch: int, implementation: str,
             "device": device.type, "seconds": min(times)}
 
 
-def _in_subprocess(kind: str, args: list) -> dict:
+def _in_subprocess(kind: str, args: list, threads: int) -> dict:
     """Run one measurement in a fresh interpreter so that peak memory is its own."""
-    cmd = [sys.executable, __file__, "--one", json.dumps([kind, *args])]
+    cmd = [sys.executable, __file__, "--threads", str(threads), "--one", json.dumps([kind, *args])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} {args} failed:\n{out.stderr[-2000:]}")
@@ -151,7 +157,7 @@ def plan(args) -> list:
     if args.quick:
         return [(lat, L, impl) for lat in LATTICES for L in (16,) for impl in ("fast", "reference")]
     rows = []
-    for lat in LATTICES:
+    for lat in args.lattices:
         for L in args.sizes:
             rows.append((lat, L, "fast"))
             if L <= args.reference_max_size:
@@ -162,17 +168,18 @@ def plan(args) -> list:
 def run_cpu(args) -> tuple[list, list]:
     results = []
     for lat, L, impl in plan(args):
-        r = _in_subprocess("field", [lat, L, impl, "cpu", args.repeats])
+        r = _in_subprocess("field", [lat, L, impl, "cpu", args.repeats], args.threads)
         print(f"{lat:10s} {L:4d}x{L:<4d} {impl:9s} {r['us_per_site']:9.2f} us/site  "
-              f"{r['seconds']:8.3f} s  {r['memory_mb']:8.1f} MB", flush=True)
+              f"(CPU time {r['cpu_us_per_site']:9.2f} us/site)  {r['seconds']:8.3f} s  {r['memory_mb']:8.1f} MB",
+              flush=True)
         results.append(r)
     training = []
-    for lat, L in (("square", 30), ("triangular", 36)):
+    for lat, L in (("square", 30), ("triangular", 36)) if args.training else ():
         for impl in ("fast", "reference"):
             if args.quick and impl == "reference":
                 continue
             r = _in_subprocess("train", [lat, 12 if args.quick else L, args.batch, impl, "cpu",
-                                         1 if args.quick else 2])
+                                         1 if args.quick else 2], args.threads)
             print(f"training step {lat} {r['size']}x{r['size']} batch {r['batch']} {impl}: {r['seconds']:.3f} s",
                   flush=True)
             training.append(r)
@@ -182,7 +189,7 @@ def run_cpu(args) -> tuple[list, list]:
 def run_cuda(args) -> tuple[list, list]:
     results = []
     sizes = [64, 128, 256, 384, 576, 768, 1024, 1536, 2048, 3072, 4096] if not args.quick else [64]
-    for lat in LATTICES:
+    for lat in args.lattices:
         for impl in ("fast", "reference"):
             for L in sizes:
                 if impl == "reference" and L > args.reference_max_size_gpu:
@@ -201,7 +208,7 @@ def run_cuda(args) -> tuple[list, list]:
                 results.append(r)
                 torch.cuda.empty_cache()
     training = []
-    for lat, L in (("square", 30), ("triangular", 36)):
+    for lat, L in (("square", 30), ("triangular", 36)) if args.training else ():
         for impl in ("fast", "reference"):
             r = time_training_step(lat, L, args.batch, impl, "cuda", args.repeats)
             print(f"training step {lat} {L}x{L} batch {args.batch} {impl}: {r['seconds'] * 1e3:.1f} ms", flush=True)
@@ -211,15 +218,17 @@ def run_cuda(args) -> tuple[list, list]:
 
 def markdown(info: dict, results: list, training: list) -> str:
     lines = [f"Machine: {info.get('gpu', info['cpu'])} ({info['cores']} cores, {info['torch_threads']} torch "
-             f"threads), torch {info['torch']}, {info['date']}.", "",
-             "| lattice | size | sites | implementation | energy+forces | per site | memory |",
-             "|---|---|---|---|---|---|---|"]
+             f"threads), torch {info['torch']}, {info['date']}; load average {info['load_average']:.1f} at the "
+             f"start, {info.get('load_average_end', float('nan')):.1f} at the end.", "",
+             "| lattice | size | sites | implementation | energy+forces | per site | CPU time per site | memory |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.get("out_of_memory"):
-            lines.append(f"| {r['lattice']} | {r['size']}x{r['size']} | | {r['implementation']} | out of memory | | |")
+            lines.append(f"| {r['lattice']} | {r['size']}x{r['size']} | | {r['implementation']} | out of memory | | | |")
             continue
         lines.append(f"| {r['lattice']} | {r['size']}x{r['size']} | {r['sites']} | {r['implementation']} | "
-                     f"{r['seconds'] * 1e3:.1f} ms | {r['us_per_site']:.2f} us | {r['memory_mb']:.0f} MB |")
+                     f"{r['seconds'] * 1e3:.1f} ms | {r['us_per_site']:.2f} us | "
+                     f"{r.get('cpu_us_per_site', float('nan')):.2f} us | {r['memory_mb']:.0f} MB |")
     speedups = []
     for r in results:
         ref = [q for q in results if q.get("implementation") == "reference" and q["lattice"] == r["lattice"]
@@ -245,9 +254,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8, help="configurations per training step")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--lattices", nargs="+", default=list(LATTICES), choices=list(LATTICES))
+    parser.add_argument("--no-training", dest="training", action="store_false", help="skip the training step")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.one:  # child process: one measurement, JSON on stdout
         kind, *rest = json.loads(args.one)
         result = time_energy_and_field(*rest) if kind == "field" else time_training_step(*rest)
@@ -257,6 +270,7 @@ def main(argv=None):
     print(json.dumps(info))
     results, training = run_cuda(args) if args.device == "cuda" else run_cpu(args)
     print()
+    info["load_average_end"] = os.getloadavg()[0]
     print(markdown(info, results, training))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "energy_and_field": results, "training": training},

@@ -266,7 +266,9 @@ def _batches(dataset, indices, batch_size, dtype, device, generator=None, augmen
         items = [dataset[int(i)] for i in indices[start:start + batch_size]]
         if augment_data:
             items = augment(items, generator)
-        batch = Batch.from_data_list(items)
+        # augmentation has used the symmetry permutations already; leaving them out lets graphs
+        # with different numbers of symmetry operations share a batch
+        batch = Batch.from_data_list(items, exclude_keys=["symmetry_perm", "symmetry_rotation"])
         for key in ("spins", "field", "energy"):
             batch[key] = batch[key].to(dtype)
         yield batch.to(device)

@@ -51,6 +51,8 @@ def test_fast_equals_reference_float64(graph_name):
     e_ref, b_ref = provider.energy_and_field(spins)
     assert e_fast.shape == (2,) and b_fast.shape == spins.shape
     assert b_ref.abs().max() > 1e-3
+    # the provider freezes the weights during the call only
+    assert all(p.requires_grad for p in model.parameters())
     torch.testing.assert_close(e_fast, e_ref, rtol=1e-10, atol=0)
     torch.testing.assert_close(b_fast, b_ref, rtol=0, atol=1e-10 * b_ref.abs().max().item())
 
@@ -239,3 +241,14 @@ def test_load_refuses_other_lattices_and_bad_files(tmp_path):
         klmgraph.load_model(tmp_path / "future.pt")
     with pytest.raises(FileNotFoundError):
         klmgraph.load_model(tmp_path / "missing.pt")
+
+
+def test_gather_backward_used_on_gpus_gives_the_same_field():
+    graph = klmgraph.triangular(6, 6, 1.0, 0.0, -0.85)
+    provider = small_model(graph).bind(graph)
+    spins = spins_for(graph, batch=2)
+    e1, b1 = provider.energy_and_field(spins)
+    provider._neighbours.gather_backward = True  # the default on CUDA devices
+    e2, b2 = provider.energy_and_field(spins)
+    assert e1.equal(e2)
+    torch.testing.assert_close(b2, b1, rtol=0, atol=1e-13)

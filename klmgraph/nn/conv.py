@@ -13,12 +13,16 @@ a (class k, then input irrep), b (filter irrep), c (output irrep), default norma
 this is also the layout of the published ecnn4klm checkpoints.
 
 * ``reference``: typed aggregation into (N, K * dim_in) and that e3nn TensorProduct.
-* ``fast``: the product is bilinear, so the channel sum is done first: one matmul per input
-  irrep over the K * mul neighbour channels of every component, then the Clebsch-Gordan
-  product with the centre filter, which for a given path is a per-site
-  (2li+1) x (2lo+1) matrix linear in Y^(lf)(S_r). Features are moved to a component-major
-  layout (2l+1, N, mul) before the gather so that the gathered tensor is already the
-  (rows, K * mul) operand of the matmul, with no copy in between.
+* ``fast``: the product is bilinear, so the channel sum is done first (DESIGN.md section 3):
+  1. typed aggregation straight into matmul layout: features are reordered per irrep to
+     (N, 2l+1, mul) and gathered row by row through the (N, K) neighbour table, giving
+     (N, 2l+1, K * mul) without a further copy (a scatter-add where classes repeat);
+  2. channel mixing: one matmul per input irrep, (N * (2l+1), K * mul) @ (K * mul, Q), Q the
+     output channels of all paths leaving that irrep, e3nn path normalisation folded in;
+  3. Clebsch-Gordan product with the centre filter in closed form: for every output irrep,
+     out[n, w, k] = sum_j Y_j(S_n) * sum_{path, i} z[n, w, i] C[i, j, k], i.e. one small matmul
+     with the fixed (path, i) x (j, k) coefficient table and J = dim(filter) multiply-adds.
+  The cost is dominated by the gather and the mixing matmuls, both memory- or BLAS-bound.
 """
 from __future__ import annotations
 
