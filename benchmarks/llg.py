@@ -8,7 +8,7 @@
 One Heun step costs two provider evaluations. Prints a markdown table and writes it (with the
 machine and date) to ``--out``:
 
-    PYTHONPATH=. python benchmarks/llg.py [--device cuda] [--out docs/benchmarks_llg.md]
+    python benchmarks/llg.py [--device cuda] [--out table.md]
         [--ed-sizes 8 12 16 24] [--model-sizes 24 48 96 192] [--spin-sizes 48 96 192]
 """
 import argparse
@@ -70,7 +70,7 @@ def main():
     parser.add_argument("--model-sizes", type=int, nargs="*", default=[24, 48, 96, 192])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", default="docs/benchmarks_llg.md")
+    parser.add_argument("--out", help="also write the markdown table to this file (paste it into docs/benchmarks.md)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
