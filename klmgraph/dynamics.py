@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .ed import check_spins
-from .graph import HoppingGraph
+from .graph import HoppingGraph, vector3
 
 __all__ = ["Provider", "FunctionProvider", "SumProvider", "Zeeman", "SingleIonAnisotropy",
            "Heisenberg", "as_provider", "LLG", "LLGRun", "DivergenceError"]
@@ -133,13 +133,6 @@ class SumProvider(Provider):
         return " + ".join(repr(t) for t in self.terms)
 
 
-def _vector3(v, name: str) -> torch.Tensor:
-    v = torch.as_tensor(v, dtype=torch.float64).flatten()
-    if v.shape != (3,) or not torch.isfinite(v).all():
-        raise ValueError(f"{name} must be a finite 3-vector, got {v.tolist()}")
-    return v
-
-
 def _check_shape(spins: torch.Tensor, num_sites: int | None = None) -> None:
     if spins.dim() not in (2, 3) or spins.shape[-1] != 3:
         raise ValueError(f"spins must have shape (N, 3) or (B, N, 3), got {tuple(spins.shape)}")
@@ -155,7 +148,7 @@ class Zeeman(Provider):
     """
 
     def __init__(self, field: Sequence[float]):
-        self.field = _vector3(field, "field")
+        self.field = vector3(field, "field")
 
     def energy_and_field(self, spins):
         _check_shape(spins)
@@ -179,7 +172,7 @@ class SingleIonAnisotropy(Provider):
     def __init__(self, D: float, axis: Sequence[float] = (0.0, 0.0, 1.0)):
         if not math.isfinite(float(D)):
             raise ValueError(f"D must be finite, got {D}")
-        axis = _vector3(axis, "axis")
+        axis = vector3(axis, "axis")
         if axis.norm() == 0:
             raise ValueError("the anisotropy axis must be non-zero")
         self.D = float(D)
@@ -352,7 +345,7 @@ class LLG:
             raise ValueError("the midpoint scheme with one field evaluation per step integrates the "
                              "Ito equation, not the Stratonovich one: use iterations >= 2 or "
                              "integrator='heun' for temperature > 0")
-        h = _vector3(self.field, "field")
+        h = vector3(self.field, "field")
         object.__setattr__(self, "field", tuple(h.tolist()))
         total = as_provider(self.provider)
         if h.any():

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch_geometric.data import Data
 
-__all__ = ["HoppingGraph", "from_networkx", "hermiticity_error"]
+__all__ = ["HoppingGraph", "from_networkx", "hermiticity_error", "vector3"]
 
 
 class HoppingGraph(Data):
@@ -162,7 +162,7 @@ def from_networkx(G, hopping: str = "t", edge_class: str = "edge_type", pos: str
             class_of[key] = len(classes)
             classes.append(str(key))
         vec = data.get(displacement)
-        vec = (positions[index[v]] - positions[index[u]]) if vec is None else _vec3(vec)
+        vec = (positions[index[v]] - positions[index[u]]) if vec is None else vector3(vec, f'edge ({u!r}, {v!r}) {displacement}', allow_2d=True)
         src.append(index[v])
         dst.append(index[u])
         types.append(class_of[key])
@@ -178,7 +178,7 @@ def from_networkx(G, hopping: str = "t", edge_class: str = "edge_type", pos: str
         add(u, v, data, t)
         if not directed:
             add(v, u, {**data, displacement: None if data.get(displacement) is None
-                       else -_vec3(data[displacement])}, complex(t).conjugate())
+                       else -vector3(data[displacement], displacement, allow_2d=True)}, complex(t).conjugate())
         elif not G.has_edge(v, u):
             raise ValueError(f"directed edge ({u!r}, {v!r}) has no reverse edge; "
                              "the Hamiltonian must be Hermitian (use an undirected graph)")
@@ -217,6 +217,12 @@ def from_networkx(G, hopping: str = "t", edge_class: str = "edge_type", pos: str
     return graph
 
 
-def _vec3(v) -> torch.Tensor:
-    v = torch.as_tensor(v, dtype=torch.float64).flatten()
+def vector3(value, name: str, allow_2d: bool = False) -> torch.Tensor:
+    """A finite Cartesian vector as a float64 (3,) tensor; 2-component input is padded with z = 0
+    when ``allow_2d``. Raises ValueError naming ``name`` otherwise."""
+    v = torch.as_tensor(value, dtype=torch.float64).flatten()
+    sizes = (2, 3) if allow_2d else (3,)
+    if v.numel() not in sizes or not torch.isfinite(v).all():
+        wanted = "2 or 3 finite components" if allow_2d else "3 finite components"
+        raise ValueError(f"{name} must have {wanted}, got {v.tolist()}")
     return torch.nn.functional.pad(v, (0, 3 - v.numel()))

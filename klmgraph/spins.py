@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .graph import HoppingGraph
+from .graph import HoppingGraph, vector3
 
 __all__ = ["random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal"]
 
@@ -58,13 +58,6 @@ def _positions(graph: HoppingGraph) -> torch.Tensor:
     return pos
 
 
-def _vec3(v, name) -> torch.Tensor:
-    v = torch.as_tensor(v, dtype=torch.float64).flatten()
-    if v.numel() not in (2, 3) or not torch.isfinite(v).all():
-        raise ValueError(f"{name} must have 2 or 3 finite components, got {v.tolist()}")
-    return torch.nn.functional.pad(v, (0, 3 - v.numel()))
-
-
 def _normalise(s: torch.Tensor, what: str) -> torch.Tensor:
     norm = s.norm(dim=-1, keepdim=True)
     if (norm < 1e-10).any():
@@ -92,7 +85,7 @@ def multi_q(graph: HoppingGraph, qs: Sequence, planes: Sequence | None = None,
         (N, 3) unit vectors.
     """
     pos = _positions(graph)
-    qs = [_vec3(q, "Q") for q in qs]
+    qs = [vector3(q, "Q", allow_2d=True) for q in qs]
     if not qs:
         raise ValueError("give at least one ordering vector")
     phases = [0.0] * len(qs) if phases is None else list(phases)
@@ -104,10 +97,10 @@ def multi_q(graph: HoppingGraph, qs: Sequence, planes: Sequence | None = None,
                   for q in qs]
     if len(planes) != len(qs):
         raise ValueError(f"{len(planes)} planes for {len(qs)} ordering vectors")
-    s = _vec3(uniform, "uniform").expand(graph.num_nodes, 3).clone()
+    s = vector3(uniform, "uniform", allow_2d=True).expand(graph.num_nodes, 3).clone()
     for q, (u, v), phi in zip(qs, planes, phases):
         angle = pos @ q + float(phi)
-        s += torch.cos(angle)[:, None] * _vec3(u, "u") + torch.sin(angle)[:, None] * _vec3(v, "v")
+        s += torch.cos(angle)[:, None] * vector3(u, "u", allow_2d=True) + torch.sin(angle)[:, None] * vector3(v, "v", allow_2d=True)
     return _normalise(s, "multiple-Q ansatz").to(dtype=dtype, device=device)
 
 
@@ -115,7 +108,7 @@ def spiral(graph: HoppingGraph, q: Sequence[float], plane: Sequence | None = Non
            dtype=torch.float64, device=None) -> torch.Tensor:
     """Single-Q spiral S_r = cos(Q . r + phase) u + sin(Q . r + phase) v, by default in the xy plane."""
     plane = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)) if plane is None else plane
-    u, v = _vec3(plane[0], "u"), _vec3(plane[1], "v")
+    u, v = vector3(plane[0], "u", allow_2d=True), vector3(plane[1], "v", allow_2d=True)
     if abs(float(u @ v)) > 1e-12 or abs(float(u.norm()) - 1) > 1e-12 or abs(float(v.norm()) - 1) > 1e-12:
         raise ValueError("the spiral plane needs two orthonormal vectors")
     return multi_q(graph, [q], planes=[(u, v)], phases=[phase], dtype=dtype, device=device)
@@ -149,7 +142,7 @@ def skyrmion_crystal(graph: HoppingGraph, qs: Sequence | None = None, q: float =
     Returns:
         (N, 3) unit vectors.
     """
-    qs = triple_q_vectors(q) if qs is None else [_vec3(x, "Q") for x in qs]
+    qs = triple_q_vectors(q) if qs is None else [vector3(x, "Q", allow_2d=True) for x in qs]
     z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     planes = []
     for qk in qs:

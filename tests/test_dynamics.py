@@ -92,7 +92,7 @@ def test_providers_add_up_with_ed_and_callables():
     (dict(dt=0.1, integrator="euler"), "integrator must be one of"),
     (dict(dt=0.1, integrator="midpoint", iterations=1, temperature=0.1), "integrator='heun'"),
     (dict(dt=0.1, iterations=0), "iterations must be a positive integer"),
-    (dict(dt=0.1, field=(0.0, 1.0)), "field must be a finite 3-vector"),
+    (dict(dt=0.1, field=(0.0, 1.0)), "field must have 3 finite components"),
 ])
 def test_llg_refuses_inconsistent_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
