@@ -111,12 +111,12 @@ def generate_dataset(path: str | Path, ed: ExactDiagonalization, num_samples: in
     return path
 
 
-def _open(path: Path, mode: str):
+def _open(path: Path, mode: str, what: str = "data set"):
     h5py = _h5py()
     try:
         return h5py.File(path, mode)
     except OSError as err:
-        raise ValueError(f"cannot read data set {path}: {err}") from None
+        raise ValueError(f"cannot {'read' if mode == 'r' else 'open'} {what} {path}: {err}") from None
 
 
 def _create(path: Path, graph: HoppingGraph, settings: dict, spins: torch.Tensor) -> None:
@@ -233,16 +233,19 @@ def read_spins(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"spin file {path} does not exist")
-    try:
-        if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                array = z["spins"]
-        else:
-            with _open(path, "r") as f:
-                array = f["spins"][()]
-    except (KeyError, ValueError, OSError) as err:
-        raise ValueError(f"cannot read spins from {path}: {err}") from None
+    if path.suffix in (".npy", ".npz"):
+        try:
+            if path.suffix == ".npy":
+                array = np.load(path, allow_pickle=False)
+            else:
+                with np.load(path, allow_pickle=False) as z:
+                    array = z["spins"]
+        except (KeyError, ValueError, OSError) as err:
+            raise ValueError(f"cannot read spins from {path}: {err}") from None
+    else:
+        with _open(path, "r", what="spin file") as f:
+            if "spins" not in f:
+                raise ValueError(f"spin file {path} holds no data set 'spins'")
+            array = f["spins"][()]
     spins = torch.as_tensor(array, dtype=torch.float64)
     return spins[None] if spins.dim() == 2 else spins

@@ -72,8 +72,10 @@ def _lattice_key(description: dict | None):
 
 def check_graph(model, graph) -> None:
     """Raise ValueError unless ``graph`` is the lattice (any size) with the classes ``model`` was built for."""
-    if graph.num_edge_types != model.num_classes or (
-            model.edge_classes is not None and list(graph.edge_classes) != list(model.edge_classes)):
+    if model.num_classes is not None and graph.num_edge_types != model.num_classes:
+        raise ValueError(f"the model was built for {model.num_classes} neighbour classes, the graph has "
+                         f"{graph.num_edge_types}: {graph.edge_classes}")
+    if model.edge_classes is not None and list(graph.edge_classes) != list(model.edge_classes):
         raise ValueError(f"the model was built for neighbour classes {model.edge_classes}, the graph has "
                          f"{graph.edge_classes}")
     mine, theirs = _lattice_key(model.lattice), _lattice_key(getattr(graph, "description", None))

@@ -425,7 +425,11 @@ def _match_sites(graph: HoppingGraph, x: np.ndarray, periodic_dims: np.ndarray) 
     target = _site_keys(_fractional(graph, x), periodic_dims)
     where = np.clip(np.searchsorted(keys[order], target), 0, len(keys) - 1)
     found = keys[order][where] == target
-    return order[where] if found.all() else None
+    if not found.all():
+        return None
+    result = order[where]
+    # on a supercell that the operation does not map onto itself, two sites can land on one
+    return result if len(np.unique(result)) == len(result) else None
 
 
 def _periodic_dims(graph: HoppingGraph) -> np.ndarray:

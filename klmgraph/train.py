@@ -15,6 +15,7 @@ renamed, so an interrupted run never leaves a half-written checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -252,7 +253,7 @@ def augment(items: list, generator: torch.Generator) -> list:
             moved.append(data)
             continue
         perm = perms[g]
-        new = data.clone()
+        new = copy.copy(data)  # shares the graph tensors; only spins and field are replaced
         new.spins = torch.empty_like(data.spins)
         new.spins[perm] = data.spins
         new.field = torch.empty_like(data.field)
@@ -349,14 +350,17 @@ def _split(config: RunConfig, train_set: SpinDataset):
 
 
 def _without_budget(resolved: dict) -> dict:
-    """The configuration less its budget (epochs, minutes): a resumed run may get a larger one."""
-    training = {k: v for k, v in resolved["training"].items() if k not in ("epochs", "minutes")}
+    """The configuration less its budget, which a resumed run may enlarge: minutes always, epochs
+    unless the learning-rate schedule is laid out over them (cosine, one-cycle)."""
+    budget = ("minutes",) if resolved["optimizer"]["schedule"] in ("cosine", "onecycle") else ("epochs", "minutes")
+    training = {k: v for k, v in resolved["training"].items() if k not in budget}
     return {**resolved, "training": training}
 
 
 def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict:
     """Train the configured model; resumes from ``<out>/last.pt`` when it exists and ``resume``
-    (the configuration must match, except for the budget: epochs and minutes may grow).
+    (the configuration must match, except for the budget: minutes, and epochs unless the
+    schedule is cosine or one-cycle, may grow).
 
     Returns:
         dict with ``model`` (the best model, on CPU), ``best_epoch``, ``epochs_run``,

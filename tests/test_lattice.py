@@ -128,6 +128,9 @@ def test_site_permutation_translation():
     assert int(p[7]) == i1 * 6 + (i2 + 1) % 6
     with pytest.raises(ValueError, match="does not map"):
         klmgraph.site_permutation(g, translation=(0.5, 0.0))
+    # a 4x6 supercell is not invariant under C4: every site has an image, but not a distinct one
+    with pytest.raises(ValueError, match="does not map"):
+        klmgraph.site_permutation(klmgraph.square(4, 6), rotation=[[0, -1, 0], [1, 0, 0], [0, 0, 1]])
 
 
 def test_custom_lattice_description_round_trip():

@@ -61,6 +61,10 @@ def test_resume_refuses_other_config_and_damaged_checkpoint(datasets, tmp_path):
     train(_config(datasets, tmp_path / "run", epochs=1), progress=False)
     with pytest.raises(ValueError, match="another configuration"):
         train(_config(datasets, tmp_path / "run", epochs=2, lr=0.5), progress=False)
+    # a one-cycle schedule is laid out over the epochs: a larger budget is another run
+    train(_config(datasets, tmp_path / "cycle", epochs=1, schedule="onecycle"), progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(_config(datasets, tmp_path / "cycle", epochs=2, schedule="onecycle"), progress=False)
     (tmp_path / "run" / "last.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="damaged"):
         train(_config(datasets, tmp_path / "run", epochs=2), progress=False)
@@ -135,6 +139,11 @@ def test_ifnn_physics():
     torch.testing.assert_close(provider.energy_and_field(moved)[1][perm], field, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="too small for the IFNN cutoff"):
         model.bind(klmgraph.square(4, 4))
+    # built from a description alone (no class count), it still runs on its lattice
+    bare = klmgraph.nn.IFNN(graph.description, cutoff=2.3, hidden=(16, 8)).double()
+    assert bare.bind(graph).energy_and_field(spins)[1].shape == (64, 3)
+    with pytest.raises(ValueError, match="built for the lattice"):
+        bare.bind(klmgraph.triangular(8, 8))
 
 
 def test_cli_train_and_evaluate(datasets, tmp_path, capsys):

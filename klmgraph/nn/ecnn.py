@@ -221,12 +221,9 @@ class BoundModel:
     """
 
     def __init__(self, model: ECNN, graph):
-        if graph.num_edge_types != model.num_classes:
-            raise ValueError(f"the graph has {graph.num_edge_types} neighbour classes {graph.edge_classes}, "
-                             f"the model {model.num_classes}")
-        names = getattr(model, "edge_classes", None)
-        if names is not None and list(graph.edge_classes) != list(names):
-            raise ValueError(f"the graph's neighbour classes {graph.edge_classes} differ from the model's {names}")
+        from ..io import check_graph  # io imports this module
+
+        check_graph(model, graph)
         self.model = model
         self.graph = graph
         self.num_sites = graph.num_nodes
