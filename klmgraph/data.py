@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .ed import ExactDiagonalization, check_spins
+from .files import atomic_path
 from .graph import HoppingGraph
 from .spins import random_spins
 
@@ -62,7 +63,6 @@ def generate_dataset(path: str | Path, ed: ExactDiagonalization, num_samples: in
     Returns:
         The path written.
     """
-    h5py = _h5py()
     from tqdm.auto import tqdm
 
     path = Path(path)
@@ -121,8 +121,8 @@ def _open(path: Path, mode: str, what: str = "data set"):
 
 def _create(path: Path, graph: HoppingGraph, settings: dict, spins: torch.Tensor) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with _h5py().File(tmp, "w") as f:
+    # a file that exists under its name is always well-formed
+    with atomic_path(path) as tmp, _h5py().File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["edge_classes"] = json.dumps(graph.edge_classes)
@@ -136,7 +136,6 @@ def _create(path: Path, graph: HoppingGraph, settings: dict, spins: torch.Tensor
         g = f.create_group("graph")
         for key in _GRAPH_KEYS:
             g.create_dataset(key, data=getattr(graph, key).numpy())
-    tmp.replace(path)  # a file that exists under its name is always well-formed
 
 
 def _check_settings(f, path: Path, settings: dict, spins: torch.Tensor) -> None:

@@ -12,10 +12,11 @@ build_model(config) + load_state_dict, so a file stays readable when classes mov
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from .files import atomic_path
 
 from .nn.ecnn import ECNN
 from .nn.ifnn import IFNN
@@ -58,9 +59,8 @@ def save_model(model: torch.nn.Module, path) -> Path:
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .dynamics import LLG, DivergenceError, _prepare
+from .files import atomic_path
 from .graph import HoppingGraph
 from .measure import magnetic_cell_sites, skyrmion_number
 from .trajectory import TrajectoryWriter, read_trajectory
@@ -231,9 +232,8 @@ def _summarise(llg, graph, spins, energy, step, cell_sites, folder, resumed_from
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
 
 
 def _json_default(x):

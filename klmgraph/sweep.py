@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .dynamics import DivergenceError
+from .files import atomic_path
 
 __all__ = ["scan", "parse_values", "COLUMNS", "PARAMETERS"]
 
@@ -119,10 +120,8 @@ def _point(run, parameter: str, value: float, folder: Path) -> dict:
 def write_csv(path, rows: list[dict]) -> None:
     """The scan table, one row per run (empty cells for missing values); written atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
-    tmp.replace(path)

@@ -20,7 +20,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch_geometric.data import Batch
 
 from .data import SpinDataset, load_dataset
+from .files import atomic_path
 from .nn.forces import compute_field
 
 __all__ = ["DataConfig", "ModelConfig", "OptimizerConfig", "TrainingConfig", "RunConfig",
@@ -306,12 +306,6 @@ def evaluate(model: torch.nn.Module, dataset: SpinDataset, batch_size: int = 4, 
 
 # ------------------------------------------------------------------------------------- trainer
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _make_optimizer(params, cfg: OptimizerConfig):
     if cfg.name == "adagrad":
         return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -456,9 +450,10 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
             model.save(out / "best.pt")
         else:
             bad_epochs += 1
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                      "state": state, "config": json.dumps(resolved)}, last)
+        with atomic_path(last) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                        "state": state, "config": json.dumps(resolved)}, tmp)
         with open(log_path, "a", newline="") as f:
             csv.writer(f).writerow([row[c] for c in columns])
         history.append(row)
