@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import functools
 import json
 import math
@@ -28,13 +29,9 @@ PRESETS = {
     "square-paper": {"lattice": "square", "t1": 1.0, "J": 7.0, "filling": 0.48},
     "triangular-paper": {"lattice": "triangular", "t1": 1.0, "t3": -0.85, "J": -1.0, "mu": -3.5},
 }
-_LATTICES = {
-    "square": (lattices.square_lattice, ("t1", "t2", "t3")),
-    "triangular": (lattices.triangular_lattice, ("t1", "t2", "t3")),
-    "honeycomb": (lattices.honeycomb_lattice, ("t1",)),
-    "kagome": (lattices.kagome_lattice, ("t1",)),
-    "cubic": (lattices.cubic_lattice, ("t1",)),
-}
+# built-in lattices with the hopping amplitudes their builders take
+_LATTICES = {name: (builder, tuple(inspect.signature(builder).parameters))
+             for name, builder in lattices._BUILT_IN.items()}
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:

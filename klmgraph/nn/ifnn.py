@@ -168,10 +168,10 @@ class IFNN(nn.Module):
 
         from ..io import check_graph
 
-        check_graph(self, graph)
-        description = graph.description
-        key = (graph.num_nodes, str(description.get("size")))
+        # the description's JSON names lattice and size; checking and building happen once per graph
+        key = (graph.num_nodes, graph.description_json)
         if key not in self._tables:
+            check_graph(self, graph)
             pos = graph.pos.numpy()
             periodic = _periodic_dims(graph)
             sites, neighbourhoods = [], []
