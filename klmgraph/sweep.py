@@ -81,7 +81,8 @@ def scan(run: Callable[[float, Path], object], values: Sequence[float], out, par
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    tasks = [(run, parameter, v, folder / f"{parameter}={v:g}") for v in values]
+    # repr is the shortest string that reads back as the same float: distinct values, distinct folders
+    tasks = [(run, parameter, v, folder / f"{parameter}={v!r}") for v in values]
     if jobs == 1 or len(values) == 1:
         rows = [_point(*task) for task in tasks]
     else:
