@@ -6,6 +6,8 @@ function is called, not when klmgraph is imported.
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import torch
 
@@ -200,7 +202,8 @@ def parity_plot(predicted, reference, path=None, ax=None, title: str | None = No
     ax.set_aspect("equal")
     ax.figure.colorbar(hb, ax=ax, label="points per bin")
     rmse = float(np.sqrt(np.mean((x - y) ** 2)))
-    ax.set_title(title or f"RMSE = {rmse:.4g}")
+    # wrapped: the figure is narrow, and a long title would be cut at its edges
+    ax.set_title(textwrap.fill(title or f"RMSE = {rmse:.4g}", 42), fontsize=10)
     if path is not None:
         ax.figure.tight_layout()
         ax.figure.savefig(path, dpi=120)

@@ -1,0 +1,56 @@
+"""`klmgraph demo --tiny`: the README's main path, end to end (about a minute on 2 CPUs)."""
+import json
+
+import numpy as np
+import pytest
+
+from klmgraph.cli import main
+from klmgraph.demo import DemoSettings
+from klmgraph.trajectory import read_trajectory
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--tiny", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_demo_writes_its_results(demo_folder):
+    for name in ("summary.json", "summary.md", "parity.png", "parity_llg_state.png", "training/best.pt",
+                 "training/log.csv", "llg/trajectory.h5", "llg/spins.png", "llg/time_series.png"):
+        assert (demo_folder / name).is_file(), name
+
+
+def test_demo_model_learns_and_transfers_to_the_large_lattice(demo_folder):
+    summary = json.loads((demo_folder / "summary.json").read_text())
+    training, check = summary["training"], summary["check_on_large_lattice"]
+    # trained: far below the spread of the field components that a constant prediction would give
+    assert training["val_rmse_field"] < 0.2 * training["field_component_std"]
+    # the model's energy on the 16x larger lattice agrees with ED of the same state
+    assert check["energy_per_site_ml"] == pytest.approx(check["energy_per_site_ed"], abs=0.05)
+    assert summary["llg"]["lattice"].startswith("square 32x32")
+
+
+def test_demo_dynamics_is_damped(demo_folder):
+    energy = read_trajectory(demo_folder / "llg" / "trajectory.h5").energy
+    assert len(energy) == 61
+    # T = 0 with alpha = 1: the model's energy decreases (up to float32 rounding)
+    assert np.all(np.diff(energy) <= 1e-5 * np.abs(energy[:-1]))
+    assert energy[-1] < energy[0]
+
+
+def test_demo_rerun_continues_instead_of_repeating(demo_folder, capsys):
+    before = json.loads((demo_folder / "summary.json").read_text())
+    assert main(["demo", "--tiny", "--out", str(demo_folder), "--quiet"]) == 0
+    after = json.loads((demo_folder / "summary.json").read_text())
+    assert after["training"]["epochs"] == before["training"]["epochs"]
+    assert after["training"]["val_rmse_field"] == before["training"]["val_rmse_field"]
+    assert after["llg"]["energy_per_site"] == before["llg"]["energy_per_site"]
+
+
+def test_demo_settings_are_checked():
+    with pytest.raises(ValueError, match="size must be at least 1"):
+        DemoSettings(size=0)
+    with pytest.raises(ValueError, match="dt and minutes must be positive"):
+        DemoSettings(dt=-1.0)
