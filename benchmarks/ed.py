@@ -19,7 +19,6 @@ import ctypes
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import time
 import torch
 
 import klmgraph
+from klmgraph.timing import call_times, machine
 
 MODELS = {
     "square": (lambda L: klmgraph.square(L, L), {"J": 7.0, "filling": 0.48}),
@@ -91,14 +91,6 @@ class PeakMemory:
             self.peak = max(self._max, self._rss()) - self._base
 
 
-def timed(fn, device) -> float:
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def _setup(name: str, L: int, device: torch.device):
     build, params = MODELS[name]
     graph = build(L)
@@ -111,10 +103,9 @@ def _setup(name: str, L: int, device: torch.device):
 
 def bench_time(name: str, L: int, repeats: int, device: torch.device) -> dict:
     graph, ed, spins, matrix = _setup(name, L, device)
-    ed_times, eigh_times = [], []
-    for _ in range(repeats):
-        ed_times.append(timed(lambda: ed.energy_and_field(spins), device))
-        eigh_times.append(timed(lambda: torch.linalg.eigh(matrix), device))
+    # _setup made the warm-up call of ED; the eigh needs none
+    ed_times = call_times(lambda: ed.energy_and_field(spins), repeats, device, warmup=False)
+    eigh_times = call_times(lambda: torch.linalg.eigh(matrix), repeats, device, warmup=False)
     ed_t, eigh_t = statistics.median(ed_times), statistics.median(eigh_times)
     return {"N": graph.num_nodes, "ed_s": ed_t, "eigh_s": eigh_t, "ratio": ed_t / eigh_t}
 
@@ -139,16 +130,9 @@ def bench_memory(name: str, L: int, device: torch.device) -> dict:
     return bench_memory_here(name, L, device)
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
+def machine_line(device: torch.device) -> str:
+    info = machine(device)
+    return f"{info.get('gpu') or info['cpu']}, {info['torch_threads']} threads, load average {info['load_average']}"
 
 
 def main(argv=None):
@@ -164,7 +148,7 @@ def main(argv=None):
         _libc_malloc(fixed_mmap_threshold=True)
         print(json.dumps(bench_memory_here(args.memory_of[0], int(args.memory_of[1]), device)))
         return
-    header = (f"ED benchmark, {datetime.date.today()}, {machine(device)}, torch {torch.__version__}\n\n"
+    header = (f"ED benchmark, {datetime.date.today()}, {machine_line(device)}, torch {torch.__version__}\n\n"
               "| lattice | L x L | N | energy_and_field (s) | bare eigh (s) | ratio | ED peak (MiB) | eigh peak (MiB) |\n"
               "|---|---|---|---|---|---|---|---|")
     print(header, flush=True)

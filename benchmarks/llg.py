@@ -12,10 +12,6 @@ machine and date) to ``--out``:
         [--ed-sizes 8 12 16 24] [--model-sizes 24 48 96 192] [--spin-sizes 48 96 192]
 """
 import argparse
-import datetime
-import os
-import platform
-import time
 from pathlib import Path
 
 import torch
@@ -23,28 +19,16 @@ import torch
 import klmgraph
 from klmgraph.dynamics import Heisenberg, SingleIonAnisotropy
 from klmgraph.measure import skyrmion_number, structure_factor
+from klmgraph.timing import call_times, machine
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm" / "triangle_param.cpt"
 
 
 def timed(fn, repeat: int, budget: float = 20.0) -> tuple[float, int]:
-    """Seconds per call (after one warm-up call) and the number of timed calls; stops early
+    """Mean seconds per call (after one warm-up call) and the number of timed calls; stops early
     once ``budget`` seconds are spent, so large ED sizes stay affordable."""
-    fn()
-    sync()
-    start, n = time.perf_counter(), 0
-    while n < repeat:
-        fn()
-        n += 1
-        if time.perf_counter() - start > budget:
-            break
-    sync()
-    return (time.perf_counter() - start) / n, n
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    times = call_times(fn, repeat, "cuda" if torch.cuda.is_available() else None, budget=budget)
+    return sum(times) / len(times), len(times)
 
 
 def graph_of(size):
@@ -74,10 +58,10 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    header = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-              f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-              f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at the start), "
-              f"torch {torch.__version__}, device {args.device}")
+    info = machine(args.device)
+    header = (f"{info['date']}, {info.get('gpu') or info['cpu']}, {info['torch_threads']} torch threads, "
+              f"{info['cores']} CPUs (load average {info['load_average']:.1f} at the start), "
+              f"torch {info['torch']}, device {args.device}")
     print("#", header)
     rows = []
     for size in args.spin_sizes:

@@ -20,10 +20,8 @@ the weights); float32.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,33 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import klmgraph  # noqa: E402
+from klmgraph.timing import machine, synchronize  # noqa: E402
 
 LATTICES = {
     "square": lambda L: klmgraph.square(L, L),
     "triangular": lambda L: klmgraph.triangular(L, L, t1=1.0, t3=-0.85),
 }
-
-
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average": os.getloadavg()[0],
-            "torch": torch.__version__, "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _peak_rss_mb() -> float:
@@ -82,14 +59,14 @@ def time_energy_and_field(lattice: str, size: int, implementation: str, device: 
         torch.cuda.reset_peak_memory_stats()
     rss_before = _peak_rss_mb()
     provider.energy_and_field(spins)  # warm-up (builds the reference TensorProduct, caches plans)
-    _sync(device)
+    synchronize(device)
     times = []
     # at least `repeats` calls, more for small lattices (up to 20 calls or 0.5 s)
     cpu_times = []
     while len(times) < repeats or (sum(times) < 0.5 and len(times) < 20):
         start, cpu_start = time.perf_counter(), time.process_time()
         provider.energy_and_field(spins)
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     if device.type == "cuda":
@@ -133,12 +110,12 @@ def time_training_step(lattice: str, size: int, batch: int, implementation: str,
         optimiser.step()
 
     step()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return {"lattice": lattice, "size": size, "batch": batch, "implementation": implementation,
             "device": device.type, "seconds": min(times)}
@@ -266,7 +243,7 @@ def main(argv=None):
         result = time_energy_and_field(*rest) if kind == "field" else time_training_step(*rest)
         print(json.dumps(result))
         return
-    info = machine()
+    info = machine(args.device)
     print(json.dumps(info))
     results, training = run_cuda(args) if args.device == "cuda" else run_cpu(args)
     print()

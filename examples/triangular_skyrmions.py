@@ -19,11 +19,8 @@ quick setting does and does not reproduce: docs/results.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ import torch
 
 import klmgraph
 from klmgraph.sweep import scan
+from klmgraph.timing import machine
 
 # |n_sk| per magnetic unit cell that the paper's phase diagram gives at the spot checks
 PAPER = {0.002: 2, 0.005: 1, 0.008: 0}
@@ -38,16 +36,24 @@ CELL_SITES = 48  # |Q| = pi/3 on the triangular lattice
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm" / "triangle_param.cpt"
 
 
+def load_provider_model(settings: dict, graph):
+    """The published checkpoint, or a klmgraph model file (``--model``, e.g. trained by
+    examples/triangular_training.py), checked against ``graph``."""
+    if settings.get("model"):
+        return klmgraph.load_model(settings["model"], graph=graph, map_location=settings["device"])
+    return klmgraph.load_ecnn4klm(settings["checkpoint"], graph).to(settings["device"])
+
+
 def run_one(settings: dict, hz: float, folder: Path) -> klmgraph.SimulationResult:
     """One damped ML-LLG run from random spins at field ``hz`` (module level: picklable)."""
     graph = klmgraph.triangular(*settings["size"], t1=1.0, t3=-0.85)
-    model = klmgraph.load_ecnn4klm(settings["checkpoint"], graph).to(settings["device"])
+    model = load_provider_model(settings, graph)
     llg = klmgraph.LLG(model.bind(graph), dt=settings["dt"], alpha=1.0, temperature=0.0,
                        field=(0.0, 0.0, hz), integrator="heun")
     spins = klmgraph.random_spins(graph, seed=settings["seed"], device=settings["device"])
     return klmgraph.simulate(llg, graph, spins, settings["steps"], folder,
                              snapshot_every=settings["snapshot_every"], seed=settings["seed"],
-                             cell_sites=CELL_SITES, metadata={"checkpoint": Path(settings["checkpoint"]).name,
+                             cell_sites=CELL_SITES, metadata={"model": Path(settings["model"] or settings["checkpoint"]).name,
                                                               "initial": "random", "size": settings["size"]},
                              progress=settings["progress"])
 
@@ -61,11 +67,14 @@ def main(argv=None):
     parser.add_argument("--hz", type=float, nargs="+", default=sorted(PAPER), help="fields (default 0.002 0.005 0.008)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial spins (default 0)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="triangle_param.cpt")
+    parser.add_argument("--model", default=None,
+                        help="a klmgraph model file to use instead of the checkpoint (examples/triangular_training.py)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="fields run in parallel processes (CPU, one thread each)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads with --jobs 1 (default torch's; 1 is faster on a busy machine)")
     parser.add_argument("--out", default=None, help="output folder (default triangular-skyrmions-L)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -74,14 +83,17 @@ def main(argv=None):
     steps = args.steps or (400 if args.quick else 2000)
     if size % 12:
         raise SystemExit(f"L = {size}: the 48-site magnetic cell needs L divisible by 12")
-    if not Path(args.checkpoint).is_file():
+    if args.model is None and not Path(args.checkpoint).is_file():
         raise SystemExit(f"no checkpoint at {args.checkpoint} (see DESIGN.md section 4)")
+    if args.model is not None and not Path(args.model).is_file():
+        raise SystemExit(f"no model file at {args.model}")
     out = Path(args.out or f"triangular-skyrmions-{size}")
-    settings = {"size": [size, size], "checkpoint": str(args.checkpoint), "device": args.device, "dt": args.dt,
-                "steps": steps, "snapshot_every": 50, "seed": args.seed, "progress": args.jobs == 1}
+    settings = {"size": [size, size], "checkpoint": str(args.checkpoint), "model": args.model,
+                "device": args.device, "dt": args.dt,
+                "steps": steps, "snapshot_every": 50, "seed": args.seed, "progress": args.jobs == 1 and not args.quiet}
     started = time.perf_counter()
     rows = scan(functools.partial(run_one, settings), args.hz, out, parameter="hz", jobs=args.jobs,
-                title=f"triangular {size}x{size}, ECNN (ecnn4klm), T = 0, alpha = 1")
+                title=f"triangular {size}x{size}, ECNN ({'own model' if args.model else 'ecnn4klm'}), T = 0, alpha = 1")
     wall = time.perf_counter() - started
 
     import matplotlib
@@ -91,9 +103,10 @@ def main(argv=None):
 
     graph = klmgraph.triangular(size, size, t1=1.0, t3=-0.85)
     threads = f"{args.jobs} processes x 1 torch thread" if args.jobs > 1 else f"{torch.get_num_threads()} torch threads"
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {threads}, {args.device}"
-    date = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
-    print(f"\ntriangular {size}x{size}, {steps} Heun steps of dt = {args.dt}, seed {args.seed}; {machine}; {date}")
+    info = machine(args.device)
+    where = f"{info.get('gpu') or info['cpu']}, {info['cores']} CPUs, {threads}, {args.device}"
+    date = info["date"]
+    print(f"\ntriangular {size}x{size}, {steps} Heun steps of dt = {args.dt}, seed {args.seed}; {where}; {date}")
     print(f"{'Hz':>7} {'n_sk/cell':>10} {'paper |n_sk|':>12} {'|Mz|':>7} {'E/N':>10} {'wall s':>7}")
     for row in rows:
         paper = PAPER.get(row["hz"], "")
@@ -105,10 +118,13 @@ def main(argv=None):
         ax.figure.tight_layout()
         ax.figure.savefig(out / f"spins_hz{row['hz']:g}.png", dpi=130)
         plt.close(ax.figure)
+    summary = " ".join(f"n_sk_hz{row['hz']:g}={row['skyrmion_number_per_cell']:.2f}" for row in rows)
     print(f"total wall time {wall:.0f} s; table {out / 'scan.csv'}, figures {out}/spins_hz*.png, {out / 'scan.png'}")
     (out / "example.json").write_text(json.dumps({"size": size, "steps": steps, "dt": args.dt, "seed": args.seed,
-                                                  "machine": machine, "date": date, "wall_time": wall,
+                                                  "machine": where, "date": date, "wall_time": wall,
                                                   "rows": rows}, indent=1) + "\n")
+    print(summary)
+    return rows
 
 
 if __name__ == "__main__":

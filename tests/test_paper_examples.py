@@ -1,0 +1,87 @@
+"""The paper-reproduction examples run end to end (shortened budgets; the --quick and full
+settings themselves are documented in docs/results.md and marked slow here)."""
+import csv
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import klmgraph
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ECNN4KLM = Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prediction_time_quick(tmp_path, capsys):
+    speedup = load_example("prediction_time").main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
+    with open(tmp_path / "prediction_time.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], int(r["L"])) for r in rows] == (
+        [("ED", L) for L in (8, 12, 16, 24)] + [("ECNN", L) for L in (8, 12, 16, 24, 48, 96, 192)])
+    assert all(int(r["sites"]) == int(r["L"]) ** 2 and float(r["seconds"]) > 0 for r in rows)
+    ed24 = float(rows[3]["seconds"])
+    ml24 = float(rows[7]["seconds"])
+    assert speedup == pytest.approx(ed24 / ml24)
+    assert f"speedup_at_24x24={speedup:.1f}" in capsys.readouterr().out
+    assert (tmp_path / "prediction_time.png").stat().st_size > 0
+
+
+def test_square_accuracy_pipeline(tmp_path, capsys):
+    load_example("square_accuracy").main(["--quick", "--ecnn-minutes", "0.05", "--ifnn-minutes", "0.05",
+                                          "--out", str(tmp_path)])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(r"ecnn_val_rmse=([0-9.]+) ifnn_val_rmse=([0-9.]+)", line)
+    assert match, line
+    results = json.loads((tmp_path / "quick" / "results.json").read_text())
+    assert results["ecnn"]["val"] == pytest.approx(float(match.group(1)), abs=1e-4)
+    assert results["ifnn"]["val"] == pytest.approx(float(match.group(2)), abs=1e-4)
+    for name in ("ecnn", "ifnn"):
+        assert (tmp_path / "quick" / f"parity_{name}_val.png").exists()
+        assert klmgraph.load_dataset(tmp_path / "quick" / "train.h5").graph.num_nodes == 144
+
+
+def test_triangular_training_pipeline(tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = load_example("triangular_training").main([
+        "--quick", "--ed-steps", "30", "--snapshot-every", "15", "--minutes", "0.05", "--scan-size", "12",
+        "--scan-steps", "2", "--quiet", "--out", str(out)])
+    folder = out / "quick"
+    # two snapshots per field (steps 15 and 30), as many random configurations, split 3 : 1
+    assert summary["configurations"] == 12 and summary["train"] == 9
+    train, val = klmgraph.load_dataset(folder / "train.h5"), klmgraph.load_dataset(folder / "val.h5")
+    assert (len(train), len(val)) == (9, 3)
+    # the labels are ED's for the stored spins
+    ed = klmgraph.ExactDiagonalization(klmgraph.triangular(12, 12, t1=1.0, t3=-0.85), J=-1.0, mu=-3.5)
+    energy, field = ed.energy_and_field(val.spins[0].to(torch.float64))
+    assert float(val.energy[0]) == pytest.approx(float(energy), rel=1e-10)
+    torch.testing.assert_close(val.field[0].to(torch.float64), field, rtol=0, atol=1e-10)
+    # the scan ran with the model trained here, at the paper's three fields
+    assert sorted(summary["n_sk_per_cell"]) == [0.002, 0.005, 0.008]
+    meta = klmgraph.read_trajectory(folder / "scan" / "hz=0.005" / "trajectory.h5").metadata
+    assert meta["model"] == "best.pt"
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("val_rmse_field=")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["square_accuracy", "triangular_training"])
+def test_quick_settings(tmp_path, name):
+    """The documented --quick settings (several minutes each on 2 CPUs)."""
+    load_example(name).main(["--quick", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_triangular_skyrmions_quick(tmp_path):
+    if not (ECNN4KLM / "triangle_param.cpt").is_file():
+        pytest.skip(f"the published checkpoint is not at {ECNN4KLM}")
+    rows = load_example("triangular_skyrmions").main(["--quick", "--jobs", "2", "--out", str(tmp_path)])
+    assert [row["hz"] for row in rows] == [0.002, 0.005, 0.008]
