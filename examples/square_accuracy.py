@@ -20,6 +20,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 import klmgraph
 from klmgraph.plot import parity_plot
 from klmgraph.train import config_from_dict, evaluate, train
@@ -35,7 +37,10 @@ def main(argv=None):
     p.add_argument("--ifnn-minutes", type=float, help="IFNN training budget (default 30, quick 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; 1 is faster on a busy machine)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out) / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
     size, n_train, n_val = (12, 32, 16) if args.quick else (30, 100, 50)

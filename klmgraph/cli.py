@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"klmgraph {args.command}: error: {err}", file=sys.stderr)
         return 2
     except (DivergenceError, ScanFailed) as err:

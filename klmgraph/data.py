@@ -140,16 +140,18 @@ def _create(path: Path, graph: HoppingGraph, settings: dict, spins: torch.Tensor
 
 def _check_settings(f, path: Path, settings: dict, spins: torch.Tensor) -> None:
     if f.attrs.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a klmgraph data set; choose another path or overwrite=True")
+        raise ValueError(f"{path} is not a klmgraph data set; choose another path or overwrite=True "
+                         "(klmgraph generate --overwrite)")
     for key, value in settings.items():
         stored = f.attrs.get(key)
         if isinstance(stored, bytes):
             stored = stored.decode()
         if stored != value and not (isinstance(value, int) and stored is not None and int(stored) == value):
             raise ValueError(f"{path} exists with different {key} ({stored} vs {value}); "
-                             "choose another path or pass overwrite=True")
+                             "choose another path or pass overwrite=True (klmgraph generate --overwrite)")
     if not np.array_equal(f["spins"][()], spins.numpy()):
-        raise ValueError(f"{path} exists with different spin configurations; choose another path or overwrite=True")
+        raise ValueError(f"{path} exists with different spin configurations; choose another path or "
+                         "overwrite=True (klmgraph generate --overwrite)")
 
 
 class SpinDataset(torch.utils.data.Dataset):
@@ -228,7 +230,8 @@ def load_dataset(path: str | Path, graph: HoppingGraph | None = None, allow_part
 
 
 def read_spins(path: str | Path) -> torch.Tensor:
-    """Spin configurations from .npy, .npz (key 'spins') or HDF5 (data set 'spins'): (M, N, 3)."""
+    """Spin configurations from .npy, .npz (key 'spins') or HDF5 (data set 'spins'; of a
+    trajectory, the committed snapshots only): (M, N, 3)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"spin file {path} does not exist")
@@ -245,6 +248,10 @@ def read_spins(path: str | Path) -> torch.Tensor:
         with _open(path, "r", what="spin file") as f:
             if "spins" not in f:
                 raise ValueError(f"spin file {path} holds no data set 'spins'")
-            array = f["spins"][()]
+            # a trajectory's snapshots beyond its commit counter may be half written
+            valid = int(f.attrs["num_snapshots"]) if "num_snapshots" in f.attrs else len(f["spins"])
+            array = f["spins"][:valid]
+    if len(array) == 0:
+        raise ValueError(f"spin file {path} holds no complete configuration")
     spins = torch.as_tensor(array, dtype=torch.float64)
     return spins[None] if spins.dim() == 2 else spins

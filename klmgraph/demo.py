@@ -11,7 +11,8 @@
 5. figures (parity plot, spin snapshot, energy trace) and ``summary.json`` / ``summary.md``.
 
 Every stage writes into the output folder and is resumable: running the same command again
-reuses the data, continues the training to its budget and the LLG run to its length.
+reuses the data, continues an interrupted training to its budget (a finished one stays as it
+is) and the LLG run to its length.
 """
 from __future__ import annotations
 
@@ -101,7 +102,11 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
     s = settings
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
+    settings_path = out / "settings.json"
+    if settings_path.exists() and json.loads(settings_path.read_text()) != asdict(s):
+        raise ValueError(f"{out} holds a demo with other settings ({settings_path}); use another output "
+                         "folder or delete it")
+    settings_path.write_text(json.dumps(asdict(s), indent=2))
     summary = {"settings": asdict(s), "model": {"lattice": "square", "t1": 1.0, **SQUARE_PAPER}}
 
     # 1. ED data

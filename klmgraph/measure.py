@@ -241,7 +241,11 @@ class StructureFactor:
         index = self.index.reshape(-1, len(self.size))[chosen]
         sizes = torch.tensor(self.size)
         centred = torch.where(index > sizes // 2, index - sizes, index)
-        q = self.q.reshape(-1, 3)[chosen]
+        # q of the centred index: the grid is linear in the index, q(m) = sum_i m_i q(e_i)
+        grid = self.q.detach().cpu().reshape(*self.size, 3)
+        steps = torch.stack([grid[tuple(1 if j == i else 0 for j in range(len(self.size)))]
+                             for i in range(len(self.size))])
+        q = centred.to(grid.dtype) @ steps
         return [{"index": tuple(int(x) for x in m), "q": qq, "value": float(v)}
                 for m, qq, v in zip(centred, q, flat[chosen])]
 

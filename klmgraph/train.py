@@ -408,10 +408,13 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
 
     history = []
     bad_epochs = state["epoch"] - state["best_epoch"]
+    # a resumed run that already met its stopping rule stays finished (a larger budget reopens it)
+    stopped = bool((config.optimizer.early_stopping and bad_epochs >= config.optimizer.early_stopping)
+                   or (t.minutes and state["elapsed"] > 60 * t.minutes))
     start_time = time.perf_counter() - state["elapsed"]
     bar = tqdm(total=t.epochs, initial=state["epoch"], desc="train", unit="epoch", disable=not progress)
     model.train()
-    while state["epoch"] < t.epochs:
+    while state["epoch"] < t.epochs and not stopped:
         epoch = state["epoch"] + 1
         generator = torch.Generator().manual_seed(t.seed * 100_003 + epoch)  # resumable: no carried state
         order = train_idx[torch.randperm(len(train_idx), generator=generator)]

@@ -49,6 +49,12 @@ def test_demo_rerun_continues_instead_of_repeating(demo_folder, capsys):
     assert after["llg"]["energy_per_site"] == before["llg"]["energy_per_site"]
 
 
+def test_demo_refuses_a_folder_of_other_settings(demo_folder, capsys):
+    assert main(["demo", "--out", str(demo_folder), "--quiet"]) == 2
+    assert "holds a demo with other settings" in capsys.readouterr().err
+    assert json.loads((demo_folder / "settings.json").read_text())["size"] == 8  # left as it was
+
+
 def test_demo_settings_are_checked():
     with pytest.raises(ValueError, match="size must be at least 1"):
         DemoSettings(size=0)

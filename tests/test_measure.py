@@ -111,7 +111,10 @@ def test_structure_factor_sum_rule_and_spiral_peaks():
     peaks = sf.peaks()
     assert sorted(p["index"] for p in peaks) == [(-3, -2), (3, 2)]
     assert all(p["value"] == pytest.approx(graph.num_nodes / 2) for p in peaks)
-    torch.testing.assert_close(peaks[0]["q"][:2].abs(), torch.tensor(q, dtype=torch.float64))
+    # each peak's q belongs to its centred index: (3, 2) -> +Q, (-3, -2) -> -Q
+    for peak in peaks:
+        sign = 1.0 if peak["index"][0] > 0 else -1.0
+        torch.testing.assert_close(peak["q"], sign * torch.tensor([*q, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="do not span"):
         magnetic_cell_sites(graph, spins)
     ferro = structure_factor(graph, klmgraph.ferromagnet(graph))

@@ -1,5 +1,6 @@
 import csv
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -55,6 +56,19 @@ def test_resume_continues_exactly(datasets, tmp_path):
     for a, b in zip(straight, resumed):
         assert float(a["train_loss"]) == float(b["train_loss"])
         assert float(a["val_rmse_field"]) == float(b["val_rmse_field"])
+
+
+def test_finished_run_is_not_extended_by_a_rerun(datasets, tmp_path):
+    config = _config(datasets, tmp_path / "run", epochs=50)
+    # a budget of a few microseconds: the run stops after its first epoch
+    config = replace(config, training=replace(config.training, minutes=1e-7))
+    first = train(config, progress=False)
+    assert first["epochs_run"] == 1
+    again = train(config, progress=False)
+    assert again["epochs_run"] == 1 and again["history"] == [] and len(_log(tmp_path / "run")) == 1
+    # a larger budget continues it
+    more = train(replace(config, training=replace(config.training, minutes=0.0, epochs=2)), progress=False)
+    assert more["epochs_run"] == 2
 
 
 def test_resume_refuses_other_config_and_damaged_checkpoint(datasets, tmp_path):
@@ -171,3 +185,8 @@ dtype = "float64"
     assert main(["evaluate", str(tmp_path / "run" / "best.pt"), str(datasets[1]), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "rmse_field=" in out and plot.stat().st_size > 1000
+
+
+def test_cli_evaluate_names_a_missing_model_file(datasets, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nothere.pt"), str(datasets[1])]) == 2
+    assert "no model file at" in capsys.readouterr().err

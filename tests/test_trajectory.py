@@ -71,3 +71,20 @@ def test_figures_draw(tmp_path):
     with pytest.raises(ValueError, match="one configuration"):
         plot.plot_spins(graph, spins[None])
     plt.close("all")
+
+
+def test_read_spins_of_a_trajectory_stops_at_the_commit_counter(tmp_path):
+    import h5py
+
+    graph, llg, out, path = small_run(tmp_path)
+    stored = read_trajectory(path).spins
+    assert len(stored) >= 2
+    np.testing.assert_allclose(klmgraph.read_spins(path).numpy(), stored)
+    # a writer interrupted after appending a snapshot but before committing it
+    with h5py.File(path, "r+") as f:
+        f.attrs["num_snapshots"] = len(stored) - 1
+    np.testing.assert_allclose(klmgraph.read_spins(path).numpy(), stored[:-1])
+    with h5py.File(path, "r+") as f:
+        f.attrs["num_snapshots"] = 0
+    with pytest.raises(ValueError, match="no complete configuration"):
+        klmgraph.read_spins(path)

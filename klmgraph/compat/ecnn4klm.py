@@ -10,7 +10,8 @@ sqrt(K / K_pub) when the graph has fewer classes than the checkpoint has columns
 
 The mapping (and the spherical-harmonics normalisation) is verified against exact
 diagonalization in tests/test_import.py: the imported triangular model reproduces ED fields
-to RMSE ~1e-3 on random 12x12 configurations, the square one to ~0.05.
+to RMSE ~8e-3 on random 12x12 configurations (~2e-3 on 24x24; it was trained on 36x36), the
+square one to ~0.05.
 """
 from __future__ import annotations
 
