@@ -102,6 +102,8 @@ class TrainingConfig:
         dtype: "float32" (default) or "float64".
         device: "cpu" (default), "cuda", "cuda:1", ...
         seed: seed of the initial weights, shuffling and augmentation (default 0).
+        threads: torch CPU threads (default 0: torch's choice, one per core). On a machine that
+            other jobs share, 1 is often several times faster than competing for every core.
     """
 
     out: str = "klmgraph-run"
@@ -112,6 +114,7 @@ class TrainingConfig:
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -346,7 +349,9 @@ def _split(config: RunConfig, train_set: SpinDataset):
 def _without_budget(resolved: dict) -> dict:
     """The configuration less its budget, which a resumed run may enlarge: minutes always, epochs
     unless the learning-rate schedule is laid out over them (cosine, one-cycle)."""
+    # threads change the speed (and the rounding), not the run: a run may resume with another count
     budget = ("minutes",) if resolved["optimizer"]["schedule"] in ("cosine", "onecycle") else ("epochs", "minutes")
+    budget = budget + ("threads",)
     training = {k: v for k, v in resolved["training"].items() if k not in budget}
     return {**resolved, "training": training}
 
@@ -365,6 +370,10 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
     from .io import load_model
 
     t = config.training
+    if t.threads < 0:
+        raise ValueError(f"[training] threads must be >= 0 (0 = torch's default), got {t.threads}")
+    if t.threads:
+        torch.set_num_threads(t.threads)
     out = Path(t.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, t.dtype)

@@ -190,3 +190,17 @@ dtype = "float64"
 def test_cli_evaluate_names_a_missing_model_file(datasets, tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nothere.pt"), str(datasets[1])]) == 2
     assert "no model file at" in capsys.readouterr().err
+
+
+def test_threads_setting(datasets, tmp_path):
+    config = _config(datasets, tmp_path / "run", epochs=1)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        train(replace(config, training=replace(config.training, threads=-1)), progress=False)
+    before = torch.get_num_threads()
+    try:
+        train(config, progress=False)
+        # resuming with another thread count is the same run
+        more = train(replace(config, training=replace(config.training, threads=1, epochs=2)), progress=False)
+        assert more["epochs_run"] == 2 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
