@@ -315,6 +315,9 @@ def _demo(args: argparse.Namespace) -> None:
     from .demo import DEFAULT, TINY, run_demo
 
     settings = TINY if args.tiny else DEFAULT
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     print(f"klmgraph demo{' --tiny' if args.tiny else ''}: output folder {Path(args.out).resolve()}")
     summary = run_demo(args.out, settings, device=args.device, progress=not args.quiet)
     print(f"summary: {Path(summary['output']) / 'summary.md'}; figures: parity.png, llg/spins.png, "
@@ -334,6 +337,8 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tiny", action="store_true", help="smaller and shorter (about a minute)")
     demo.add_argument("--out", default="klmgraph-demo", help="output folder (default klmgraph-demo)")
     demo.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    demo.add_argument("--threads", type=int, default=None,
+                      help="torch CPU threads (default torch's; 1 is often faster on a busy machine)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
 
