@@ -22,10 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch_geometric.data import Batch  # noqa: E402
 
 import klmgraph  # noqa: E402
+from klmgraph.train import config_from_dict, evaluate, train  # noqa: E402
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm" / "triangle_param.cpt"
 
@@ -50,71 +49,41 @@ def published_check(size: int, configs: int) -> None:
               f"(rms B {b_ed.pow(2).mean().sqrt():.3f})")
 
 
-def make_data(graph, ed, count, seed):
-    spins = klmgraph.random_spins(graph, batch=count, seed=seed)
-    energy, field = ed.energy_and_field(spins)
-    datas = []
-    for k in range(count):
-        d = graph.clone()
-        d.spins, d.energy, d.field = spins[k].float(), energy[k:k + 1].float(), field[k].float()
-        datas.append(d)
-    return datas
-
-
-def evaluate(model, datas):
-    batch = Batch.from_data_list(datas)
-    spins = batch.spins.clone().requires_grad_(True)
-    batch.spins = spins
-    energy = model(batch)
-    field = klmgraph.compute_field(energy, spins)
-    n = datas[0].num_nodes
-    energy = energy.detach()
-    return (float((field - batch.field).pow(2).mean().sqrt()),
-            float(((energy - batch.energy) / n).pow(2).mean().sqrt()))
-
-
-def train(train_set, val_set, graph, time_reversal, steps, batch_size, channels, seed):
-    torch.manual_seed(seed)
-    model = klmgraph.ECNN.for_graph(graph, channels=channels, time_reversal=time_reversal)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    e_mean = torch.cat([d.energy for d in train_set]).mean()
-    with torch.no_grad():  # start the energy offset at the data mean (last bias, per site)
-        model.output.linears[-1].bias.fill_(float(e_mean) / graph.num_nodes)
-    gen = torch.Generator().manual_seed(seed)
-    n = graph.num_nodes
-    for step in range(steps):
-        idx = torch.randperm(len(train_set), generator=gen)[:batch_size]
-        batch = Batch.from_data_list([train_set[i] for i in idx])
-        spins = batch.spins.clone().requires_grad_(True)
-        batch.spins = spins
-        energy = model(batch)
-        field = klmgraph.compute_field(energy, spins, training=True)
-        loss = (field - batch.field).pow(2).mean() + ((energy - batch.energy) / n).pow(2).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-    return evaluate(model, train_set), evaluate(model, val_set)
+def train_variant(paths: dict, out: Path, time_reversal: bool, epochs: int, channels: int, seed: int):
+    """One model trained by the package trainer; (RMSE of B, RMSE of E/N) on train and validation."""
+    config = config_from_dict({
+        "data": {"train": str(paths["train"]), "validation": str(paths["val"]), "augment": False},
+        "model": {"type": "ecnn", "channels": channels, "time_reversal": time_reversal},
+        "optimizer": {"name": "adam", "lr": 0.01, "schedule": "cosine", "early_stopping": 0},
+        "training": {"out": str(out), "epochs": epochs, "batch_size": 8, "energy_weight": 1.0, "seed": seed},
+    })
+    model = train(config, progress=False)["model"]
+    return [(m["rmse_field"], m["rmse_energy_per_site"])
+            for m in (evaluate(model, klmgraph.load_dataset(paths[split]), batch_size=8) for split in ("train", "val"))]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="time-reversal study")
     parser.add_argument("--full", action="store_true", help="larger lattice, more data and steps")
+    parser.add_argument("--quick", action="store_true", help="the default small setting (as without --full)")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--out", default="klmgraph-output/time_reversal", help="data sets and run folders")
     args = parser.parse_args(argv)
     start = time.time()
     published_check(size=24 if args.full else 12, configs=4 if args.full else 2)
 
-    L, n_train, n_val, steps, channels = (16, 100, 50, 3000, 8) if args.full else (8, 40, 20, 300, 4)
+    L, n_train, n_val, epochs, channels = (16, 100, 50, 300, 8) if args.full else (8, 40, 20, 100, 4)
+    out = Path(args.out)
     graph = klmgraph.square(L, L)
     ed = klmgraph.ExactDiagonalization(graph, J=7.0, filling=0.48)
-    train_set, val_set = make_data(graph, ed, n_train, seed=100), make_data(graph, ed, n_val, seed=200)
+    paths = {split: klmgraph.generate_dataset(out / f"{split}.h5", ed, num_samples=n, seed=seed, progress=False)
+             for split, n, seed in (("train", n_train, 100), ("val", n_val, 200))}
     print(f"2. training on square {L}x{L} (J=7, n=0.48): {n_train} train / {n_val} validation configurations, "
-          f"{steps} steps, {channels} channels, seeds 0..{args.seeds - 1}")
+          f"{epochs} epochs of batch 8, {channels} channels, seeds 0..{args.seeds - 1}")
     for tr in (False, True):
         for seed in range(args.seeds):
-            (b_tr, e_tr), (b_val, e_val) = train(train_set, val_set, graph, tr, steps, 8, channels, seed)
+            (b_tr, e_tr), (b_val, e_val) = train_variant(paths, out / f"tr{int(tr)}-seed{seed}", tr, epochs,
+                                                         channels, seed)
             print(f"   time_reversal={tr!s:5} seed {seed}: B RMSE train {b_tr:.4f} val {b_val:.4f}; "
                   f"E/site RMSE train {e_tr:.2e} val {e_val:.2e}", flush=True)
     print(f"({time.time() - start:.0f} s)")

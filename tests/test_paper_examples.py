@@ -73,7 +73,7 @@ def test_triangular_training_pipeline(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["square_accuracy", "triangular_training"])
+@pytest.mark.parametrize("name", ["square_accuracy", "triangular_training", "time_reversal"])
 def test_quick_settings(tmp_path, name):
     """The documented --quick settings (several minutes each on 2 CPUs)."""
     load_example(name).main(["--quick", "--out", str(tmp_path)])
@@ -85,3 +85,17 @@ def test_triangular_skyrmions_quick(tmp_path):
         pytest.skip(f"the published checkpoint is not at {ECNN4KLM}")
     rows = load_example("triangular_skyrmions").main(["--quick", "--jobs", "2", "--out", str(tmp_path)])
     assert [row["hz"] for row in rows] == [0.002, 0.005, 0.008]
+
+
+def test_triangular_phase_boundaries_runs(tmp_path, capsys):
+    if not (ECNN4KLM / "triangle_param.cpt").is_file():
+        pytest.skip(f"the published checkpoint is not at {ECNN4KLM}")
+    rows = load_example("triangular_phase_boundaries").main(
+        ["--size", "12", "--hz", "0.002", "0.014", "--steps", "3", "--ed", "--out", str(tmp_path)])
+    assert len(rows) == 6 and {r["branch"] for r in rows} == {"n_sk=2 start", "n_sk=1 start", "n_sk=0 start"}
+    # the n_sk = 0 branch is followed downwards from the top field
+    assert [r["hz"] for r in rows if r["branch"] == "n_sk=0 start"] == [0.014, 0.002]
+    # the reported energies are those of the stored states: ED's value is finite and close to the model's
+    assert all(abs(r["energy_ed"] - r["energy_model"]) < 0.01 for r in rows)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("lowest: 0.002=")
+    assert (tmp_path / "branches.png").exists() and (tmp_path / "branches.csv").exists()
