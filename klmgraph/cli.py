@@ -331,7 +331,7 @@ def make_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="ED data, ECNN training, ML-LLG on a 16x larger lattice, in minutes",
                           description="The whole path on the paper's square model (t1 = 1, J = 7, filling "
                                       "0.48): ED data on 12x12, a short ECNN training, damped ML-LLG on 48x48, "
-                                      "and ED of the final state to check the model. About 6 minutes on a "
+                                      "and ED of the final state to check the model. About 5 minutes on a "
                                       "2-core CPU; --tiny runs 8x8 -> 32x32 in about one. Rerunning continues "
                                       "an interrupted demo.")
     demo.add_argument("--tiny", action="store_true", help="smaller and shorter (about a minute)")

@@ -87,7 +87,7 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
 
     Args:
         out: output folder (created; an existing demo folder is continued).
-        settings: :data:`DEFAULT` (about 6 minutes on a 2-core CPU), :data:`TINY` (about one)
+        settings: :data:`DEFAULT` (about 5 minutes on a 2-core CPU), :data:`TINY` (about one)
             or your own :class:`DemoSettings`.
         device: torch device of the training and the LLG run.
         progress: show progress bars.
