@@ -23,8 +23,9 @@ the scan). Ends with one line ``val_rmse_field=<x> n_sk_hz0.002=<a> n_sk_hz0.005
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -123,10 +124,9 @@ def main(argv=None):
 
     # 4. the ML-LLG scan of examples/triangular_skyrmions.py, with this model
     print(f"[4/4] ML-LLG scan on triangular {scan_size}x{scan_size}")
-    spec = importlib.util.spec_from_file_location("triangular_skyrmions",
-                                                  Path(__file__).with_name("triangular_skyrmions.py"))
-    skyrmions = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(skyrmions)
+    # a regular import, so that the scan's worker processes (--jobs) can import run_one again
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    skyrmions = importlib.import_module("triangular_skyrmions")
     rows = skyrmions.main(["--size", str(scan_size), "--steps", str(scan_steps), "--dt", str(args.dt),
                            "--model", str(out / "training" / "best.pt"), "--device", args.device,
                            "--jobs", str(args.jobs), "--seed", str(args.seed), "--out", str(out / "scan"),

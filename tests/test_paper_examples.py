@@ -1,9 +1,10 @@
 """The paper-reproduction examples run end to end (shortened budgets; the --quick and full
 settings themselves are documented in docs/results.md and marked slow here)."""
 import csv
-import importlib.util
+import importlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,11 @@ ECNN4KLM = Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm"
 
 
 def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # a regular import from examples/ on sys.path, so that worker processes (--jobs) can
+    # import the example's functions again
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module(name)
 
 
 def test_prediction_time_quick(tmp_path, capsys):
