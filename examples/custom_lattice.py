@@ -51,7 +51,7 @@ import torch
 
 import klmgraph
 from klmgraph.plot import parity_plot, save_run_figures
-from klmgraph.train import config_from_dict, evaluate, train
+from klmgraph.demo import fit_ecnn
 
 HAMILTONIAN = {"J": 4.0, "filling": 1 / 6}
 DT = 1.0  # LLG time step: |B| ~ 0.8 here, so a spin turns by well under a radian per step
@@ -140,26 +140,11 @@ def main(argv=None):
     # 2. ED data
     ed = klmgraph.ExactDiagonalization(graph, **HAMILTONIAN)
     print(f"[2/5] ED data: {s['train']} + {s['val']} random configurations, {ed.num_electrons} electrons")
-    tick = time.perf_counter()
-    train_path = klmgraph.generate_dataset(out / "data" / "train.h5", ed, num_samples=s["train"], seed=args.seed,
-                                           batch_size=4, progress=False)
-    val_path = klmgraph.generate_dataset(out / "data" / "val.h5", ed, num_samples=s["val"], seed=args.seed + 1,
-                                         batch_size=4, progress=False)
-    summary["data_seconds"] = time.perf_counter() - tick
-
-    # 3. training (Adam with a plateau schedule, as the square examples; lambda = 1 fixes the
-    # energy's constant, so that E/N can be compared with ED)
+    # 3. training: the demo's stages (Adam with a plateau schedule; lambda = 1 fixes the energy's
+    # constant, so that E/N can be compared with ED)
     print(f"[3/5] training an ECNN: {s['epochs']} epochs or {minutes:g} minutes, whichever comes first")
-    config = config_from_dict({
-        "data": {"train": str(train_path), "validation": str(val_path), "augment": True},
-        "model": {"type": "ecnn"},
-        "optimizer": {"name": "adam", "lr": 0.01, "schedule": "plateau", "plateau_patience": 5, "early_stopping": 0},
-        "training": {"out": str(out / "training"), "epochs": s["epochs"], "minutes": minutes, "batch_size": 4,
-                     "energy_weight": 1.0, "dtype": "float32", "device": args.device, "seed": args.seed},
-    })
-    run = train(config, progress=False)
-    model = run["model"].to(args.device)
-    metrics = evaluate(model, klmgraph.load_dataset(val_path), batch_size=4)
+    run, model, metrics, summary["data_seconds"] = fit_ecnn(ed, out, s["train"], s["val"], s["epochs"], minutes,
+                                                            seed=args.seed, device=args.device, progress=False)
     field_std = float(metrics["field_true"].std())
     parity_plot(metrics["field_pred"], metrics["field_true"], out / "parity.png",
                 title=f"validation, kagome {s['size']}x{s['size']}: RMSE(B) = {metrics['rmse_field']:.4f} "

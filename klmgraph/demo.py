@@ -29,7 +29,7 @@ from .ed import ExactDiagonalization
 from .lattice import square
 from .spins import random_spins
 
-__all__ = ["DemoSettings", "DEFAULT", "TINY", "run_demo"]
+__all__ = ["DemoSettings", "DEFAULT", "TINY", "fit_ecnn", "run_demo"]
 
 SQUARE_PAPER = {"J": 7.0, "filling": 0.48}
 
@@ -81,6 +81,40 @@ def _timed(fn, *args):
     return value, time.perf_counter() - start
 
 
+def fit_ecnn(ed: ExactDiagonalization, out, train_samples: int, val_samples: int, epochs: int, minutes: float,
+             seed: int = 0, device: str = "cpu", progress: bool = True):
+    """Random configurations labelled by ``ed`` and an ECNN trained on them: the demo's first
+    two stages, for any lattice (examples/custom_lattice.py uses it too).
+
+    Writes ``out/data/{train,val}.h5`` and the run folder ``out/training``; both resume.
+
+    Returns:
+        (run, model, metrics, data_seconds): the result of :func:`klmgraph.train.train`, the best
+        model on ``device``, :func:`klmgraph.train.evaluate` on the validation set, and the
+        seconds spent on the ED data.
+    """
+    from .train import config_from_dict, evaluate, train
+
+    out = Path(out)
+    start = time.perf_counter()
+    train_path = generate_dataset(out / "data" / "train.h5", ed, num_samples=train_samples, seed=seed,
+                                  batch_size=4, progress=progress)
+    val_path = generate_dataset(out / "data" / "val.h5", ed, num_samples=val_samples, seed=seed + 1,
+                                batch_size=4, progress=progress)
+    data_seconds = time.perf_counter() - start
+    config = config_from_dict({
+        "data": {"train": str(train_path), "validation": str(val_path), "augment": True},
+        "model": {"type": "ecnn"},
+        "optimizer": _OPTIMIZER,
+        "training": {"out": str(out / "training"), "epochs": epochs, "minutes": minutes, "batch_size": 4,
+                     "energy_weight": 1.0, "dtype": "float32", "device": device, "seed": seed},
+    })
+    run = train(config, progress=progress)
+    model = run["model"].to(device)
+    metrics = evaluate(model, load_dataset(val_path), batch_size=4)
+    return run, model, metrics, data_seconds
+
+
 def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str = "cpu",
              progress: bool = True, log=print) -> dict:
     """Run the demo into the folder ``out``; returns the summary (also in ``out/summary.json``).
@@ -97,7 +131,6 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
     matplotlib.use("Agg")
     from .plot import parity_plot, save_run_figures
     from .simulation import simulate
-    from .train import config_from_dict, evaluate, train
 
     s = settings
     out = Path(out)
@@ -109,28 +142,13 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
     settings_path.write_text(json.dumps(asdict(s), indent=2))
     summary = {"settings": asdict(s), "model": {"lattice": "square", "t1": 1.0, **SQUARE_PAPER}}
 
-    # 1. ED data
+    # 1. ED data, 2. training
     small = ExactDiagonalization(square(s.size, s.size), **SQUARE_PAPER)
     log(f"[1/4] ED data: {s.train_samples} + {s.val_samples} random configurations on {small.graph.describe()}")
-    start = time.perf_counter()
-    train_path = generate_dataset(out / "data" / "train.h5", small, num_samples=s.train_samples, seed=s.seed,
-                                  batch_size=4, progress=progress)
-    val_path = generate_dataset(out / "data" / "val.h5", small, num_samples=s.val_samples, seed=s.seed + 1,
-                                batch_size=4, progress=progress)
-    summary["data_seconds"] = time.perf_counter() - start
-
-    # 2. training
     log(f"[2/4] training an ECNN: {s.epochs} epochs or {s.minutes:g} minutes, whichever comes first")
-    config = config_from_dict({
-        "data": {"train": str(train_path), "validation": str(val_path), "augment": True},
-        "model": {"type": "ecnn"},
-        "optimizer": _OPTIMIZER,
-        "training": {"out": str(out / "training"), "epochs": s.epochs, "minutes": s.minutes, "batch_size": 4,
-                     "energy_weight": 1.0, "dtype": "float32", "device": device, "seed": s.seed},
-    })
-    run = train(config, progress=progress)
-    model = run["model"].to(device)
-    metrics = evaluate(model, load_dataset(val_path), batch_size=4)
+    run, model, metrics, summary["data_seconds"] = fit_ecnn(
+        small, out, s.train_samples, s.val_samples, s.epochs, s.minutes, seed=s.seed, device=device,
+        progress=progress)
     rmse = metrics["rmse_field"]
     parity_plot(metrics["field_pred"], metrics["field_true"], out / "parity.png",
                 title=f"ECNN, {s.val_samples} random validation configurations: RMSE(B) = {rmse:.4f}")
