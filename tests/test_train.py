@@ -160,6 +160,27 @@ def test_ifnn_physics():
         bare.bind(klmgraph.triangular(8, 8))
 
 
+@pytest.mark.parametrize("lattice, cutoff, triangle_cutoff",
+                         [("square", math.sqrt(26), None), ("honeycomb", 2.0, 1.01), ("kagome", 2.1, None)])
+def test_ifnn_descriptors_are_the_bond_variables_and_chiralities(lattice, cutoff, triangle_cutoff):
+    """The descriptors gathered from the per-bond-class table equal S_j . S_k and
+    S_r . (S_j x S_k) computed directly on each site's neighbourhood."""
+    graph = getattr(klmgraph, lattice)(12, 12) if lattice == "square" else getattr(klmgraph, lattice)(6, 6)
+    model = klmgraph.nn.IFNN.for_graph(graph, cutoff=cutoff, triangle_cutoff=triangle_cutoff, hidden=(8,)).double()
+    tables = model.prepare(graph)
+    spins = klmgraph.random_spins(graph, seed=3).double()
+    for b, geo in enumerate(model.geometry):
+        hood = spins[tables.neighbourhoods[b]]  # (S, M, 3)
+        pairs, triangles = torch.as_tensor(geo["pairs"]), torch.as_tensor(geo["triangles"])
+        bonds = (hood[:, pairs[:, 0]] * hood[:, pairs[:, 1]]).sum(-1)
+        chirality = (hood[:, :1] * torch.linalg.cross(hood[:, triangles[:, 0]], hood[:, triangles[:, 1]])).sum(-1)
+        assert triangles.shape[0] > 0
+        torch.testing.assert_close(model.descriptors(spins, tables, b), torch.cat([bonds, chirality], -1),
+                                   rtol=0, atol=1e-14)
+    # each unordered bond is one class: far fewer classes than pairs
+    assert sum(len(g["displacements"]) for g in model.geometry) < min(len(g["pairs"]) for g in model.geometry) / 5
+
+
 def test_cli_train_and_evaluate(datasets, tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text(f"""

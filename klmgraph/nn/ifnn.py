@@ -38,8 +38,10 @@ def ifnn_descriptor_geometry(description: dict, cutoff: float, triangle_cutoff: 
 
     Returns:
         list over sublattices of dicts with ``offsets`` (M, 3) Cartesian offsets of the
-        neighbourhood (row 0 = the centre), ``pairs`` (P, 2) and ``triangles`` (T, 2) index
-        arrays into the offsets (triangles through the centre, counter-clockwise).
+        neighbourhood (row 0 = the centre) and their ``sublattice`` (M,), ``pairs`` (P, 2) and
+        ``triangles`` (T, 2) index arrays into the offsets (triangles through the centre,
+        counter-clockwise), and the bond classes: ``displacements`` (D_b, 3) of the bonds that
+        start on this sublattice, and for each pair ``bond_first`` (P,) and ``bond_class`` (P,).
     """
     from ..lattice import lattice_from_description
 
@@ -50,14 +52,15 @@ def ifnn_descriptor_geometry(description: dict, cutoff: float, triangle_cutoff: 
     cells = np.array(np.meshgrid(*[np.arange(-reach, reach + 1)] * lattice.dim, indexing="ij")).reshape(lattice.dim, -1).T
     images = (cells @ vectors)[:, None, :] + basis[None]  # (cells, nb, 3)
     images = images.reshape(-1, 3)
+    image_sublattice = np.tile(np.arange(len(basis)), len(cells))
     geometry = []
     for b in range(len(basis)):
         rel = images - basis[b]
         dist = np.linalg.norm(rel, axis=1)
         keep = dist <= cutoff + 1e-9
-        rel, dist = rel[keep], dist[keep]
+        rel, dist, sub = rel[keep], dist[keep], image_sublattice[keep]
         order = np.lexsort((np.arctan2(rel[:, 1], rel[:, 0]), np.round(dist, 9)))  # centre first
-        offsets = rel[order]
+        offsets, sublattice = rel[order], sub[order]
         sep = np.linalg.norm(offsets[:, None] - offsets[None], axis=-1)
         j, k = np.nonzero(np.triu(sep <= cutoff + 1e-9, 1))
         pairs = np.stack([j, k], 1)
@@ -67,18 +70,53 @@ def ifnn_descriptor_geometry(description: dict, cutoff: float, triangle_cutoff: 
                 if max(np.linalg.norm(offsets[j]), np.linalg.norm(offsets[k]), sep[j, k]) <= triangle_cutoff + 1e-9:
                     ccw = np.cross(offsets[j], offsets[k])[2] > 0
                     triangles.append((j, k) if ccw else (k, j))
-        geometry.append({"offsets": offsets, "pairs": pairs, "triangles": np.asarray(triangles, dtype=np.int64).reshape(-1, 2)})
+        geometry.append({"offsets": offsets, "sublattice": sublattice, "pairs": pairs,
+                         "triangles": np.asarray(triangles, dtype=np.int64).reshape(-1, 2)})
+    _assign_bond_classes(geometry, len(basis))
     return geometry
 
 
-class _NeighbourTables:
-    """Index tables of one graph: for each sublattice, its sites (S,) and their neighbourhood (S, M)."""
+def _assign_bond_classes(geometry: list[dict], num_basis: int) -> None:
+    """Name each pair's bond by (sublattice of one end, displacement to the other).
 
-    def __init__(self, sites: list[torch.Tensor], neighbourhoods: list[torch.Tensor]):
-        self.sites, self.neighbourhoods = sites, neighbourhoods
+    By translation symmetry the bond variable of a pair only depends on where its first end sits
+    and on the displacement, so every site's descriptor can be gathered from one table of bonds
+    per (site, displacement class) instead of being recomputed from spin vectors site by site.
+    Of the two orientations of a bond the lexicographically smaller (sublattice, displacement)
+    is kept, so S_u . S_v and S_v . S_u share one class. Adds ``bond_first`` (P,) (the offset
+    the bond starts from) and ``bond_class`` (P,) to each sublattice's dict, and returns the
+    classes of each sublattice as ``displacements`` in ``geometry[b]``.
+    """
+    classes = [dict() for _ in range(num_basis)]
+    for geo in geometry:
+        offsets, sub = geo["offsets"], geo["sublattice"]
+        first, slot = [], []
+        for j, k in geo["pairs"]:
+            # rounded keys name a class; the exact vector is kept to find the partner sites
+            forward = (int(sub[j]), tuple(np.round(offsets[k] - offsets[j], 6) + 0.0))
+            backward = (int(sub[k]), tuple(np.round(offsets[j] - offsets[k], 6) + 0.0))
+            start, end = (j, k) if forward <= backward else (k, j)
+            c, key = min(forward, backward)
+            entry = classes[c].setdefault(key, (len(classes[c]), offsets[end] - offsets[start]))
+            slot.append(entry[0])
+            first.append(start)
+        geo["bond_first"] = np.asarray(first, dtype=np.int64)
+        geo["bond_class"] = np.asarray(slot, dtype=np.int64)
+    for b, geo in enumerate(geometry):
+        geo["displacements"] = np.array([vector for _, vector in classes[b].values()], dtype=float).reshape(-1, 3)
+
+
+class _NeighbourTables:
+    """Index tables of one graph, per sublattice: its sites (S,), their neighbourhoods (S, M)
+    and the partners (S, D) of the bonds that start on them (one column per bond class)."""
+
+    def __init__(self, sites: list[torch.Tensor], neighbourhoods: list[torch.Tensor], partners: list[torch.Tensor]):
+        self.sites, self.neighbourhoods, self.partners = sites, neighbourhoods, partners
+        self.bond_slots = max(p.shape[1] for p in partners)
 
     def to(self, device) -> "_NeighbourTables":
-        return _NeighbourTables([s.to(device) for s in self.sites], [n.to(device) for n in self.neighbourhoods])
+        return _NeighbourTables(*[[t.to(device) for t in tables]
+                                  for tables in (self.sites, self.neighbourhoods, self.partners)])
 
 
 class IFNN(nn.Module):
@@ -122,7 +160,8 @@ class IFNN(nn.Module):
         self.hamiltonian = hamiltonian
         self.geometry = ifnn_descriptor_geometry(description, cutoff, triangle_cutoff)
         for b, geo in enumerate(self.geometry):
-            self.register_buffer(f"pairs_{b}", torch.as_tensor(geo["pairs"]), persistent=False)
+            self.register_buffer(f"bond_first_{b}", torch.as_tensor(geo["bond_first"]), persistent=False)
+            self.register_buffer(f"bond_class_{b}", torch.as_tensor(geo["bond_class"]), persistent=False)
             self.register_buffer(f"triangles_{b}", torch.as_tensor(geo["triangles"]), persistent=False)
         self.mlps = nn.ModuleList()
         for geo in self.geometry:
@@ -174,44 +213,69 @@ class IFNN(nn.Module):
             check_graph(self, graph)
             pos = graph.pos.numpy()
             periodic = _periodic_dims(graph)
-            sites, neighbourhoods = [], []
-            for b, geo in enumerate(self.geometry):
-                members = np.arange(b, graph.num_nodes, self.num_basis)
-                table = []
-                for offset in geo["offsets"]:
+            too_small = f"the lattice {graph.describe()} is too small for the IFNN cutoff {self.hparams['cutoff']:.3g}"
+
+            def sites_at(members, displacements):
+                table = np.zeros((len(members), len(displacements)), dtype=np.int64)
+                for column, offset in enumerate(displacements):
                     found = _match_sites(graph, pos[members] + offset, periodic)
                     if found is None:
-                        raise ValueError(f"the lattice {graph.describe()} is too small for the IFNN cutoff "
-                                         f"{self.hparams['cutoff']:.3g}")
-                    table.append(found)
-                table = np.stack(table, 1)  # (S, M)
+                        raise ValueError(too_small)
+                    table[:, column] = found
+                return table
+
+            sites, neighbourhoods, partners = [], [], []
+            for b, geo in enumerate(self.geometry):
+                members = np.arange(b, graph.num_nodes, self.num_basis)
+                table = sites_at(members, geo["offsets"])  # (S, M)
                 if any(len(set(row)) < len(row) for row in table[:1]):
-                    raise ValueError(f"the lattice {graph.describe()} is too small for the IFNN cutoff "
-                                     f"{self.hparams['cutoff']:.3g}: a neighbourhood wraps onto itself")
+                    raise ValueError(f"{too_small}: a neighbourhood wraps onto itself")
                 sites.append(torch.as_tensor(members))
                 neighbourhoods.append(torch.as_tensor(table))
-            self._tables[key] = _NeighbourTables(sites, neighbourhoods)
+                partners.append(torch.as_tensor(sites_at(members, geo["displacements"])))
+            self._tables[key] = _NeighbourTables(sites, neighbourhoods, partners)
         return self._tables[key]
 
-    def descriptors(self, spins: torch.Tensor, tables: _NeighbourTables, sublattice: int) -> torch.Tensor:
+    def bond_table(self, spins: torch.Tensor, tables: _NeighbourTables) -> torch.Tensor:
+        """S_u . S_v of every site u and each bond class starting on its sublattice.
+
+        Shapes:
+            spins: (..., N, 3) -> (..., N, D_max) (columns beyond a sublattice's classes are 0)
+        """
+        bonds = spins.new_zeros(spins.shape[:-1] + (tables.bond_slots,))
+        for members, partners in zip(tables.sites, tables.partners):
+            values = (spins[..., members, None, :] * spins[..., partners, :]).sum(-1)
+            bonds[..., members, : partners.shape[1]] = values
+        return bonds
+
+    def descriptors(self, spins: torch.Tensor, tables: _NeighbourTables, sublattice: int,
+                    bonds: torch.Tensor | None = None) -> torch.Tensor:
         """Bond variables and chiralities of one sublattice's sites.
+
+        Args:
+            bonds: :meth:`bond_table` of ``spins``, if already computed.
 
         Shapes:
             spins: (..., N, 3) -> (..., S, P + T)
         """
-        hood = spins[..., tables.neighbourhoods[sublattice], :]  # (..., S, M, 3)
-        pairs = getattr(self, f"pairs_{sublattice}")
+        if bonds is None:
+            bonds = self.bond_table(spins, tables)
+        hood = tables.neighbourhoods[sublattice]
+        first = hood[:, getattr(self, f"bond_first_{sublattice}")]  # (S, P) sites the bonds start on
+        flat = first * tables.bond_slots + getattr(self, f"bond_class_{sublattice}")
+        pair_bonds = bonds.flatten(-2)[..., flat]
         triangles = getattr(self, f"triangles_{sublattice}")
-        bonds = (hood[..., pairs[:, 0], :] * hood[..., pairs[:, 1], :]).sum(-1)
-        centre = hood[..., :1, :]
-        chirality = (centre * torch.linalg.cross(hood[..., triangles[:, 0], :], hood[..., triangles[:, 1], :])).sum(-1)
-        return torch.cat([bonds, chirality], dim=-1)
+        centre = spins[..., tables.sites[sublattice], None, :]
+        chirality = (centre * torch.linalg.cross(spins[..., hood[:, triangles[:, 0]], :],
+                                                 spins[..., hood[:, triangles[:, 1]], :])).sum(-1)
+        return torch.cat([pair_bonds, chirality], dim=-1)
 
     def site_energies(self, spins: torch.Tensor, tables: _NeighbourTables) -> torch.Tensor:
         """Shapes: spins (..., N, 3) -> (..., N)."""
         out = spins.new_zeros(spins.shape[:-1])
+        bonds = self.bond_table(spins, tables)
         for b, mlp in enumerate(self.mlps):
-            out[..., tables.sites[b]] = mlp(self.descriptors(spins, tables, b))[..., 0]
+            out[..., tables.sites[b]] = mlp(self.descriptors(spins, tables, b, bonds))[..., 0]
         return out
 
     def energy(self, spins: torch.Tensor, tables: _NeighbourTables) -> torch.Tensor:
