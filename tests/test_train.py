@@ -153,6 +153,9 @@ def test_ifnn_physics():
     torch.testing.assert_close(provider.energy_and_field(moved)[1][perm], field, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="too small for the IFNN cutoff"):
         model.bind(klmgraph.square(4, 4))
+    for bad in ("pairs", 3.0, True):
+        with pytest.raises(ValueError, match='bonds must be "all".*"centre".*or a radius in \\[0, cutoff\\], got'):
+            klmgraph.nn.IFNN.for_graph(graph, cutoff=2.3, bonds=bad)
     # built from a description alone (no class count), it still runs on its lattice
     bare = klmgraph.nn.IFNN(graph.description, cutoff=2.3, hidden=(16, 8)).double()
     assert bare.bind(graph).energy_and_field(spins)[1].shape == (64, 3)
@@ -160,13 +163,16 @@ def test_ifnn_physics():
         bare.bind(klmgraph.triangular(8, 8))
 
 
-@pytest.mark.parametrize("lattice, cutoff, triangle_cutoff",
-                         [("square", math.sqrt(26), None), ("honeycomb", 2.0, 1.01), ("kagome", 2.1, None)])
-def test_ifnn_descriptors_are_the_bond_variables_and_chiralities(lattice, cutoff, triangle_cutoff):
+@pytest.mark.parametrize("lattice, cutoff, triangle_cutoff, bond_set",
+                         [("square", math.sqrt(26), None, "all"), ("honeycomb", 2.0, 1.01, "all"),
+                          ("kagome", 2.1, None, "all"), ("square", math.sqrt(26), None, "centre"),
+                          ("kagome", 2.1, None, "centre"), ("square", math.sqrt(26), None, 2.3)])
+def test_ifnn_descriptors_are_the_bond_variables_and_chiralities(lattice, cutoff, triangle_cutoff, bond_set):
     """The descriptors gathered from the per-bond-class table equal S_j . S_k and
     S_r . (S_j x S_k) computed directly on each site's neighbourhood."""
     graph = getattr(klmgraph, lattice)(12, 12) if lattice == "square" else getattr(klmgraph, lattice)(6, 6)
-    model = klmgraph.nn.IFNN.for_graph(graph, cutoff=cutoff, triangle_cutoff=triangle_cutoff, hidden=(8,)).double()
+    model = klmgraph.nn.IFNN.for_graph(graph, cutoff=cutoff, triangle_cutoff=triangle_cutoff, hidden=(8,),
+                                       bonds=bond_set).double()
     tables = model.prepare(graph)
     spins = klmgraph.random_spins(graph, seed=3).double()
     for b, geo in enumerate(model.geometry):
@@ -175,10 +181,16 @@ def test_ifnn_descriptors_are_the_bond_variables_and_chiralities(lattice, cutoff
         bonds = (hood[:, pairs[:, 0]] * hood[:, pairs[:, 1]]).sum(-1)
         chirality = (hood[:, :1] * torch.linalg.cross(hood[:, triangles[:, 0]], hood[:, triangles[:, 1]])).sum(-1)
         assert triangles.shape[0] > 0
+        if bond_set == "centre":  # the centre with each neighbour, once
+            assert pairs[:, 0].eq(0).all() and sorted(pairs[:, 1].tolist()) == list(range(1, len(geo["offsets"])))
         torch.testing.assert_close(model.descriptors(spins, tables, b), torch.cat([bonds, chirality], -1),
                                    rtol=0, atol=1e-14)
-    # each unordered bond is one class: far fewer classes than pairs
-    assert sum(len(g["displacements"]) for g in model.geometry) < min(len(g["pairs"]) for g in model.geometry) / 5
+    if bond_set == "all":  # each unordered bond is one class: far fewer classes than pairs
+        assert sum(len(g["displacements"]) for g in model.geometry) < min(len(g["pairs"]) for g in model.geometry) / 5
+    elif bond_set == "centre" and lattice == "square":
+        assert model.num_descriptors == [80 + 20]  # 80 neighbours, 20 triangles of sides 1, 1, sqrt(2)
+    elif lattice == "square":  # the centre's 80 bonds and the 190 pairs of its 20 neighbours within sqrt(5)
+        assert model.num_descriptors == [80 + 190 + 20]
 
 
 def test_cli_train_and_evaluate(datasets, tmp_path, capsys):

@@ -33,8 +33,12 @@ def _sublattices(description: dict) -> int:
     return len(description["basis"])
 
 
-def ifnn_descriptor_geometry(description: dict, cutoff: float, triangle_cutoff: float):
+def ifnn_descriptor_geometry(description: dict, cutoff: float, triangle_cutoff: float, bonds: str | float = "all"):
     """Neighbourhood offsets, pairs and triangles of each sublattice.
+
+    ``bonds="all"`` takes every pair of sites of the neighbourhood (centre included) no further
+    apart than ``cutoff``; ``bonds="centre"`` only the pairs of the centre with its neighbours;
+    a number r takes the centre's pairs and every pair of sites within r of the centre.
 
     Returns:
         list over sublattices of dicts with ``offsets`` (M, 3) Cartesian offsets of the
@@ -63,6 +67,11 @@ def ifnn_descriptor_geometry(description: dict, cutoff: float, triangle_cutoff: 
         offsets, sublattice = rel[order], sub[order]
         sep = np.linalg.norm(offsets[:, None] - offsets[None], axis=-1)
         j, k = np.nonzero(np.triu(sep <= cutoff + 1e-9, 1))
+        if bonds != "all":
+            radius = 0.0 if bonds == "centre" else float(bonds)
+            inner = np.linalg.norm(offsets, axis=1) <= radius + 1e-9
+            keep = (j == 0) | (inner[j] & inner[k])
+            j, k = j[keep], k[keep]
         pairs = np.stack([j, k], 1)
         triangles = []
         for j in range(1, len(offsets)):
@@ -130,6 +139,10 @@ class IFNN(nn.Module):
         hidden: widths of the hidden layers.
         num_classes, edge_classes: the graph's neighbour classes (checked when binding).
         hamiltonian: Hamiltonian parameters, kept with the model.
+        bonds: "all" (default): the bond variables of every pair of sites of the neighbourhood
+            no further apart than ``cutoff`` (about 2300 per site on the square lattice at
+            sqrt(26)); "centre": only S_r . S_j of the centre with each neighbour (80 there); a
+            radius r: the centre's bonds and those of every pair within r of the centre.
 
     Shapes:
         energy: spins (..., N, 3) -> (...); forward(data): data.spins (N_total, 3) -> (num_graphs,)
@@ -137,9 +150,14 @@ class IFNN(nn.Module):
 
     def __init__(self, description: dict, cutoff: float = math.sqrt(26), triangle_cutoff: float | None = None,
                  hidden: Sequence[int] = (1024, 512, 256, 128, 64), num_classes: int | None = None,
-                 edge_classes: Sequence[str] | None = None, hamiltonian: dict | None = None):
+                 edge_classes: Sequence[str] | None = None, hamiltonian: dict | None = None,
+                 bonds: str | float = "all"):
         super().__init__()
         num_basis = _sublattices(description)
+        if bonds not in ("all", "centre") and not (isinstance(bonds, (int, float)) and not isinstance(bonds, bool)
+                                                    and 0 <= bonds <= cutoff):
+            raise ValueError(f'bonds must be "all" (every pair of the neighbourhood), "centre" (the centre '
+                             f'with each neighbour) or a radius in [0, cutoff], got {bonds!r}')
         if not cutoff > 0:
             raise ValueError(f"cutoff must be > 0, got {cutoff}")
         hidden = [int(h) for h in hidden]
@@ -154,11 +172,12 @@ class IFNN(nn.Module):
                               for h in lattice.hoppings)
             triangle_cutoff = math.sqrt(2) * nn_distance
         self.lattice = dict(description)
-        self.hparams = {"cutoff": float(cutoff), "triangle_cutoff": float(triangle_cutoff), "hidden": hidden}
+        self.hparams = {"cutoff": float(cutoff), "triangle_cutoff": float(triangle_cutoff), "hidden": hidden,
+                        "bonds": bonds}
         self.num_classes = num_classes
         self.edge_classes = None if edge_classes is None else list(edge_classes)
         self.hamiltonian = hamiltonian
-        self.geometry = ifnn_descriptor_geometry(description, cutoff, triangle_cutoff)
+        self.geometry = ifnn_descriptor_geometry(description, cutoff, triangle_cutoff, bonds)
         for b, geo in enumerate(self.geometry):
             self.register_buffer(f"bond_first_{b}", torch.as_tensor(geo["bond_first"]), persistent=False)
             self.register_buffer(f"bond_class_{b}", torch.as_tensor(geo["bond_class"]), persistent=False)
