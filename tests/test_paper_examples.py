@@ -47,6 +47,10 @@ def test_square_accuracy_pipeline(tmp_path, capsys):
     results = json.loads((tmp_path / "quick" / "results.json").read_text())
     assert results["ecnn"]["val"] == pytest.approx(float(match.group(1)), abs=1e-4)
     assert results["ifnn"]["val"] == pytest.approx(float(match.group(2)), abs=1e-4)
+    # at J = 7 the field is nearly parallel to the spin: B = c S leaves a small fraction of it
+    val = klmgraph.load_dataset(tmp_path / "quick" / "val.h5")
+    assert 2.5 < results["parallel_reference"]["c"] < 3.5
+    assert results["parallel_reference"]["val"] < 0.1 * float(val.field.std())
     for name in ("ecnn", "ifnn"):
         assert (tmp_path / "quick" / f"parity_{name}_val.png").exists()
         assert klmgraph.load_dataset(tmp_path / "quick" / "train.h5").graph.num_nodes == 144
