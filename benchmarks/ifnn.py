@@ -5,7 +5,7 @@ descriptors per site feed a 1024-wide layer, and a loss on B = -dE/dS needs the 
 This times the trainer's own step (``klmgraph.train.predict`` + ``loss_terms`` + Adam) on random
 configurations, so that a change of the descriptor code or of the batch size can be measured:
 
-    python benchmarks/ifnn.py --threads 1            # square 30x30, batches 1 and 4
+    python benchmarks/ifnn.py --threads 1            # square 30x30, both descriptor sets, batches 1 and 4
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ def random_batch(graph, size: int, seed: int = 0) -> Batch:
     return Batch.from_data_list(items, exclude_keys=["symmetry_perm", "symmetry_rotation"])
 
 
-def time_ifnn(size: int, batch_size: int, repeats: int) -> dict:
+def time_ifnn(size: int, batch_size: int, repeats: int, bonds="all") -> dict:
     graph = klmgraph.square(size, size)
     torch.manual_seed(0)
-    model = IFNN.for_graph(graph)
+    model = IFNN.for_graph(graph, bonds=bonds)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = random_batch(graph, batch_size)
 
@@ -51,7 +51,7 @@ def time_ifnn(size: int, batch_size: int, repeats: int) -> dict:
     def evaluation():
         predict(model, batch, training=False)
 
-    return {"lattice": f"square {size}x{size}", "batch": batch_size, "descriptors": model.num_descriptors[0],
+    return {"lattice": f"square {size}x{size}", "bonds": bonds, "batch": batch_size, "descriptors": model.num_descriptors[0],
             "training_step_s": min(call_times(training_step, repeats)),
             "evaluation_s": min(call_times(evaluation, repeats))}
 
@@ -60,19 +60,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=30)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--bonds", nargs="+", default=["all", "centre"], help='descriptor sets ("all", "centre")')
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [time_ifnn(args.size, b, args.repeats) for b in args.batches]
+    rows = [time_ifnn(args.size, b, args.repeats, bonds) for bonds in args.bonds for b in args.batches]
     info = machine()
     print(f"{info['date']}, {info['cpu']}, {info['torch_threads']} torch threads, "
           f"load average {info['load_average']}, torch {info['torch']}\n")
-    print("| lattice | descriptors per site | batch | training step (s) | per configuration (s) | evaluation (s) |")
-    print("|---|---|---|---|---|---|")
+    print("| lattice | bonds | descriptors per site | batch | training step (s) | per configuration (s) | evaluation (s) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['lattice']} | {r['descriptors']} | {r['batch']} | {r['training_step_s']:.3f} "
+        print(f"| {r['lattice']} | {r['bonds']} | {r['descriptors']} | {r['batch']} | {r['training_step_s']:.3f} "
               f"| {r['training_step_s'] / r['batch']:.3f} | {r['evaluation_s']:.3f} |")
     if args.json:
         with open(args.json, "w") as f:

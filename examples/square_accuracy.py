@@ -62,8 +62,8 @@ def main(argv=None):
                                     "early_stopping": 0}, {"epochs": 100_000, "batch_size": 4}, ecnn_minutes),
         # Zhang and Chern's network: sqrt(26) neighbourhood, 1024-512-256-128-64. They used float64;
         # float32 doubles the epochs a CPU budget allows, and the RMSE is far above float32 rounding.
-        # Descriptors: the bonds of the centre with its 80 neighbours and the chiralities. With
-        # every pair of the neighbourhood (2290 bonds, bonds = "all") the network over-fits 100
+        # Descriptors: the bonds of the centre with its 88 neighbours and 12 chiralities. With
+        # every pair of the neighbourhood (2278 bonds, bonds = "all") the network over-fits 100
         # configurations: its validation RMSE stopped at 0.24 while the training RMSE kept
         # falling (docs/results.md). One configuration per step (batch 1) makes four times as
         # many updates per epoch as batch 4 at the same cost, which halved the epochs to a given

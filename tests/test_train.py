@@ -188,9 +188,9 @@ def test_ifnn_descriptors_are_the_bond_variables_and_chiralities(lattice, cutoff
     if bond_set == "all":  # each unordered bond is one class: far fewer classes than pairs
         assert sum(len(g["displacements"]) for g in model.geometry) < min(len(g["pairs"]) for g in model.geometry) / 5
     elif bond_set == "centre" and lattice == "square":
-        assert model.num_descriptors == [80 + 20]  # 80 neighbours, 20 triangles of sides 1, 1, sqrt(2)
-    elif lattice == "square":  # the centre's 80 bonds and the 190 pairs of its 20 neighbours within sqrt(5)
-        assert model.num_descriptors == [80 + 190 + 20]
+        assert model.num_descriptors == [88 + 12]  # 88 neighbours within sqrt(26), 12 triangles of sides 1, 1, sqrt(2)
+    elif lattice == "square":  # the centre's 88 bonds and the 190 pairs of its 20 neighbours within sqrt(5)
+        assert model.num_descriptors == [88 + 190 + 12]
 
 
 def test_cli_train_and_evaluate(datasets, tmp_path, capsys):

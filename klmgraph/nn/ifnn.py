@@ -141,7 +141,7 @@ class IFNN(nn.Module):
         hamiltonian: Hamiltonian parameters, kept with the model.
         bonds: "all" (default): the bond variables of every pair of sites of the neighbourhood
             no further apart than ``cutoff`` (about 2300 per site on the square lattice at
-            sqrt(26)); "centre": only S_r . S_j of the centre with each neighbour (80 there); a
+            sqrt(26)); "centre": only S_r . S_j of the centre with each neighbour (88 there); a
             radius r: the centre's bonds and those of every pair within r of the centre.
 
     Shapes:
