@@ -13,25 +13,12 @@ import argparse
 import json
 
 import torch
-from torch_geometric.data import Batch
+from model import random_batch  # benchmarks/model.py, beside this script
 
 import klmgraph
 from klmgraph.nn import IFNN
 from klmgraph.timing import call_times, machine
 from klmgraph.train import loss_terms, predict
-
-
-def random_batch(graph, size: int, seed: int = 0) -> Batch:
-    """``size`` random configurations with random labels (the cost does not depend on them)."""
-    generator = torch.Generator().manual_seed(seed)
-    items = []
-    for k in range(size):
-        data = graph.clone()
-        data.spins = klmgraph.random_spins(graph, seed=seed + k, dtype=torch.float32)
-        data.energy = torch.randn(1, generator=generator)
-        data.field = torch.randn(graph.num_nodes, 3, generator=generator)
-        items.append(data)
-    return Batch.from_data_list(items, exclude_keys=["symmetry_perm", "symmetry_rotation"])
 
 
 def time_ifnn(size: int, batch_size: int, repeats: int, bonds="all") -> dict:

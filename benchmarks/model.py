@@ -79,25 +79,31 @@ def time_energy_and_field(lattice: str, size: int, implementation: str, device: 
             "cpu_us_per_site": min(cpu_times) / graph.num_nodes * 1e6, "memory_mb": memory}
 
 
+def random_batch(graph, size: int, seed: int = 0):
+    """A PyG batch of ``size`` random configurations with random labels (costs do not depend on them)."""
+    from torch_geometric.data import Batch
+
+    generator = torch.Generator().manual_seed(seed)
+    items = []
+    for k in range(size):
+        data = graph.clone()
+        data.spins = klmgraph.random_spins(graph, seed=seed + k, dtype=torch.float32)
+        data.energy = torch.randn(1, generator=generator)
+        data.field = torch.randn(graph.num_nodes, 3, generator=generator)
+        items.append(data)
+    return Batch.from_data_list(items, exclude_keys=["symmetry_perm", "symmetry_rotation"])
+
+
 def time_training_step(lattice: str, size: int, batch: int, implementation: str, device: str,
                        repeats: int) -> dict:
     """One optimiser step on a batch of configurations with an energy + force loss: the force
     loss needs the derivative of B = -dE/dS with respect to the weights (double backward)."""
-    from torch_geometric.data import Batch
-
     device = torch.device(device)
     graph = LATTICES[lattice](size)
     torch.manual_seed(0)
     model = klmgraph.ECNN.for_graph(graph, implementation=implementation).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    datas = []
-    for k in range(batch):
-        data = graph.clone()
-        data.spins = klmgraph.random_spins(graph, seed=k, dtype=torch.float32)
-        data.energy = torch.randn(1)
-        data.field = torch.randn(graph.num_nodes, 3)
-        datas.append(data)
-    data = Batch.from_data_list(datas).to(device)
+    data = random_batch(graph, batch).to(device)
 
     def step():
         optimiser.zero_grad()

@@ -54,6 +54,7 @@ def main(argv=None):
     train_path = klmgraph.generate_dataset(out / "train.h5", ed, num_samples=n_train, seed=args.seed, batch_size=4)
     val_path = klmgraph.generate_dataset(out / "val.h5", ed, num_samples=n_val, seed=args.seed + 1, batch_size=4)
     data_seconds = time.perf_counter() - start
+    datasets = {"train": klmgraph.load_dataset(train_path), "val": klmgraph.load_dataset(val_path)}
 
     runs = {
         # Adam lr 0.01, plateau schedule; docs/results.md compares it with the paper's AdaGrad
@@ -84,8 +85,7 @@ def main(argv=None):
         print(f"training {name.upper()} for {minutes:g} minutes")
         run = train(config)
         model = run["model"].to(args.device)
-        metrics = {split: evaluate(model, klmgraph.load_dataset(path), batch_size=4)
-                   for split, path in (("train", train_path), ("val", val_path))}
+        metrics = {split: evaluate(model, dataset, batch_size=4) for split, dataset in datasets.items()}
         for split, m in metrics.items():
             parity_plot(m["field_pred"], m["field_true"], out / f"parity_{name}_{split}.png",
                         title=f"{name.upper()} {split}: RMSE(B) = {m['rmse_field']:.4f}")
@@ -95,10 +95,9 @@ def main(argv=None):
     # The field is mostly parallel to the spin (the electron spin follows the local moment at
     # J = 7): B = c S with one constant fitted on the training set is the reference a model has
     # to beat. Through dot products alone the IFNN can only build B from its neighbours' spins.
-    train_set, val_set = klmgraph.load_dataset(train_path), klmgraph.load_dataset(val_path)
-    c = float((train_set.spins.double() * train_set.field.double()).sum(-1).mean())
+    c = float((datasets["train"].spins.double() * datasets["train"].field.double()).sum(-1).mean())
     parallel = {split: float(((d.field.double() - c * d.spins.double()) ** 2).mean().sqrt())
-                for split, d in (("train", train_set), ("val", val_set))}
+                for split, d in datasets.items()}
     table = ["| model | train RMSE(B) | val RMSE(B) | paper train / val | epochs (best) |", "|---|---|---|---|---|"]
     for name, r in results.items():
         table.append(f"| {name.upper()} | {r['train']:.4f} | {r['val']:.4f} | {PAPER[name][0]} / {PAPER[name][1]} "

@@ -93,8 +93,8 @@ def _assign_bond_classes(geometry: list[dict], num_basis: int) -> None:
     per (site, displacement class) instead of being recomputed from spin vectors site by site.
     Of the two orientations of a bond the lexicographically smaller (sublattice, displacement)
     is kept, so S_u . S_v and S_v . S_u share one class. Adds ``bond_first`` (P,) (the offset
-    the bond starts from) and ``bond_class`` (P,) to each sublattice's dict, and returns the
-    classes of each sublattice as ``displacements`` in ``geometry[b]``.
+    the bond starts from) and ``bond_class`` (P,) to each sublattice's dict, and the classes
+    that start on sublattice b as ``displacements`` (D_b, 3) to ``geometry[b]``.
     """
     classes = [dict() for _ in range(num_basis)]
     for geo in geometry:
