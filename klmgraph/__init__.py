@@ -4,7 +4,8 @@ from .lattice import (BravaisLattice, Hopping, cubic, cubic_lattice, graph_from_
                       honeycomb, honeycomb_lattice, kagome, kagome_lattice, site_permutation,
                       square, square_lattice, triangular, triangular_lattice)
 from .graph import from_networkx
-from .ed import ExactDiagonalization, check_spins
+from .checks import check_spins
+from .electrons import ExactDiagonalization
 from .data import SpinDataset, generate_dataset, load_dataset, read_spins
 from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral, triple_q_vectors
 from .dynamics import LLG, DivergenceError, Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider

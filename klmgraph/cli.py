@@ -23,7 +23,7 @@ from pathlib import Path
 from . import lattice as lattices
 from .data import generate_dataset, load_dataset, read_spins
 from .dynamics import DivergenceError
-from .ed import ExactDiagonalization
+from .electrons import ExactDiagonalization
 
 # The two models of Miyazaki, Mach. Learn.: Sci. Technol. 4, 045006 (2023) (DESIGN.md section 1).
 PRESETS = {

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .ed import ExactDiagonalization, check_spins
+from .checks import check_spins
+from .electrons import ExactDiagonalization
 from .files import atomic_path
 from .graph import HoppingGraph
 from .spins import random_spins

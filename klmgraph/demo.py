@@ -25,7 +25,7 @@ import torch
 
 from .data import generate_dataset, load_dataset
 from .dynamics import LLG
-from .ed import ExactDiagonalization
+from .electrons import ExactDiagonalization
 from .lattice import square
 from .spins import random_spins
 

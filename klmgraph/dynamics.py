@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .ed import check_spins
+from .checks import check_spins
 from .graph import HoppingGraph, vector3
 
 __all__ = ["Provider", "FunctionProvider", "SumProvider", "Zeeman", "SingleIonAnisotropy",

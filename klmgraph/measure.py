@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .dynamics import as_provider
-from .ed import check_spins
+from .checks import check_spins
 from .graph import HoppingGraph
 
 __all__ = ["energy_per_site", "magnetization", "abs_mz", "elementary_triangles", "skyrmion_number",

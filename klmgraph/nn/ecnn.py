@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from e3nn import o3
 
-from ..ed import check_spins
+from ..checks import check_spins
 from .blocks import InteractionBlock, OutputBlock
 from .conv import IMPLEMENTATIONS, SpinConvolution, TypedNeighbours, filter_irreps
 from .forces import compute_field

@@ -24,38 +24,11 @@ import math
 
 import torch
 
-from .graph import HoppingGraph
+from ..checks import check_spins
+from ..graph import HoppingGraph
+from .kondo import Ensemble
 
-__all__ = ["ExactDiagonalization", "check_spins"]
-
-def check_spins(spins: torch.Tensor, num_sites: int, tol: float = 1e-6) -> torch.Tensor:
-    """Validate a spin configuration; returns it as a tensor.
-
-    Args:
-        spins: (N, 3) or (batch, N, 3) unit vectors.
-        num_sites: N expected by the graph.
-        tol: allowed deviation of |S| from 1.
-
-    Raises:
-        ValueError: on a wrong shape, a wrong number of sites, NaN/inf, or non-unit length.
-    """
-    spins = torch.as_tensor(spins)
-    if spins.dim() not in (2, 3) or spins.shape[-1] != 3:
-        raise ValueError(f"spins must have shape (N, 3) or (batch, N, 3), got {tuple(spins.shape)}")
-    if spins.shape[-2] != num_sites:
-        raise ValueError(f"spins hold {spins.shape[-2]} sites but the graph has {num_sites}")
-    if not spins.is_floating_point():
-        raise ValueError(f"spins must be a floating-point tensor, got {spins.dtype}")
-    if not torch.isfinite(spins).all():
-        bad = (~torch.isfinite(spins)).any(-1).nonzero()[0].tolist()
-        raise ValueError(f"spins contain NaN or infinite values (first at index {tuple(bad)})")
-    deviation = (spins.detach().norm(dim=-1) - 1).abs()
-    if deviation.max() > tol:
-        where = tuple(divmod(int(deviation.argmax()), num_sites)) if spins.dim() == 3 else int(deviation.argmax())
-        raise ValueError(f"spins must be unit vectors: |S| deviates from 1 by {float(deviation.max()):.3g} "
-                         f"(> {tol:g}) at index {where}")
-    return spins
-
+__all__ = ["ExactDiagonalization"]
 
 class ExactDiagonalization:
     """Exact electronic energy and effective field of the Kondo lattice model on a graph.
@@ -78,30 +51,13 @@ class ExactDiagonalization:
 
     def __init__(self, graph: HoppingGraph, J: float, filling: float | None = None,
                  mu: float | None = None, temperature: float = 0.0):
-        if (filling is None) == (mu is None):
-            raise ValueError("give exactly one of filling (canonical) and mu (grand canonical), "
-                             f"got filling={filling}, mu={mu}")
-        if not math.isfinite(float(J)):
-            raise ValueError(f"J must be finite, got {J}")
-        if not (math.isfinite(float(temperature)) and temperature >= 0):
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        n = graph.num_nodes
-        if filling is not None:
-            if not 0.0 < float(filling) < 1.0:
-                raise ValueError(f"filling must lie in (0, 1) (electrons per orbital), got {filling}")
-            self.num_electrons = int(round(2 * n * float(filling)))
-            if not 0 < self.num_electrons < 2 * n:
-                raise ValueError(f"filling {filling} on {n} sites gives {self.num_electrons} electrons; "
-                                 f"need between 1 and {2 * n - 1}")
-        else:
-            if not math.isfinite(float(mu)):
-                raise ValueError(f"mu must be finite, got {mu}")
-            self.num_electrons = None
+        self.ensemble = Ensemble(J, filling=filling, mu=mu, temperature=temperature)
+        self.num_electrons = self.ensemble.num_electrons(graph.num_nodes)
         self.graph = graph
-        self.J = float(J)
-        self.filling = None if filling is None else float(filling)
-        self.mu = None if mu is None else float(mu)
-        self.temperature = float(temperature)
+        self.J = self.ensemble.J
+        self.filling = self.ensemble.filling
+        self.mu = self.ensemble.mu
+        self.temperature = self.ensemble.temperature
         self._hopping_block = {}
 
     @property
