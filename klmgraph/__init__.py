@@ -7,7 +7,7 @@ from .graph import from_networkx
 from .checks import check_spins
 from .electrons import ExactDiagonalization
 from .data import SpinDataset, generate_dataset, load_dataset, read_spins
-from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral, triple_q_vectors
+from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral, tile_spins, triple_q_vectors
 from .dynamics import LLG, DivergenceError, Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
 from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
                       skyrmion_number, skyrmion_number_per_cell, structure_factor)
@@ -27,7 +27,7 @@ __all__ = [
     "graph_from_description", "site_permutation", "from_networkx",
     "ExactDiagonalization", "check_spins",
     "generate_dataset", "load_dataset", "SpinDataset", "read_spins",
-    "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal",
+    "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "tile_spins",
     "LLG", "DivergenceError", "Provider", "as_provider", "Zeeman", "SingleIonAnisotropy", "Heisenberg",
     "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
     "structure_factor", "magnetic_cell_sites", "locality",

@@ -13,7 +13,7 @@ import torch
 
 from .graph import HoppingGraph, vector3
 
-__all__ = ["random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal"]
+__all__ = ["random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "tile_spins"]
 
 
 def _num_sites(graph_or_n) -> int:
@@ -152,3 +152,40 @@ def skyrmion_crystal(graph: HoppingGraph, qs: Sequence | None = None, q: float =
         e = math.cos(helicity) * e + math.sin(helicity) * torch.linalg.cross(z, e)
         planes.append((-z, e))
     return multi_q(graph, qs, planes=planes, phases=phases, uniform=(0.0, 0.0, m_z), dtype=dtype, device=device)
+
+
+def tile_spins(graph: HoppingGraph, spins: torch.Tensor, reps: Sequence[int]) -> tuple[HoppingGraph, torch.Tensor]:
+    """A configuration of a periodic Bravais-lattice graph repeated reps_1 x reps_2 (x reps_3) times.
+
+    ED of the result equals k-grid ED of the original with ``k_grid=reps`` (energy divided by
+    the number of copies; every copy's field equals the supercell's): the check that defines it.
+
+    Args:
+        graph: a periodic lattice graph (from a lattice builder).
+        spins: (N, 3) or (B, N, 3) configuration of ``graph``.
+        reps: copies along each primitive direction.
+
+    Returns:
+        (the tiled graph, its spins (N * prod(reps), 3) or (B, ...)). Site (I, b) of the tiled
+        lattice carries the spin of site (I mod L, b).
+
+    Raises:
+        ValueError: for a graph that is not a periodic Bravais lattice, or bad ``reps``.
+    """
+    from .lattice import lattice_from_description
+
+    description = graph.description
+    if "vectors" not in description or not all(description.get("periodic", [False])):
+        raise ValueError("tile_spins needs a periodic Bravais-lattice graph (from a lattice builder)")
+    size = [int(x) for x in description["size"]]
+    reps = [int(r) for r in reps]
+    if len(reps) != len(size) or any(r < 1 for r in reps):
+        raise ValueError(f"reps must be {len(size)} positive integers, got {reps}")
+    lattice = lattice_from_description(description)
+    big_size = [s * r for s, r in zip(size, reps)]
+    cells = torch.cartesian_prod(*[torch.arange(n) for n in big_size]).reshape(-1, len(size))
+    small = cells % torch.tensor(size)
+    strides = torch.tensor([math.prod(size[k + 1:]) for k in range(len(size))])
+    nb = lattice.num_basis
+    index = ((small @ strides)[:, None] * nb + torch.arange(nb)).reshape(-1)
+    return lattice.graph(big_size), spins[..., index.to(spins.device), :]
