@@ -93,6 +93,9 @@ def main(argv=None):
     p.add_argument("--site", type=int, default=0, help="the site whose spin is rotated (default 0)")
     p.add_argument("--angle", type=float, default=math.pi / 2, help="rotation angle (default pi/2)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="ecnn4klm triangle_param.cpt")
+    p.add_argument("--k-grid", type=int, default=0, metavar="N",
+                   help="also ED on an N x N k-grid (the configuration repeated over an infinite lattice; "
+                        "N x N times the cost of Gamma; default 0: off)")
     p.add_argument("--device", default="cpu", help="torch device of ED and the model")
     p.add_argument("--out", default=None, help="output folder (default klmgraph-output/locality-L)")
     args = p.parse_args(argv)
@@ -114,6 +117,14 @@ def main(argv=None):
     ed = klmgraph.ExactDiagonalization(graph, **HAMILTONIAN)
     ed_loc = klmgraph.locality(ed, graph, spins, site=args.site, angle=args.angle)
     results["ed_seconds"] = time.perf_counter() - tick
+    results["ed_solver"] = ed.solver
+    kgrid_loc = None
+    if args.k_grid > 1:
+        tick = time.perf_counter()
+        ed_k = klmgraph.ExactDiagonalization(graph, **HAMILTONIAN, k_grid=(args.k_grid, args.k_grid))
+        kgrid_loc = klmgraph.locality(ed_k, graph, spins, site=args.site, angle=args.angle)
+        results["ed_kgrid_seconds"] = time.perf_counter() - tick
+        results["ed_kgrid_solver"] = ed_k.solver
     model_loc = None
     if Path(args.checkpoint).is_file():
         model = klmgraph.load_ecnn4klm(args.checkpoint, graph).double().to(args.device)
@@ -137,6 +148,12 @@ def main(argv=None):
     results["ed_near_max"], results["ed_far_max"] = float(ed_ratio[near].max()), float(ed_ratio[far].max())
     results["ed_decay"] = results["ed_far_rms"] / results["ed_near_rms"]
     results["ed_per_hop"] = per_hop(ed_ratio, hops)
+    if kgrid_loc is not None:
+        k_ratio = kgrid_loc.ratio.cpu()
+        results["ed_kgrid_near_rms"], results["ed_kgrid_far_rms"] = rms(k_ratio[near]), rms(k_ratio[far])
+        results["ed_kgrid_far_max"] = float(k_ratio[far].max())
+        results["ed_kgrid_decay"] = results["ed_kgrid_far_rms"] / results["ed_kgrid_near_rms"]
+        results["ed_kgrid_per_hop"] = per_hop(k_ratio, hops)
     results["model_range"] = results["model_hops"] = None
     if model_loc is not None:
         m_ratio = model_loc.ratio.cpu()
@@ -147,10 +164,12 @@ def main(argv=None):
         results["model_per_hop"] = per_hop(m_ratio, hops)
 
     print("|dB|/|B| per hop distance")
-    print(f"{'hops':>4} {'sites':>6} {'ED rms':>10} {'ED max':>10} {'ECNN rms':>10} {'ECNN max':>10}")
+    kname = f"k{args.k_grid}x{args.k_grid}"
+    print(f"{'hops':>4} {'sites':>6} {'ED rms':>10} {'ED max':>10} {'ECNN rms':>10} {'ECNN max':>10}"
+          + (f" {kname + ' rms':>10} {kname + ' max':>10}" if kgrid_loc is not None else ""))
     for h in range(int(hops.max()) + 1):
         row = f"{h:4d} {int((hops == h).sum()):6d}"
-        for key in ("ed_per_hop", "model_per_hop"):
+        for key in ("ed_per_hop", "model_per_hop") + (("ed_kgrid_per_hop",) if kgrid_loc is not None else ()):
             row += (f" {results[key]['rms'][h]:10.3e} {results[key]['max'][h]:10.3e}" if key in results
                     else f" {'-':>10} {'-':>10}")
         print(row)
@@ -160,13 +179,17 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     fig, (ax, ax_hop) = plt.subplots(1, 2, figsize=(11, 4.3))
-    curves = [("ED", ed_loc, "tab:blue")] + ([("ECNN", model_loc, "tab:red")] if model_loc is not None else [])
+    curves = [("ED at Gamma", ed_loc, "tab:blue")] + ([("ECNN", model_loc, "tab:red")] if model_loc is not None else [])
+    if kgrid_loc is not None:
+        curves.append((f"ED, k-grid {args.k_grid}x{args.k_grid}", kgrid_loc, "tab:green"))
     for name, loc, colour in curves:
         before = len(ax.lines)
         plot_locality(loc, ax=ax)
         dots, line = ax.lines[before:]
         dots.set_color(colour)
         dots.set_label(f"{name}, sites" + (" (exact zeros at $10^{-17}$)" if name == "ECNN" else ""))
+        if name.startswith("ED, k-grid"):
+            dots.set_markersize(1.5)
         line.set_color(colour)
         line.set_label(f"{name}, max per distance")
     edge = float(distance[beyond].min()) if beyond.any() else None
@@ -176,7 +199,8 @@ def main(argv=None):
     ax.set_title(f"triangular {size}x{size}: one spin rotated by {math.degrees(args.angle):.0f}$^\\circ$", fontsize=10)
 
     h = list(range(1, int(hops.max()) + 1))
-    for name, key, colour in (("ED", "ed_per_hop", "tab:blue"), ("ECNN", "model_per_hop", "tab:red")):
+    for name, key, colour in (("ED at Gamma", "ed_per_hop", "tab:blue"), ("ECNN", "model_per_hop", "tab:red"),
+                              (f"ED, k-grid {args.k_grid}x{args.k_grid}", "ed_kgrid_per_hop", "tab:green")):
         if key in results:
             ax_hop.semilogy(h, [max(v, 1e-17) for v in results[key]["rms"][1:]], "o-", ms=4, color=colour,
                             label=f"{name}, rms")
@@ -196,6 +220,9 @@ def main(argv=None):
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"ED |dB|/|B| at distance 1: rms {results['ed_near_rms']:.3e}, max {results['ed_near_max']:.3e}; "
           f"{results['far_sites']}: rms {results['ed_far_rms']:.3e}, max {results['ed_far_max']:.3e}")
+    if kgrid_loc is not None:
+        print(f"ED, k-grid {args.k_grid}x{args.k_grid}: {results['far_sites']}: rms {results['ed_kgrid_far_rms']:.3e}, "
+              f"max {results['ed_kgrid_far_max']:.3e} ({results['ed_kgrid_far_rms'] / results['ed_far_rms']:.2f} x Gamma's)")
     print(f"figure {out / 'locality.png'}, numbers {out / 'results.json'}; {results['wall_time']:.0f} s")
     model_range = "n/a" if results["model_range"] is None else f"{results['model_range']:.2f}"
     model_hops = "n/a" if results["model_hops"] is None else str(results["model_hops"])

@@ -49,6 +49,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--filling", type=float, help="electrons per orbital in (0, 1): canonical ensemble")
     g.add_argument("--mu", type=float, help="chemical potential: grand canonical ensemble")
     g.add_argument("--temperature", type=float, default=0.0, help="electronic temperature (default 0)")
+    g.add_argument("--k-grid", type=int, nargs="+", default=None, metavar="N",
+                   help="ED on a k-grid of twisted boundary conditions, one count per lattice direction "
+                        "(e.g. 4 4): the lattice is the supercell of an infinite one (default: Gamma only)")
 
 
 def build_model(args: argparse.Namespace) -> ExactDiagonalization:
@@ -71,7 +74,8 @@ def build_model(args: argparse.Namespace) -> ExactDiagonalization:
     filling, mu = args.filling, args.mu
     if filling is None and mu is None:
         filling, mu = preset.get("filling"), preset.get("mu")
-    return ExactDiagonalization(graph, J=J, filling=filling, mu=mu, temperature=args.temperature)
+    return ExactDiagonalization(graph, J=J, filling=filling, mu=mu, temperature=args.temperature,
+                                k_grid=getattr(args, "k_grid", None))
 
 
 def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu"):
@@ -89,6 +93,9 @@ def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu"):
     kind, _, path = spec.partition(":")
     if kind == "ed" and not path:
         return ed
+    if ed.k_grid is not None:
+        raise ValueError(f"--k-grid sets the twists of exact diagonalization; the provider {spec!r} "
+                         "would ignore it (use --provider ed, or drop --k-grid)")
     if kind not in ("model", "ecnn4klm") or not path:
         raise ValueError(f"unknown provider {spec!r}: use ed, model:PATH or ecnn4klm:PATH")
     if not Path(path).is_file():
@@ -162,6 +169,8 @@ def run_simulation(args: argparse.Namespace):
             "provider", "init", "ansatz_q", "ansatz_mz", "dtype")
     metadata = {k: getattr(args, k) for k in keys}
     metadata["init_seed"] = seed0
+    if getattr(args, "k_grid", None):  # only when given, so runs from before k-grids still resume
+        metadata["k_grid"] = list(args.k_grid)
     result = simulate(llg, graph, spins, args.steps, args.out, snapshot_every=args.snapshot_every,
                       record_every=args.record_every, seed=args.seed, cell_sites=_cell_sites(args.cell_sites),
                       metadata=metadata, overwrite=args.overwrite, progress=not args.quiet)

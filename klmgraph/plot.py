@@ -14,7 +14,7 @@ import torch
 from .graph import HoppingGraph
 
 __all__ = ["plot_spins", "plot_structure_factor", "plot_time_series", "plot_locality", "parity_plot",
-           "plot_scan", "save_run_figures"]
+           "plot_scan", "plot_k_grid_convergence", "save_run_figures"]
 
 
 def _axes(ax, **kwargs):
@@ -247,6 +247,42 @@ def plot_scan(rows, parameter: str = "hz", path=None, ax=None, title: str | None
         ax.figure.savefig(path, dpi=120)
         plt.close(ax.figure)
     return ax
+
+
+def plot_k_grid_convergence(groups: dict, path=None):
+    """|E/N(n) - E/N(reference)| and the field RMSE against the k-grid n x n, one line per
+    (model, supercell, state) (examples/k_grid_convergence.py).
+
+    Args:
+        groups: name -> rows with ``grid``, ``delta_energy_per_site``, ``field_rmse`` (the
+            largest grid, the reference, is left out: its difference is zero).
+        path: PNG to write (closed afterwards); None to only draw.
+
+    Returns:
+        The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for k, (name, rows) in enumerate(groups.items()):
+        rows = sorted(rows, key=lambda r: int(r["grid"]))[:-1]
+        n = [int(r["grid"]) for r in rows]
+        style = dict(marker="os^v"[k % 4], linestyle="-" if "random" in name else "--", color=f"C{k // 2}")
+        left.semilogy(n, [max(abs(float(r["delta_energy_per_site"])), 1e-16) for r in rows], label=name, **style)
+        right.semilogy(n, [max(float(r["field_rmse"]), 1e-16) for r in rows], label=name, **style)
+    left.axhline(1e-6, color="0.5", lw=0.8, ls=":")
+    left.set_ylabel(r"$|E/N - E/N_\mathrm{ref}|$")
+    right.set_ylabel(r"RMSE of $B$ against the reference grid")
+    for ax in (left, right):
+        ax.set_xlabel("k-grid n (n x n twists; 1 = Gamma)")
+    left.legend(fontsize=7)
+    left.set_title("energy per site", fontsize=10)
+    right.set_title("field", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
 
 
 def save_run_figures(graph: HoppingGraph, folder, spins=None, prefix: str = "") -> list:
