@@ -188,7 +188,7 @@ def main(argv=None):
     summary["wall_time"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     c = summary["check_on_llg_state"]
-    print(f"      RMSE of B against ED {rmse:.4f} (spread {c['field_std']:.4f}); E/N from the random start "
+    print(f"      RMSE of B against {large_ed.solver} on {large.describe()}: {rmse:.4f} (spread {c['field_std']:.4f}); E/N from the random start "
           f"to the final state: model {c['initial_energy_per_site_ml']:.4f} -> {c['energy_per_site_ml']:.4f}, "
           f"ED {c['initial_energy_per_site_ed']:.4f} -> {c['energy_per_site_ed']:.4f}")
     print(f"results in {out} ({summary['wall_time']:.0f} s)")

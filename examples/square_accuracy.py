@@ -50,7 +50,7 @@ def main(argv=None):
     start = time.perf_counter()
     graph = klmgraph.square(size, size)
     ed = klmgraph.ExactDiagonalization(graph, J=7.0, filling=0.48)
-    print(f"ED data on {graph.describe()}, {ed.num_electrons} electrons")
+    print(f"ED data ({ed.solver}, as the paper) on {graph.describe()}, {ed.num_electrons} electrons")
     train_path = klmgraph.generate_dataset(out / "train.h5", ed, num_samples=n_train, seed=args.seed, batch_size=4)
     val_path = klmgraph.generate_dataset(out / "val.h5", ed, num_samples=n_val, seed=args.seed + 1, batch_size=4)
     data_seconds = time.perf_counter() - start

@@ -44,7 +44,7 @@ def published_check(size: int, configs: int) -> None:
         e_m, b_m = provider.energy_and_field(-spins.float())
         rmse = ((b.double() - b_ed) ** 2).mean().sqrt()
         odd_part = ((b + b_m) / 2).pow(2).mean().sqrt()
-        print(f"   time_reversal={symmetric!s:5}: B RMSE vs ED {rmse:.5f}; |E(S) - E(-S)| per site "
+        print(f"   time_reversal={symmetric!s:5}: B RMSE vs {ed.solver} {rmse:.5f}; |E(S) - E(-S)| per site "
               f"{(e - e_m).abs().max() / graph.num_nodes:.2e}; rms of (B(S) + B(-S))/2 {odd_part:.2e} "
               f"(rms B {b_ed.pow(2).mean().sqrt():.3f})")
 
@@ -78,7 +78,7 @@ def main(argv=None):
     ed = klmgraph.ExactDiagonalization(graph, J=7.0, filling=0.48)
     paths = {split: klmgraph.generate_dataset(out / f"{split}.h5", ed, num_samples=n, seed=seed, progress=False)
              for split, n, seed in (("train", n_train, 100), ("val", n_val, 200))}
-    print(f"2. training on square {L}x{L} (J=7, n=0.48): {n_train} train / {n_val} validation configurations, "
+    print(f"2. training on square {L}x{L} (J=7, n=0.48, labels: {ed.solver}): {n_train} train / {n_val} validation configurations, "
           f"{epochs} epochs of batch 8, {channels} channels, seeds 0..{args.seeds - 1}")
     for tr in (False, True):
         for seed in range(args.seeds):

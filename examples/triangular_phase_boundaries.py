@@ -43,6 +43,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="LLG steps per field (default 300, quick 150)")
     p.add_argument("--dt", type=float, default=5.0)
     p.add_argument("--ed", action="store_true", help="also the ED energy of every final state")
+    p.add_argument("--k-grid", type=int, default=0, metavar="N",
+                   help="with --ed: ED on an N x N k-grid (the thermodynamic limit of each state; default Gamma)")
     p.add_argument("--checkpoint", default=str(CHECKPOINT))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="klmgraph-output/triangular_phase_boundaries")
@@ -59,7 +61,8 @@ def main(argv=None):
 
     graph = klmgraph.triangular(size, size, t1=1.0, t3=-0.85)
     model = klmgraph.load_ecnn4klm(args.checkpoint, graph).bind(graph)
-    ed = klmgraph.ExactDiagonalization(graph, J=-1.0, mu=-3.5) if args.ed else None
+    ed = (klmgraph.ExactDiagonalization(graph, J=-1.0, mu=-3.5, k_grid=(args.k_grid,) * 2 if args.k_grid else None)
+          if args.ed else None)
 
     def relax(spins, hz, n):
         return klmgraph.LLG(model, dt=args.dt, alpha=1.0, field=(0.0, 0.0, hz)).run(spins, n).spins
@@ -81,14 +84,14 @@ def main(argv=None):
                    "energy_ed": total_energy(ed, spins, hz) if ed is not None else math.nan}
             rows.append(row)
             print(f"{branch:13s} Hz = {hz:<6g} n_sk/cell = {row['n_sk_per_cell']:+.2f}  Mz = {row['mz']:.3f}  "
-                  f"E/N model {row['energy_model']:.6f}" + (f"  ED {row['energy_ed']:.6f}" if ed else ""),
+                  f"E/N model {row['energy_model']:.6f}" + (f"  {ed.solver} {row['energy_ed']:.6f}" if ed else ""),
                   flush=True)
 
     with open(out / "branches.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, fields, out / "branches.png", f"triangular {size}x{size}, published ECNN" + ("; dotted: ED" if ed else ""))
+    plot(rows, fields, out / "branches.png", f"triangular {size}x{size}, published ECNN" + (f"; dotted: {ed.solver}" if ed else ""))
     lowest = []
     for hz in fields:
         best = min((r for r in rows if r["hz"] == hz), key=lambda r: r["energy_model"])

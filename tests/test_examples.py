@@ -4,6 +4,7 @@ Each example is imported from examples/ (not a package) and its ``main([...])`` 
 locality example needs the published triangular checkpoint in ../shared/ecnn4klm/ for its
 model half; the test skips where it is absent.
 """
+import csv
 import importlib.util
 import json
 from pathlib import Path
@@ -103,3 +104,28 @@ def test_custom_lattice_quick(tmp_path, capsys):
     energy = klmgraph.read_trajectory(tmp_path / "llg" / "trajectory.h5").energy
     assert len(energy) == 201
     assert np.all(np.diff(energy) <= 1e-5 * np.abs(energy[:-1])) and energy[-1] < energy[0]
+
+
+def test_k_grid_convergence_quick(tmp_path, capsys):
+    """12 x 12 supercells of both paper models: the k-grid moves E/N and B towards the largest
+    grid, and a rerun continues from the table without recomputing."""
+    example = load_example("k_grid_convergence")
+    results = example.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
+    rows = list(csv.DictReader(open(tmp_path / "convergence.csv")))
+    assert len(rows) == 2 * 2 * 5 and (tmp_path / "convergence.png").stat().st_size > 10_000
+    for model in ("triangular", "square"):
+        for state in ("random", "ordered"):
+            block = {int(r["grid"]): r for r in rows if r["model"] == model and r["state"] == state}
+            assert float(block[6]["field_rmse"]) == 0.0  # the reference grid
+            rmse = {n: float(block[n]["field_rmse"]) for n in block}
+            if (model, state) != ("square", "ordered"):
+                # (the ferromagnet's canonical count jumps with the grid: round(2 N n K) / 2 N K)
+                assert rmse[4] < rmse[2] < rmse[1] == max(rmse.values())
+            assert (block[1]["filling"] == "") == (model == "triangular")  # grand canonical: no count
+    gamma = results["gamma_error"]["triangular/12/random"]
+    assert abs(gamma["delta_energy_per_site"]) > 1e-4 and gamma["field_rmse"] > 5e-3
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("k_grid: converged_1e-6=") and "triangular/12/random" in last
+    before = (tmp_path / "convergence.csv").read_text()
+    example.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
+    assert (tmp_path / "convergence.csv").read_text() == before
