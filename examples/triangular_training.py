@@ -43,11 +43,12 @@ def triangular(size: int):
     return klmgraph.triangular(size, size, t1=1.0, t3=-0.85)
 
 
-def ed_llg_snapshots(ed, hz: float, steps: int, every: int, dt: float, seed: int, folder: Path, progress: bool):
+def ed_llg_snapshots(ed, hz: float, steps: int, every: int, dt: float, seed: int, folder: Path, progress: bool,
+                     device="cpu"):
     """Damped ED-LLG from random spins at field ``hz``; the configurations at every ``every``-th
     step after the first ``every`` (the random start itself is not an LLG state)."""
     llg = klmgraph.LLG(ed, dt=dt, alpha=1.0, field=(0.0, 0.0, hz))
-    spins = klmgraph.random_spins(ed.graph, seed=seed)
+    spins = klmgraph.random_spins(ed.graph, seed=seed).to(device)  # drawn on the CPU: the same on any device
     klmgraph.simulate(llg, ed.graph, spins, steps, folder, snapshot_every=every, seed=seed,
                       cell_sites=48, metadata={"hz": hz, "initial": "random", "seed": seed}, progress=progress)
     return torch.as_tensor(klmgraph.read_trajectory(folder / "trajectory.h5").spins[1:], dtype=torch.float64)
@@ -64,7 +65,7 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, help="training budget (default 240, quick 3)")
     p.add_argument("--scan-steps", type=int, help="ML-LLG steps per field (default 2000, quick 400)")
     p.add_argument("--dt", type=float, default=5.0, help="LLG time step of both stages (default 5)")
-    p.add_argument("--device", default="cpu", help="torch device of the training and the scan")
+    p.add_argument("--device", default="cpu", help="torch device of ED-LLG, ED labels, training and the scan")
     p.add_argument("--jobs", type=int, default=1, help="parallel scan processes (CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="klmgraph-output/triangular_training")
@@ -87,7 +88,7 @@ def main(argv=None):
     print(f"[1/4] ED-LLG on {ed.graph.describe()}: {runs} run(s) x {ed_steps} steps per field, "
           f"a snapshot every {every}")
     snapshots = [ed_llg_snapshots(ed, hz, ed_steps, every, args.dt, args.seed + 1000 * k + run,
-                                  out / "ed_llg" / f"hz={hz:g}" / f"run{run}", progress)
+                                  out / "ed_llg" / f"hz={hz:g}" / f"run{run}", progress, args.device)
                  for k, hz in enumerate(FIELDS) for run in range(runs)]
     llg_spins = torch.cat(snapshots)
 
@@ -101,7 +102,7 @@ def main(argv=None):
     paths = {}
     for split, index in (("train", order[:n_train]), ("val", order[n_train:])):
         paths[split] = klmgraph.generate_dataset(out / f"{split}.h5", ed, spins=spins[index], batch_size=4,
-                                                 progress=progress)
+                                                 progress=progress, device=args.device)
 
     # 3. training: the paper's lambda = 1, rotation augmentation
     print(f"[3/4] training an ECNN for up to {minutes:g} minutes")

@@ -278,7 +278,7 @@ def _generate(args: argparse.Namespace) -> None:
     spins = read_spins(args.spins) if args.spins else None
     path = generate_dataset(args.out, ed, num_samples=None if spins is not None else args.samples,
                             spins=spins, seed=args.seed, batch_size=args.batch_size,
-                            progress=not args.quiet, overwrite=args.overwrite)
+                            progress=not args.quiet, overwrite=args.overwrite, device=args.device)
     data = load_dataset(path)
     print(f"wrote {path}: {len(data)} configurations on {data.graph.describe()}")
     print(f"Hamiltonian: {json.dumps(data.hamiltonian)}")
@@ -361,6 +361,7 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, default=1, help="configurations diagonalised together (default 1)")
     gen.add_argument("--out", default="klmgraph-data.h5", help="output file (default klmgraph-data.h5)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing file with other settings")
+    gen.add_argument("--device", default="cpu", help="torch device of the ED solver (default cpu)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 

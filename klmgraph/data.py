@@ -44,7 +44,7 @@ def _h5py():
 
 def generate_dataset(path: str | Path, ed: ExactDiagonalization, num_samples: int | None = None,
                      spins: torch.Tensor | None = None, seed: int = 0, batch_size: int = 1,
-                     progress: bool = True, overwrite: bool = False) -> Path:
+                     progress: bool = True, overwrite: bool = False, device=None) -> Path:
     """Write (spins, E_el, B) of random or given configurations to an HDF5 data set.
 
     Re-running on an existing, unfinished file with the same settings resumes it; a finished
@@ -60,6 +60,8 @@ def generate_dataset(path: str | Path, ed: ExactDiagonalization, num_samples: in
         batch_size: configurations diagonalised together.
         progress: show a tqdm progress bar.
         overwrite: replace an existing file with different settings.
+        device: where the solver runs (default: the device of ``spins``, else the CPU). Random
+            configurations are drawn on the CPU, so a seed gives the same data set on any device.
 
     Returns:
         The path written.
@@ -78,7 +80,10 @@ def generate_dataset(path: str | Path, ed: ExactDiagonalization, num_samples: in
         spins = random_spins(graph, batch=int(num_samples), seed=seed)
         source = "random"
     else:
-        spins = check_spins(torch.as_tensor(spins, dtype=torch.float64), graph.num_nodes)
+        if device is None and torch.is_tensor(spins):
+            device = spins.device
+        # the file holds them, so they live on the host; only the solver runs on ``device``
+        spins = check_spins(torch.as_tensor(spins, dtype=torch.float64).detach().cpu(), graph.num_nodes)
         spins = spins.reshape(-1, graph.num_nodes, 3)
         source = "given"
         seed = -1
@@ -100,7 +105,7 @@ def generate_dataset(path: str | Path, ed: ExactDiagonalization, num_samples: in
         bar = tqdm(total=total, initial=done, desc="ED", unit="config", disable=not progress)
         while done < total:
             stop = min(done + batch_size, total)
-            energy, field = ed.energy_and_field(spins[done:stop])
+            energy, field = ed.energy_and_field(spins[done:stop].to(device or "cpu"))
             f["energy"][done:stop] = energy.cpu().numpy()
             f["field"][done:stop] = field.cpu().numpy()
             f.flush()

@@ -131,3 +131,46 @@ def test_cli_errors(tmp_path, capsys, argv, message):
     assert main(["generate", "--out", str(tmp_path / "o.h5"), "--quiet", *argv]) == 2
     assert message.replace("\\", "") in capsys.readouterr().err or \
         __import__("re").search(message, capsys.readouterr().err)
+
+
+class _DeviceRecorder:
+    """ED behind a solver that records which device its spins arrive on. The CPU cannot run ED
+    on the meta device, so the labels come from the host copy of the configurations it was told
+    to expect (one call: batch_size = all)."""
+
+    def __init__(self, ed, host_spins):
+        self.ed, self.graph, self.host_spins, self.devices = ed, ed.graph, host_spins, []
+
+    def parameters(self):
+        return self.ed.parameters()
+
+    def energy_and_field(self, spins):
+        self.devices.append(spins.device.type)
+        assert spins.shape == self.host_spins.shape
+        return self.ed.energy_and_field(self.host_spins)
+
+
+def test_generate_sends_the_solver_work_to_the_device(tmp_path, ed):
+    """Random configurations are drawn on the host (a seed gives one data set on any device),
+    the file keeps them on the host, and the solver gets them on ``device``."""
+    host = klmgraph.random_spins(ed.graph, batch=3, seed=3)
+    solver = _DeviceRecorder(ed, host)
+    path = klmgraph.generate_dataset(tmp_path / "d.h5", solver, num_samples=3, seed=3, batch_size=3,
+                                     progress=False, device="meta")
+    assert solver.devices == ["meta"]
+    data = klmgraph.load_dataset(path)
+    assert torch.equal(data.spins, host)
+    torch.testing.assert_close(data.field, ed.energy_and_field(host)[1], rtol=0, atol=1e-12)
+    # given configurations too: stored from the host, solved on ``device``
+    solver.devices.clear()
+    path = klmgraph.generate_dataset(tmp_path / "e.h5", solver, spins=host, batch_size=3, progress=False,
+                                     device="meta")
+    assert solver.devices == ["meta"] and torch.equal(klmgraph.load_dataset(path).spins, host)
+
+
+def test_generate_with_k_grid_records_it(tmp_path):
+    ed = klmgraph.ExactDiagonalization(klmgraph.triangular(5, 5, t3=-0.85), J=-1.0, mu=-3.5, k_grid=(2, 2))
+    path = klmgraph.generate_dataset(tmp_path / "k.h5", ed, num_samples=2, seed=1, progress=False)
+    data = klmgraph.load_dataset(path)
+    assert data.hamiltonian["k_grid"] == [2, 2]
+    torch.testing.assert_close(data.energy, ed.energy_and_field(data.spins)[0], rtol=0, atol=1e-12)
