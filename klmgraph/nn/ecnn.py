@@ -240,12 +240,19 @@ class BoundModel:
             return self.model.energy(spins.to(p), self._neighbours.to(p.device)).to(spins)
 
     def energy_and_field(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Energy and effective field B = -dE/dS.
+        """Energy and effective field B = -dE/dS (spins validated: two host synchronisations).
 
         Shapes:
             spins: (N, 3) or (B, N, 3) unit vectors -> E: () or (B,), B: spins' shape.
         """
-        spins = check_spins(spins, self.num_sites)
+        return self.energy_and_field_unchecked(check_spins(spins, self.num_sites))
+
+    def energy_and_field_unchecked(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`energy_and_field` for spins the caller has validated (the integrator's hot
+        path: shapes are checked, values are not, and nothing synchronises with the host)."""
+        if spins.dim() not in (2, 3) or spins.shape[-2:] != (self.num_sites, 3):
+            raise ValueError(f"spins must have shape ({self.num_sites}, 3) or (B, {self.num_sites}, 3), "
+                             f"got {tuple(spins.shape)}")
         p = self._reference_param()
         s = spins.detach().to(p).requires_grad_(True)
         with torch.enable_grad(), _frozen(self.model):
