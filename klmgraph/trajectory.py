@@ -40,7 +40,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
@@ -50,6 +49,14 @@ from .measure import solid_angle_sum, triangles_on
 __all__ = ["TrajectoryWriter", "Trajectory", "Snapshot", "read_trajectory", "last_snapshot", "stored_metadata"]
 
 FORMAT = "klmgraph-trajectory"
+
+
+def _h5py():
+    # imported on first use: h5py is a quarter of klmgraph's own import time
+    import h5py
+
+    return h5py
+
 FORMAT_VERSION = 1
 
 
@@ -112,7 +119,7 @@ class TrajectoryWriter:
             self._file = _open(path, "r+")
             self._resume(path)
             return
-        self._file = h5py.File(path, "w" if overwrite else "w-")
+        self._file = _h5py().File(path, "w" if overwrite else "w-")
         attrs = self._file.attrs
         attrs["format"] = FORMAT
         attrs["format_version"] = FORMAT_VERSION
@@ -261,7 +268,7 @@ def _llg_settings(llg) -> dict:
 
 def _open(path, mode: str):
     try:
-        return h5py.File(path, mode)
+        return _h5py().File(path, mode)
     except OSError as err:
         raise ValueError(f"cannot open trajectory {path} ({err}); if it is damaged, overwrite it") from None
 
@@ -295,7 +302,7 @@ class Snapshot:
 def stored_metadata(path) -> dict | None:
     """The ``metadata`` attribute of a klmgraph trajectory (None if the file is not one)."""
     try:
-        with h5py.File(path, "r") as f:
+        with _h5py().File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 return None
             return json.loads(f.attrs.get("metadata", "{}"))
@@ -351,7 +358,7 @@ def read_trajectory(path) -> Trajectory:
     Raises:
         ValueError: if the file is not a klmgraph trajectory or has a newer format version.
     """
-    with h5py.File(path, "r") as f:
+    with _h5py().File(path, "r") as f:
         if f.attrs.get("format") != FORMAT:
             raise ValueError(f"{path} is not a klmgraph trajectory (format attribute "
                              f"{f.attrs.get('format')!r})")
