@@ -51,7 +51,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=0.0, help="electronic temperature (default 0)")
 
 
-def build_model(args: argparse.Namespace) -> ExactDiagonalization:
+def build_solver(args: argparse.Namespace) -> ExactDiagonalization:
     """The graph and ED solver named by the lattice/Hamiltonian arguments."""
     preset = dict(PRESETS[args.preset])
     name = args.lattice or preset["lattice"]
@@ -73,6 +73,9 @@ def build_model(args: argparse.Namespace) -> ExactDiagonalization:
         filling, mu = preset.get("filling"), preset.get("mu")
     return ExactDiagonalization(graph, J=J, filling=filling, mu=mu, temperature=args.temperature)
 
+
+
+build_model = build_solver  # its name before issue 16; klmgraph.io.build_network builds networks
 
 def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu"):
     """The force provider named on the command line, for the graph of ``ed``.
@@ -149,7 +152,7 @@ def run_simulation(args: argparse.Namespace):
     from .plot import save_run_figures
     from .simulation import simulate
 
-    ed = build_model(args)
+    ed = build_solver(args)
     graph = ed.graph
     provider = build_provider(args.provider, ed, args.device)
     seed0 = args.seed if args.init_seed is None else args.init_seed
@@ -265,7 +268,7 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, scan: bool = False) ->
 
 
 def _generate(args: argparse.Namespace) -> None:
-    ed = build_model(args)
+    ed = build_solver(args)
     spins = read_spins(args.spins) if args.spins else None
     path = generate_dataset(args.out, ed, num_samples=None if spins is not None else args.samples,
                             spins=spins, seed=args.seed, batch_size=args.batch_size,
