@@ -2,8 +2,8 @@
 
 The IFNN is the expensive model of the square-lattice comparison on a CPU: about 2300
 descriptors per site feed a 1024-wide layer, and a loss on B = -dE/dS needs the double backward.
-This times the trainer's own step (``klmgraph.train.predict`` + ``loss_terms`` + Adam) on random
-configurations, so that a change of the descriptor code or of the batch size can be measured:
+This times the trainer's own step (``klmgraph.train.predict_stacked`` + ``stacked_loss_terms`` +
+Adam, on a ``StackedData`` batch as ``train`` makes it) on random configurations, so that a change of the descriptor code or of the batch size can be measured:
 
     python benchmarks/ifnn.py --threads 1            # square 30x30, both descriptor sets, batches 1 and 4
 """
@@ -13,12 +13,11 @@ import argparse
 import json
 
 import torch
-from model import random_batch  # benchmarks/model.py, beside this script
-
 import klmgraph
+from klmgraph.data import SpinDataset
 from klmgraph.nn import IFNN
 from klmgraph.timing import call_times, machine
-from klmgraph.train import loss_terms, predict
+from klmgraph.train import StackedData, predict_stacked, stacked_loss_terms
 
 
 def time_ifnn(size: int, batch_size: int, repeats: int, bonds="all") -> dict:
@@ -26,17 +25,23 @@ def time_ifnn(size: int, batch_size: int, repeats: int, bonds="all") -> dict:
     torch.manual_seed(0)
     model = IFNN.for_graph(graph, bonds=bonds)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batch = random_batch(graph, batch_size)
+    # random labels: the cost does not depend on them
+    generator = torch.Generator().manual_seed(0)
+    spins = klmgraph.random_spins(graph, batch=batch_size, seed=0)
+    data = SpinDataset(graph, spins, torch.randn(batch_size, generator=generator, dtype=torch.float64),
+                       torch.randn(spins.shape, generator=generator, dtype=torch.float64))
+    stacked = StackedData(model, data, torch.float32, torch.device("cpu"))
+    batch = next(stacked.batches(torch.arange(batch_size), batch_size))
 
     def training_step():
         optimizer.zero_grad()
-        energy, field = predict(model, batch, training=True)
-        field_mse, _ = loss_terms(energy, field, batch)
+        energy, field = predict_stacked(model, stacked.prepared, batch, training=True)
+        field_mse, _ = stacked_loss_terms(energy, field, batch)
         field_mse.backward()
         optimizer.step()
 
     def evaluation():
-        predict(model, batch, training=False)
+        predict_stacked(model, stacked.prepared, batch, training=False)
 
     return {"lattice": f"square {size}x{size}", "bonds": bonds, "batch": batch_size, "descriptors": model.num_descriptors[0],
             "training_step_s": min(call_times(training_step, repeats)),

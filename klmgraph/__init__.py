@@ -8,7 +8,8 @@ from .checks import check_spins
 from .electrons import ExactDiagonalization
 from .data import SpinDataset, generate_dataset, load_dataset, read_spins
 from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral, tile_spins, triple_q_vectors
-from .dynamics import LLG, DivergenceError, Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
+from .providers import Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
+from .dynamics import LLG, DivergenceError
 from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
                       skyrmion_number, skyrmion_number_per_cell, structure_factor)
 from .trajectory import Trajectory, TrajectoryWriter, read_trajectory

@@ -54,7 +54,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "(e.g. 4 4): the lattice is the supercell of an infinite one (default: Gamma only)")
 
 
-def build_model(args: argparse.Namespace) -> ExactDiagonalization:
+def build_solver(args: argparse.Namespace) -> ExactDiagonalization:
     """The graph and ED solver named by the lattice/Hamiltonian arguments."""
     preset = dict(PRESETS[args.preset])
     name = args.lattice or preset["lattice"]
@@ -77,6 +77,9 @@ def build_model(args: argparse.Namespace) -> ExactDiagonalization:
     return ExactDiagonalization(graph, J=J, filling=filling, mu=mu, temperature=args.temperature,
                                 k_grid=getattr(args, "k_grid", None))
 
+
+
+build_model = build_solver  # the old name, kept for scripts that import it (klmgraph.io.build_network builds networks)
 
 def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu"):
     """The force provider named on the command line, for the graph of ``ed``.
@@ -156,7 +159,7 @@ def run_simulation(args: argparse.Namespace):
     from .plot import save_run_figures
     from .simulation import simulate
 
-    ed = build_model(args)
+    ed = build_solver(args)
     graph = ed.graph
     provider = build_provider(args.provider, ed, args.device)
     seed0 = args.seed if args.init_seed is None else args.init_seed
@@ -274,7 +277,7 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, scan: bool = False) ->
 
 
 def _generate(args: argparse.Namespace) -> None:
-    ed = build_model(args)
+    ed = build_solver(args)
     spins = read_spins(args.spins) if args.spins else None
     path = generate_dataset(args.out, ed, num_samples=None if spins is not None else args.samples,
                             spins=spins, seed=args.seed, batch_size=args.batch_size,

@@ -66,8 +66,10 @@ class DemoSettings:
 
 
 DEFAULT = DemoSettings()
-# the same path, about a minute on a 2-core CPU (CI runs it)
-TINY = DemoSettings(size=8, train_samples=16, val_samples=8, epochs=100, minutes=1.0, steps=60)
+# the same path, about a minute on a 2-core CPU (CI runs it). The training stops on its 100
+# epochs; the 10-minute cap only guards against a stuck run, so the trained model (and the
+# accuracy tests/test_demo.py asserts) does not depend on the machine's load
+TINY = DemoSettings(size=8, train_samples=16, val_samples=8, epochs=100, minutes=10.0, steps=60)
 
 # The energy term (lambda = 1) fixes the energy's constant, so that E/N is comparable with ED.
 # Adam lr 0.01 with a plateau schedule is the setting of the 30 x 30 reproduction

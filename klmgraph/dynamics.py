@@ -1,4 +1,4 @@
-"""Stochastic Landau-Lifshitz-Gilbert dynamics and the force providers that drive it.
+"""Stochastic Landau-Lifshitz-Gilbert dynamics: the integrator.
 
 The equation of motion (DESIGN.md section 1; Miyazaki 2023, eq. 4), with gamma = 1 and unit
 spins, in Gilbert form and solved for the time derivative:
@@ -12,10 +12,13 @@ in the Stratonovich sense, for which this noise gives the Boltzmann distribution
 (W. F. Brown, Phys. Rev. 130, 1677 (1963)). Written as a rotation, dS/dt = W x S with
 W = (B' + alpha S x B') / (1 + alpha^2); the midpoint scheme uses that form.
 
-A force provider is anything with ``energy_and_field(spins) -> (E, B)`` (exact
-diagonalization, a trained model) or a plain callable returning (E, B). Providers add up with
-``+``; the spin-only terms below (:class:`Zeeman`, :class:`SingleIonAnisotropy`,
-:class:`Heisenberg`) are providers too.
+The force providers (anything with ``energy_and_field(spins) -> (E, B)``, and the spin-only
+terms) live in :mod:`klmgraph.providers` and are re-exported here.
+
+Host synchronisation: the spins are validated once per run (:meth:`LLG.run`), providers are
+called through their unchecked hot path, and the finiteness check costs one synchronisation
+per step. With ``seed`` the noise is the counter-based stream of :mod:`klmgraph.noise`: a
+function of (seed, step, site, component), the same on every device and after any resume.
 
 Shapes, everywhere in this module: spins (N, 3) or (B, N, 3); energy () or (B,); field like spins.
 """
@@ -28,221 +31,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .checks import check_spins
-from .graph import HoppingGraph, vector3
+from .graph import vector3
+from .noise import gaussian
+from .providers import (FunctionProvider, Heisenberg, Provider, SingleIonAnisotropy, SumProvider, Zeeman,
+                        as_provider, check_shape)
 
 __all__ = ["Provider", "FunctionProvider", "SumProvider", "Zeeman", "SingleIonAnisotropy",
-           "Heisenberg", "as_provider", "LLG", "LLGRun", "DivergenceError"]
-
-
-# ------------------------------------------------------------------------------ providers
-
-class Provider:
-    """Base class of force providers: ``energy_and_field(spins) -> (E, B)`` with B = -dE/dS.
-
-    Subclasses implement :meth:`energy_and_field`. Providers add up with ``+`` (also with
-    objects that merely have an ``energy_and_field`` method, such as
-    :class:`~klmgraph.ExactDiagonalization`, or plain callables).
-
-    Shapes:
-        spins: (N, 3) or (B, N, 3) -> energy () or (B,), field: spins' shape.
-    """
-
-    def energy_and_field(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def __call__(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.energy_and_field(spins)
-
-    def __add__(self, other) -> "SumProvider":
-        return SumProvider(self, other)
-
-    def __radd__(self, other) -> "Provider":
-        if isinstance(other, (int, float)) and other == 0:  # lets sum([p1, p2]) work
-            return self
-        return SumProvider(other, self)
-
-
-class FunctionProvider(Provider):
-    """A provider from a callable ``spins -> (E, B)``, with its output shapes checked.
-
-    Args:
-        function: the callable (e.g. ``model.energy_and_field`` or a lambda).
-        name: shown in error messages and ``repr``.
-    """
-
-    def __init__(self, function: Callable, name: str | None = None):
-        if not callable(function):
-            raise TypeError(f"a provider needs a callable, got {type(function).__name__}")
-        self.function = function
-        self.name = name or getattr(function, "__qualname__", type(function).__name__)
-
-    def energy_and_field(self, spins):
-        out = self.function(spins)
-        if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise ValueError(f"provider {self.name} must return (energy, field), got {type(out).__name__}")
-        energy, field = (torch.as_tensor(x, device=spins.device) for x in out)
-        if field.shape != spins.shape:
-            raise ValueError(f"provider {self.name} returned a field of shape {tuple(field.shape)} "
-                             f"for spins of shape {tuple(spins.shape)}")
-        if energy.shape != spins.shape[:-2]:
-            raise ValueError(f"provider {self.name} returned an energy of shape {tuple(energy.shape)}; "
-                             f"expected {tuple(spins.shape[:-2])} (one per configuration)")
-        return energy.to(spins.dtype), field.to(spins.dtype)
-
-    def __repr__(self):
-        return f"FunctionProvider({self.name})"
-
-
-def as_provider(obj: Any) -> Provider:
-    """Wrap ``obj`` as a :class:`Provider`: providers pass through, objects with an
-    ``energy_and_field`` method and plain callables are wrapped.
-
-    Raises:
-        TypeError: if ``obj`` is neither.
-    """
-    if isinstance(obj, Provider):
-        return obj
-    method = getattr(obj, "energy_and_field", None)
-    if callable(method):
-        return FunctionProvider(method, type(obj).__name__)
-    if callable(obj):
-        return FunctionProvider(obj)
-    raise TypeError(f"{type(obj).__name__} is not a force provider: give an object with "
-                    "energy_and_field(spins) -> (E, B) or a callable returning (E, B)")
-
-
-class SumProvider(Provider):
-    """The sum of several providers: E = sum_k E_k, B = sum_k B_k. Nested sums are flattened."""
-
-    def __init__(self, *terms):
-        if not terms:
-            raise ValueError("a sum of providers needs at least one term")
-        flat = []
-        for t in terms:
-            flat.extend(t.terms if isinstance(t, SumProvider) else [as_provider(t)])
-        self.terms = flat
-
-    def energy_and_field(self, spins):
-        energy, field = self.terms[0].energy_and_field(spins)
-        for term in self.terms[1:]:
-            e, b = term.energy_and_field(spins)
-            energy, field = energy + e, field + b
-        return energy, field
-
-    def __repr__(self):
-        return " + ".join(repr(t) for t in self.terms)
-
-
-def _check_shape(spins: torch.Tensor, num_sites: int | None = None) -> None:
-    if spins.dim() not in (2, 3) or spins.shape[-1] != 3:
-        raise ValueError(f"spins must have shape (N, 3) or (B, N, 3), got {tuple(spins.shape)}")
-    if num_sites is not None and spins.shape[-2] != num_sites:
-        raise ValueError(f"spins hold {spins.shape[-2]} sites but the graph has {num_sites}")
-
-
-class Zeeman(Provider):
-    """Uniform external field: H = -h . sum_r S_r, B_r = h.
-
-    Args:
-        field: the 3-vector h (energy units, gamma = 1).
-    """
-
-    def __init__(self, field: Sequence[float]):
-        self.field = vector3(field, "field")
-
-    def energy_and_field(self, spins):
-        _check_shape(spins)
-        h = self.field.to(spins.dtype).to(spins.device)
-        return -(spins @ h).sum(-1), h.expand(spins.shape).clone()
-
-    def __repr__(self):
-        return f"Zeeman({self.field.tolist()})"
-
-
-class SingleIonAnisotropy(Provider):
-    """Uniaxial single-ion anisotropy: H = -D sum_r (S_r . n)^2, B_r = 2 D (S_r . n) n.
-
-    D > 0 is an easy axis, D < 0 an easy plane.
-
-    Args:
-        D: anisotropy constant.
-        axis: the axis n (normalised; default z).
-    """
-
-    def __init__(self, D: float, axis: Sequence[float] = (0.0, 0.0, 1.0)):
-        if not math.isfinite(float(D)):
-            raise ValueError(f"D must be finite, got {D}")
-        axis = vector3(axis, "axis")
-        if axis.norm() == 0:
-            raise ValueError("the anisotropy axis must be non-zero")
-        self.D = float(D)
-        self.axis = axis / axis.norm()
-
-    def energy_and_field(self, spins):
-        _check_shape(spins)
-        n = self.axis.to(spins.dtype).to(spins.device)
-        proj = spins @ n  # (..., N)
-        return -self.D * (proj ** 2).sum(-1), 2 * self.D * proj[..., None] * n
-
-    def __repr__(self):
-        return f"SingleIonAnisotropy(D={self.D}, axis={self.axis.tolist()})"
-
-
-class Heisenberg(Provider):
-    """Heisenberg exchange on the bonds of a graph: H = -sum_<ij> J_ij S_i . S_j.
-
-    Every bond <ij> is counted once; the graph lists it as two directed edges, so
-    H = -(1/2) sum_e J_e S_source(e) . S_target(e) over the directed edges e that are not self
-    loops. The field is the exact gradient, B_i = -dH/dS_i = sum_j J_ij S_j (J > 0:
-    ferromagnetic).
-
-    Args:
-        graph: the hopping graph whose edges carry the exchange.
-        J: one coupling for every bond, or a sequence with one coupling per neighbour class
-            (``graph.edge_classes``; entry 0, the self loop, must be 0). Give a bond's two
-            directions (classes) the same coupling.
-    """
-
-    def __init__(self, graph: HoppingGraph, J: float | Sequence[float]):
-        k = graph.num_edge_types
-        j = torch.as_tensor(J, dtype=torch.float64)
-        if j.dim() == 0:
-            j = torch.full((k,), float(j), dtype=torch.float64)
-            j[0] = 0.0
-        if j.shape != (k,) or not torch.isfinite(j).all():
-            raise ValueError(f"J must be a number or {k} numbers (one per neighbour class "
-                             f"{graph.edge_classes}), got {torch.as_tensor(J).tolist()}")
-        if j[0] != 0:
-            raise ValueError("J of the self-loop class (entry 0) must be 0: S_i . S_i is constant")
-        weight = j[graph.edge_type]
-        keep = weight != 0
-        self.num_sites = graph.num_nodes
-        self.J = j
-        self._edges = (*graph.edge_index[:, keep], weight[keep])
-        self._cache = {}
-
-    def _edges_on(self, device, dtype):
-        """(source, target, weight) on the spins' device, copied there once."""
-        key = (str(device), dtype)
-        if key not in self._cache:
-            src, dst, w = self._edges
-            self._cache[key] = (src.to(device), dst.to(device), w.to(device=device, dtype=dtype))
-        return self._cache[key]
-
-    def energy_and_field(self, spins):
-        _check_shape(spins, self.num_sites)
-        src, dst, w = self._edges_on(spins.device, spins.dtype)
-        w = w[:, None]  # (E, 1)
-        s_src, s_dst = spins[..., src, :], spins[..., dst, :]  # (..., E, 3)
-        energy = -0.5 * (w[:, 0] * (s_src * s_dst).sum(-1)).sum(-1)
-        # gradient of both ends of every directed edge: exact even if J_ij != J_ji were given
-        field = torch.zeros_like(spins)
-        field.index_add_(-2, dst, 0.5 * w * s_src)
-        field.index_add_(-2, src, 0.5 * w * s_dst)
-        return energy, field
-
-    def __repr__(self):
-        return f"Heisenberg(J={self.J.tolist()})"
+           "Heisenberg", "as_provider", "LLG", "LLGRun", "DivergenceError", "prepare_spins"]
 
 
 # ------------------------------------------------------------------------------ integrator
@@ -358,8 +153,13 @@ class LLG:
         return math.sqrt(2 * self.alpha * self.temperature / self.dt)
 
     def energy_and_field(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Energy and field of the provider plus the external field."""
+        """Energy and field of the provider plus the external field (input validated)."""
         energy, field = self._total.energy_and_field(spins)
+        return energy.detach(), field.detach().to(spins.dtype)
+
+    def _forces(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the hot path: spins validated at the start of the run and kept unit-length by the schemes
+        energy, field = self._total.energy_and_field_unchecked(spins)
         return energy.detach(), field.detach().to(spins.dtype)
 
     def step(self, spins: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -372,7 +172,7 @@ class LLG:
         Returns:
             the new spins, same shape and dtype.
         """
-        return self._step(_prepare(spins), generator)[0]
+        return self._step(prepare_spins(spins), generator)[0]
 
     def run(self, spins: torch.Tensor, steps: int, record_every: int = 0, record_spins: bool = False,
             seed: int | None = None, generator: torch.Generator | None = None,
@@ -387,19 +187,23 @@ class LLG:
                 the end). The energy at the start of a step is a by-product of the step; the
                 final record costs one extra provider evaluation.
             record_spins: also keep the configurations at the records.
-            seed: seeds a fresh generator on the spins' device (reproducible noise); ignored
+            seed: the noise is the counter-based stream :func:`klmgraph.noise.gaussian` of
+                (seed, step, site, component): the same on every device, and a run continued
+                from any step (``start_step``) draws what an uninterrupted one would. Ignored
                 when ``generator`` is given.
-            generator: random generator for the noise.
+            generator: a torch generator for the noise instead (device-specific numbers); with
+                neither, torch's global generator is used.
             callback: called as ``callback(step, spins, energy)`` at every record, with the
-                configuration at the start of that step, before that step's noise is drawn
-                (so ``generator.get_state()`` there is the state that continues the run
-                exactly from that configuration).
+                configuration at the start of that step. With a ``generator`` it is called
+                before that step's noise is drawn (so ``generator.get_state()`` there is the
+                state that continues the run exactly from that configuration).
             start_step: number of the first step (a run continued from step ``start_step``):
                 steps, times and the record schedule count from 0 as if the run had never
                 stopped.
             check_finite: stop with :class:`DivergenceError` at the first step whose energy,
                 field or new spins are not finite (NaN or inf), before anything of that step is
-                recorded. Costs one reduction (and, on a GPU, one synchronisation) per step.
+                recorded. Costs one reduction and, on a GPU, one synchronisation per step (two
+                with a ``generator``, whose record must come before the noise).
 
         Returns:
             :class:`LLGRun` with the final spins and the records.
@@ -413,9 +217,8 @@ class LLG:
             raise ValueError(f"record_every must be a non-negative integer, got {record_every!r}")
         if not isinstance(start_step, int) or start_step < 0:
             raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}")
-        spins = _prepare(spins)
-        if generator is None and seed is not None:
-            generator = torch.Generator(device=spins.device).manual_seed(int(seed))
+        spins = prepare_spins(spins)
+        stateless = generator is None and seed is not None
         times, energies, snapshots = [], [], []
 
         def record(n, s, e):
@@ -428,20 +231,28 @@ class LLG:
 
         end = start_step + steps
         for n in range(start_step, end):
-            # the first provider evaluation of the step comes first, so a record (and its
-            # callback) sees the configuration and the generator before the step's noise
-            energy, field = self.energy_and_field(spins)
-            if check_finite:
-                _check_finite(n, self.dt, spins, energy, field, "the provider's energy or field")
-            if n == start_step or (record_every and n % record_every == 0):
-                record(n, spins, energy)
-            new = self._advance(spins, field, self._noise(spins, generator))
-            if check_finite:
-                _check_finite(n, self.dt, spins, new, None, "the new spins")
+            recording = n == start_step or (record_every and n % record_every == 0)
+            energy, field = self._forces(spins)
+            if stateless:
+                # noise of step n is a function of n: check the whole step once, then record
+                new = self._advance(spins, field, self._counter_noise(spins, seed, n))
+                if check_finite:
+                    _check_step(n, self.dt, energy, field, new)
+                if recording:
+                    record(n, spins, energy)
+            else:
+                # the record (and its callback) sees the generator before the step's noise
+                if check_finite:
+                    _check_step(n, self.dt, energy, field, None)
+                if recording:
+                    record(n, spins, energy)
+                new = self._advance(spins, field, self._noise(spins, generator))
+                if check_finite:
+                    _check_step(n, self.dt, None, None, new)
             spins = new
-        energy = self.energy_and_field(spins)[0]
+        energy = self._forces(spins)[0]
         if check_finite:
-            _check_finite(end, self.dt, spins, energy, None, "the provider's energy")
+            _check_step(end, self.dt, energy, None, None)
         record(end, spins, energy)
         return LLGRun(spins=spins, times=torch.tensor(times, dtype=torch.float64),
                       energies=torch.stack(energies) if energies else torch.empty(0),
@@ -455,9 +266,14 @@ class LLG:
         xi = torch.randn(spins.shape, generator=generator, dtype=spins.dtype, device=spins.device)
         return self.noise_strength * xi
 
+    def _counter_noise(self, spins, seed, step):
+        if self.temperature == 0:
+            return None
+        return self.noise_strength * gaussian(seed, step, spins.shape, spins.dtype, spins.device)
+
     def _step(self, spins, generator):
         """(new spins, energy of the input spins)."""
-        energy, field = self.energy_and_field(spins)
+        energy, field = self._forces(spins)
         return self._advance(spins, field, self._noise(spins, generator)), energy
 
     def _advance(self, spins, field, noise):
@@ -476,7 +292,7 @@ class LLG:
             b0 = b0 + noise
         f0 = self._velocity(s0, b0)
         s1 = _normalise(s0 + self.dt * f0)
-        _, b1 = self.energy_and_field(s1)
+        _, b1 = self._forces(s1)
         if noise is not None:
             b1 = b1 + noise
         f1 = self._velocity(s1, b1)
@@ -491,7 +307,7 @@ class LLG:
         for k in range(self.iterations):
             if k > 0:
                 s_eval = _normalise(s0 + s1)
-                _, b = self.energy_and_field(s_eval)
+                _, b = self._forces(s_eval)
             if noise is not None:
                 b = b + noise
             s1 = _cayley(s0, 0.5 * self.dt * self._rotation_vector(s_eval, b))
@@ -513,15 +329,22 @@ class DivergenceError(RuntimeError):
         self.time = time
 
 
-def _check_finite(step, dt, spins, values, field, what):
-    """Raise :class:`DivergenceError` naming ``step`` unless ``values`` (and ``field``) are finite."""
-    ok = torch.isfinite(values).all()
-    if field is not None:
-        ok = ok & torch.isfinite(field).all()
-    if bool(ok):  # one synchronisation per call on a GPU
+def _check_step(step, dt, energy, field, new):
+    """Raise :class:`DivergenceError` naming ``step`` unless the given tensors are all finite.
+
+    One reduction over everything given and one synchronisation; the message is worked out
+    only on failure."""
+    given = [t for t in (energy, field, new) if t is not None]
+    ok = torch.stack([torch.isfinite(t).all() for t in given]).all()
+    if bool(ok):  # the step's one host synchronisation
         return
-    hint = ("the provider failed on a finite configuration" if "provider" in what else
-            "the step diverged: a smaller dt (or a provider that stays finite) is needed")
+    if (energy is not None and not bool(torch.isfinite(energy).all())) or \
+            (field is not None and not bool(torch.isfinite(field).all())):
+        what = "the provider's energy or field" if field is not None else "the provider's energy"
+        hint = "the provider failed on a finite configuration"
+    else:
+        what = "the new spins"
+        hint = "the step diverged: a smaller dt (or a provider that stays finite) is needed"
     raise DivergenceError(f"LLG step {step} (t = {step * dt:g}): {what} contain NaN or inf; {hint}",
                           step=step, time=step * dt)
 
@@ -542,7 +365,12 @@ def _normalise(s):
     return s / s.norm(dim=-1, keepdim=True)
 
 
-def _prepare(spins) -> torch.Tensor:
+def prepare_spins(spins) -> torch.Tensor:
+    """Validate spins once (shape, finite unit vectors) and detach them: the start of a run.
+
+    Shapes:
+        spins: (N, 3) or (B, N, 3).
+    """
     spins = torch.as_tensor(spins)
-    _check_shape(spins)
+    check_shape(spins)
     return check_spins(spins.detach(), spins.shape[-2])

@@ -1,13 +1,8 @@
-"""Saving and loading models: JSON configuration + format version + state dict, never a pickled module.
+"""Loading models: the file layout of :mod:`klmgraph.nn.modelfile`, rebuilt by one builder.
 
-File layout (a ``torch.save`` of plain containers, read back with ``weights_only=True``)::
-
-    {"format": "klmgraph-model", "format_version": 1, "architecture": "ECNN",
-     "config": "<JSON: hyper-parameters, edge classes, lattice description, Hamiltonian>",
-     "dtype": "float32", "state_dict": {name: tensor}}
-
-:func:`build_model` is the one function that turns a configuration into a module; loading is
-build_model(config) + load_state_dict, so a file stays readable when classes move.
+:func:`build_network` is the one function that turns a configuration into a module; loading is
+build_network(config) + load_state_dict, so a file stays readable when classes move. Layering:
+io imports nn (the architectures, the writer and the graph check); nn never imports io.
 """
 from __future__ import annotations
 
@@ -16,72 +11,34 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_path
-
+from .nn.binding import check_graph
 from .nn.ecnn import ECNN
 from .nn.ifnn import IFNN
+from .nn.modelfile import FORMAT, FORMAT_VERSION, save_model
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "build_model", "save_model", "load_model", "check_graph"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "build_network", "build_model", "save_model", "load_model", "check_graph"]
 
-FORMAT = "klmgraph-model"
-FORMAT_VERSION = 1
 _ARCHITECTURES = {"ECNN": ECNN, "IFNN": IFNN}
-# description entries that may differ between a model and the graph it runs on
-_SIZE_KEYS = ("size", "periodic", "nodes", "edges")
 
 
-def build_model(config: dict, architecture: str = "ECNN") -> torch.nn.Module:
-    """Build an untrained model from its configuration (``model.config``)."""
+def build_network(config: dict, architecture: str = "ECNN") -> torch.nn.Module:
+    """Build an untrained network from its configuration (``model.config``).
+
+    IFNN files written before issue 16 name the lattice ``description`` in their configuration;
+    it is read as ``lattice``, the key of every architecture now.
+    """
     if architecture not in _ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(_ARCHITECTURES)}")
+    config = dict(config)
+    if "description" in config and "lattice" not in config:
+        config["lattice"] = config.pop("description")
     try:
         return _ARCHITECTURES[architecture](**config)
     except TypeError as exc:
         raise ValueError(f"invalid {architecture} configuration {config}: {exc}") from exc
 
 
-def save_model(model: torch.nn.Module, path) -> Path:
-    """Write ``model`` (an :class:`~klmgraph.ECNN` or IFNN) to ``path``; returns the path.
-
-    The file is written under a temporary name and renamed, so ``path`` always holds a
-    complete model, also when the writer is interrupted.
-    """
-    architecture = type(model).__name__
-    if architecture not in _ARCHITECTURES:
-        raise ValueError(f"cannot save a {architecture}; known architectures: {sorted(_ARCHITECTURES)}")
-    dtype = next(model.parameters()).dtype
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": architecture,
-        "config": json.dumps(model.config, sort_keys=True),
-        "dtype": str(dtype).removeprefix("torch."),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-    }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
-
-
-def _lattice_key(description: dict | None):
-    if description is None:
-        return None
-    return json.dumps({k: v for k, v in description.items() if k not in _SIZE_KEYS}, sort_keys=True)
-
-
-def check_graph(model, graph) -> None:
-    """Raise ValueError unless ``graph`` is the lattice (any size) with the classes ``model`` was built for."""
-    if model.num_classes is not None and graph.num_edge_types != model.num_classes:
-        raise ValueError(f"the model was built for {model.num_classes} neighbour classes, the graph has "
-                         f"{graph.num_edge_types}: {graph.edge_classes}")
-    if model.edge_classes is not None and list(graph.edge_classes) != list(model.edge_classes):
-        raise ValueError(f"the model was built for neighbour classes {model.edge_classes}, the graph has "
-                         f"{graph.edge_classes}")
-    mine, theirs = _lattice_key(model.lattice), _lattice_key(getattr(graph, "description", None))
-    if mine is not None and theirs is not None and mine != theirs:
-        raise ValueError(f"the model was built for the lattice {mine}, the graph is {theirs} "
-                         "(only the size may differ)")
+build_model = build_network  # its name before issue 16 (the CLI's ED builder is now cli.build_solver)
 
 
 def load_model(path, graph=None, map_location="cpu") -> torch.nn.Module:
@@ -116,7 +73,7 @@ def load_model(path, graph=None, map_location="cpu") -> torch.nn.Module:
         dtype = getattr(torch, payload.get("dtype", "float32"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{path}: corrupted model file header: {exc}") from exc
-    model = build_model(config, payload.get("architecture", "ECNN")).to(dtype)
+    model = build_network(config, payload.get("architecture", "ECNN")).to(dtype)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -411,16 +411,19 @@ def _site_keys(frac: np.ndarray, periodic_dims: np.ndarray, scale: float = 1e6) 
 
 
 def _fractional(graph: HoppingGraph, x: np.ndarray) -> np.ndarray:
-    cell = graph.cell.numpy().copy()
+    cell = graph.cell.detach().cpu().numpy().copy()  # set-up code: the graph may live on a GPU
     for k in range(3):  # absent dimensions: unit vector, coordinate passes through
         if not cell[k].any():
             cell[k, k] = 1.0
     return x @ np.linalg.inv(cell)
 
 
-def _match_sites(graph: HoppingGraph, x: np.ndarray, periodic_dims: np.ndarray) -> np.ndarray | None:
-    """Index of the site at each position in x (N, 3), or None if some position holds no site."""
-    keys = _site_keys(_fractional(graph, graph.pos.numpy()), periodic_dims)
+def match_sites(graph: HoppingGraph, x: np.ndarray, periodic_dims: np.ndarray) -> np.ndarray | None:
+    """Index of the site at each position in x (N, 3), or None if some position holds no site.
+
+    Set-up code (builds tables once per graph): reads the positions on the host, wherever the
+    graph lives."""
+    keys = _site_keys(_fractional(graph, graph.pos.detach().cpu().numpy()), periodic_dims)
     order = np.argsort(keys)
     target = _site_keys(_fractional(graph, x), periodic_dims)
     where = np.clip(np.searchsorted(keys[order], target), 0, len(keys) - 1)
@@ -432,11 +435,15 @@ def _match_sites(graph: HoppingGraph, x: np.ndarray, periodic_dims: np.ndarray) 
     return result if len(np.unique(result)) == len(result) else None
 
 
-def _periodic_dims(graph: HoppingGraph) -> np.ndarray:
+def periodic_dims(graph: HoppingGraph) -> np.ndarray:
+    """(3,) bool: which Cartesian supercell dimensions of ``graph`` are periodic."""
     periodic = np.zeros(3, dtype=bool)
     flags = graph.description.get("periodic", [])
     periodic[: len(flags)] = flags
     return periodic
+
+
+_match_sites, _periodic_dims = match_sites, periodic_dims  # the names before issue 16
 
 
 def site_permutation(graph: HoppingGraph, rotation=None, translation=None) -> torch.Tensor:
@@ -457,7 +464,7 @@ def site_permutation(graph: HoppingGraph, rotation=None, translation=None) -> to
     Raises:
         ValueError: if the operation does not map the sites onto themselves.
     """
-    pos = graph.pos.numpy()
+    pos = graph.pos.detach().cpu().numpy()
     rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=float)
     shift = np.zeros(3)
     if translation is not None:

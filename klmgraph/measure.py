@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .dynamics import as_provider
 from .checks import check_spins
+from .providers import as_provider
 from .graph import HoppingGraph
 
 __all__ = ["energy_per_site", "magnetization", "abs_mz", "elementary_triangles", "skyrmion_number",
-           "skyrmion_number_per_cell", "StructureFactor", "structure_factor", "magnetic_cell_sites",
+           "skyrmion_number_per_cell", "triangles_on", "solid_angle_sum", "StructureFactor", "structure_factor", "magnetic_cell_sites",
            "Locality", "locality"]
 
 
@@ -83,7 +83,20 @@ def elementary_triangles(graph: HoppingGraph) -> tuple[torch.Tensor, torch.Tenso
     Raises:
         ValueError: for a graph that is not a 2D lattice in the xy plane (e.g. from networkx).
     """
-    d = graph.description
+    tri, areas = _triangulation(json.dumps(graph.description, sort_keys=True))
+    return torch.from_numpy(tri.copy()), torch.from_numpy(areas.copy())
+
+
+def triangles_on(graph: HoppingGraph, device) -> torch.Tensor:
+    """:func:`elementary_triangles` (T, 3) of ``graph``, copied to ``device`` (keep it: a
+    caller that measures every step then does no host-to-device copy)."""
+    return elementary_triangles(graph)[0].to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _triangulation(key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Triangles and areas of a graph description (JSON): built once per lattice and size."""
+    d = json.loads(key)
     if "vectors" not in d or len(d["vectors"]) != 2:
         raise ValueError(f"skyrmion numbers need a 2D lattice graph built from a BravaisLattice; "
                          f"this one is {d.get('lattice', 'unknown')} with "
@@ -113,7 +126,9 @@ def elementary_triangles(graph: HoppingGraph) -> tuple[torch.Tensor, torch.Tenso
     areas = np.broadcast_to(motif["area"], keep.shape)[keep]
     if len(tri) and ((tri[:, 0] == tri[:, 1]) | (tri[:, 1] == tri[:, 2]) | (tri[:, 0] == tri[:, 2])).any():
         raise ValueError(f"the supercell {d['size']} is too small: a triangle wraps onto itself")
-    return torch.from_numpy(np.ascontiguousarray(tri)), torch.from_numpy(np.ascontiguousarray(areas))
+    tri, areas = np.ascontiguousarray(tri), np.ascontiguousarray(areas)
+    tri.flags.writeable = areas.flags.writeable = False  # cached: callers get copies
+    return tri, areas
 
 
 @functools.lru_cache(maxsize=32)
@@ -158,6 +173,15 @@ def _motif_triangles(key: str) -> dict:
         raise ValueError(f"triangulation failed: triangles cover {area.sum():.6g} of a unit cell "
                          f"of area {cell_area:.6g}")
     return {"sub": sub_of[triples], "cell": cell_of[triples], "area": area}
+
+
+def solid_angle_sum(spins: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
+    """4 pi n_sk: the sum of Berg-Luscher solid angles over ``triangles``, spins not checked.
+
+    Shapes:
+        spins: (..., N, 3), triangles: (T, 3) on the spins' device -> (...)
+    """
+    return _solid_angles(spins, triangles).sum(-1)
 
 
 def _solid_angles(spins: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:

@@ -4,14 +4,20 @@
 :class:`~klmgraph.TrajectoryWriter` as its callback, so there is one integrator loop and one
 writer. A run folder holds
 
-* ``trajectory.h5``: observables at every record, spins and the noise generator's state at
-  every snapshot (docs/file-formats.md);
+* ``trajectory.h5``: observables at every record and spins at every snapshot
+  (docs/file-formats.md);
 * ``summary.json``: the final observables (written last, under a temporary name first).
 
 Calling :func:`simulate` again with the same folder and settings continues from the last
-snapshot in ``trajectory.h5``; because the generator's state is stored with the snapshot and
-spins are stored in the run's precision, an interrupted and continued run ends in the same
-state as an uninterrupted one. Asking for more steps than a finished run holds extends it.
+snapshot in ``trajectory.h5``; because the noise is a function of (seed, step, site,
+component) (:mod:`klmgraph.noise`) and spins are stored in the run's precision, an interrupted
+and continued run ends in the same state as an uninterrupted one, also when it is continued on
+another device (to float64 rounding of the noise, bit for bit on the same device). Asking for
+more steps than a finished run holds extends it. Runs written by klmgraph before the
+counter-based noise (their files store a generator state) are refused with a message.
+
+Host synchronisation: the records are kept on the run's device and written to the file at
+every snapshot; with the default settings a step costs one synchronisation (the NaN check).
 A step whose energy, field or spins are NaN or infinite stops the run with
 :class:`~klmgraph.DivergenceError` naming the step; the file keeps everything before it.
 """
@@ -26,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dynamics import LLG, DivergenceError, _prepare
+from .dynamics import LLG, DivergenceError, prepare_spins
 from .files import atomic_path
 from .graph import HoppingGraph
 from .measure import magnetic_cell_sites, skyrmion_number
@@ -35,6 +41,7 @@ from .trajectory import TrajectoryWriter, read_trajectory
 __all__ = ["simulate", "SimulationResult", "TRAJECTORY", "SUMMARY"]
 
 TRAJECTORY = "trajectory.h5"
+NOISE = "philox4x32-10"  # klmgraph.noise; stored with a run so a resume uses the same stream
 SUMMARY = "summary.json"
 
 
@@ -96,10 +103,11 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
         spins: (N, 3) initial configuration; ignored when the folder holds a run to continue.
         steps: total number of steps of the run (counted from step 0, also when continuing).
         out: run folder (created if needed).
-        snapshot_every: store the spins (and the generator's state) every this many steps; the
+        snapshot_every: store the spins every this many steps; the
             final configuration is always stored. A continued run restarts at the last one.
         record_every: record the observables every this many steps (divides snapshot_every).
-        seed: seed of the thermal noise (a stream different from ``random_spins(seed=seed)``).
+        seed: seed of the thermal noise (a stream different from ``random_spins(seed=seed)``;
+            the same numbers on every device).
         cell_sites: sites per magnetic unit cell for ``skyrmion_number_per_cell`` (48 for the
             triangular model of DESIGN.md); "auto" derives it from the final structure factor
             with :func:`~klmgraph.magnetic_cell_sites` and falls back to the total n_sk (saying
@@ -133,19 +141,20 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
         raise ValueError(f"cell_sites must be a positive integer, 'auto' or None, got {cell_sites!r}")
     if isinstance(cell_sites, (int, np.integer)) and cell_sites <= 0:
         raise ValueError(f"cell_sites must be positive, got {cell_sites}")
-    spins = _prepare(spins)
+    spins = prepare_spins(spins)
     if spins.dim() != 2 or spins.shape[0] != graph.num_nodes:
         raise ValueError(f"simulate takes one configuration of shape ({graph.num_nodes}, 3), "
                          f"got {tuple(spins.shape)}")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / TRAJECTORY
-    generator = torch.Generator(device=spins.device).manual_seed(_noise_seed(seed))
     settings = {"seed": int(seed), "snapshot_every": snapshot_every, "record_every": record_every,
-                **(metadata or {})}
+                "noise": NOISE, **(metadata or {})}
+    if not overwrite and path.exists():
+        _refuse_generator_runs(path)
     writer = TrajectoryWriter(path, graph, llg, spins_every=snapshot_every // record_every,
                               metadata=settings, overwrite=overwrite, resume=not overwrite,
-                              dtype=_numpy_dtype(spins.dtype), generator=generator, final_step=steps)
+                              dtype=_numpy_dtype(spins.dtype), final_step=steps)
     start, resumed_from = 0, None
     last = writer.last_snapshot
     if last is not None:
@@ -155,8 +164,6 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
                              "ask for at least as many steps, or overwrite")
         start = resumed_from = last.step
         spins = last.spins.to(device=spins.device, dtype=spins.dtype)
-        if last.rng_state is not None:
-            generator.set_state(last.rng_state)
     callback = writer
     bar = None
     if progress and steps > start:
@@ -168,7 +175,7 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
             bar.update(n - bar.n)
     try:
         if steps > start:
-            run = llg.run(spins, steps - start, record_every=record_every, generator=generator,
+            run = llg.run(spins, steps - start, record_every=record_every, seed=_noise_seed(seed),
                           callback=callback, start_step=start)
             spins, energy = run.spins, run.energies[-1]
         else:  # a finished run: its final record was cut with the resume; write it again
@@ -191,6 +198,18 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
                         steps - start, time.perf_counter() - started)
     _write_json(folder / SUMMARY, result.summary())
     return result
+
+
+def _refuse_generator_runs(path: Path) -> None:
+    """Older runs drew their noise from a stored torch generator, whose state is specific to a
+    device and cannot continue the counter-based stream: say so instead of diverging silently."""
+    from .trajectory import stored_metadata
+    stored = stored_metadata(path)
+    if stored is not None and "noise" not in stored:
+        raise ValueError(f"{path} was written by an older klmgraph whose noise came from a stored torch "
+                         "generator state; it cannot be continued with the counter-based noise of this "
+                         "version (same seed, any device): read it with read_trajectory, and overwrite "
+                         "or choose another folder to run again")
 
 
 def _noise_seed(seed: int) -> int:

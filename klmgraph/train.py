@@ -104,6 +104,8 @@ class TrainingConfig:
         seed: seed of the initial weights, shuffling and augmentation (default 0).
         threads: torch CPU threads (default 0: torch's choice, one per core). On a machine that
             other jobs share, 1 is often several times faster than competing for every core.
+        deterministic: sums without atomic additions, so a run on a GPU is bit-identical when
+            repeated (ECNN on lattice graphs; refused with a message elsewhere). Default false.
     """
 
     out: str = "klmgraph-run"
@@ -115,6 +117,7 @@ class TrainingConfig:
     device: str = "cpu"
     seed: int = 0
     threads: int = 0
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,80 @@ def augment(items: list, generator: torch.Generator) -> list:
     return moved
 
 
+class StackedBatch:
+    """Configurations of one graph as stacked tensors: what a data set of one lattice needs.
+
+    Attributes:
+        spins, field: (B, N, 3); energy: (B,); num_graphs: B.
+    """
+
+    def __init__(self, spins, field, energy):
+        self.spins, self.field, self.energy = spins, field, energy
+        self.num_graphs = spins.shape[0]
+
+
+class StackedData:
+    """A :class:`~klmgraph.SpinDataset` on the training device, once: its tensors in the model's
+    dtype, the graph's neighbour table (``model.prepare``) and the inverse symmetry
+    permutations. A batch is then an index into device tensors: no PyG collation, no copy of
+    graph tensors and no neighbour table per step (a PyG Batch of B copies of one graph would
+    rebuild a B-times larger table every step, with several host synchronisations).
+
+    Args:
+        model: the ECNN or IFNN (``prepare(graph)``, ``energy(spins, prepared)``).
+        dataset: configurations on one graph.
+        dtype, device: of the model.
+        deterministic: a neighbour table without atomic sums (``model.prepare``).
+    """
+
+    def __init__(self, model, dataset: SpinDataset, dtype, device, deterministic: bool = False):
+        self.spins = dataset.spins.to(device=device, dtype=dtype)
+        self.field = dataset.field.to(device=device, dtype=dtype)
+        self.energy = dataset.energy.to(device=device, dtype=dtype)
+        self.num_sites = dataset.graph.num_nodes
+        self.prepared = (model.prepare(dataset.graph, deterministic=True) if deterministic
+                         else model.prepare(dataset.graph)).to(device)
+        perms = getattr(dataset.graph, "symmetry_perm", None)
+        self.num_symmetries = 0 if perms is None else len(perms)
+        if perms is not None:
+            # a rotation moves the spin of site n to perm[n]: new[perm[n]] = old[n], a gather
+            # new[m] = old[inverse[m]] (no scatter, so no atomics on a GPU)
+            inverse = torch.empty_like(perms)
+            inverse.scatter_(1, perms, torch.arange(perms.shape[1]).expand_as(perms))
+            self.inverse = inverse.to(device)
+
+    def batches(self, indices, batch_size, generator=None, augment_data=False):
+        """StackedBatch per ``batch_size`` indices; with ``augment_data`` each configuration gets
+        the rotation g drawn from ``generator`` (CPU) exactly as :func:`augment` draws it."""
+        indices = torch.as_tensor(indices)
+        on_device = indices.to(self.spins.device)
+        for start in range(0, len(indices), batch_size):
+            rows = on_device[start:start + batch_size]
+            spins, field, energy = self.spins[rows], self.field[rows], self.energy[rows]
+            if augment_data and self.num_symmetries:
+                g = torch.tensor([int(torch.randint(self.num_symmetries, (1,), generator=generator))
+                                  for _ in range(len(rows))])  # CPU draws, as augment() makes them
+                gather = self.inverse[g.to(self.inverse.device)][..., None].expand(-1, -1, 3)  # (B, N, 3)
+                spins, field = spins.gather(1, gather), field.gather(1, gather)
+            yield StackedBatch(spins, field, energy)
+
+
+def predict_stacked(model, prepared, batch: StackedBatch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energies (B,) and fields (B, N, 3) of configurations sharing one graph's table."""
+    spins = batch.spins.detach().requires_grad_(True)
+    with torch.enable_grad():
+        energy = model.energy(spins, prepared)
+        field = compute_field(energy, spins, training=training)
+    return energy, field
+
+
+def stacked_loss_terms(energy_pred, field_pred, batch: StackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`loss_terms` of a :class:`StackedBatch`. Shapes: (B,), (B, N, 3) -> two scalars."""
+    field_mse = ((field_pred - batch.field) ** 2).mean()
+    energy_mse = (((energy_pred - batch.energy) / batch.spins.shape[-2]) ** 2).mean()
+    return field_mse, energy_mse
+
+
 def _batches(dataset, indices, batch_size, dtype, device, generator=None, augment_data=False):
     for start in range(0, len(indices), batch_size):
         items = [dataset[int(i)] for i in indices[start:start + batch_size]]
@@ -290,14 +367,16 @@ def evaluate(model: torch.nn.Module, dataset: SpinDataset, batch_size: int = 4, 
     indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
     was_training = model.training
     model.eval()
+    stacked = StackedData(model, dataset, p.dtype, p.device)
     e_pred, b_pred = [], []
-    for batch in _batches(dataset, indices, batch_size, p.dtype, p.device):
-        energy, field = predict(model, batch, training=False)
-        e_pred.append(energy.detach().double().cpu())
-        b_pred.append(field.detach().double().cpu().reshape(batch.num_graphs, -1, 3))
+    for batch in stacked.batches(indices, batch_size):
+        energy, field = predict_stacked(model, stacked.prepared, batch, training=False)
+        e_pred.append(energy.detach())
+        b_pred.append(field.detach())
+    e_pred, b_pred = [torch.cat(x).double().cpu() for x in (e_pred, b_pred)]  # one copy each
     model.train(was_training)
     n = dataset.graph.num_nodes
-    energy_pred, field_pred = torch.cat(e_pred), torch.cat(b_pred)
+    energy_pred, field_pred = e_pred, b_pred
     energy_true, field_true = dataset.energy[indices].double(), dataset.field[indices].double()
     return {
         "rmse_field": float(((field_pred - field_true) ** 2).mean().sqrt()),
@@ -353,6 +432,7 @@ def _without_budget(resolved: dict) -> dict:
     budget = ("minutes",) if resolved["optimizer"]["schedule"] in ("cosine", "onecycle") else ("epochs", "minutes")
     budget = budget + ("threads",)
     training = {k: v for k, v in resolved["training"].items() if k not in budget}
+    training.setdefault("deterministic", False)  # checkpoints written before the setting
     return {**resolved, "training": training}
 
 
@@ -423,23 +503,26 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
     start_time = time.perf_counter() - state["elapsed"]
     bar = tqdm(total=t.epochs, initial=state["epoch"], desc="train", unit="epoch", disable=not progress)
     model.train()
+    # data, neighbour table and permutations on the device, once
+    stacked = StackedData(model, train_set, dtype, device, t.deterministic)
     while state["epoch"] < t.epochs and not stopped:
         epoch = state["epoch"] + 1
         generator = torch.Generator().manual_seed(t.seed * 100_003 + epoch)  # resumable: no carried state
         order = train_idx[torch.randperm(len(train_idx), generator=generator)]
-        total_loss, total_field, count = 0.0, 0.0, 0
-        for batch in _batches(train_set, order, t.batch_size, dtype, device, generator, config.data.augment):
-            energy, field_pred = predict(model, batch, training=True)
-            field_mse, energy_mse = loss_terms(energy, field_pred, batch)
+        # the sums stay on the device: one host synchronisation per epoch, not two per step
+        totals, count = torch.zeros(2, dtype=torch.float64, device=device), 0
+        for batch in stacked.batches(order, t.batch_size, generator, config.data.augment):
+            energy, field_pred = predict_stacked(model, stacked.prepared, batch, training=True)
+            field_mse, energy_mse = stacked_loss_terms(energy, field_pred, batch)
             loss = field_mse + t.energy_weight * energy_mse
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if config.optimizer.schedule == "onecycle":
                 scheduler.step()
-            total_loss += float(loss.detach()) * batch.num_graphs
-            total_field += float(field_mse.detach()) * batch.num_graphs
+            totals += torch.stack([loss.detach(), field_mse.detach()]).double() * batch.num_graphs
             count += batch.num_graphs
+        total_loss, total_field = totals.tolist()
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total_loss / count,
                "train_rmse_field": math.sqrt(total_field / count)}
         if len(val_idx):

@@ -22,6 +22,10 @@ File attributes: ``format`` ("klmgraph-trajectory"), ``format_version``, ``klmgr
 iterations as JSON), ``metadata`` (JSON of anything the user passes), and the commit counters
 ``num_records`` and ``num_snapshots``.
 
+Writing: the observables of every record are computed on the run's device and kept there; the
+writer copies them to the host and appends them to the file together, once per snapshot (and
+on ``flush``/``close``), so a step costs no host synchronisation and no HDF5 write.
+
 Consistency: the counters are advanced only after the data they count are flushed (at every
 snapshot and on closing), and readers ignore anything beyond them, so a run killed between
 two snapshots leaves a file that reads as the run up to its last commit. A writer opened with
@@ -36,16 +40,23 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from .graph import HoppingGraph
-from .measure import skyrmion_number
+from .measure import solid_angle_sum, triangles_on
 
-__all__ = ["TrajectoryWriter", "Trajectory", "Snapshot", "read_trajectory", "last_snapshot"]
+__all__ = ["TrajectoryWriter", "Trajectory", "Snapshot", "read_trajectory", "last_snapshot", "stored_metadata"]
 
 FORMAT = "klmgraph-trajectory"
+
+
+def _h5py():
+    # imported on first use: h5py is a quarter of klmgraph's own import time
+    import h5py
+
+    return h5py
+
 FORMAT_VERSION = 1
 
 
@@ -97,6 +108,8 @@ class TrajectoryWriter:
         self._settings = {"graph": json.dumps(graph.description, sort_keys=True),
                           "llg": json.dumps(_llg_settings(llg)), "metadata": json.dumps(metadata or {})}
         self._records = 0
+        self._pending = []  # records not yet in the file: (step, time, energy, magnetization, n_sk)
+        self._triangles = None  # (T, 3) on the spins' device, made at the first record
         self._since_snapshot = 0
         self._skip_snapshot_at = None
         self.last_snapshot: Snapshot | None = None
@@ -106,7 +119,7 @@ class TrajectoryWriter:
             self._file = _open(path, "r+")
             self._resume(path)
             return
-        self._file = h5py.File(path, "w" if overwrite else "w-")
+        self._file = _h5py().File(path, "w" if overwrite else "w-")
         attrs = self._file.attrs
         attrs["format"] = FORMAT
         attrs["format_version"] = FORMAT_VERSION
@@ -153,8 +166,28 @@ class TrajectoryWriter:
         self._records = records
         self._commit()
 
+    def _write_pending(self) -> None:
+        """Append the buffered records: one host copy and one write per dataset."""
+        if not self._pending:
+            return
+        steps, times, *observables = zip(*self._pending)
+        self._pending = []
+        sizes = [o[0].numel() for o in observables]
+        # one transfer for every record and observable: (records, sum of sizes) float64
+        flat = torch.stack([torch.cat([o.reshape(-1).double() for o in rec]) for rec in zip(*observables)])
+        flat = flat.cpu().numpy()
+        shapes = [tuple(o[0].shape) for o in observables]
+        self._extend("step", np.asarray(steps, dtype=np.int64), np.int64)
+        self._extend("time", np.asarray(times, dtype=np.float64), np.float64)
+        names = ["energy", "magnetization", "skyrmion_number"][:len(observables)]
+        offset = 0
+        for name, size, shape in zip(names, sizes, shapes):
+            self._extend(name, flat[:, offset:offset + size].reshape(len(steps), *shape), np.float64)
+            offset += size
+
     def _commit(self) -> None:
         """Flush the data, then advance the counters that make them valid."""
+        self._write_pending()
         self._file.flush()
         self._file.attrs["num_records"] = self._records
         self._file.attrs["num_snapshots"] = len(self._file["spins_step"]) if "spins_step" in self._file else 0
@@ -162,15 +195,21 @@ class TrajectoryWriter:
 
     def _append(self, name: str, value: np.ndarray, dtype) -> None:
         value = np.asarray(value, dtype=dtype)
+        self._extend(name, value[None], dtype)
+
+    def _extend(self, name: str, values: np.ndarray, dtype) -> None:
+        """Append the rows ``values`` (M, ...) to dataset ``name``: one resize and one write."""
+        values = np.asarray(values, dtype=dtype)
+        shape = values.shape[1:]
         if name not in self._file:
-            self._file.create_dataset(name, shape=(0, *value.shape), maxshape=(None, *value.shape),
-                                      dtype=dtype, chunks=(1, *value.shape) if value.size > 4096 else True)
+            self._file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
+                                      dtype=dtype, chunks=(1, *shape) if values[0].size > 4096 else True)
         ds = self._file[name]
-        if ds.shape[1:] != value.shape:
-            raise ValueError(f"record of {name} has shape {value.shape}; the file holds {ds.shape[1:]} "
+        if ds.shape[1:] != shape:
+            raise ValueError(f"record of {name} has shape {shape}; the file holds {ds.shape[1:]} "
                              "(one writer per configuration shape)")
-        ds.resize(ds.shape[0] + 1, axis=0)
-        ds[-1] = value
+        ds.resize(ds.shape[0] + len(values), axis=0)
+        ds[-len(values):] = values
 
     def __call__(self, step: int, spins: torch.Tensor, energy: torch.Tensor) -> None:
         """Write one record (the signature of :meth:`LLG.run`'s callback).
@@ -181,13 +220,17 @@ class TrajectoryWriter:
         if self._file is None:
             raise ValueError("the trajectory file is closed")
         spins = spins.detach()
-        self._append("step", int(step), np.int64)
-        self._append("time", self.start_time + step * self.llg.dt, np.float64)
-        self._append("energy", energy.detach().cpu().double().numpy(), np.float64)
-        self._append("magnetization", spins.mean(-2).cpu().double().numpy(), np.float64)
+        if self._pending and tuple(self._pending[0][3].shape) != tuple(spins.shape[:-2]) + (3,):
+            raise ValueError(f"record of spins of shape {tuple(spins.shape)} after records of "
+                             f"{tuple(self._pending[0][3].shape[:-1])} configurations (one writer per "
+                             "configuration shape)")
+        observables = [torch.as_tensor(energy).detach().to(spins.device), spins.mean(-2)]
         if self.skyrmions:
-            self._append("skyrmion_number", skyrmion_number(self.graph, spins).cpu().double().numpy(),
-                         np.float64)
+            # the spins come from the integrator, validated at its start: no per-record check
+            if self._triangles is None:
+                self._triangles = triangles_on(self.graph, spins.device)
+            observables.append(solid_angle_sum(spins, self._triangles) / (4 * math.pi))
+        self._pending.append((int(step), self.start_time + step * self.llg.dt, *observables))
         self._records += 1
         if self.spins_every and (self._since_snapshot % self.spins_every == 0 or step == self.final_step):
             if step != self._skip_snapshot_at:  # a resumed run starts on a stored snapshot
@@ -225,7 +268,7 @@ def _llg_settings(llg) -> dict:
 
 def _open(path, mode: str):
     try:
-        return h5py.File(path, mode)
+        return _h5py().File(path, mode)
     except OSError as err:
         raise ValueError(f"cannot open trajectory {path} ({err}); if it is damaged, overwrite it") from None
 
@@ -254,6 +297,17 @@ class Snapshot:
     step: int
     spins: torch.Tensor
     rng_state: torch.Tensor | None
+
+
+def stored_metadata(path) -> dict | None:
+    """The ``metadata`` attribute of a klmgraph trajectory (None if the file is not one)."""
+    try:
+        with _h5py().File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                return None
+            return json.loads(f.attrs.get("metadata", "{}"))
+    except (OSError, ValueError):
+        return None
 
 
 def last_snapshot(path) -> Snapshot | None:
@@ -304,7 +358,7 @@ def read_trajectory(path) -> Trajectory:
     Raises:
         ValueError: if the file is not a klmgraph trajectory or has a newer format version.
     """
-    with h5py.File(path, "r") as f:
+    with _h5py().File(path, "r") as f:
         if f.attrs.get("format") != FORMAT:
             raise ValueError(f"{path} is not a klmgraph trajectory (format attribute "
                              f"{f.attrs.get('format')!r})")

@@ -240,7 +240,6 @@ def test_cli_init_from_file_of_other_lattice(tmp_path, capsys):
 
 
 def _needs_model_import():
-    pytest.importorskip("klmgraph.compat", reason="the ecnn4klm import (branch ecnn) is not merged yet")
     if not (ECNN4KLM / "triangle_param.cpt").exists():
         pytest.skip(f"the published checkpoints are not at {ECNN4KLM}")
 

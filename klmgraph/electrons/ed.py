@@ -274,7 +274,12 @@ class ExactDiagonalization:
         Shapes:
             spins: (N, 3) or (B, N, 3) unit vectors -> E: () or (B,), B: spins' shape.
         """
-        spins = check_spins(spins, self.num_sites)
+        return self.energy_and_field_unchecked(check_spins(spins, self.num_sites))
+
+    @torch.no_grad()
+    def energy_and_field_unchecked(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`energy_and_field` for spins already validated (the integrator checks them once
+        per run; the checks would cost host synchronisations on every step)."""
         energy, field = self._solve(spins.reshape(-1, self.num_sites, 3))
         return (energy.reshape(spins.shape[:-2]).to(spins.dtype),
                 field.reshape(spins.shape).to(spins.dtype))

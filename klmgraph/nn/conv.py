@@ -35,6 +35,12 @@ from e3nn import o3
 __all__ = ["TypedNeighbours", "SpinConvolution", "IMPLEMENTATIONS", "filter_irreps"]
 
 IMPLEMENTATIONS = ("fast", "reference")
+_TABLE_TENSORS = ("table", "inverse", "src", "slot")
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> bool:
+    """Whether ``tensor`` is on ``device`` ("cuda" matches "cuda:0", as Tensor.to does)."""
+    return tensor.device.type == device.type and device.index in (None, tensor.device.index)
 
 
 def filter_irreps(filter_lmax: int) -> o3.Irreps:
@@ -55,13 +61,17 @@ class TypedNeighbours:
         edge_type: (E,) int64 neighbour classes in [0, num_classes).
         num_nodes: N.
         num_classes: K.
+        deterministic: every sum in forward and backward without atomic additions (bit-identical
+            reruns on a GPU): the gathers' backward is a gather too (on GPUs that is the default
+            already), and graphs whose sums would need a scatter-add are refused.
 
     Raises:
-        ValueError: on inconsistent shapes or out-of-range indices.
+        ValueError: on inconsistent shapes or out-of-range indices; with ``deterministic``, for
+            a graph with repeated (centre, class) pairs or a site read twice by one class.
     """
 
     def __init__(self, edge_index: torch.Tensor, edge_type: torch.Tensor, num_nodes: int,
-                 num_classes: int):
+                 num_classes: int, deterministic: bool = False):
         edge_index = torch.as_tensor(edge_index)
         edge_type = torch.as_tensor(edge_type)
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
@@ -102,13 +112,26 @@ class TypedNeighbours:
             self.complete = False
             self.table = self.inverse = None
             self.src, self.slot = src, slot
+        self.deterministic = bool(deterministic)
+        if self.deterministic:
+            if self.inverse is None:
+                raise ValueError("deterministic=True needs a graph where every site has at most one neighbour "
+                                 "per class and is read by at most one centre per class (any Bravais lattice); "
+                                 "the sums of this graph need a scatter-add, atomic on a GPU")
+            self.gather_backward = True
 
     def to(self, device) -> "TypedNeighbours":
-        for name in ("table", "inverse", "src", "slot"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device))
-        return self
+        """This table on ``device``: ``self`` if it is there already, else a copy (as
+        ``Tensor.to``; the IFNN's tables behave the same)."""
+        device = torch.device(device)
+        names = [name for name in _TABLE_TENSORS if getattr(self, name) is not None]
+        if all(_on(getattr(self, name), device) for name in names):
+            return self
+        moved = object.__new__(TypedNeighbours)
+        moved.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_plans"})
+        for name in names:
+            setattr(moved, name, getattr(self, name).to(device))
+        return moved
 
     def _rows(self, table: torch.Tensor, lead: int, m: int) -> torch.Tensor:
         """Rows of x viewed as (lead * N * m [+ 1 zero row], U) read by the gathered (lead, N, m, K)
@@ -141,6 +164,10 @@ class TypedNeighbours:
             cache[key] = (rows, inverse)
         return cache[key]
 
+    def _use_gather(self, x: torch.Tensor) -> bool:
+        # on GPUs a gather-based backward avoids atomics; on CPU index_add is as fast
+        return x.device.type != "cpu" if self.gather_backward is None else self.gather_backward
+
     def aggregate_components(self, x: torch.Tensor) -> torch.Tensor:
         """Per-component typed aggregation, laid out as the operand of a channel-mixing matmul.
 
@@ -153,8 +180,7 @@ class TypedNeighbours:
         rows = x.reshape(lead * n * m, u)
         if self.table is not None:
             index, inverse = self._gather_plan(lead, m, x.device)
-            use_gather = x.is_cuda if self.gather_backward is None else self.gather_backward
-            if inverse is not None and use_gather:
+            if inverse is not None and self._use_gather(x):
                 # on GPUs a gather-based backward avoids atomics; on CPU index_add is as fast
                 out = _Gather.apply(rows, index, 1, inverse, k)
             else:
@@ -176,6 +202,9 @@ class TypedNeighbours:
         if x.shape[-2] != n:
             raise ValueError(f"features hold {x.shape[-2]} sites, the neighbour table {n}")
         lead = x.shape[:-2]
+        if self.table is not None and self.inverse is not None and self._use_gather(x):
+            # the same gather as one component of width D: its backward is a gather, not index_add
+            return self.aggregate_components(x.unsqueeze(-2)).view(*lead, n, k, x.shape[-1])
         if self.table is not None:
             if not self.complete:
                 x = torch.nn.functional.pad(x, (0, 0, 0, 1))  # the zero row N
@@ -318,8 +347,8 @@ class SpinConvolution(nn.Module):
             self.register_buffer(f"_index_{a}", index.reshape(self.num_classes * mul_a, q), persistent=False)
             self.register_buffer(f"_coef_{a}", coef, persistent=False)
             self._paths.append(described)
-        # Clebsch-Gordan tensors (2li+1, 2lf+1, 2lo+1) of every path, float64 until used
-        self._cg, self._cg_cache = {}, {}
+        # Clebsch-Gordan tensors (2li+1, 2lf+1, 2lo+1) of every path, float64
+        self._cg = {}
         # filter components j that reach output irrep c through some path
         self._cg_used = [set() for _ in self.irreps_out]
         f_slices = self.filter_irreps.slices()
@@ -329,6 +358,10 @@ class SpinConvolution(nn.Module):
             key = (self.irreps_in[a].ir.l, self.filter_irreps[b].ir.l, self.irreps_out[c].ir.l)
             if key not in self._cg:
                 self._cg[key] = o3.wigner_3j(*key, dtype=torch.float64)
+        # per output irrep the (I_c, J * (2lo+1)) product table of _forward_fast: non-persistent
+        # buffers, so they follow .to() / .double() like the weight and stay out of the state dict
+        for c in range(len(self.irreps_out)):
+            self.register_buffer(f"_cg_matrix_{c}", self._build_cg_matrix(c), persistent=False)
 
     def mixing_matrices(self) -> list[torch.Tensor]:
         """Per input irrep a, the (K * mul_a, Q_a) channel-mixing matrix (views of ``weight``
@@ -350,6 +383,14 @@ class SpinConvolution(nn.Module):
         if self.implementation == "reference":
             return self._forward_reference(x, filt, neighbours)
         return self._forward_fast(x, filt, neighbours)
+
+    def _apply(self, fn, *args, **kwargs):
+        # the lazily built reference TensorProduct is a plain attribute (the state dict stays the
+        # same for both paths), so it is moved here: it follows .to() / .double() like a buffer
+        super()._apply(fn, *args, **kwargs)
+        if getattr(self, "_reference", None) is not None:
+            self._reference[0]._apply(fn, *args, **kwargs)
+        return self
 
     def _reference_tp(self, dtype, device) -> o3.TensorProduct:
         if self._reference is None:
@@ -414,20 +455,22 @@ class SpinConvolution(nn.Module):
         return out.expand(*lead, n, self.irreps_out.dim) if out.shape[:-2] != lead else out
 
     def _cg_matrix(self, c: int, dtype, device) -> torch.Tensor:
-        """(I_c, J * (2lo+1)) Clebsch-Gordan coefficients: rows (path into output irrep c, i) in
-        the order of ``_forward_fast``, columns (filter component j, k)."""
-        key = (c, dtype, str(device))
-        if key not in self._cg_cache:
-            lo_dim = self.irreps_out[c].ir.dim
-            f_offsets = [s.start for s in self.filter_irreps.slices()]
-            blocks = []
-            for a, (_, ir_a) in enumerate(self.irreps_in):
-                for b, cc, _ in self._paths[a]:
-                    if cc == c:
-                        lf = self.filter_irreps[b].ir.l
-                        cg = self._cg[(ir_a.l, lf, self.irreps_out[c].ir.l)]  # (i, j_b, k)
-                        block = torch.zeros(ir_a.dim, self.filter_irreps.dim, lo_dim, dtype=torch.float64)
-                        block[:, f_offsets[b]:f_offsets[b] + 2 * lf + 1] = cg
-                        blocks.append(block)
-            self._cg_cache[key] = torch.cat(blocks).flatten(1).to(dtype=dtype, device=device)
-        return self._cg_cache[key]
+        """The buffer of :meth:`_build_cg_matrix` in the features' dtype (a no-op when the
+        module was cast with the features, as it is in every model)."""
+        return getattr(self, f"_cg_matrix_{c}").to(dtype=dtype, device=device)
+
+    def _build_cg_matrix(self, c: int) -> torch.Tensor:
+        """(I_c, J * (2lo+1)) Clebsch-Gordan coefficients, float64: rows (path into output irrep
+        c, i) in the order of ``_forward_fast``, columns (filter component j, k)."""
+        lo_dim = self.irreps_out[c].ir.dim
+        f_offsets = [s.start for s in self.filter_irreps.slices()]
+        blocks = []
+        for a, (_, ir_a) in enumerate(self.irreps_in):
+            for b, cc, _ in self._paths[a]:
+                if cc == c:
+                    lf = self.filter_irreps[b].ir.l
+                    cg = self._cg[(ir_a.l, lf, self.irreps_out[c].ir.l)]  # (i, j_b, k)
+                    block = torch.zeros(ir_a.dim, self.filter_irreps.dim, lo_dim, dtype=torch.float64)
+                    block[:, f_offsets[b]:f_offsets[b] + 2 * lf + 1] = cg
+                    blocks.append(block)
+        return torch.cat(blocks).flatten(1)

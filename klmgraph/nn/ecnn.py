@@ -15,17 +15,16 @@ for training), or (b) through :meth:`ECNN.bind`, which returns a force provider
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
 from torch import nn
 from e3nn import o3
 
-from ..checks import check_spins
+from .binding import BoundModel
 from .blocks import InteractionBlock, OutputBlock
 from .conv import IMPLEMENTATIONS, SpinConvolution, TypedNeighbours, filter_irreps
-from .forces import compute_field
+from .modelfile import save_model
 
 __all__ = ["ECNN", "BoundModel"]
 
@@ -110,7 +109,7 @@ class ECNN(nn.Module):
 
     @property
     def config(self) -> dict:
-        """Everything :func:`klmgraph.io.build_model` needs (JSON-able), weights excluded."""
+        """Everything :func:`klmgraph.io.build_network` needs (JSON-able), weights excluded."""
         return {**self.hparams, "edge_classes": self.edge_classes, "lattice": self.lattice,
                 "hamiltonian": self.hamiltonian}
 
@@ -126,13 +125,16 @@ class ECNN(nn.Module):
                 m.implementation = value
 
     # ------------------------------------------------------------------ evaluation
-    def neighbours(self, edge_index: torch.Tensor, edge_type: torch.Tensor, num_nodes: int) -> TypedNeighbours:
+    def neighbours(self, edge_index: torch.Tensor, edge_type: torch.Tensor, num_nodes: int,
+                   deterministic: bool = False) -> TypedNeighbours:
         """Typed neighbour table of a graph (or a batch of graphs) for this model."""
-        return TypedNeighbours(edge_index, edge_type, num_nodes, self.num_classes)
+        return TypedNeighbours(edge_index, edge_type, num_nodes, self.num_classes, deterministic)
 
-    def prepare(self, graph) -> TypedNeighbours:
-        """What :meth:`energy` needs of ``graph``: its typed neighbour table."""
-        return self.neighbours(graph.edge_index, graph.edge_type, graph.num_nodes)
+    def prepare(self, graph, deterministic: bool = False) -> TypedNeighbours:
+        """What :meth:`energy` needs of ``graph``: its typed neighbour table (built on the host
+        once per graph: it inspects the edges). ``deterministic``: sums without atomic
+        additions, for bit-identical reruns on a GPU (see :class:`TypedNeighbours`)."""
+        return self.neighbours(graph.edge_index, graph.edge_type, graph.num_nodes, deterministic)
 
     def site_energies(self, spins: torch.Tensor, neighbours: TypedNeighbours) -> torch.Tensor:
         """Site energies e_r of configurations on one graph (or one PyG batch).
@@ -179,79 +181,9 @@ class ECNN(nn.Module):
 
     def save(self, path):
         """Write configuration (JSON) and weights (state dict); read back with :func:`klmgraph.load_model`."""
-        from ..io import save_model  # io imports this module
         return save_model(self, path)
 
-    def bind(self, graph) -> "BoundModel":
-        """A force provider ``energy_and_field(spins)`` of this model on ``graph``."""
-        return BoundModel(self, graph)
-
-
-@contextlib.contextmanager
-def _frozen(model: nn.Module):
-    """Parameters not requiring grad for the duration: autograd then keeps only what dB/dS
-    needs (e.g. not the gathered neighbour features that dE/dW would need), which roughly
-    halves the memory of an energy + field evaluation. Flags are restored afterwards."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
-class BoundModel:
-    """A model applied to one graph: the force-provider protocol of ExactDiagonalization.
-
-    The neighbour table is built once here. Computation happens in the model's dtype and
-    device; results come back in the spins' dtype and device. During a call the weights are
-    frozen (requires_grad off, restored afterwards) so that autograd keeps only what dB/dS
-    needs; do not train the same model from another thread at the same time.
-
-    Args:
-        model: an :class:`ECNN` or :class:`~klmgraph.nn.IFNN` (any module with ``num_classes``,
-            ``prepare(graph)`` and ``energy(spins, prepared)``).
-        graph: the hopping graph; its number of classes must match the model's, and so must
-            the class names when the model knows them.
-
-    Raises:
-        ValueError: if the graph's neighbour classes do not match the model's.
-    """
-
-    def __init__(self, model: ECNN, graph):
-        from ..io import check_graph  # io imports this module
-
-        check_graph(model, graph)
-        self.model = model
-        self.graph = graph
-        self.num_sites = graph.num_nodes
-        self._neighbours = model.prepare(graph)
-
-    def _reference_param(self) -> torch.Tensor:
-        return next(self.model.parameters())
-
-    def energy(self, spins: torch.Tensor) -> torch.Tensor:
-        """Energy without the field (no autograd graph). Shapes: (N, 3) or (B, N, 3) -> () or (B,)."""
-        spins = check_spins(spins, self.num_sites)
-        p = self._reference_param()
-        with torch.no_grad():
-            return self.model.energy(spins.to(p), self._neighbours.to(p.device)).to(spins)
-
-    def energy_and_field(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Energy and effective field B = -dE/dS.
-
-        Shapes:
-            spins: (N, 3) or (B, N, 3) unit vectors -> E: () or (B,), B: spins' shape.
-        """
-        spins = check_spins(spins, self.num_sites)
-        p = self._reference_param()
-        s = spins.detach().to(p).requires_grad_(True)
-        with torch.enable_grad(), _frozen(self.model):
-            energy = self.model.energy(s, self._neighbours.to(p.device))
-            field = compute_field(energy, s, training=False)
-        return energy.detach().to(spins), field.detach().to(spins)
-
-    def __call__(self, spins):
-        return self.energy_and_field(spins)
+    def bind(self, graph, deterministic: bool = False) -> "BoundModel":
+        """A force provider ``energy_and_field(spins)`` of this model on ``graph``
+        (``deterministic``: no atomic additions, bit-identical reruns on a GPU)."""
+        return BoundModel(self, graph, deterministic)

@@ -23,6 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..lattice import lattice_from_description, match_sites, periodic_dims
+from .binding import BoundModel, check_graph
+from .modelfile import save_model
+
 __all__ = ["IFNN", "ifnn_descriptor_geometry"]
 
 
@@ -47,8 +51,6 @@ def ifnn_descriptor_geometry(description: dict, cutoff: float, triangle_cutoff: 
         counter-clockwise), and the bond classes: ``displacements`` (D_b, 3) of the bonds that
         start on this sublattice, and for each pair ``bond_first`` (P,) and ``bond_class`` (P,).
     """
-    from ..lattice import lattice_from_description
-
     lattice = lattice_from_description(description)
     vectors = np.pad(np.asarray(lattice.vectors), ((0, 0), (0, 3 - len(lattice.vectors[0]))))
     basis = np.pad(np.asarray(lattice.basis), ((0, 0), (0, 3 - len(lattice.basis[0]))))
@@ -122,17 +124,31 @@ class _NeighbourTables:
     def __init__(self, sites: list[torch.Tensor], neighbourhoods: list[torch.Tensor], partners: list[torch.Tensor]):
         self.sites, self.neighbourhoods, self.partners = sites, neighbourhoods, partners
         self.bond_slots = max(p.shape[1] for p in partners)
+        self._copies = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.sites[0].device
 
     def to(self, device) -> "_NeighbourTables":
-        return _NeighbourTables(*[[t.to(device) for t in tables]
-                                  for tables in (self.sites, self.neighbourhoods, self.partners)])
+        """These tables on ``device``: ``self`` if they are there already, else a copy (as
+        ``Tensor.to`` and :meth:`TypedNeighbours.to`), made once per device and kept."""
+        device = torch.device(device)
+        if self.device.type == device.type and device.index in (None, self.device.index):
+            return self
+        key = str(device)
+        if key not in self._copies:
+            self._copies[key] = _NeighbourTables(*[[t.to(device) for t in tables]
+                                                   for tables in (self.sites, self.neighbourhoods, self.partners)])
+        return self._copies[key]
 
 
 class IFNN(nn.Module):
     """Invariant-descriptor MLP for site energies (the baseline of Miyazaki 2023, Table 1).
 
     Args:
-        description: lattice description (``graph.description``) of a periodic Bravais lattice.
+        lattice: lattice description (``graph.description``) of a periodic Bravais lattice
+            (the key ECNN uses too; ``description``, its name before, is still accepted).
         cutoff: neighbourhood radius (Zhang and Chern: sqrt(26) lattice constants on the square lattice).
         triangle_cutoff: longest side of a chirality triangle (default: sqrt(2) nearest-neighbour
             distances, i.e. the half plaquettes of the square lattice).
@@ -148,11 +164,14 @@ class IFNN(nn.Module):
         energy: spins (..., N, 3) -> (...); forward(data): data.spins (N_total, 3) -> (num_graphs,)
     """
 
-    def __init__(self, description: dict, cutoff: float = math.sqrt(26), triangle_cutoff: float | None = None,
+    def __init__(self, lattice: dict | None = None, cutoff: float = math.sqrt(26), triangle_cutoff: float | None = None,
                  hidden: Sequence[int] = (1024, 512, 256, 128, 64), num_classes: int | None = None,
                  edge_classes: Sequence[str] | None = None, hamiltonian: dict | None = None,
-                 bonds: str | float = "all"):
+                 bonds: str | float = "all", description: dict | None = None):
         super().__init__()
+        if (lattice is None) == (description is None):
+            raise ValueError("give the lattice description as lattice= (description= is its old name), once")
+        description = lattice if lattice is not None else description
         num_basis = _sublattices(description)
         if bonds not in ("all", "centre") and not (isinstance(bonds, (int, float)) and not isinstance(bonds, bool)
                                                     and 0 <= bonds <= cutoff):
@@ -164,8 +183,6 @@ class IFNN(nn.Module):
         if not hidden or min(hidden) < 1:
             raise ValueError(f"hidden widths must be positive, got {hidden}")
         if triangle_cutoff is None:
-            from ..lattice import lattice_from_description
-
             lattice = lattice_from_description(description)
             nn_distance = min(float(np.linalg.norm(np.asarray(h.offset) @ np.asarray(lattice.vectors)
                                                    + np.asarray(lattice.basis[h.j]) - np.asarray(lattice.basis[h.i])))
@@ -201,43 +218,45 @@ class IFNN(nn.Module):
 
     @property
     def config(self) -> dict:
-        return {**self.hparams, "description": self.lattice, "num_classes": self.num_classes,
+        return {**self.hparams, "lattice": self.lattice, "num_classes": self.num_classes,
                 "edge_classes": self.edge_classes, "hamiltonian": self.hamiltonian}
 
     def save(self, path):
         """Write configuration (JSON) and weights; read back with :func:`klmgraph.load_model`."""
-        from ..io import save_model
-
         return save_model(self, path)
 
-    def bind(self, graph):
+    def bind(self, graph, deterministic: bool = False):
         """A force provider ``energy_and_field(spins)`` of this model on ``graph``."""
-        from .ecnn import BoundModel
-
-        return BoundModel(self, graph)
+        return BoundModel(self, graph, deterministic)
 
     @property
     def num_descriptors(self) -> list[int]:
         return [len(g["pairs"]) + len(g["triangles"]) for g in self.geometry]
 
-    def prepare(self, graph) -> _NeighbourTables:
-        """Neighbourhood index tables of ``graph`` (a lattice of this model's kind, any size)."""
-        from ..lattice import _match_sites, _periodic_dims
+    def prepare(self, graph, deterministic: bool = False) -> _NeighbourTables:
+        """Neighbourhood index tables of ``graph`` (a lattice of this model's kind, any size),
+        on the graph's device.
 
-        from ..io import check_graph
-
+        Set-up code, run once per graph (the tables are kept per lattice and size, and
+        :meth:`_NeighbourTables.to` keeps one copy per device): the geometry is matched on the
+        host wherever the graph lives.
+        """
+        if deterministic:
+            # the backward of its descriptor gathers is an index_put with accumulation (atomic on
+            # a GPU); a gather-based backward as the ECNN's is not written yet
+            raise ValueError("the IFNN has no deterministic path yet: use the ECNN, or deterministic=False")
         # the description's JSON names lattice and size; checking and building happen once per graph
         key = (graph.num_nodes, graph.description_json)
         if key not in self._tables:
             check_graph(self, graph)
-            pos = graph.pos.numpy()
-            periodic = _periodic_dims(graph)
+            pos = graph.pos.detach().cpu().numpy()
+            periodic = periodic_dims(graph)
             too_small = f"the lattice {graph.describe()} is too small for the IFNN cutoff {self.hparams['cutoff']:.3g}"
 
             def sites_at(members, displacements):
                 table = np.zeros((len(members), len(displacements)), dtype=np.int64)
                 for column, offset in enumerate(displacements):
-                    found = _match_sites(graph, pos[members] + offset, periodic)
+                    found = match_sites(graph, pos[members] + offset, periodic)
                     if found is None:
                         raise ValueError(too_small)
                     table[:, column] = found
@@ -253,7 +272,7 @@ class IFNN(nn.Module):
                 neighbourhoods.append(torch.as_tensor(table))
                 partners.append(torch.as_tensor(sites_at(members, geo["displacements"])))
             self._tables[key] = _NeighbourTables(sites, neighbourhoods, partners)
-        return self._tables[key]
+        return self._tables[key].to(graph.pos.device)
 
     def bond_table(self, spins: torch.Tensor, tables: _NeighbourTables) -> torch.Tensor:
         """S_u . S_v of every site u and each bond class starting on its sublattice.
