@@ -1,0 +1,375 @@
+"""Kernel polynomial method (KPM) for the Kondo lattice model on a hopping graph: O(N) energies
+and fields.
+
+The energy of every ensemble of :class:`~klmgraph.ExactDiagonalization` is a trace,
+E = Tr F(H) (+ mu N_e in the canonical ensemble), of the energy function F measured from the
+chemical potential (module :mod:`~klmgraph.electrons.chebyshev`). KPM expands F in Chebyshev
+polynomials of the rescaled Hamiltonian X = (H - centre) / scale with Jackson damping, and
+estimates the trace with distance-coloured probe vectors (module
+:mod:`~klmgraph.electrons.probing`):
+
+    E = sum_n a_n mu_n,   mu_n = sum_r Re r^dagger T_n(X) r,   a_n = g_n c_n.
+
+The field B_r = -dE/dS_r is the exact gradient of this estimate ("gradient-based probing",
+Wang, Chern, Batista and Barros, J. Chem. Phys. 148, 094107 (2018)): a second Chebyshev-like
+recursion runs backwards, g_n = a_n r + 2 X g_{n+1} - g_{n+2}, alongside the forward vectors
+v_n = T_n(X) r recomputed backwards from the last two (the recursion is reversible, so no
+vector is stored), and
+
+    dE = Re [ g_1^dagger dX v_0 + 2 sum_{n >= 1} g_{n+1}^dagger dX v_n ],
+
+with dX = -(J / 2 scale) dS_r . sigma on site r. The field is therefore exactly minus the
+derivative of KPM's own energy (finite differences agree to rounding), and it converges to
+ED's as the order and the probing distance grow.
+
+Cost per configuration: 3 M sparse products of X with the 2 C probe vectors (C colours),
+i.e. O(M C N), linear in the number of sites N.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..checks import check_spins
+from ..graph import HoppingGraph
+from .chebyshev import (chebyshev_nodes, grand_potential_coefficients, jackson_kernel,
+                        quadrature_coefficients, step_coefficients)
+from .kondo import Ensemble
+from .probing import distance_colouring
+
+__all__ = ["KPM", "hopping_bounds"]
+
+
+def hopping_bounds(graph: HoppingGraph, steps: int = 100, seed: int = 0) -> tuple[float, float]:
+    """Lower and upper estimates of the spectrum of the hopping matrix -T, by Lanczos.
+
+    Extremal Ritz values converge from inside; each is widened by its residual norm
+    |beta_k y_k|, which bounds its distance to an eigenvalue.
+
+    Args:
+        graph: the hopping graph.
+        steps: Lanczos steps (at most N; full re-orthogonalisation).
+        seed: seed of the start vector.
+    """
+    n = graph.num_nodes
+    a = -graph.hopping_matrix().to(torch.complex128).to_sparse_csr()
+    steps = min(steps, n)
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, dtype=torch.float64, generator=gen).to(torch.complex128)
+    basis = [q / q.norm()]
+    alpha, beta = [], []
+    for k in range(steps):
+        w = (a @ basis[k][:, None])[:, 0]
+        alpha.append(float(torch.vdot(basis[k], w).real))
+        stacked = torch.stack(basis, dim=1)  # (N, k + 1)
+        for _ in range(2):  # twice is enough to keep the basis orthogonal
+            w = w - stacked @ (stacked.conj().T @ w)
+        b = float(w.norm())
+        if k == steps - 1 or b < 1e-10:
+            beta.append(b)
+            break
+        beta.append(b)
+        basis.append(w / b)
+    m = len(alpha)
+    tri = torch.diag(torch.tensor(alpha, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(beta[:-1], dtype=torch.float64)
+        tri += torch.diag(off, 1) + torch.diag(off, -1)
+    ritz, vectors = torch.linalg.eigh(tri)
+    residual = beta[-1] * vectors[-1].abs()
+    return float(ritz[0] - residual[0]), float(ritz[-1] + residual[-1])
+
+
+class KPM:
+    """Kernel-polynomial estimate of the electronic energy and effective field, O(N).
+
+    Args:
+        graph: the hopping graph (any: Bravais lattice, open boundaries, networkx; complex
+            hoppings allowed).
+        J: Kondo coupling; the on-site term is -(J/2) S . sigma.
+        filling: electrons per orbital, 0 < n < 1 (canonical: N_e = round(2 N n)).
+        mu: chemical potential (grand canonical). Give exactly one of filling and mu.
+        temperature: electronic temperature T >= 0 (Fermi function; T = 0 is the step).
+        order: number of Chebyshev moments M >= 2 (energy resolution ~ pi * scale / M).
+        probe_distance: sites sharing a probe vector are at least this many hops apart on the
+            hopping graph (2 probes, one per spin, for every colour).
+        random_phases: give each site a fixed random phase in its probe (drawn once from
+            ``seed``): the probing error then averages out instead of adding up.
+        bounds: (lower, upper) bounds of the spectrum of H (minus mu in the grand canonical
+            ensemble); default: Lanczos on the hopping matrix, +-|J|/2, widened by ``margin``.
+        margin: fraction of the spectral width added on each side of automatic bounds.
+        seed: seed of the Lanczos start vector and the random phases.
+        probe_chunk: probe vectors propagated together (default all): bounds the memory.
+
+    Example::
+
+        graph = klmgraph.triangular(24, 24, t1=1.0, t3=-0.85)
+        kpm = klmgraph.KPM(graph, J=-1.0, mu=-3.5)
+        energy, field = kpm.energy_and_field(klmgraph.random_spins(graph, seed=0))
+
+    Raises:
+        ValueError: for order < 2, probe_distance < 1, non-finite or empty bounds, and
+            (from :class:`~klmgraph.electrons.kondo.Ensemble`) bad ensemble parameters.
+    """
+
+    def __init__(self, graph: HoppingGraph, J: float, filling: float | None = None,
+                 mu: float | None = None, temperature: float = 0.0, order: int = 1024,
+                 probe_distance: int = 8, random_phases: bool = True,
+                 bounds: tuple[float, float] | None = None, margin: float = 0.01, seed: int = 0,
+                 probe_chunk: int | None = None):
+        self.ensemble = Ensemble(J, filling=filling, mu=mu, temperature=temperature)
+        self.num_electrons = self.ensemble.num_electrons(graph.num_nodes)
+        self.graph = graph
+        self.J = self.ensemble.J
+        self.filling = self.ensemble.filling
+        self.mu = self.ensemble.mu
+        self.temperature = self.ensemble.temperature
+        if int(order) != order or order < 2:
+            raise ValueError(f"order (number of Chebyshev moments) must be an integer >= 2, got {order}")
+        if probe_chunk is not None and (int(probe_chunk) != probe_chunk or probe_chunk < 1):
+            raise ValueError(f"probe_chunk must be an integer >= 1, got {probe_chunk}")
+        if not (math.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin must be a finite fraction >= 0, got {margin}")
+        self.order = int(order)
+        self.probe_distance = int(probe_distance)
+        self.random_phases = bool(random_phases)
+        self.seed = int(seed)
+        self.probe_chunk = probe_chunk
+
+        n = graph.num_nodes
+        self.colours = distance_colouring(graph.edge_index, n, self.probe_distance)  # (N,)
+        self.num_colours = int(self.colours.max()) + 1
+        self.num_probes = 2 * self.num_colours
+        if self.random_phases:
+            gen = torch.Generator().manual_seed(self.seed)
+            self._phases = torch.exp(2j * math.pi * torch.rand(n, dtype=torch.float64, generator=gen))
+        else:
+            self._phases = torch.ones(n, dtype=torch.complex128)
+
+        # H = -T (x) 1 + V(S) - mu0; the on-site part V has eigenvalues +-J/2 on every site
+        self._mu0 = self.mu if self.mu is not None else 0.0
+        if bounds is None:
+            lower, upper = hopping_bounds(graph, seed=self.seed)
+            lower, upper = lower - abs(self.J) / 2 - self._mu0, upper + abs(self.J) / 2 - self._mu0
+            pad = margin * (upper - lower)
+            bounds = (lower - pad, upper + pad)
+        try:
+            lower, upper = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds must be two numbers (lower, upper), got {bounds!r}") from None
+        if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
+            raise ValueError(f"bounds must be finite with lower < upper, got {bounds!r}")
+        self.bounds = (lower, upper)
+        self.scale = (upper - lower) / 2
+        self.centre = (upper + lower) / 2
+        self._operators = {}
+
+    @property
+    def num_sites(self) -> int:
+        return self.graph.num_nodes
+
+    def parameters(self) -> dict:
+        """The solver's and the Hamiltonian's parameters as a JSON-able dict."""
+        return {"solver": "kpm", "order": self.order, "kernel": "jackson",
+                "probe_distance": self.probe_distance, "num_probes": self.num_probes,
+                "random_phases": self.random_phases, "seed": self.seed, "bounds": list(self.bounds),
+                "J": self.J, "filling": self.filling, "mu": self.mu,
+                "temperature": self.temperature, "num_electrons": self.num_electrons}
+
+    # ---------------------------------------------------------------- the operator X
+    def _operator(self, device):
+        """The scaled hopping part -T / scale as a sparse CSR matrix and the probe layout."""
+        key = str(device)
+        if key not in self._operators:
+            t = -self.graph.hopping_matrix(device) / self.scale
+            real = not torch.is_complex(t)
+            hop = t.to_sparse_csr()
+            probe = (2 * self.colours[:, None] + torch.arange(2)[None, :]).to(device)  # (N, 2)
+            self._operators = {key: (hop, real, probe, self._phases.to(device))}
+        return self._operators[key]
+
+    def _onsite(self, spins: torch.Tensor) -> torch.Tensor:
+        """Scaled on-site blocks (V - mu0 - centre) / scale of (B, N, 3) spins -> (N, 2, 2, B, 1)."""
+        s = spins.to(torch.float64).permute(1, 2, 0)  # (N, 3, B)
+        half = 0.5 * self.J / self.scale
+        shift = (self._mu0 + self.centre) / self.scale
+        sx, sy, sz = s[:, 0], s[:, 1], s[:, 2]
+        block = torch.stack([torch.stack([torch.complex(-half * sz - shift, 0 * sz), -half * torch.complex(sx, -sy)], 1),
+                             torch.stack([-half * torch.complex(sx, sy), torch.complex(half * sz - shift, 0 * sz)], 1)], 1)
+        return block[..., None]  # (N, 2, 2, B, 1)
+
+    @staticmethod
+    def _apply(hop, real, onsite, v):
+        """X v for v of shape (N, 2, B, P) complex128."""
+        n = v.shape[0]
+        if real:  # a real hopping matrix acts on real and imaginary parts alike: half the work
+            out = torch.view_as_complex((hop @ torch.view_as_real(v).reshape(n, -1)).reshape(*v.shape, 2))
+        else:
+            out = (hop @ v.reshape(n, -1)).reshape(v.shape)
+        up, dn = v[:, 0], v[:, 1]
+        out[:, 0] += onsite[:, 0, 0] * up + onsite[:, 0, 1] * dn
+        out[:, 1] += onsite[:, 1, 0] * up + onsite[:, 1, 1] * dn
+        return out
+
+    def _probes(self, probe, phases, start, stop, batch):
+        """Probe vectors start .. stop - 1 as (N, 2, B, P) and the (site, spin) mask of each."""
+        n = probe.shape[0]
+        local = probe - start  # (N, 2)
+        inside = (local >= 0) & (local < stop - start)
+        r = torch.zeros(n, 2, stop - start, dtype=torch.complex128, device=probe.device)
+        sites, spins_ = inside.nonzero(as_tuple=True)
+        r[sites, spins_, local[sites, spins_]] = phases[sites]
+        return r[:, :, None, :].expand(n, 2, batch, stop - start).contiguous(), (sites, spins_, local[sites, spins_])
+
+    @staticmethod
+    def _overlap(r_index, phases, v):
+        """Re sum_p r_p^dagger v_p -> (B,): each (site, spin) lies in exactly one probe."""
+        sites, spins_, column = r_index
+        return (phases[sites].conj()[:, None] * v[sites, spins_, :, column]).real.sum(0)
+
+    def _chunks(self):
+        step = self.probe_chunk or self.num_probes
+        return [(p, min(p + step, self.num_probes)) for p in range(0, self.num_probes, step)]
+
+    # ---------------------------------------------------------------- expansions
+    def _count_and_potential(self, chemical_potential: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kernel-damped Chebyshev coefficients of the electron count and of the grand potential
+        F(eps) (in energy units) at chemical potential m (measured like H's levels).
+
+        Shapes:
+            chemical_potential: (B,) -> (B, M), (B, M)
+        """
+        order, T = self.order, self.temperature
+        kernel = jackson_kernel(order, device=chemical_potential.device)
+        if T == 0.0:
+            x_m = (chemical_potential - self.centre) / self.scale
+            return (kernel * step_coefficients(x_m, order),
+                    kernel * self.scale * grand_potential_coefficients(x_m, order))
+        # Chebyshev-Gauss nodes dense enough to sample the Fermi function's width T
+        nodes = min(1 << 18, max(4 * order, int(8 * math.pi * self.scale / T)))
+        eps = self.scale * chebyshev_nodes(nodes, device=chemical_potential.device) + self.centre
+        x = (eps[None, :] - chemical_potential[:, None]) / T  # (B, K)
+        count = quadrature_coefficients(torch.sigmoid(-x))[:, :order]
+        potential = quadrature_coefficients(-T * torch.nn.functional.softplus(-x))[:, :order]
+        return kernel * count, kernel * potential
+
+    def _chemical_potential(self, moments: torch.Tensor) -> torch.Tensor:
+        """mu with the expanded electron count sum_n g_n c_n(mu) mu_n = N_e, by bisection.
+
+        Shapes:
+            moments: (B, M) -> (B,)
+
+        Raises:
+            ValueError: if N_e lies outside the expanded count between the bounds.
+        """
+        ne, T = self.num_electrons, self.temperature
+        batch = moments.shape[0]
+        lo = torch.full((batch,), self.bounds[0] - 50 * T, dtype=torch.float64, device=moments.device)
+        hi = torch.full((batch,), self.bounds[1] + 50 * T, dtype=torch.float64, device=moments.device)
+
+        def count(m):
+            return (self._count_and_potential(m)[0] * moments).sum(-1)
+
+        low_count, high_count = count(lo), count(hi)
+        if bool(((low_count > ne) | (high_count < ne)).any()):
+            raise ValueError(f"filling {self.filling}: KPM cannot bracket N_e = {ne}: its expanded electron "
+                             f"count runs from {float(low_count.max()):.6g} to {float(high_count.min()):.6g} "
+                             f"between the bounds {self.bounds}")
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            too_many = count(mid) > ne
+            hi = torch.where(too_many, mid, hi)
+            lo = torch.where(too_many, lo, mid)
+            if bool(((hi - lo) < 1e-13 * (1 + mid.abs())).all()):
+                break
+        return 0.5 * (lo + hi)
+
+    # ---------------------------------------------------------------- recursions
+    def _forward(self, hop, real, onsite, r, r_index, phases):
+        """Moments mu_n (B, M) of one probe chunk and its last two Chebyshev vectors."""
+        order = self.order
+        moments = [self._overlap(r_index, phases, r)]
+        previous, current = r, self._apply(hop, real, onsite, r)
+        moments.append(self._overlap(r_index, phases, current))
+        for _ in range(2, order):
+            previous, current = current, 2 * self._apply(hop, real, onsite, current) - previous
+            moments.append(self._overlap(r_index, phases, current))
+        return torch.stack(moments, dim=-1), previous, current
+
+    def _backward(self, hop, real, onsite, r, coefficients, v_before, v_last):
+        """The on-site blocks Q[s, s'] = sum_n w_n sum_p conj(g_{n+1, s}) v_{n, s'} (N, 2, 2, B).
+
+        ``coefficients`` (B, M) are a_n; v_before, v_last are v_{M-2}, v_{M-1}.
+        """
+        order = self.order
+        a = coefficients.T[:, None, None, :, None].to(torch.complex128)  # (M, 1, 1, B, 1)
+        block = torch.zeros(r.shape[0], 2, 2, r.shape[2], dtype=torch.complex128, device=r.device)
+        v_n, v_next = v_before, v_last  # v_{n}, v_{n+1} for n = M - 2
+        g_next, g_after = a[order - 1] * r, torch.zeros_like(r)  # g_{n+1}, g_{n+2}
+        for n in range(order - 2, -1, -1):
+            weight = 1.0 if n == 0 else 2.0
+            block += weight * torch.einsum("isbp,itbp->istb", g_next.conj(), v_n)
+            if n == 0:
+                break
+            # one sparse product for both recursions
+            both = self._apply(hop, real, onsite, torch.cat([v_n, g_next], dim=-1))
+            p = r.shape[-1]
+            v_n, v_next = 2 * both[..., :p] - v_next, v_n
+            g_next, g_after = a[n] * r + 2 * both[..., p:] - g_after, g_next
+        return block
+
+    def _solve(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energy (B,) and field (B, N, 3) of (B, N, 3) spins, float64, without input checks."""
+        batch, n = spins.shape[0], self.num_sites
+        hop, real, probe, phases = self._operator(spins.device)
+        onsite = self._onsite(spins)
+        chunks = self._chunks()
+        canonical = self.num_electrons is not None
+        runs, moments = [], 0
+        for start, stop in chunks:
+            r, r_index = self._probes(probe, phases, start, stop, batch)
+            mu_n, v_before, v_last = self._forward(hop, real, onsite, r, r_index, phases)
+            moments = moments + mu_n
+            # a canonical mu needs every chunk's moments first; keep the tails for the backward pass
+            runs.append((r, v_before, v_last))
+        limit = moments[:, :1].abs() * (1 + 1e-8) + 1e-8
+        if bool((moments.abs() > limit).any()):
+            raise ValueError(f"bounds {self.bounds} do not enclose the spectrum of H: a Chebyshev moment "
+                             "exceeds mu_0 (widen the bounds or leave them to the default)")
+        if canonical:
+            mu = self._chemical_potential(moments)
+        else:
+            mu = torch.zeros(batch, dtype=torch.float64, device=spins.device)
+        _, potential = self._count_and_potential(mu)
+        energy = (potential * moments).sum(-1)
+        if canonical:
+            energy = energy + mu * self.num_electrons
+        block = 0
+        for r, v_before, v_last in runs:
+            block = block + self._backward(hop, real, onsite, r, potential, v_before, v_last)
+        # B = -dE/dS = (J / 2 scale) Re g^dagger sigma v, summed into the blocks Q
+        q_ud, q_du = block[:, 0, 1], block[:, 1, 0]
+        field = torch.stack([(q_ud + q_du).real, (q_ud - q_du).imag,
+                             (block[:, 0, 0] - block[:, 1, 1]).real], dim=-1)  # (N, B, 3)
+        return energy, (0.5 * self.J / self.scale) * field.permute(1, 0, 2)
+
+    @torch.no_grad()
+    def energy_and_field(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Electronic energy and effective field B = -dE/dS (of KPM's own energy estimate).
+
+        Computed in float64 (complex128) on the spins' device and returned in the spins' dtype.
+
+        Shapes:
+            spins: (N, 3) or (B, N, 3) unit vectors -> E: () or (B,), B: spins' shape.
+
+        Raises:
+            ValueError: for spins of the wrong shape, and bounds that do not enclose the spectrum.
+        """
+        spins = check_spins(spins, self.num_sites)
+        energy, field = self._solve(spins.reshape(-1, self.num_sites, 3))
+        return (energy.reshape(spins.shape[:-2]).to(spins.dtype),
+                field.reshape(spins.shape).to(spins.dtype))
+
+    def __call__(self, spins):
+        return self.energy_and_field(spins)
