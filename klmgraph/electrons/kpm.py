@@ -81,6 +81,11 @@ def hopping_bounds(graph: HoppingGraph, steps: int = 100, seed: int = 0) -> tupl
     return float(ritz[0] - residual[0]), float(ritz[-1] + residual[-1])
 
 
+def _inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Re sum_p u_p^dagger v_p for (N, B, 2, P) vectors -> (B,)."""
+    return torch.einsum("nbspc,nbspc->b", torch.view_as_real(u), torch.view_as_real(v))
+
+
 class KPM:
     """Kernel-polynomial estimate of the electronic energy and effective field, O(N).
 
@@ -201,32 +206,26 @@ class KPM:
 
     @staticmethod
     def _apply(hop, real, onsite, v):
-        """X v for v of shape (N, 2, B, P) complex128."""
+        """X v for v of shape (N, B, 2, P) complex128 (a new tensor)."""
         n = v.shape[0]
         if real:  # a real hopping matrix acts on real and imaginary parts alike: half the work
             out = torch.view_as_complex((hop @ torch.view_as_real(v).reshape(n, -1)).reshape(*v.shape, 2))
         else:
             out = (hop @ v.reshape(n, -1)).reshape(v.shape)
-        up, dn = v[:, 0], v[:, 1]
-        out[:, 0] += onsite[:, 0, 0] * up + onsite[:, 0, 1] * dn
-        out[:, 1] += onsite[:, 1, 0] * up + onsite[:, 1, 1] * dn
+        up, dn = v[:, :, 0], v[:, :, 1]
+        out[:, :, 0].addcmul_(onsite[:, 0, 0], up).addcmul_(onsite[:, 0, 1], dn)
+        out[:, :, 1].addcmul_(onsite[:, 1, 0], up).addcmul_(onsite[:, 1, 1], dn)
         return out
 
     def _probes(self, probe, phases, start, stop, batch):
-        """Probe vectors start .. stop - 1 as (N, 2, B, P) and the (site, spin) mask of each."""
+        """Probe vectors start .. stop - 1 as (N, B, 2, P)."""
         n = probe.shape[0]
         local = probe - start  # (N, 2)
         inside = (local >= 0) & (local < stop - start)
         r = torch.zeros(n, 2, stop - start, dtype=torch.complex128, device=probe.device)
         sites, spins_ = inside.nonzero(as_tuple=True)
         r[sites, spins_, local[sites, spins_]] = phases[sites]
-        return r[:, :, None, :].expand(n, 2, batch, stop - start).contiguous(), (sites, spins_, local[sites, spins_])
-
-    @staticmethod
-    def _overlap(r_index, phases, v):
-        """Re sum_p r_p^dagger v_p -> (B,): each (site, spin) lies in exactly one probe."""
-        sites, spins_, column = r_index
-        return (phases[sites].conj()[:, None] * v[sites, spins_, :, column]).real.sum(0)
+        return r[:, None].expand(n, batch, 2, stop - start).contiguous()
 
     def _chunks(self):
         step = self.probe_chunk or self.num_probes
@@ -286,53 +285,89 @@ class KPM:
         return 0.5 * (lo + hi)
 
     # ---------------------------------------------------------------- recursions
-    def _forward(self, hop, real, onsite, r, r_index, phases):
-        """Moments mu_n (B, M) of one probe chunk and its last two Chebyshev vectors."""
-        order = self.order
-        moments = [self._overlap(r_index, phases, r)]
-        previous, current = r, self._apply(hop, real, onsite, r)
-        moments.append(self._overlap(r_index, phases, current))
-        for _ in range(2, order):
-            previous, current = current, 2 * self._apply(hop, real, onsite, current) - previous
-            moments.append(self._overlap(r_index, phases, current))
-        return torch.stack(moments, dim=-1), previous, current
+    @staticmethod
+    def _doubling_weights(coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """E = sum_n a_n mu_n rewritten on the vectors v_0 .. v_L, L = M // 2, with
+        mu_2n = 2 <v_n, v_n> - mu_0 and mu_2n+1 = 2 <v_n+1, v_n> - mu_1 (T_m+n + T_|m-n| = 2 T_m T_n):
 
-    def _backward(self, hop, real, onsite, r, coefficients, v_before, v_last):
-        """The on-site blocks Q[s, s'] = sum_n w_n sum_p conj(g_{n+1, s}) v_{n, s'} (N, 2, 2, B).
+            E = sum_n alpha_n <v_n, v_n> + sum_n beta_n Re <v_n+1, v_n> - mu_0 sum_n a_2n.
 
-        ``coefficients`` (B, M) are a_n; v_before, v_last are v_{M-2}, v_{M-1}.
+        Shapes:
+            coefficients: (B, M) -> alpha (L + 1, B), beta (L + 1, B), constant (B,)
         """
-        order = self.order
-        a = coefficients.T[:, None, None, :, None].to(torch.complex128)  # (M, 1, 1, B, 1)
-        block = torch.zeros(r.shape[0], 2, 2, r.shape[2], dtype=torch.complex128, device=r.device)
-        v_n, v_next = v_before, v_last  # v_{n}, v_{n+1} for n = M - 2
-        g_next, g_after = a[order - 1] * r, torch.zeros_like(r)  # g_{n+1}, g_{n+2}
-        for n in range(order - 2, -1, -1):
+        batch, order = coefficients.shape
+        length = order // 2 + 1
+        alpha = torch.zeros(length, batch, dtype=torch.float64, device=coefficients.device)
+        beta = torch.zeros_like(alpha)
+        even, odd = coefficients[:, 0::2], coefficients[:, 1::2]
+        alpha[: even.shape[1]] = 2 * even.T
+        beta[: odd.shape[1]] = 2 * odd.T
+        beta[0] -= odd.sum(-1)  # the -mu_1 of every odd moment: mu_1 = Re <v_1, v_0>
+        return alpha, beta, -even.sum(-1)
+
+    def _forward(self, hop, real, onsite, r):
+        """Moments mu_n (B, M) of one probe chunk and its last two Chebyshev vectors v_L-1, v_L."""
+        length = self.order // 2
+        norms, overlaps = [], []  # <v_n, v_n> and Re <v_n+1, v_n>, summed over probes: (B,)
+        previous, current = r, self._apply(hop, real, onsite, r)
+        norms.append(_inner(r, r))
+        for n in range(1, length + 1):
+            overlaps.append(_inner(current, previous))
+            norms.append(_inner(current, current))
+            if n == length:
+                break
+            previous, current = current, self._apply(hop, real, onsite, current).mul_(2).sub_(previous)
+        mu0, mu1 = norms[0], overlaps[0]
+        even = 2 * torch.stack(norms, -1) - mu0[:, None]
+        odd = 2 * torch.stack(overlaps, -1) - mu1[:, None]
+        odd[:, 0] = mu1
+        even[:, 0] = mu0
+        moments = torch.stack([even[:, : length], odd], -1).reshape(r.shape[1], 2 * length)
+        if self.order % 2:
+            moments = torch.cat([moments, even[:, length:]], -1)
+        return moments, previous, current
+
+    def _backward(self, hop, real, onsite, coefficients, v_before, v_last):
+        """The on-site blocks Q[s, s'] = sum_n w_n sum_p conj(g_n+1, s) v_n, s' (N, B, 2, 2) of
+        dE = Re [g_1^dagger dX v_0 + 2 sum_n>=1 g_n+1^dagger dX v_n], running both recursions
+        backwards from v_L-1, v_L. ``coefficients`` (B, M) are the a_n of E = sum_n a_n mu_n.
+        """
+        length = self.order // 2
+        alpha, beta, _ = self._doubling_weights(coefficients)
+        alpha = alpha[:, None, :, None, None].to(torch.complex128)  # (L + 1, 1, B, 1, 1)
+        beta = beta[:, None, :, None, None].to(torch.complex128)
+        block = torch.zeros(*v_last.shape[:2], 2, 2, dtype=torch.complex128, device=v_last.device)
+        v_n, v_next = v_before, v_last  # v_n, v_n+1 for n = L - 1
+        # dE/dv_n = 2 alpha_n v_n + beta_n v_n+1 + beta_n-1 v_n-1 (the source of g_n)
+        g_next = 2 * alpha[length] * v_last + beta[length - 1] * v_before  # g_L
+        g_after = torch.zeros_like(v_last)  # g_L+1
+        p = v_last.shape[-1]
+        for n in range(length - 1, -1, -1):
             weight = 1.0 if n == 0 else 2.0
-            block += weight * torch.einsum("isbp,itbp->istb", g_next.conj(), v_n)
+            block += weight * (g_next.conj() @ v_n.transpose(-1, -2))  # (N, B, 2, 2)
             if n == 0:
                 break
-            # one sparse product for both recursions
-            both = self._apply(hop, real, onsite, torch.cat([v_n, g_next], dim=-1))
-            p = r.shape[-1]
-            v_n, v_next = 2 * both[..., :p] - v_next, v_n
-            g_next, g_after = a[n] * r + 2 * both[..., p:] - g_after, g_next
+            both = self._apply(hop, real, onsite, torch.cat([v_n, g_next], dim=-1))  # one sparse product for both
+            v_previous = both[..., :p].mul_(2).sub_(v_next)
+            g_new = both[..., p:].mul_(2).sub_(g_after)
+            g_new.addcmul_(2 * alpha[n], v_n).addcmul_(beta[n], v_next).addcmul_(beta[n - 1], v_previous)
+            g_next, g_after = g_new, g_next
+            v_n, v_next = v_previous, v_n
         return block
 
     def _solve(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Energy (B,) and field (B, N, 3) of (B, N, 3) spins, float64, without input checks."""
-        batch, n = spins.shape[0], self.num_sites
+        batch = spins.shape[0]
         hop, real, probe, phases = self._operator(spins.device)
         onsite = self._onsite(spins)
-        chunks = self._chunks()
         canonical = self.num_electrons is not None
-        runs, moments = [], 0
-        for start, stop in chunks:
-            r, r_index = self._probes(probe, phases, start, stop, batch)
-            mu_n, v_before, v_last = self._forward(hop, real, onsite, r, r_index, phases)
+        tails, moments = [], 0
+        for start, stop in self._chunks():
+            r = self._probes(probe, phases, start, stop, batch)
+            mu_n, v_before, v_last = self._forward(hop, real, onsite, r)
             moments = moments + mu_n
             # a canonical mu needs every chunk's moments first; keep the tails for the backward pass
-            runs.append((r, v_before, v_last))
+            tails.append((v_before, v_last))
         limit = moments[:, :1].abs() * (1 + 1e-8) + 1e-8
         if bool((moments.abs() > limit).any()):
             raise ValueError(f"bounds {self.bounds} do not enclose the spectrum of H: a Chebyshev moment "
@@ -346,12 +381,12 @@ class KPM:
         if canonical:
             energy = energy + mu * self.num_electrons
         block = 0
-        for r, v_before, v_last in runs:
-            block = block + self._backward(hop, real, onsite, r, potential, v_before, v_last)
+        for v_before, v_last in tails:
+            block = block + self._backward(hop, real, onsite, potential, v_before, v_last)
         # B = -dE/dS = (J / 2 scale) Re g^dagger sigma v, summed into the blocks Q
-        q_ud, q_du = block[:, 0, 1], block[:, 1, 0]
+        q_ud, q_du = block[..., 0, 1], block[..., 1, 0]
         field = torch.stack([(q_ud + q_du).real, (q_ud - q_du).imag,
-                             (block[:, 0, 0] - block[:, 1, 1]).real], dim=-1)  # (N, B, 3)
+                             (block[..., 0, 0] - block[..., 1, 1]).real], dim=-1)  # (N, B, 3)
         return energy, (0.5 * self.J / self.scale) * field.permute(1, 0, 2)
 
     @torch.no_grad()
