@@ -4,7 +4,8 @@ A function F(eps) on the spectral interval eps = scale * x + centre, x in [-1, 1
 
     F(scale * x + centre) ~ sum_{n < M} g_n c_n T_n(x),
 
-with the Jackson kernel g_n damping the Gibbs oscillations (Weisse, Wellein, Alvermann, Fehske,
+with g_n = 1 (the truncated series) or the Jackson kernel g_n, which damps the Gibbs
+oscillations at the price of a broadening (Weisse, Wellein, Alvermann, Fehske,
 Rev. Mod. Phys. 78, 275 (2006), eq. 71). The energy functions are those of
 :class:`~klmgraph.ExactDiagonalization`, measured from the chemical potential m:
 

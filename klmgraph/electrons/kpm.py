@@ -4,8 +4,8 @@ and fields.
 The energy of every ensemble of :class:`~klmgraph.ExactDiagonalization` is a trace,
 E = Tr F(H) (+ mu N_e in the canonical ensemble), of the energy function F measured from the
 chemical potential (module :mod:`~klmgraph.electrons.chebyshev`). KPM expands F in Chebyshev
-polynomials of the rescaled Hamiltonian X = (H - centre) / scale with Jackson damping, and
-estimates the trace with distance-coloured probe vectors (module
+polynomials of the rescaled Hamiltonian X = (H - centre) / scale (optionally with Jackson
+damping g_n; without it g_n = 1), and estimates the trace with distance-coloured probe vectors (module
 :mod:`~klmgraph.electrons.probing`):
 
     E = sum_n a_n mu_n,   mu_n = sum_r Re r^dagger T_n(X) r,   a_n = g_n c_n.
@@ -39,6 +39,10 @@ from .kondo import Ensemble
 from .probing import distance_colouring
 
 __all__ = ["KPM", "hopping_bounds"]
+
+# damping factors g_n of the Chebyshev series
+KERNELS = {"none": lambda order, device=None: torch.ones(order, dtype=torch.float64, device=device),
+           "jackson": jackson_kernel}
 
 
 def hopping_bounds(graph: HoppingGraph, steps: int = 100, seed: int = 0) -> tuple[float, float]:
@@ -97,6 +101,9 @@ class KPM:
         mu: chemical potential (grand canonical). Give exactly one of filling and mu.
         temperature: electronic temperature T >= 0 (Fermi function; T = 0 is the step).
         order: number of Chebyshev moments M >= 2 (energy resolution ~ pi * scale / M).
+        kernel: "none" (the truncated series) or "jackson" (Jackson damping: a positive,
+            broadened density of states, but a bias of order (pi / M)^2 on every level's energy;
+            measured less accurate for the energy and the field, see docs/electrons.md).
         probe_distance: sites sharing a probe vector are at least this many hops apart on the
             hopping graph (2 probes, one per spin, for every colour).
         random_phases: give each site a fixed random phase in its probe (drawn once from
@@ -119,8 +126,8 @@ class KPM:
     """
 
     def __init__(self, graph: HoppingGraph, J: float, filling: float | None = None,
-                 mu: float | None = None, temperature: float = 0.0, order: int = 1024,
-                 probe_distance: int = 8, random_phases: bool = True,
+                 mu: float | None = None, temperature: float = 0.0, order: int = 512,
+                 probe_distance: int = 8, random_phases: bool = True, kernel: str = "none",
                  bounds: tuple[float, float] | None = None, margin: float = 0.01, seed: int = 0,
                  probe_chunk: int | None = None):
         self.ensemble = Ensemble(J, filling=filling, mu=mu, temperature=temperature)
@@ -136,7 +143,10 @@ class KPM:
             raise ValueError(f"probe_chunk must be an integer >= 1, got {probe_chunk}")
         if not (math.isfinite(margin) and margin >= 0):
             raise ValueError(f"margin must be a finite fraction >= 0, got {margin}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
         self.order = int(order)
+        self.kernel = kernel
         self.probe_distance = int(probe_distance)
         self.random_phases = bool(random_phases)
         self.seed = int(seed)
@@ -176,7 +186,7 @@ class KPM:
 
     def parameters(self) -> dict:
         """The solver's and the Hamiltonian's parameters as a JSON-able dict."""
-        return {"solver": "kpm", "order": self.order, "kernel": "jackson",
+        return {"solver": "kpm", "order": self.order, "kernel": self.kernel,
                 "probe_distance": self.probe_distance, "num_probes": self.num_probes,
                 "random_phases": self.random_phases, "seed": self.seed, "bounds": list(self.bounds),
                 "J": self.J, "filling": self.filling, "mu": self.mu,
@@ -232,49 +242,74 @@ class KPM:
         return [(p, min(p + step, self.num_probes)) for p in range(0, self.num_probes, step)]
 
     # ---------------------------------------------------------------- expansions
-    def _count_and_potential(self, chemical_potential: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Kernel-damped Chebyshev coefficients of the electron count and of the grand potential
-        F(eps) (in energy units) at chemical potential m (measured like H's levels).
+    def _coefficients(self, chemical_potential: torch.Tensor, what: str) -> torch.Tensor:
+        """Kernel-weighted Chebyshev coefficients of the electron count (``what="count"``) or of
+        the grand potential F(eps) in energy units (``"potential"``) at chemical potential m
+        (measured like H's levels).
 
         Shapes:
-            chemical_potential: (B,) -> (B, M), (B, M)
+            chemical_potential: (B,) -> (B, M)
         """
         order, T = self.order, self.temperature
-        kernel = jackson_kernel(order, device=chemical_potential.device)
+        kernel = KERNELS[self.kernel](order, device=chemical_potential.device)
         if T == 0.0:
             x_m = (chemical_potential - self.centre) / self.scale
-            return (kernel * step_coefficients(x_m, order),
-                    kernel * self.scale * grand_potential_coefficients(x_m, order))
-        # Chebyshev-Gauss nodes dense enough to sample the Fermi function's width T
-        nodes = min(1 << 18, max(4 * order, int(8 * math.pi * self.scale / T)))
-        eps = self.scale * chebyshev_nodes(nodes, device=chemical_potential.device) + self.centre
+            if what == "count":
+                return kernel * step_coefficients(x_m, order)
+            return kernel * self.scale * grand_potential_coefficients(x_m, order)
+        eps = self.scale * chebyshev_nodes(self._num_nodes(), device=chemical_potential.device) + self.centre
         x = (eps[None, :] - chemical_potential[:, None]) / T  # (B, K)
-        count = quadrature_coefficients(torch.sigmoid(-x))[:, :order]
-        potential = quadrature_coefficients(-T * torch.nn.functional.softplus(-x))[:, :order]
-        return kernel * count, kernel * potential
+        values = torch.sigmoid(-x) if what == "count" else -T * torch.nn.functional.softplus(-x)
+        return kernel * quadrature_coefficients(values)[:, :order]
+
+    def _num_nodes(self) -> int:
+        """Chebyshev-Gauss nodes K dense enough to sample the Fermi function's width T (a power
+        of two: the FFT is fastest there)."""
+        nodes = 1 << max(4 * self.order, int(8 * math.pi * self.scale / self.temperature), 1).bit_length()
+        return min(nodes, 1 << 20)
+
+    def _node_density(self, weighted_moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies eps_k of the nodes and w_k = (1 / K) sum_n (2 - delta_n0) g_n mu_n cos(n theta_k),
+        so that sum_n g_n mu_n c_n = sum_k F(eps_k) w_k for quadrature coefficients c_n of F.
+
+        Shapes:
+            weighted_moments: (B, M) g_n mu_n -> (K,), (B, K)
+        """
+        nodes = self._num_nodes()
+        order = weighted_moments.shape[-1]
+        n = torch.arange(order, dtype=torch.float64, device=weighted_moments.device)
+        a = weighted_moments * torch.where(n == 0, 1.0, 2.0) * torch.exp(1j * math.pi * n / (2 * nodes))
+        # sum_n a_n exp(i n theta_k), theta_k = pi (k + 1/2) / K, as an inverse FFT of length 2K
+        weights = (torch.fft.ifft(a, n=2 * nodes, dim=-1)[..., :nodes] * (2 * nodes)).real / nodes
+        eps = self.scale * chebyshev_nodes(nodes, device=weighted_moments.device) + self.centre
+        return eps, weights
 
     def _chemical_potential(self, moments: torch.Tensor) -> torch.Tensor:
         """mu with the expanded electron count sum_n g_n c_n(mu) mu_n = N_e, by bisection.
 
         Shapes:
             moments: (B, M) -> (B,)
-
-        Raises:
-            ValueError: if N_e lies outside the expanded count between the bounds.
         """
         ne, T = self.num_electrons, self.temperature
         batch = moments.shape[0]
         lo = torch.full((batch,), self.bounds[0] - 50 * T, dtype=torch.float64, device=moments.device)
         hi = torch.full((batch,), self.bounds[1] + 50 * T, dtype=torch.float64, device=moments.device)
 
-        def count(m):
-            return (self._count_and_potential(m)[0] * moments).sum(-1)
+        if T == 0.0:
+            def count(m):
+                return (self._coefficients(m, "count") * moments).sum(-1)
+        else:
+            # sum_n g_n mu_n c_n(m) with quadrature coefficients is sum_k f((eps_k - m) / T) w_k,
+            # w_k the expanded density on the nodes: one FFT, then O(K) per bisection step
+            kernel = KERNELS[self.kernel](self.order, device=moments.device)
+            eps, weights = self._node_density(kernel * moments)
 
-        low_count, high_count = count(lo), count(hi)
-        if bool(((low_count > ne) | (high_count < ne)).any()):
-            raise ValueError(f"filling {self.filling}: KPM cannot bracket N_e = {ne}: its expanded electron "
-                             f"count runs from {float(low_count.max()):.6g} to {float(high_count.min()):.6g} "
-                             f"between the bounds {self.bounds}")
+            def count(m):
+                return (torch.sigmoid(-(eps[None, :] - m[:, None]) / T) * weights).sum(-1)
+
+        # The expanded count runs continuously from 0 (the step's coefficients vanish at the
+        # lower bound) to mu_0 = 2N (sum_r |r|^2) at the upper one, so every N_e that Ensemble
+        # accepts (1 .. 2N - 1) is bracketed.
         for _ in range(200):
             mid = 0.5 * (lo + hi)
             too_many = count(mid) > ne
@@ -376,7 +411,7 @@ class KPM:
             mu = self._chemical_potential(moments)
         else:
             mu = torch.zeros(batch, dtype=torch.float64, device=spins.device)
-        _, potential = self._count_and_potential(mu)
+        potential = self._coefficients(mu, "potential")
         energy = (potential * moments).sum(-1)
         if canonical:
             energy = energy + mu * self.num_electrons
