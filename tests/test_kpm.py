@@ -1,7 +1,6 @@
 """The kernel polynomial method against exact diagonalization, and its own consistency."""
 import json
 import math
-import warnings
 
 import networkx as nx
 import pytest
@@ -13,8 +12,6 @@ from klmgraph.electrons.chebyshev import (chebyshev_nodes, grand_potential_coeff
                                           quadrature_coefficients, step_coefficients)
 from klmgraph.electrons.kpm import hopping_bounds
 from klmgraph.electrons.probing import distance_colouring
-
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 ENSEMBLES = {
     "grand canonical": {"mu": -1.0},
@@ -241,3 +238,23 @@ def test_bad_input():
     narrow = klmgraph.KPM(graph, J=1.0, mu=0.0, order=64, probe_distance=2, bounds=(-1.0, 1.0))
     with pytest.raises(ValueError, match="do not enclose the spectrum"):
         narrow(klmgraph.random_spins(graph, seed=0))
+
+
+def test_command_line_kpm_labels_and_provider(tmp_path):
+    from klmgraph import cli
+
+    out = tmp_path / "kpm.h5"
+    cli.main(["generate", "--preset", "square-paper", "--size", "6", "6", "--samples", "2", "--solver", "kpm",
+              "--kpm-order", "32", "--kpm-probe-distance", "2", "--out", str(out), "--quiet"])
+    data = klmgraph.load_dataset(out)
+    assert data.hamiltonian["solver"] == "kpm" and data.hamiltonian["order"] == 32
+    kpm = klmgraph.KPM(data.graph, J=7.0, filling=0.48, order=32, probe_distance=2)
+    energy, field = kpm(data.spins)
+    assert torch.allclose(data.energy.double().reshape(energy.shape), energy, atol=1e-9)
+    assert torch.allclose(data.field.double(), field, atol=1e-9)
+
+    args = cli.make_parser().parse_args(["simulate", "--preset", "triangular-paper", "--size", "6", "6",
+                                         "--provider", "kpm", "--kpm-order", "48", "--dt", "1", "--steps", "1"])
+    ed = cli.build_model(args)
+    provider = cli.build_provider(args.provider, ed, kpm_options=cli.kpm_options(args))
+    assert isinstance(provider, klmgraph.KPM) and provider.order == 48 and provider.mu == -3.5

@@ -28,6 +28,7 @@ i.e. O(M C N), linear in the number of sites N.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -57,7 +58,7 @@ def hopping_bounds(graph: HoppingGraph, steps: int = 100, seed: int = 0) -> tupl
         seed: seed of the start vector.
     """
     n = graph.num_nodes
-    a = -graph.hopping_matrix().to(torch.complex128).to_sparse_csr()
+    a = _sparse_csr(-graph.hopping_matrix().to(torch.complex128))
     steps = min(steps, n)
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(n, dtype=torch.float64, generator=gen).to(torch.complex128)
@@ -83,6 +84,12 @@ def hopping_bounds(graph: HoppingGraph, steps: int = 100, seed: int = 0) -> tupl
     ritz, vectors = torch.linalg.eigh(tri)
     residual = beta[-1] * vectors[-1].abs()
     return float(ritz[0] - residual[0]), float(ritz[-1] + residual[-1])
+
+
+def _sparse_csr(matrix: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch calls its CSR support beta on every conversion
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return matrix.to_sparse_csr()
 
 
 def _inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -199,7 +206,7 @@ class KPM:
         if key not in self._operators:
             t = -self.graph.hopping_matrix(device) / self.scale
             real = not torch.is_complex(t)
-            hop = t.to_sparse_csr()
+            hop = _sparse_csr(t)
             probe = (2 * self.colours[:, None] + torch.arange(2)[None, :]).to(device)  # (N, 2)
             self._operators = {key: (hop, real, probe, self._phases.to(device))}
         return self._operators[key]
