@@ -126,23 +126,31 @@ def main(argv=None) -> None:
     p.add_argument("--size-order", type=int, default=64, help="KPM order of the size table (default 64)")
     p.add_argument("--ed-max", type=int, default=36, help="largest L timed with ED (default 36)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--error-size", type=int, default=24,
+                   help="L of the error tables (default 24; 36 shows the probing error that 24x24 cannot, "
+                        "where distance 12 already colours every site)")
+    p.add_argument("--no-variants", action="store_true", help="no Jackson-kernel and fixed-phase rows")
+    p.add_argument("--no-size-table", action="store_true", help="only the error tables")
+    p.add_argument("--no-error-tables", action="store_true", help="only the size table")
     p.add_argument("--markdown", help="also write the tables to this markdown file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     defaults = inspect.signature(klmgraph.KPM).parameters
     default_order, default_distance = defaults["order"].default, defaults["probe_distance"].default
-    size = 12 if args.quick else 24
+    size = 12 if args.quick else args.error_size
     orders = [64, 128] if args.quick else args.orders
     lines = ["## KPM against ED", ""]
-    for name in args.models:
+    for name in [] if args.no_error_tables else args.models:
         distances = [2, 4] if args.quick else args.distances if name == "triangular" else args.square_distances
         lines += error_table(name, size, orders, distances, args.configs, args.device,
-                             phases_off=(orders[1], distances[1]),
-                             jackson=[(orders[1], distances[1]), (orders[1], distances[-1])]) + [""]
+                             phases_off=None if args.no_variants else (orders[1], distances[1]),
+                             jackson=[] if args.no_variants else [(orders[1], distances[1]),
+                                                                   (orders[1], distances[-1])]) + [""]
     sizes = [12, 24] if args.quick else args.sizes
-    lines += size_table(sizes, 32 if args.quick else args.size_order, default_distance, default_order,
-                        12 if args.quick else args.ed_max, args.device) + [""]
+    if not args.no_size_table:
+        lines += size_table(sizes, 32 if args.quick else args.size_order, default_distance, default_order,
+                            12 if args.quick else args.ed_max, args.device) + [""]
     text = "\n".join(lines)
     print(text)
     if args.markdown:

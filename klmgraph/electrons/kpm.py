@@ -10,20 +10,23 @@ damping g_n; without it g_n = 1), and estimates the trace with distance-coloured
 
     E = sum_n a_n mu_n,   mu_n = sum_r Re r^dagger T_n(X) r,   a_n = g_n c_n.
 
-The field B_r = -dE/dS_r is the exact gradient of this estimate ("gradient-based probing",
-Wang, Chern, Batista and Barros, J. Chem. Phys. 148, 094107 (2018)): a second Chebyshev-like
-recursion runs backwards, g_n = a_n r + 2 X g_{n+1} - g_{n+2}, alongside the forward vectors
-v_n = T_n(X) r recomputed backwards from the last two (the recursion is reversible, so no
-vector is stored), and
+The moments come two at a time from v_n = T_n(X) r (mu_2n = 2 |v_n|^2 - mu_0,
+mu_2n+1 = 2 <v_n+1, v_n> - mu_1), so M moments need M / 2 products with X.
 
-    dE = Re [ g_1^dagger dX v_0 + 2 sum_{n >= 1} g_{n+1}^dagger dX v_n ],
+The field B_r = -dE/dS_r is the exact gradient of this estimate ("gradient-based probing",
+Wang, Chern, Batista and Barros, J. Chem. Phys. 148, 094107 (2018)): an adjoint recursion runs
+backwards, g_n = dE/dv_n + 2 X g_n+1 - g_n+2, alongside the forward vectors recomputed
+backwards from the last two (the Chebyshev recursion is reversible, so no vector is stored),
+and
+
+    dE = Re [ g_1^dagger dX v_0 + 2 sum_{n >= 1} g_n+1^dagger dX v_n ],
 
 with dX = -(J / 2 scale) dS_r . sigma on site r. The field is therefore exactly minus the
 derivative of KPM's own energy (finite differences agree to rounding), and it converges to
 ED's as the order and the probing distance grow.
 
-Cost per configuration: 3 M sparse products of X with the 2 C probe vectors (C colours),
-i.e. O(M C N), linear in the number of sites N.
+Cost per configuration: 3 M / 2 sparse products of X with the 2 C probe vectors (C colours),
+O(M C N): linear in the number of sites N at a fixed probing distance.
 """
 from __future__ import annotations
 
@@ -134,7 +137,7 @@ class KPM:
 
     def __init__(self, graph: HoppingGraph, J: float, filling: float | None = None,
                  mu: float | None = None, temperature: float = 0.0, order: int = 512,
-                 probe_distance: int = 8, random_phases: bool = True, kernel: str = "none",
+                 probe_distance: int = 12, random_phases: bool = True, kernel: str = "none",
                  bounds: tuple[float, float] | None = None, margin: float = 0.01, seed: int = 0,
                  probe_chunk: int | None = None):
         self.ensemble = Ensemble(J, filling=filling, mu=mu, temperature=temperature)
