@@ -96,7 +96,8 @@ def _hopping_csr(graph: HoppingGraph, factor: float, device=None) -> torch.Tenso
     T would take N^2 memory: 11 GB at 192x192)."""
     src, dst = graph.edge_index.to(device)
     n = graph.num_nodes
-    coo = torch.sparse_coo_tensor(torch.stack([dst, src]), factor * graph.hopping.to(device), (n, n)).coalesce()
+    coo = torch.sparse_coo_tensor(torch.stack([dst, src]), factor * graph.hopping.to(device), (n, n),
+                                  check_invariants=True).coalesce()
     with warnings.catch_warnings():  # torch calls its CSR support beta on every conversion
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return coo.to_sparse_csr()
