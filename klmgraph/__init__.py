@@ -5,7 +5,7 @@ from .lattice import (BravaisLattice, Hopping, cubic, cubic_lattice, graph_from_
                       square, square_lattice, triangular, triangular_lattice)
 from .graph import from_networkx
 from .checks import check_spins
-from .electrons import ExactDiagonalization
+from .electrons import KPM, ExactDiagonalization
 from .data import SpinDataset, generate_dataset, load_dataset, read_spins
 from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral, tile_spins, triple_q_vectors
 from .providers import Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
@@ -26,7 +26,7 @@ __all__ = [
     "square", "triangular", "honeycomb", "kagome", "cubic",
     "square_lattice", "triangular_lattice", "honeycomb_lattice", "kagome_lattice", "cubic_lattice",
     "graph_from_description", "site_permutation", "from_networkx",
-    "ExactDiagonalization", "check_spins",
+    "ExactDiagonalization", "KPM", "check_spins",
     "generate_dataset", "load_dataset", "SpinDataset", "read_spins",
     "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "tile_spins",
     "LLG", "DivergenceError", "Provider", "as_provider", "Zeeman", "SingleIonAnisotropy", "Heisenberg",

@@ -81,14 +81,17 @@ def build_solver(args: argparse.Namespace) -> ExactDiagonalization:
 
 build_model = build_solver  # the old name, kept for scripts that import it (klmgraph.io.build_network builds networks)
 
-def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu"):
+
+def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu", kpm_options: dict | None = None):
     """The force provider named on the command line, for the graph of ``ed``.
 
     Args:
-        spec: "ed" (exact diagonalization), "model:PATH" (a saved klmgraph model) or
-            "ecnn4klm:PATH" (a published ecnn4klm checkpoint).
+        spec: "ed" (exact diagonalization), "kpm" (kernel polynomial method on the same
+            Hamiltonian), "model:PATH" (a saved klmgraph model) or "ecnn4klm:PATH" (a published
+            ecnn4klm checkpoint).
         ed: the ED solver built from the lattice arguments (its graph is the run's graph).
         device: where a model's weights go.
+        kpm_options: keyword arguments of :class:`~klmgraph.KPM` (order, probe_distance, ...).
 
     Raises:
         ValueError: for an unknown provider, a missing file, or a model of another lattice.
@@ -99,8 +102,10 @@ def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu"):
     if ed.k_grid is not None:
         raise ValueError(f"--k-grid sets the twists of exact diagonalization; the provider {spec!r} "
                          "would ignore it (use --provider ed, or drop --k-grid)")
+    if kind == "kpm" and not path:
+        return build_kpm(ed, **(kpm_options or {}))
     if kind not in ("model", "ecnn4klm") or not path:
-        raise ValueError(f"unknown provider {spec!r}: use ed, model:PATH or ecnn4klm:PATH")
+        raise ValueError(f"unknown provider {spec!r}: use ed, kpm, model:PATH or ecnn4klm:PATH")
     if not Path(path).is_file():
         raise ValueError(f"--provider {spec}: no file at {path}")
     try:
@@ -113,6 +118,33 @@ def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu"):
     except ImportError as err:  # a klmgraph without the model import
         raise ValueError(f"--provider {kind}: this klmgraph cannot load models ({err})") from None
     return model.bind(ed.graph)
+
+
+# ---- KPM solver: its arguments and construction (self-contained block)
+def _add_kpm_arguments(p: argparse.ArgumentParser) -> None:
+    from .electrons import KPM
+
+    defaults = inspect.signature(KPM).parameters
+    g = p.add_argument_group("KPM solver (--provider kpm / --solver kpm)")
+    g.add_argument("--kpm-order", type=int, default=defaults["order"].default,
+                   help="Chebyshev moments (default %(default)s)")
+    g.add_argument("--kpm-probe-distance", type=int, default=defaults["probe_distance"].default,
+                   help="hops between sites that share a probe vector (default %(default)s)")
+    g.add_argument("--kpm-kernel", choices=("none", "jackson"), default=defaults["kernel"].default,
+                   help="damping of the Chebyshev series (default %(default)s)")
+
+
+def kpm_options(args: argparse.Namespace) -> dict:
+    """The KPM keyword arguments given on the command line."""
+    return {"order": args.kpm_order, "probe_distance": args.kpm_probe_distance, "kernel": args.kpm_kernel}
+
+
+def build_kpm(ed: ExactDiagonalization, **options):
+    """A :class:`~klmgraph.KPM` solver for the graph and Hamiltonian of ``ed``."""
+    from .electrons import KPM
+
+    return KPM(ed.graph, J=ed.J, filling=ed.filling, mu=ed.mu, temperature=ed.temperature, **options)
+# ---- end of the KPM block
 
 
 def initial_spins(spec: str, graph, seed: int, ansatz_q: float = math.pi / 3, ansatz_mz: float = 0.0):
@@ -161,7 +193,7 @@ def run_simulation(args: argparse.Namespace):
 
     ed = build_solver(args)
     graph = ed.graph
-    provider = build_provider(args.provider, ed, args.device)
+    provider = build_provider(args.provider, ed, args.device, kpm_options(args))
     seed0 = args.seed if args.init_seed is None else args.init_seed
     spins = initial_spins(args.init, graph, seed0, args.ansatz_q, args.ansatz_mz)
     spins = spins.to(dtype=getattr(torch, args.dtype), device=args.device)
@@ -171,6 +203,8 @@ def run_simulation(args: argparse.Namespace):
     keys = ("preset", "lattice", "size", "open", "t1", "t2", "t3", "J", "filling", "mu", "temperature",
             "provider", "init", "ansatz_q", "ansatz_mz", "dtype")
     metadata = {k: getattr(args, k) for k in keys}
+    if args.provider == "kpm":
+        metadata["kpm"] = kpm_options(args)
     metadata["init_seed"] = seed0
     if getattr(args, "k_grid", None):  # only when given, so runs from before k-grids still resume
         metadata["k_grid"] = list(args.k_grid)
@@ -236,10 +270,11 @@ class ScanFailed(RuntimeError):
 
 def _add_simulation_arguments(p: argparse.ArgumentParser, scan: bool = False) -> None:
     _add_model_arguments(p)
+    _add_kpm_arguments(p)
     g = p.add_argument_group("dynamics")
     g.add_argument("--provider", default="ed",
-                   help="force provider: ed (exact, small lattices), model:PATH (klmgraph model file) or "
-                        "ecnn4klm:PATH (published checkpoint) (default ed)")
+                   help="force provider: ed (exact, small lattices), kpm (kernel polynomial method, O(N)), "
+                        "model:PATH (klmgraph model file) or ecnn4klm:PATH (published checkpoint) (default ed)")
     many = {"nargs": "+", "type": str} if scan else {"type": float}
     g.add_argument("--hz", default=["0"] if scan else 0.0, **many,
                    help="field Hz along z, B = B_el + Hz z" + (" (several values: the scan)" if scan else "")
@@ -278,8 +313,11 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, scan: bool = False) ->
 
 def _generate(args: argparse.Namespace) -> None:
     ed = build_solver(args)
+    if args.solver == "kpm" and ed.k_grid is not None:
+        raise ValueError("--k-grid sets the twists of exact diagonalization; --solver kpm would ignore it")
+    solver = build_kpm(ed, **kpm_options(args)) if args.solver == "kpm" else ed
     spins = read_spins(args.spins) if args.spins else None
-    path = generate_dataset(args.out, ed, num_samples=None if spins is not None else args.samples,
+    path = generate_dataset(args.out, solver, num_samples=None if spins is not None else args.samples,
                             spins=spins, seed=args.seed, batch_size=args.batch_size,
                             progress=not args.quiet, overwrite=args.overwrite, device=args.device)
     data = load_dataset(path)
@@ -354,10 +392,14 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
 
-    gen = sub.add_parser("generate", help="write an exact-diagonalization data set (HDF5)",
+    gen = sub.add_parser("generate", help="write an exact-diagonalization (or KPM) data set (HDF5)",
                          description="Label random or given spin configurations with the exact electronic "
-                                     "energy and effective field. Re-running on an unfinished file resumes it.")
+                                     "energy and effective field (or KPM's, with --solver kpm). Re-running on "
+                                     "an unfinished file resumes it.")
     _add_model_arguments(gen)
+    gen.add_argument("--solver", choices=("ed", "kpm"), default="ed",
+                     help="electronic solver of the labels (default ed)")
+    _add_kpm_arguments(gen)
     gen.add_argument("--samples", type=int, default=20, help="random configurations (default 20)")
     gen.add_argument("--spins", help="label the configurations in this .npy/.npz/.h5 file instead")
     gen.add_argument("--seed", type=int, default=0, help="seed of the random configurations (default 0)")

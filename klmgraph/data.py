@@ -53,7 +53,8 @@ def generate_dataset(path: str | Path, ed: ExactDiagonalization, num_samples: in
 
     Args:
         path: output file (.h5).
-        ed: the exact solver; its graph and parameters are stored as metadata.
+        ed: the electronic solver (:class:`~klmgraph.ExactDiagonalization`, or :class:`~klmgraph.KPM`,
+            whose parameters name it); its graph and parameters are stored as metadata.
         num_samples: number of random configurations (uniform on the sphere, from ``seed``).
         spins: (M, N, 3) configurations to label instead of random ones.
         seed: seed of the random configurations.

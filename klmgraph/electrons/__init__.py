@@ -2,7 +2,10 @@
 
 * :class:`ExactDiagonalization`: dense ED at Gamma, or on a k-grid of twisted boundary
   conditions (the supercell of an infinite lattice), O(N^3) per configuration and k-point.
+* :class:`KPM`: kernel polynomial method with distance-coloured probe vectors, O(N) per
+  configuration; the field is the exact gradient of its energy estimate.
 """
 from .ed import ExactDiagonalization
+from .kpm import KPM
 
-__all__ = ["ExactDiagonalization"]
+__all__ = ["ExactDiagonalization", "KPM"]
