@@ -82,7 +82,8 @@ def build_solver(args: argparse.Namespace) -> ExactDiagonalization:
 build_model = build_solver  # the old name, kept for scripts that import it (klmgraph.io.build_network builds networks)
 
 
-def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu", kpm_options: dict | None = None):
+def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu", kpm_options: dict | None = None,
+                   deterministic: bool = False):
     """The force provider named on the command line, for the graph of ``ed``.
 
     Args:
@@ -92,6 +93,7 @@ def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu", kpm
         ed: the ED solver built from the lattice arguments (its graph is the run's graph).
         device: where a model's weights go.
         kpm_options: keyword arguments of :class:`~klmgraph.KPM` (order, probe_distance, ...).
+        deterministic: bind a model without atomic additions (bit-identical reruns on a GPU).
 
     Raises:
         ValueError: for an unknown provider, a missing file, or a model of another lattice.
@@ -117,7 +119,7 @@ def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu", kpm
             model = load_ecnn4klm(path, ed.graph).to(device)
     except ImportError as err:  # a klmgraph without the model import
         raise ValueError(f"--provider {kind}: this klmgraph cannot load models ({err})") from None
-    return model.bind(ed.graph)
+    return model.bind(ed.graph, deterministic=deterministic)
 
 
 # ---- KPM solver: its arguments and construction (self-contained block)
@@ -193,7 +195,8 @@ def run_simulation(args: argparse.Namespace):
 
     ed = build_solver(args)
     graph = ed.graph
-    provider = build_provider(args.provider, ed, args.device, kpm_options(args))
+    provider = build_provider(args.provider, ed, args.device, kpm_options(args),
+                              deterministic=getattr(args, "deterministic", False))
     seed0 = args.seed if args.init_seed is None else args.init_seed
     spins = initial_spins(args.init, graph, seed0, args.ansatz_q, args.ansatz_mz)
     spins = spins.to(dtype=getattr(torch, args.dtype), device=args.device)
@@ -301,6 +304,8 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, scan: bool = False) ->
                    help="sites per magnetic unit cell for n_sk per cell (48 for triangular-paper), auto (from "
                         "S(q) peaks) or none (default auto)")
     o.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    o.add_argument("--deterministic", action="store_true",
+                   help="a model provider without atomic additions: bit-identical reruns on a GPU (ECNN only)")
     o.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="spin precision (default float64)")
     o.add_argument("--out", default="klmgraph-scan" if scan else "klmgraph-run",
                    help="output folder; rerunning with the same settings resumes it")

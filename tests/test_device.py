@@ -157,3 +157,15 @@ def test_deterministic_is_refused_where_it_has_no_path():
     graph = klmgraph.square(4, 4)
     with pytest.raises(ValueError, match="IFNN has no deterministic path"):
         klmgraph.nn.IFNN.for_graph(graph, cutoff=1.1, hidden=(4,)).bind(graph, deterministic=True)
+
+
+@pytest.mark.parametrize("params", [dict(mu=-3.5), dict(filling=0.3), dict(filling=0.3, temperature=0.1),
+                                    dict(mu=-3.5, k_grid=(2, 2)), dict(filling=0.3, k_grid=(2, 2))])
+def test_exact_diagonalization_on_meta(params):
+    """ED (Gamma and k-grid, both ensembles, T > 0) on the device of its spins, with no host
+    round-trip in the solve. (KPM's sparse operator cannot exist on the meta device.)"""
+    graph = klmgraph.triangular(5, 5, t3=-0.85)
+    ed = klmgraph.ExactDiagonalization(graph, J=-1.0, **params)
+    energy, field = ed.energy_and_field(klmgraph.random_spins(graph, batch=2, seed=0).to(META))
+    assert energy.device == META and field.device == META
+    assert energy.shape == (2,) and field.shape == (2, 25, 3)

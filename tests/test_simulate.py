@@ -283,3 +283,22 @@ def test_triangular_example_runs(tmp_path):
     summary = json.loads((tmp_path / "example.json").read_text())
     assert summary["rows"][0]["cell_sites"] == 48 and summary["rows"][0]["step"] == 2
     assert (tmp_path / "spins_hz0.005.png").exists() and (tmp_path / "scan.png").exists()
+
+
+def test_cli_deterministic_model_run_equals_default(tmp_path):
+    """--deterministic binds the model without atomic sums; on the CPU the run is the same to rounding."""
+    graph = klmgraph.triangular(6, 6, t3=-0.85)
+    model = klmgraph.ECNN.for_graph(graph, channels=2, num_interactions=1)
+    model.save(tmp_path / "m.pt")
+    runs = []
+    for flag in ([], ["--deterministic"]):
+        out = tmp_path / f"run{len(runs)}"
+        assert main(["simulate", *TINY, "--out", str(out), "--provider", f"model:{tmp_path / 'm.pt'}",
+                     "--T", "0.01", "--no-plots", *flag]) == 0
+        runs.append(read_trajectory(out / "trajectory.h5"))
+    # the same sums in another order: equal to the float32 model's rounding
+    np.testing.assert_allclose(runs[0].spins, runs[1].spins, rtol=0, atol=1e-5)
+    assert not np.array_equal(runs[0].spins[0], runs[0].spins[-1])
+    # a k-grid with a model provider is refused: the model would ignore it
+    assert main(["simulate", *TINY, "--out", str(tmp_path / "k"), "--provider", f"model:{tmp_path / 'm.pt'}",
+                 "--k-grid", "2", "2"]) == 2

@@ -261,7 +261,7 @@ class ExactDiagonalization:
             too_many = count > ne
             hi = torch.where(too_many, mid, hi)
             lo = torch.where(too_many, lo, mid)
-            if bool(((hi - lo) < 1e-14 * (1 + mid.abs())).all()):
+            if not mid.is_meta and bool(((hi - lo) < 1e-14 * (1 + mid.abs())).all()):
                 break
         return 0.5 * (lo + hi)
 
@@ -295,7 +295,8 @@ class ExactDiagonalization:
     def _local_field(self, vectors: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """(J/2) sum_k f_k psi_k(r)^+ sigma psi_k(r): (B, 2N, M) eigenvectors, (B, M) occupations -> (B, N, 3)."""
         # occupations decrease with the level index, so only the first k columns contribute
-        k = int((f > 0).sum(-1).max())
+        # (a meta tensor, which checks device handling without data, keeps all of them)
+        k = f.shape[-1] if f.is_meta else int((f > 0).sum(-1).max())
         f = f[:, :k, None].to(vectors.dtype)  # (B, k, 1)
         up, dn = vectors[:, 0::2, :k], vectors[:, 1::2, :k]  # (B, N, k)
         # sum_k f_k psi^+ sigma psi per site: sigma_x, sigma_y from up* dn, sigma_z from |up|^2 - |dn|^2
