@@ -250,12 +250,13 @@ def plot_scan(rows, parameter: str = "hz", path=None, ax=None, title: str | None
 
 
 def plot_k_grid_convergence(groups: dict, path=None):
-    """|E/N(n) - E/N(reference)| and the field RMSE against the k-grid n x n, one line per
-    (model, supercell, state) (examples/k_grid_convergence.py).
+    """|E/N(n) - E/N(reference)| and the field RMSE against the side n L of the tiled lattice
+    that an n x n k-grid of an L x L supercell stands for, one line per (model, supercell,
+    state) (examples/k_grid_convergence.py).
 
     Args:
-        groups: name -> rows with ``grid``, ``delta_energy_per_site``, ``field_rmse`` (the
-            largest grid, the reference, is left out: its difference is zero).
+        groups: name -> rows with ``size``, ``grid``, ``delta_energy_per_site``, ``field_rmse``
+            (the reference row, whose difference is zero, is left out).
         path: PNG to write (closed afterwards); None to only draw.
 
     Returns:
@@ -265,8 +266,8 @@ def plot_k_grid_convergence(groups: dict, path=None):
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for k, (name, rows) in enumerate(groups.items()):
-        rows = sorted(rows, key=lambda r: int(r["grid"]))[:-1]
-        n = [int(r["grid"]) for r in rows]
+        rows = sorted((r for r in rows if float(r["field_rmse"]) > 0), key=lambda r: int(r["grid"]))
+        n = [int(r["grid"]) * int(r["size"]) for r in rows]
         style = dict(marker="os^v"[k % 4], linestyle="-" if "random" in name else "--", color=f"C{k // 2}")
         left.semilogy(n, [max(abs(float(r["delta_energy_per_site"])), 1e-16) for r in rows], label=name, **style)
         right.semilogy(n, [max(float(r["field_rmse"]), 1e-16) for r in rows], label=name, **style)
@@ -274,7 +275,11 @@ def plot_k_grid_convergence(groups: dict, path=None):
     left.set_ylabel(r"$|E/N - E/N_\mathrm{ref}|$")
     right.set_ylabel(r"RMSE of $B$ against the reference grid")
     for ax in (left, right):
-        ax.set_xlabel("k-grid n (n x n twists; 1 = Gamma)")
+        ax.set_xlabel("n L: side of the tiled lattice (n x n twists, L x L supercell)")
+        ax.set_xscale("log", base=2)
+        ticks = sorted({int(r["grid"]) * int(r["size"]) for rows in groups.values() for r in rows})
+        ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+        ax.minorticks_off()
     left.legend(fontsize=7)
     left.set_title("energy per site", fontsize=10)
     right.set_title("field", fontsize=10)
