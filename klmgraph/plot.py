@@ -265,10 +265,13 @@ def plot_k_grid_convergence(groups: dict, path=None):
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for k, (name, rows) in enumerate(groups.items()):
+    colours = {}
+    for name, rows in groups.items():
         rows = sorted((r for r in rows if float(r["field_rmse"]) > 0), key=lambda r: int(r["grid"]))
         n = [int(r["grid"]) * int(r["size"]) for r in rows]
-        style = dict(marker="os^v"[k % 4], linestyle="-" if "random" in name else "--", color=f"C{k // 2}")
+        family = name.rsplit("/", 1)[0]  # model/size: one colour; the state sets the line style
+        colour = colours.setdefault(family, f"C{len(colours)}")
+        style = dict(marker="s" if "random" in name else "o", linestyle="-" if "random" in name else "--", color=colour)
         left.semilogy(n, [max(abs(float(r["delta_energy_per_site"])), 1e-16) for r in rows], label=name, **style)
         right.semilogy(n, [max(float(r["field_rmse"]), 1e-16) for r in rows], label=name, **style)
     left.axhline(1e-6, color="0.5", lw=0.8, ls=":")

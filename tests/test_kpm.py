@@ -258,3 +258,8 @@ def test_command_line_kpm_labels_and_provider(tmp_path):
     ed = cli.build_model(args)
     provider = cli.build_provider(args.provider, ed, kpm_options=cli.kpm_options(args))
     assert isinstance(provider, klmgraph.KPM) and provider.order == 48 and provider.mu == -3.5
+
+
+def test_solver_name_names_its_settings():
+    kpm = klmgraph.KPM(klmgraph.square(4, 4), J=2.0, mu=0.0, order=64, probe_distance=3)
+    assert kpm.solver == "KPM, order 64, probe distance 3"

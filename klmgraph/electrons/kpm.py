@@ -202,6 +202,12 @@ class KPM:
     def num_sites(self) -> int:
         return self.graph.num_nodes
 
+    @property
+    def solver(self) -> str:
+        """Which solver this is, for reference numbers: "KPM, order 512, probe distance 12"."""
+        return f"KPM, order {self.order}, probe distance {self.probe_distance}" + (
+            ", Jackson kernel" if self.kernel == "jackson" else "")
+
     def parameters(self) -> dict:
         """The solver's and the Hamiltonian's parameters as a JSON-able dict."""
         return {"solver": "kpm", "order": self.order, "kernel": self.kernel,
