@@ -12,6 +12,11 @@ run (arrows coloured by S^z, Fig. 4b-d) and the |n_sk|, |M^z| against Hz plot (F
     PYTHONPATH=. python examples/triangular_skyrmions.py --quick      # 24 x 24, minutes on a CPU
     PYTHONPATH=. python examples/triangular_skyrmions.py --device cuda  # 96 x 96, the paper's size
 
+Each final state is then checked against an electronic solver: the model's field and E/N
+against ED at Gamma on lattices up to 48 x 48 (``--k-grid N`` for the thermodynamic limit of
+the state) and against KPM above, where ED is out of reach (``--check``; KPM at its defaults
+costs about an hour per 96 x 96 configuration on one CPU core: docs/electrons.md).
+
 --quick runs 24 x 24 (12 magnetic cells) for 400 steps of dt = 5. Random starts on a small
 lattice can freeze in metastable states; --seed picks another start. Results, with what the
 quick setting does and does not reproduce: docs/results.md.
@@ -58,6 +63,33 @@ def run_one(settings: dict, hz: float, folder: Path) -> klmgraph.SimulationResul
                              progress=settings["progress"])
 
 
+def check_state(graph, model, spins: torch.Tensor, hz: float, solver) -> dict:
+    """The model against ``solver`` (ED or KPM) on one final state: RMSE of B, E/N of both."""
+    provider = model.double().bind(graph)
+    s = spins.to(torch.float64)
+    started = time.perf_counter()
+    e_ref, b_ref = solver.energy_and_field(s)
+    seconds = time.perf_counter() - started
+    e_ml, b_ml = provider.energy_and_field(s)
+    zeeman = -hz * float(s[:, 2].sum())  # the same spin-only term on both sides
+    return {"solver": solver.solver, "rmse_field": float((b_ml - b_ref).pow(2).mean().sqrt()),
+            "energy_per_site_model": (float(e_ml) + zeeman) / graph.num_nodes,
+            "energy_per_site_reference": (float(e_ref) + zeeman) / graph.num_nodes, "solver_seconds": seconds}
+
+
+def make_solver(kind: str, graph, args):
+    """The reference solver of the final-state check: "ed" (Gamma, or --k-grid), "kpm", or
+    "auto" (ED up to 48 x 48, KPM above); None for "none"."""
+    if kind == "auto":
+        kind = "ed" if graph.num_nodes <= 48 * 48 else "kpm"
+    if kind == "none":
+        return None
+    if kind == "ed":
+        return klmgraph.ExactDiagonalization(graph, J=-1.0, mu=-3.5,
+                                             k_grid=(args.k_grid,) * 2 if args.k_grid > 1 else None)
+    return klmgraph.KPM(graph, J=-1.0, mu=-3.5, order=args.kpm_order, probe_distance=args.kpm_probe_distance)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="24 x 24, 400 steps (a few CPU minutes)")
@@ -74,6 +106,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads with --jobs 1 (default torch's; 1 is faster on a busy machine)")
     parser.add_argument("--out", default=None, help="output folder (default triangular-skyrmions-L)")
+    parser.add_argument("--check", choices=("auto", "ed", "kpm", "none"), default="auto",
+                        help="solver of the final-state check (default auto: ED up to 48 x 48, KPM above)")
+    parser.add_argument("--k-grid", type=int, default=1, metavar="N", help="ED check on an N x N k-grid (default 1: Gamma)")
+    parser.add_argument("--kpm-order", type=int, default=512, help="KPM check: Chebyshev moments (default 512)")
+    parser.add_argument("--kpm-probe-distance", type=int, default=12, help="KPM check: probe distance (default 12)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -107,12 +144,19 @@ def main(argv=None):
     where = f"{info.get('gpu') or info['cpu']}, {info['cores']} CPUs, {threads}, {args.device}"
     date = info["date"]
     print(f"\ntriangular {size}x{size}, {steps} Heun steps of dt = {args.dt}, seed {args.seed}; {where}; {date}")
-    print(f"{'Hz':>7} {'n_sk/cell':>10} {'paper |n_sk|':>12} {'|Mz|':>7} {'E/N':>10} {'wall s':>7}")
+    solver = make_solver(args.check, graph, args)
+    model = load_provider_model({**settings, "device": "cpu"}, graph) if solver is not None else None
+    print(f"{'Hz':>7} {'n_sk/cell':>10} {'paper |n_sk|':>12} {'|Mz|':>7} {'E/N':>10} {'wall s':>7}"
+          + (f"  check against {solver.solver}: RMSE(B), E/N model - reference" if solver is not None else ""))
     for row in rows:
         paper = PAPER.get(row["hz"], "")
-        print(f"{row['hz']:7.4f} {row['skyrmion_number_per_cell']:10.3f} {paper!s:>12} {row['abs_mz']:7.4f} "
-              f"{row['energy_per_site']:10.6f} {row['wall_time']:7.1f}")
         spins = klmgraph.read_trajectory(Path(row["folder"]) / "trajectory.h5").spins[-1]
+        if solver is not None:
+            row["check"] = check_state(graph, model, torch.as_tensor(spins), row["hz"], solver)
+        check = (f"  {row['check']['rmse_field']:.2e}, {row['check']['energy_per_site_model'] - row['check']['energy_per_site_reference']:+.2e}"
+                 if solver is not None else "")
+        print(f"{row['hz']:7.4f} {row['skyrmion_number_per_cell']:10.3f} {paper!s:>12} {row['abs_mz']:7.4f} "
+              f"{row['energy_per_site']:10.6f} {row['wall_time']:7.1f}" + check)
         ax = plot_spins(graph, torch.as_tensor(spins), arrows=size <= 48,
                         title=f"$H_z$ = {row['hz']:g}: $n_\\mathrm{{sk}}$ per cell = {row['skyrmion_number_per_cell']:.2f}")
         ax.figure.tight_layout()

@@ -283,6 +283,13 @@ def test_triangular_example_runs(tmp_path):
     summary = json.loads((tmp_path / "example.json").read_text())
     assert summary["rows"][0]["cell_sites"] == 48 and summary["rows"][0]["step"] == 2
     assert (tmp_path / "spins_hz0.005.png").exists() and (tmp_path / "scan.png").exists()
+    # the final state checked against ED (auto: the lattice is small), the solver named
+    check = summary["rows"][0]["check"]
+    assert check["solver"] == "ED at Gamma" and 0 < check["rmse_field"] < 1
+    example.main(["--size", "12", "--steps", "2", "--hz", "0.005", "--out", str(tmp_path), "--check", "kpm",
+                  "--kpm-order", "32", "--kpm-probe-distance", "3"])
+    check = json.loads((tmp_path / "example.json").read_text())["rows"][0]["check"]
+    assert check["solver"] == "KPM, order 32, probe distance 3" and 0 < check["rmse_field"] < 1
 
 
 def test_cli_deterministic_model_run_equals_default(tmp_path):
