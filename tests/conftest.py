@@ -59,3 +59,13 @@ def pytest_terminal_summary(terminalreporter):
                                    "(the published ecnn4klm checkpoints), which is absent here", yellow=True)
         for reason in sorted(set(reasons)):
             terminalreporter.write_line(f"  {reason}")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on tiny lattices several OpenMP threads on a shared
+    machine only wait for each other (a 72 x 72 diagonalisation took ~0.3 s instead of ~1 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

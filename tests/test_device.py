@@ -17,12 +17,7 @@ from klmgraph.train import StackedData, loss_terms, predict, predict_stacked, st
 META = torch.device(os.environ.get("KLMGRAPH_TEST_DEVICE", "meta"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(graph, name):

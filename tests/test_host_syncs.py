@@ -19,13 +19,7 @@ from hostsync import count_host_syncs
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny lattices: several OpenMP threads on the 2 shared cores are 15x slower than one
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,7 @@ def errors(graph, spins, params, **kpm_args):
     return float((b - b_ref).pow(2).mean().sqrt()), float((e - e_ref).abs().max()) / graph.num_nodes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small sparse products: several threads only wait for each other on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("kernel", ["none", "jackson"])

@@ -22,14 +22,7 @@ matplotlib.use("Agg")
 ECNN4KLM = Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # these lattices are tiny: with the 2 shared cores busy, several OpenMP threads make one
-    # 72 x 72 diagonalisation take ~0.3 s instead of ~1 ms
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spin_model(graph):
