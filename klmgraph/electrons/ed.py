@@ -38,7 +38,7 @@ import torch
 
 from ..checks import check_spins
 from ..graph import HoppingGraph
-from .kondo import Ensemble, bloch_windings, k_grid_twists
+from .kondo import Ensemble, EnsembleSolver, bloch_windings, k_grid_twists
 
 __all__ = ["ExactDiagonalization"]
 
@@ -57,7 +57,7 @@ def _check_k_grid(k_grid) -> tuple[int, ...] | None:
     return None if all(n == 1 for n in grid) else grid
 
 
-class ExactDiagonalization:
+class ExactDiagonalization(EnsembleSolver):
     """Exact electronic energy and effective field of the Kondo lattice model on a graph.
 
     Args:
@@ -103,10 +103,6 @@ class ExactDiagonalization:
         # counted over all twists together: the electrons of the tiled lattice
         self.num_electrons = self.ensemble.num_electrons(graph.num_nodes * self.num_twists)
         self.graph = graph
-        self.J = self.ensemble.J
-        self.filling = self.ensemble.filling
-        self.mu = self.ensemble.mu
-        self.temperature = self.ensemble.temperature
         self._hopping_block = {}
 
     @property

@@ -17,7 +17,7 @@ import torch
 
 from ..graph import HoppingGraph
 
-__all__ = ["Ensemble", "bloch_windings", "k_grid_twists"]
+__all__ = ["Ensemble", "EnsembleSolver", "bloch_windings", "k_grid_twists"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,28 @@ class Ensemble:
             raise ValueError(f"filling {self.filling} on {num_sites} sites gives {ne} electrons; "
                              f"need between 1 and {2 * num_sites - 1}")
         return ne
+
+
+class EnsembleSolver:
+    """What a solver with an ``ensemble`` (:class:`Ensemble`) exposes of it, read-only."""
+
+    ensemble: Ensemble
+
+    @property
+    def J(self) -> float:
+        return self.ensemble.J
+
+    @property
+    def filling(self) -> float | None:
+        return self.ensemble.filling
+
+    @property
+    def mu(self) -> float | None:
+        return self.ensemble.mu
+
+    @property
+    def temperature(self) -> float:
+        return self.ensemble.temperature
 
 
 def bloch_windings(graph: HoppingGraph) -> torch.Tensor:

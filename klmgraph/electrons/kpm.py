@@ -39,7 +39,7 @@ from ..checks import check_spins
 from ..graph import HoppingGraph
 from .chebyshev import (chebyshev_nodes, grand_potential_coefficients, jackson_kernel,
                         quadrature_coefficients, step_coefficients)
-from .kondo import Ensemble
+from .kondo import Ensemble, EnsembleSolver
 from .probing import distance_colouring
 
 __all__ = ["KPM", "hopping_bounds"]
@@ -108,7 +108,7 @@ def _inner(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nbspc,nbspc->b", torch.view_as_real(u), torch.view_as_real(v))
 
 
-class KPM:
+class KPM(EnsembleSolver):
     """Kernel-polynomial estimate of the electronic energy and effective field, O(N).
 
     Args:
@@ -151,10 +151,6 @@ class KPM:
         self.ensemble = Ensemble(J, filling=filling, mu=mu, temperature=temperature)
         self.num_electrons = self.ensemble.num_electrons(graph.num_nodes)
         self.graph = graph
-        self.J = self.ensemble.J
-        self.filling = self.ensemble.filling
-        self.mu = self.ensemble.mu
-        self.temperature = self.ensemble.temperature
         if int(order) != order or order < 2:
             raise ValueError(f"order (number of Chebyshev moments) must be an integer >= 2, got {order}")
         if probe_chunk is not None and (int(probe_chunk) != probe_chunk or probe_chunk < 1):
