@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import klmgraph
-from conftest import random_rotation
 
 # (lattice, supercell, k-grid, Hamiltonian): both ensembles, T = 0 and T > 0, 2D and 3D, a basis
 CASES = {
@@ -88,33 +87,6 @@ def test_gamma_grid_is_todays_ed_bit_for_bit():
         assert torch.equal(e0, e1) and torch.equal(b0, b1)
     assert klmgraph.ExactDiagonalization(graph, J=1.0, mu=0.0, k_grid=(1, 1)).parameters() == \
         klmgraph.ExactDiagonalization(graph, J=1.0, mu=0.0).parameters()
-
-
-@pytest.mark.parametrize("params", [dict(J=-1.0, mu=-3.5), dict(J=3.0, filling=0.35),
-                                    dict(J=3.0, filling=0.35, temperature=0.1)])
-def test_k_grid_field_is_minus_gradient(params):
-    """B = -dE/dS against central differences of the k-grid energy per supercell."""
-    ed = klmgraph.ExactDiagonalization(klmgraph.triangular(5, 5, t3=-0.85), k_grid=(3, 2), **params)
-    spins = klmgraph.random_spins(ed.graph, seed=5)[None]
-    _, field = ed._solve(spins)
-    h = 1e-5
-    for site in (0, 7, 24):
-        for a in range(3):
-            plus, minus = spins.clone(), spins.clone()
-            plus[0, site, a] += h
-            minus[0, site, a] -= h
-            numeric = -(ed._solve(plus)[0] - ed._solve(minus)[0]) / (2 * h)
-            assert abs(float(numeric - field[0, site, a])) < 1e-7
-
-
-def test_k_grid_rotation_equivariance():
-    ed = klmgraph.ExactDiagonalization(klmgraph.triangular(5, 5, t3=-0.85), J=-1.0, mu=-3.5, k_grid=(2, 2))
-    spins = klmgraph.random_spins(ed.graph, seed=6)
-    rot = random_rotation(3)
-    e, b = ed.energy_and_field(spins)
-    e_r, b_r = ed.energy_and_field(spins @ rot.T)
-    torch.testing.assert_close(e_r, e, rtol=0, atol=1e-12)
-    torch.testing.assert_close(b_r, b @ rot.T, rtol=0, atol=1e-12)
 
 
 def test_twisted_hamiltonian_is_hermitian_and_gamma_at_zero():
