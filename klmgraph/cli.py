@@ -102,8 +102,8 @@ def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu", kpm
     if kind == "ed" and not path:
         return ed
     if ed.k_grid is not None:
-        raise ValueError(f"--k-grid sets the twists of exact diagonalization; the provider {spec!r} "
-                         "would ignore it (use --provider ed, or drop --k-grid)")
+        raise ValueError(f"--k-grid sets the twists of exact diagonalization; {spec!r} "
+                         "would ignore it (use ed, or drop --k-grid)")
     if kind == "kpm" and not path:
         return build_kpm(ed, **(kpm_options or {}))
     if kind not in ("model", "ecnn4klm") or not path:
@@ -318,9 +318,7 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, scan: bool = False) ->
 
 def _generate(args: argparse.Namespace) -> None:
     ed = build_solver(args)
-    if args.solver == "kpm" and ed.k_grid is not None:
-        raise ValueError("--k-grid sets the twists of exact diagonalization; --solver kpm would ignore it")
-    solver = build_kpm(ed, **kpm_options(args)) if args.solver == "kpm" else ed
+    solver = build_provider(args.solver, ed, args.device, kpm_options(args))  # "ed" or "kpm"
     spins = read_spins(args.spins) if args.spins else None
     path = generate_dataset(args.out, solver, num_samples=None if spins is not None else args.samples,
                             spins=spins, seed=args.seed, batch_size=args.batch_size,
@@ -411,7 +409,7 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, default=1, help="configurations diagonalised together (default 1)")
     gen.add_argument("--out", default="klmgraph-data.h5", help="output file (default klmgraph-data.h5)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing file with other settings")
-    gen.add_argument("--device", default="cpu", help="torch device of the ED solver (default cpu)")
+    gen.add_argument("--device", default="cpu", help="torch device of the solver (default cpu)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
