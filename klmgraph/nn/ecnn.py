@@ -183,7 +183,15 @@ class ECNN(nn.Module):
         """Write configuration (JSON) and weights (state dict); read back with :func:`klmgraph.load_model`."""
         return save_model(self, path)
 
-    def bind(self, graph, deterministic: bool = False) -> "BoundModel":
+    def bind(self, graph, deterministic: bool = False, chunk_sites: int | str | None = None,
+             halo_hops: int | None = None) -> "BoundModel":
         """A force provider ``energy_and_field(spins)`` of this model on ``graph``
-        (``deterministic``: no atomic additions, bit-identical reruns on a GPU)."""
-        return BoundModel(self, graph, deterministic)
+        (``deterministic``: no atomic additions, bit-identical reruns on a GPU; ``chunk_sites``:
+        evaluate the lattice in chunks of that many sites with halos, or "auto"; see
+        :class:`~klmgraph.nn.BoundModel`)."""
+        return BoundModel(self, graph, deterministic, chunk_sites, halo_hops)
+
+    def receptive_hops(self, graph=None) -> int:
+        """Hops over the graph's edges that a site energy reads: one per convolution (the
+        interaction blocks and the output block)."""
+        return len(self.blocks) + 1

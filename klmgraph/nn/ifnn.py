@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..domains import hop_distances
 from ..lattice import lattice_from_description, match_sites, periodic_dims
 from .binding import BoundModel, check_graph
 from .modelfile import save_model
@@ -225,9 +226,43 @@ class IFNN(nn.Module):
         """Write configuration (JSON) and weights; read back with :func:`klmgraph.load_model`."""
         return save_model(self, path)
 
-    def bind(self, graph, deterministic: bool = False):
-        """A force provider ``energy_and_field(spins)`` of this model on ``graph``."""
-        return BoundModel(self, graph, deterministic)
+    def bind(self, graph, deterministic: bool = False, chunk_sites: int | str | None = None,
+             halo_hops: int | None = None):
+        """A force provider ``energy_and_field(spins)`` of this model on ``graph`` (``chunk_sites``:
+        evaluate in chunks with halos; see :class:`~klmgraph.nn.BoundModel`)."""
+        return BoundModel(self, graph, deterministic, chunk_sites, halo_hops)
+
+    def receptive_hops(self, graph) -> int:
+        """Hops over ``graph``'s edges (breadth-first search) from a site to the farthest site
+        of its descriptor neighbourhood, the largest over the sublattices (by translation
+        symmetry the same for every site of a sublattice)."""
+        tables = self.prepare(graph).to("cpu")
+        return max(hop_distances(graph, int(sites[0]), hood[0])
+                   for sites, hood in zip(tables.sites, tables.neighbourhoods))
+
+    def prepare_domain(self, graph, sites: torch.Tensor, deterministic: bool = False) -> _NeighbourTables:
+        """Tables of the sites ``sites`` of ``graph`` (local index i = global ``sites[i]``), cut
+        from the full graph's: the descriptors are right for every local site whose
+        neighbourhood is local (the owned sites of a domain whose halo covers
+        :meth:`receptive_hops`); entries that leave the domain point at the site itself.
+
+        Shapes:
+            sites: (n_local,) int64 global indices.
+        """
+        full = self.prepare(graph, deterministic).to("cpu")
+        sites = torch.as_tensor(sites).cpu()
+        local = torch.full((graph.num_nodes,), -1, dtype=torch.long)
+        local[sites] = torch.arange(len(sites))
+        members, hoods, partners = [], [], []
+        for m, hood, partner in zip(full.sites, full.neighbourhoods, full.partners):
+            mine = local[m]
+            keep = mine >= 0
+            mine = mine[keep]
+            members.append(mine)
+            for table, out in ((hood, hoods), (partner, partners)):
+                t = local[table[keep]]
+                out.append(torch.where(t >= 0, t, mine[:, None]))
+        return _NeighbourTables(members, hoods, partners).to(graph.pos.device)
 
     @property
     def num_descriptors(self) -> list[int]:
