@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import lattice as lattices
 from .data import generate_dataset, load_dataset, read_spins
+from .distributed import ProcessFailed
 from .dynamics import DivergenceError
 from .electrons import ExactDiagonalization
 
@@ -83,7 +84,7 @@ build_model = build_solver  # the old name, kept for scripts that import it (klm
 
 
 def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu", kpm_options: dict | None = None,
-                   deterministic: bool = False):
+                   deterministic: bool = False, chunk_sites: int | str | None = None):
     """The force provider named on the command line, for the graph of ``ed``.
 
     Args:
@@ -94,11 +95,15 @@ def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu", kpm
         device: where a model's weights go.
         kpm_options: keyword arguments of :class:`~klmgraph.KPM` (order, probe_distance, ...).
         deterministic: bind a model without atomic additions (bit-identical reruns on a GPU).
+        chunk_sites: evaluate a model in chunks of this many sites (or "auto"; see
+            :class:`~klmgraph.nn.BoundModel`).
 
     Raises:
         ValueError: for an unknown provider, a missing file, or a model of another lattice.
     """
     kind, _, path = spec.partition(":")
+    if chunk_sites is not None and kind not in ("model", "ecnn4klm"):
+        raise ValueError(f"--chunk-sites evaluates a model in chunks; the provider {spec!r} is not a model")
     if kind == "ed" and not path:
         return ed
     if ed.k_grid is not None:
@@ -119,7 +124,7 @@ def build_provider(spec: str, ed: ExactDiagonalization, device: str = "cpu", kpm
             model = load_ecnn4klm(path, ed.graph).to(device)
     except ImportError as err:  # a klmgraph without the model import
         raise ValueError(f"--provider {kind}: this klmgraph cannot load models ({err})") from None
-    return model.bind(ed.graph, deterministic=deterministic)
+    return model.bind(ed.graph, deterministic=deterministic, chunk_sites=chunk_sites)
 
 
 # ---- KPM solver: its arguments and construction (self-contained block)
@@ -196,7 +201,8 @@ def run_simulation(args: argparse.Namespace):
     ed = build_solver(args)
     graph = ed.graph
     provider = build_provider(args.provider, ed, args.device, kpm_options(args),
-                              deterministic=getattr(args, "deterministic", False))
+                              deterministic=getattr(args, "deterministic", False),
+                              chunk_sites=chunk_sites_option(getattr(args, "chunk_sites", None)))
     seed0 = args.seed if args.init_seed is None else args.init_seed
     spins = initial_spins(args.init, graph, seed0, args.ansatz_q, args.ansatz_mz)
     spins = spins.to(dtype=getattr(torch, args.dtype), device=args.device)
@@ -211,9 +217,14 @@ def run_simulation(args: argparse.Namespace):
     metadata["init_seed"] = seed0
     if getattr(args, "k_grid", None):  # only when given, so runs from before k-grids still resume
         metadata["k_grid"] = list(args.k_grid)
-    result = simulate(llg, graph, spins, args.steps, args.out, snapshot_every=args.snapshot_every,
-                      record_every=args.record_every, seed=args.seed, cell_sites=_cell_sites(args.cell_sites),
-                      metadata=metadata, overwrite=args.overwrite, progress=not args.quiet)
+    runner = simulate
+    if split_run_active():
+        from .distributed import simulate_distributed as runner
+    result = runner(llg, graph, spins, args.steps, args.out, snapshot_every=args.snapshot_every,
+                    record_every=args.record_every, seed=args.seed, cell_sites=_cell_sites(args.cell_sites),
+                    metadata=metadata, overwrite=args.overwrite, progress=not args.quiet)
+    if result is None:  # a process of a split run other than the first
+        return None
     if not args.no_plots:
         import matplotlib
         matplotlib.use("Agg")
@@ -222,7 +233,9 @@ def run_simulation(args: argparse.Namespace):
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    r = run_simulation(args)
+    r = launch_simulation(args)
+    if r is None:
+        return
     start = f"resumed at step {r.resumed_from}" if r.resumed_from is not None else "from step 0"
     print(f"{r.folder}: {r.steps_run} steps {start}, now at step {r.step} (t = {r.time:g}), "
           f"{r.wall_time:.1f} s")
@@ -314,6 +327,99 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, scan: bool = False) ->
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     if scan:
         o.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+
+
+# ---- scaling: chunked evaluation, split runs (--nprocs, torchrun), export (self-contained block)
+def _add_scaling_arguments(p: argparse.ArgumentParser, scan: bool = False) -> None:
+    g = p.add_argument_group("large lattices (docs/scaling.md)")
+    g.add_argument("--chunk-sites", default=None,
+                   help="evaluate the model in spatial chunks of about this many sites (each with a halo as wide "
+                        "as its receptive field): memory of a chunk, not of the lattice; auto: from free memory "
+                        "(default: the whole lattice at once)")
+    if scan:
+        return
+    g.add_argument("--nprocs", type=int, default=1,
+                   help="split the lattice over this many processes on this machine (torch.distributed; one GPU "
+                        "each with --device cuda); the run folder is the same as with one (default 1). Under "
+                        "torchrun leave it out: the processes are torchrun's")
+    g.add_argument("--backend", choices=("auto", "gloo", "nccl", "mpi"), default="auto",
+                   help="torch.distributed backend of a split run (default auto: nccl on CUDA, gloo otherwise)")
+
+
+def chunk_sites_option(text):
+    """--chunk-sites: None, "auto" or a positive integer."""
+    if text is None or text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--chunk-sites must be a positive integer or auto, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"--chunk-sites must be positive, got {value}")
+    return value
+
+
+def split_run_active() -> bool:
+    """Whether this process belongs to a torch.distributed group of more than one process."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def launch_simulation(args: argparse.Namespace):
+    """simulate with --nprocs P (spawned processes), under torchrun (the group it describes), or
+    in this process; the result on the first process, None on the others."""
+    nprocs = getattr(args, "nprocs", 1)
+    from .distributed import init_from_environment, launch
+
+    if init_from_environment(getattr(args, "backend", "auto"), args.device):
+        if nprocs != 1:
+            raise ValueError("--nprocs spawns processes on this machine; under torchrun leave it out "
+                             "(torchrun's --nproc-per-node sets the processes)")
+        return run_simulation(args)
+    if nprocs == 1:
+        return run_simulation(args)
+    if nprocs < 1:
+        raise ValueError(f"--nprocs must be a positive integer, got {nprocs}")
+    if args.provider.partition(":")[0] in ("ed", "kpm"):
+        from .distributed import provider_terms
+        provider_terms(build_provider(args.provider, build_solver(args), "cpu", kpm_options(args)))  # refuses
+    backend = args.backend
+    if backend == "auto":
+        from .distributed import default_backend
+        backend = default_backend(args.device)
+    arguments = dict(vars(args))
+    arguments.pop("func")
+    return launch(_split_simulation, nprocs, (arguments,), backend=backend)
+
+
+def _split_simulation(arguments: dict):
+    # module level, so spawned processes can import it
+    return run_simulation(argparse.Namespace(**arguments))
+
+
+def _add_export_parser(sub) -> None:
+    ex = sub.add_parser("export", help="write a snapshot of a trajectory as OVF 2.0 or VTK (ParaView)",
+                        description="Write one stored configuration of a trajectory for other tools: OVF 2.0 "
+                                    "(ubermag/discretisedfield, mumax3 tools, Spirit; a rectangular mesh for "
+                                    "square and cubic lattices, an irregular mesh with positions otherwise) or a "
+                                    "VTK unstructured grid of points with the spin vectors and S^z (ParaView).")
+    ex.add_argument("path", help="trajectory.h5 of a run (or a run folder)")
+    ex.add_argument("--format", choices=("ovf", "vtu"), required=True, help="output format")
+    ex.add_argument("--out", required=True, help="output file")
+    ex.add_argument("--step", type=int, default=None, help="the snapshot's step (default: the last one)")
+    ex.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_snapshot
+
+    path = Path(args.path)
+    if path.is_dir():
+        path = path / "trajectory.h5"
+    info = export_snapshot(path, args.out, args.format, step=args.step)
+    print(f"wrote {info['path']}: step {info['step']}, {info['sites']} sites, {info['mesh']}")
+# ---- end of the scaling block
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -434,13 +540,17 @@ def make_parser() -> argparse.ArgumentParser:
                                      "summary.json and figures; rerunning the same command continues from the "
                                      "last snapshot (a larger --steps extends a finished run).")
     _add_simulation_arguments(sim)
+    _add_scaling_arguments(sim)
     sim.set_defaults(func=_simulate)
 
     sc = sub.add_parser("scan", help="one simulate run per Hz (or T) value; CSV table and |n_sk|, |Mz| plot",
                         description="Sweep --hz (or --T) over several values, each an independent simulate run "
                                     "in OUT/hz=<value>; writes OUT/scan.csv and OUT/scan.png (paper Fig. 4a).")
     _add_simulation_arguments(sc, scan=True)
+    _add_scaling_arguments(sc, scan=True)
     sc.set_defaults(func=_scan)
+
+    _add_export_parser(sub)
 
     info = sub.add_parser("info", help="summarise a data set")
     info.add_argument("path")
@@ -455,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"klmgraph {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ProcessFailed as err:
+        print(f"klmgraph {args.command}: stopped: {err}", file=sys.stderr)
+        return 4
     except (DivergenceError, ScanFailed) as err:
         print(f"klmgraph {args.command}: stopped: {err}", file=sys.stderr)
         return 3

@@ -93,6 +93,11 @@ class LLG:
         field: external field h added as a :class:`Zeeman` term.
         integrator: ``"heun"`` or ``"midpoint"``.
         iterations: provider evaluations per midpoint step (>= 1; ignored by Heun).
+        domain: for one process of a split lattice (:mod:`klmgraph.distributed`): an object
+            whose ``owned`` (N_owned,) holds the global index of each spin row (the counter-based
+            noise is drawn per global site, so the trajectory does not depend on the split) and
+            whose ``all_true(flag)`` combines a bool tensor over the processes (so that every
+            process stops at the same step when one diverges). None (default): the whole lattice.
 
     Example::
 
@@ -111,6 +116,7 @@ class LLG:
     field: Sequence[float] = (0.0, 0.0, 0.0)
     integrator: str = "heun"
     iterations: int = 2
+    domain: Any = dataclass_field(default=None, repr=False, compare=False)
     _total: Provider = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -237,22 +243,22 @@ class LLG:
                 # noise of step n is a function of n: check the whole step once, then record
                 new = self._advance(spins, field, self._counter_noise(spins, seed, n))
                 if check_finite:
-                    _check_step(n, self.dt, energy, field, new)
+                    _check_step(n, self.dt, energy, field, new, self.domain)
                 if recording:
                     record(n, spins, energy)
             else:
                 # the record (and its callback) sees the generator before the step's noise
                 if check_finite:
-                    _check_step(n, self.dt, energy, field, None)
+                    _check_step(n, self.dt, energy, field, None, self.domain)
                 if recording:
                     record(n, spins, energy)
                 new = self._advance(spins, field, self._noise(spins, generator))
                 if check_finite:
-                    _check_step(n, self.dt, None, None, new)
+                    _check_step(n, self.dt, None, None, new, self.domain)
             spins = new
         energy = self._forces(spins)[0]
         if check_finite:
-            _check_step(end, self.dt, energy, None, None)
+            _check_step(end, self.dt, energy, None, None, self.domain)
         record(end, spins, energy)
         return LLGRun(spins=spins, times=torch.tensor(times, dtype=torch.float64),
                       energies=torch.stack(energies) if energies else torch.empty(0),
@@ -269,7 +275,8 @@ class LLG:
     def _counter_noise(self, spins, seed, step):
         if self.temperature == 0:
             return None
-        return self.noise_strength * gaussian(seed, step, spins.shape, spins.dtype, spins.device)
+        sites = None if self.domain is None else self.domain.owned
+        return self.noise_strength * gaussian(seed, step, spins.shape, spins.dtype, spins.device, sites=sites)
 
     def _step(self, spins, generator):
         """(new spins, energy of the input spins)."""
@@ -329,13 +336,16 @@ class DivergenceError(RuntimeError):
         self.time = time
 
 
-def _check_step(step, dt, energy, field, new):
-    """Raise :class:`DivergenceError` naming ``step`` unless the given tensors are all finite.
+def _check_step(step, dt, energy, field, new, domain=None):
+    """Raise :class:`DivergenceError` naming ``step`` unless the given tensors are all finite
+    (on every process of a split lattice: ``domain.all_true``).
 
     One reduction over everything given and one synchronisation; the message is worked out
     only on failure."""
     given = [t for t in (energy, field, new) if t is not None]
     ok = torch.stack([torch.isfinite(t).all() for t in given]).all()
+    if domain is not None:
+        ok = domain.all_true(ok)
     if bool(ok):  # the step's one host synchronisation
         return
     if (energy is not None and not bool(torch.isfinite(energy).all())) or \

@@ -65,7 +65,8 @@ def philox4x32(counter: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
 
 
 def gaussian(seed: int, step: int, shape: tuple, dtype: torch.dtype = torch.float64,
-             device: torch.device | str | None = None, site_offset: int = 0) -> torch.Tensor:
+             device: torch.device | str | None = None, site_offset: int = 0,
+             sites: torch.Tensor | None = None) -> torch.Tensor:
     """Standard normal numbers for the spins of one step: a pure function of its arguments.
 
     Args:
@@ -73,10 +74,12 @@ def gaussian(seed: int, step: int, shape: tuple, dtype: torch.dtype = torch.floa
         step: the LLG step, >= 0.
         shape: (N, 3) or (B, N, 3).
         dtype, device: of the result.
-        site_offset: global index of local site 0 (a domain of a split lattice).
+        site_offset: global index of local site 0 (a contiguous domain of a split lattice).
+        sites: (N,) global index of each local site instead (any domain of a split lattice).
 
     Returns:
-        tensor of ``shape``: entry [b, n, a] depends only on (seed, step, site_offset + n, b, a).
+        tensor of ``shape``: entry [b, n, a] depends only on (seed, step, site_offset + n, b, a),
+        or (seed, step, sites[n], b, a).
     """
     shape = tuple(int(x) for x in shape)
     if len(shape) not in (2, 3) or shape[-1] != 3:
@@ -86,7 +89,12 @@ def gaussian(seed: int, step: int, shape: tuple, dtype: torch.dtype = torch.floa
     batch = shape[0] if len(shape) == 3 else 1
     n = shape[-2]
     seed = int(seed) % 2 ** 64
-    sites = torch.arange(int(site_offset), int(site_offset) + n, dtype=torch.int64, device=device)
+    if sites is None:
+        sites = torch.arange(int(site_offset), int(site_offset) + n, dtype=torch.int64, device=device)
+    else:
+        sites = torch.as_tensor(sites, dtype=torch.int64, device=device)
+        if sites.shape != (n,):
+            raise ValueError(f"sites must hold one global index per site, shape ({n},), got {tuple(sites.shape)}")
     configs = torch.arange(batch, dtype=torch.int64, device=device)
     counter = torch.stack(torch.broadcast_tensors(
         sites[None, :], torch.full((), int(step) & _MASK, dtype=torch.int64, device=device).expand(batch, n),

@@ -38,7 +38,8 @@ from .graph import HoppingGraph
 from .measure import magnetic_cell_sites, skyrmion_number
 from .trajectory import TrajectoryWriter, read_trajectory
 
-__all__ = ["simulate", "SimulationResult", "TRAJECTORY", "SUMMARY"]
+__all__ = ["simulate", "SimulationResult", "TRAJECTORY", "SUMMARY", "open_run", "RunStart", "finish_run",
+           "divergence_error", "noise_seed"]
 
 TRAJECTORY = "trajectory.h5"
 NOISE = "philox4x32-10"  # klmgraph.noise; stored with a run so a resume uses the same stream
@@ -129,6 +130,69 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
         spins: (N, 3), float32 or float64, on the device the run should use.
     """
     started = time.perf_counter()
+    run = open_run(llg, graph, spins, steps, out, snapshot_every, record_every, seed, cell_sites, metadata, overwrite)
+    writer, start, spins = run.writer, run.start, run.spins
+    callback = writer
+    bar = None
+    if progress and steps > start:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, initial=start, desc="LLG", unit="step")
+
+        def callback(n, s, e):
+            writer(n, s, e)
+            bar.update(n - bar.n)
+    try:
+        if steps > start:
+            result = llg.run(spins, steps - start, record_every=run.record_every, seed=noise_seed(seed),
+                             callback=callback, start_step=start)
+            spins, energy = result.spins, result.energies[-1]
+        else:  # a finished run: its final record was cut with the resume; write it again
+            energy = llg.energy_and_field(spins)[0]
+            writer(steps, spins, energy)
+    except DivergenceError as err:
+        writer.close()
+        raise divergence_error(err, run.path) from None
+    finally:
+        # any other interruption (KeyboardInterrupt, a provider's error) leaves a file that a
+        # rerun continues from its last snapshot
+        writer.close()
+        if bar is not None:
+            bar.close()
+    return finish_run(llg, graph, spins, energy, run, cell_sites, started)
+
+
+@dataclass
+class RunStart:
+    """A run folder opened by :func:`open_run`: the writer and where the run starts.
+
+    Attributes:
+        writer: the :class:`~klmgraph.TrajectoryWriter` (resumed, or a new file).
+        folder, path: the run folder and its trajectory file.
+        steps, record_every: the run's settings (validated).
+        start: the step to start from (the last snapshot of a continued run, else 0).
+        resumed_from: that step for a continued run, else None.
+        spins: (N, 3) the configuration at ``start``, on the given spins' device and dtype.
+    """
+
+    writer: TrajectoryWriter
+    folder: Path
+    path: Path
+    steps: int
+    record_every: int
+    start: int
+    resumed_from: int | None
+    spins: torch.Tensor
+
+
+def open_run(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out, snapshot_every: int = 100,
+             record_every: int = 1, seed: int = 0, cell_sites: int | str | None = "auto",
+             metadata: dict | None = None, overwrite: bool = False) -> RunStart:
+    """Validate the settings of :func:`simulate` and open (or resume) its run folder: the part of
+    a run that a distributed run's first process does too (arguments as :func:`simulate`).
+
+    Raises:
+        ValueError: for inconsistent arguments, or a folder holding a run with other settings.
+    """
     for name, value, low in (("steps", steps, 0), ("snapshot_every", snapshot_every, 1),
                              ("record_every", record_every, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -164,39 +228,28 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
                              "ask for at least as many steps, or overwrite")
         start = resumed_from = last.step
         spins = last.spins.to(device=spins.device, dtype=spins.dtype)
-    callback = writer
-    bar = None
-    if progress and steps > start:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, initial=start, desc="LLG", unit="step")
+    return RunStart(writer, folder, path, steps, record_every, start, resumed_from, spins)
 
-        def callback(n, s, e):
-            writer(n, s, e)
-            bar.update(n - bar.n)
-    try:
-        if steps > start:
-            run = llg.run(spins, steps - start, record_every=record_every, seed=_noise_seed(seed),
-                          callback=callback, start_step=start)
-            spins, energy = run.spins, run.energies[-1]
-        else:  # a finished run: its final record was cut with the resume; write it again
-            energy = llg.energy_and_field(spins)[0]
-            writer(steps, spins, energy)
-    except DivergenceError as err:
-        writer.close()
-        kept = read_trajectory(path).spins_step
-        kept = int(kept[-1]) if kept is not None and len(kept) else None
-        raise DivergenceError(f"{err}. {path} keeps the snapshots up to step {kept}; rerunning the same "
-                              "settings would fail again: change dt (or the provider) and overwrite, or "
-                              "choose another folder", step=err.step, time=err.time) from None
-    finally:
-        # any other interruption (KeyboardInterrupt, a provider's error) leaves a file that a
-        # rerun continues from its last snapshot
-        writer.close()
-        if bar is not None:
-            bar.close()
-    result = _summarise(llg, graph, spins, energy, steps, cell_sites, folder, resumed_from,
-                        steps - start, time.perf_counter() - started)
-    _write_json(folder / SUMMARY, result.summary())
+
+def divergence_error(err: DivergenceError, path: Path) -> DivergenceError:
+    """``err`` with what the trajectory at ``path`` keeps and what to do (the writer closed)."""
+    kept = read_trajectory(path).spins_step
+    kept = int(kept[-1]) if kept is not None and len(kept) else None
+    return DivergenceError(f"{err}. {path} keeps the snapshots up to step {kept}; rerunning the same "
+                           "settings would fail again: change dt (or the provider) and overwrite, or "
+                           "choose another folder", step=err.step, time=err.time)
+
+
+def finish_run(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, energy, run: RunStart, cell_sites,
+               started: float) -> SimulationResult:
+    """The final observables of a run, written to ``summary.json``.
+
+    Shapes:
+        spins: (N, 3) the final configuration; energy: ()
+    """
+    result = _summarise(llg, graph, spins, energy, run.steps, cell_sites, run.folder, run.resumed_from,
+                        run.steps - run.start, time.perf_counter() - started)
+    _write_json(run.folder / SUMMARY, result.summary())
     return result
 
 
@@ -212,7 +265,8 @@ def _refuse_generator_runs(path: Path) -> None:
                          "or choose another folder to run again")
 
 
-def _noise_seed(seed: int) -> int:
+def noise_seed(seed: int) -> int:
+    """The seed of the counter-based noise stream of a run with ``seed``."""
     # random_spins(seed=s) draws from manual_seed(s); the noise must not reuse those numbers
     return (int(seed) * 0x9E3779B97F4A7C15 + 0x5851F42D4C957F2D) % (2 ** 63)
 

@@ -202,8 +202,14 @@ class TrajectoryWriter:
         values = np.asarray(values, dtype=dtype)
         shape = values.shape[1:]
         if name not in self._file:
-            self._file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
-                                      dtype=dtype, chunks=(1, *shape) if values[0].size > 4096 else True)
+            options = {"chunks": True}
+            if values[0].size > 4096:
+                # large configurations: chunks of at most 2^16 sites (an HDF5 chunk is read whole;
+                # the limit is 4 GB), byte-shuffled and deflated (readers need nothing extra)
+                rows = min(shape[-2], 2 ** 16) if len(shape) >= 2 else shape[-1]
+                options = {"chunks": (1, *shape[:-2], rows, shape[-1]) if len(shape) >= 2 else (1, *shape),
+                           "compression": "gzip", "compression_opts": 1, "shuffle": True}
+            self._file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, **options)
         ds = self._file[name]
         if ds.shape[1:] != shape:
             raise ValueError(f"record of {name} has shape {shape}; the file holds {ds.shape[1:]} "
@@ -230,11 +236,46 @@ class TrajectoryWriter:
             if self._triangles is None:
                 self._triangles = triangles_on(self.graph, spins.device)
             observables.append(solid_angle_sum(spins, self._triangles) / (4 * math.pi))
+        self._add(step, observables, spins)
+
+    def wants_spins(self, step: int) -> bool:
+        """Whether the record of ``step`` (the next one) stores the configuration."""
+        return self._snapshot_due(step) and step != self._skip_snapshot_at
+
+    def _snapshot_due(self, step: int) -> bool:
+        return bool(self.spins_every) and (self._since_snapshot % self.spins_every == 0 or step == self.final_step)
+
+    def record(self, step: int, energy: torch.Tensor, magnetization: torch.Tensor,
+               skyrmion_number: torch.Tensor | None = None, spins: torch.Tensor | None = None) -> None:
+        """Write one record whose observables were computed elsewhere (the processes of a split
+        lattice reduce them; :mod:`klmgraph.distributed`).
+
+        Args:
+            step: the step.
+            energy: total energy; magnetization: (3,) per site; skyrmion_number: total (when
+                the writer stores them).
+            spins: the configuration, needed when :meth:`wants_spins` says so.
+
+        Shapes:
+            energy (), magnetization (3,), skyrmion_number (), spins (N, 3)
+        """
+        if self._file is None:
+            raise ValueError("the trajectory file is closed")
+        if self.skyrmions and skyrmion_number is None:
+            raise ValueError("this trajectory stores skyrmion numbers: give skyrmion_number")
+        if spins is None and self.wants_spins(step):
+            raise ValueError(f"the record of step {step} stores the spins: give them")
+        observables = [torch.as_tensor(energy), torch.as_tensor(magnetization)]
+        if self.skyrmions:
+            observables.append(torch.as_tensor(skyrmion_number))
+        self._add(step, [o.detach().to(observables[0].device) for o in observables], spins)
+
+    def _add(self, step: int, observables: list, spins: torch.Tensor | None) -> None:
         self._pending.append((int(step), self.start_time + step * self.llg.dt, *observables))
         self._records += 1
-        if self.spins_every and (self._since_snapshot % self.spins_every == 0 or step == self.final_step):
+        if self._snapshot_due(step):
             if step != self._skip_snapshot_at:  # a resumed run starts on a stored snapshot
-                self._append("spins", spins.cpu().numpy(), self.dtype)
+                self._append("spins", spins.detach().cpu().numpy(), self.dtype)
                 self._append("spins_step", int(step), np.int64)
                 if self.generator is not None:
                     self._append("rng_state", self.generator.get_state().cpu().numpy(), np.uint8)
