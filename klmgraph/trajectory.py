@@ -46,7 +46,8 @@ import torch
 from .graph import HoppingGraph
 from .measure import solid_angle_sum, triangles_on
 
-__all__ = ["TrajectoryWriter", "Trajectory", "Snapshot", "read_trajectory", "last_snapshot", "stored_metadata"]
+__all__ = ["TrajectoryWriter", "Trajectory", "Snapshot", "read_trajectory", "last_snapshot", "snapshot_at",
+           "stored_metadata"]
 
 FORMAT = "klmgraph-trajectory"
 
@@ -362,6 +363,34 @@ def last_snapshot(path) -> Snapshot | None:
         rng = f["rng_state"][k - 1] if "rng_state" in f else None
         return Snapshot(step=int(f["spins_step"][k - 1]), spins=torch.from_numpy(f["spins"][k - 1]),
                         rng_state=None if rng is None else torch.from_numpy(rng))
+
+
+def snapshot_at(path, step: int | None = None) -> tuple[Snapshot, dict]:
+    """One committed snapshot (default: the last) and the graph description, reading only it
+    (a large run's file holds many).
+
+    Raises:
+        ValueError: if the file is not a trajectory, holds no snapshot, or none at ``step``
+            (the message lists the stored steps).
+    """
+    with _open(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a klmgraph trajectory")
+        _, k = _committed(f)
+        if not k:
+            raise ValueError(f"{path} holds no snapshot")
+        steps = f["spins_step"][:k]
+        if step is None:
+            index = k - 1
+        else:
+            found = np.nonzero(steps == int(step))[0]
+            if not len(found):
+                shown = ", ".join(map(str, steps[:10])) + (", ..." if k > 10 else "")
+                raise ValueError(f"{path} holds no snapshot at step {step}; its snapshots are at steps {shown} "
+                                 f"(last {int(steps[-1])})")
+            index = int(found[0])
+        return (Snapshot(step=int(steps[index]), spins=torch.from_numpy(f["spins"][index]), rng_state=None),
+                json.loads(f.attrs["graph"]))
 
 
 @dataclass
