@@ -18,6 +18,8 @@ from .compat import load_ecnn4klm
 from .io import load_model
 from .simulation import SimulationResult, simulate
 from .sweep import scan
+from .distributed import simulate_distributed
+from .export import export_snapshot
 
 __version__ = "0.1.0"
 
@@ -34,5 +36,5 @@ __all__ = [
     "structure_factor", "magnetic_cell_sites", "locality",
     "TrajectoryWriter", "Trajectory", "read_trajectory",
     "ECNN", "compute_field", "load_ecnn4klm", "load_model",
-    "simulate", "SimulationResult", "scan",
+    "simulate", "SimulationResult", "scan", "simulate_distributed", "export_snapshot",
 ]

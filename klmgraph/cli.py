@@ -390,7 +390,15 @@ def launch_simulation(args: argparse.Namespace):
         backend = default_backend(args.device)
     arguments = dict(vars(args))
     arguments.pop("func")
-    return launch(_split_simulation, nprocs, (arguments,), backend=backend)
+    try:
+        return launch(_split_simulation, nprocs, (arguments,), backend=backend)
+    except ProcessFailed as err:
+        from .trajectory import last_snapshot
+
+        path = Path(args.out) / "trajectory.h5"
+        kept = last_snapshot(path) if path.exists() else None
+        where = f"; {path} keeps its snapshots up to step {kept.step}" if kept else ""
+        raise ProcessFailed(f"{err}{where}", rank=err.rank) from None
 
 
 def _split_simulation(arguments: dict):

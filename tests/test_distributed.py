@@ -145,3 +145,23 @@ def test_failing_process_stops_the_others_and_keeps_the_snapshot(split_runs, tmp
     result = klmgraph.simulate(llg, graph, spins, STEPS, folder / "failure", **SETTINGS)
     assert result.resumed_from == 20
     assert_same(ref, read_trajectory(folder / "failure" / "trajectory.h5"))
+
+
+def test_simulate_command_with_nprocs_and_chunks(tmp_path, one_thread, capsys):
+    from klmgraph.cli import main
+
+    graph = klmgraph.square(12, 12)
+    torch.manual_seed(0)
+    klmgraph.ECNN.for_graph(graph, channels=2, lmax=1, num_interactions=1).save(tmp_path / "m.pt")
+    common = ["simulate", "--size", "12", "12", "--provider", f"model:{tmp_path / 'm.pt'}", "--dt", "0.2",
+              "--T", "0.05", "--alpha", "0.3", "--hz", "0.1", "--snapshot-every", "5", "--no-plots", "--quiet"]
+    # ED is not local: refused before any process is started
+    assert main(common[:5] + ["ed"] + common[6:] + ["--steps", "4", "--nprocs", "2", "--out", str(tmp_path / "ed")]) == 2
+    assert "exact diagonalization" in capsys.readouterr().err
+    assert main(common + ["--steps", "10", "--nprocs", "2", "--out", str(tmp_path / "split")]) == 0
+    # continued in one process, in chunks, to step 20; against one unchunked process throughout
+    assert main(common + ["--steps", "20", "--chunk-sites", "40", "--out", str(tmp_path / "split")]) == 0
+    assert main(common + ["--steps", "20", "--out", str(tmp_path / "one")]) == 0
+    assert_same(read_trajectory(tmp_path / "one" / "trajectory.h5"), read_trajectory(tmp_path / "split" / "trajectory.h5"))
+    assert main(common + ["--steps", "4", "--chunk-sites", "x", "--out", str(tmp_path / "x")]) == 2
+    assert "--chunk-sites must be a positive integer or auto" in capsys.readouterr().err

@@ -11,6 +11,7 @@ The error of the process that failed first is raised, naming it.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -100,7 +101,8 @@ def _worker(rank, world, port, backend, threads, function, args, queue):
     try:
         init_from_environment(backend)
         result = function(*args)
-        queue.put(("ok", rank, time.time(), result if rank == 0 else None))
+        # plain pickle bytes: torch's queue would pass tensors as shared memory of a process about to exit
+        queue.put(("ok", rank, time.time(), pickle.dumps(result) if rank == 0 else None))
     except BaseException as err:  # noqa: B902 - reported to the launcher, whatever it is
         divergence = (err.step, err.time) if isinstance(err, DivergenceError) else None
         queue.put(("error", rank, time.time(), divergence, f"{type(err).__name__}: {err}", traceback.format_exc()))
@@ -174,5 +176,6 @@ def launch(function: Callable, nprocs: int, args: tuple = (), backend: str = "gl
                                                       k not in {r[1] for r in errors}} - {rank})
         detail = f"; processes {others} stopped after it" if others else ""
         raise ProcessFailed(f"process {rank} of {nprocs} failed: {message}{detail}", rank=rank)
-    return next((r[3] for r in reports if r[0] == "ok" and r[1] == 0), None)
+    result = next((r[3] for r in reports if r[0] == "ok" and r[1] == 0), None)
+    return None if result is None else pickle.loads(result)
 
