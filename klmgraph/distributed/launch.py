@@ -78,13 +78,17 @@ def init_from_environment(backend: str = "auto", device: str = "cpu", timeout: f
         return dist.get_world_size() > 1
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    _join(backend, device, timeout)
+    return True
+
+
+def _join(backend: str, device: str = "cpu", timeout: float = 600.0) -> None:
     backend = default_backend(device) if backend == "auto" else backend
     _check_backend(backend)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout))
     stop_on_sigterm()
-    return True
 
 
 def _free_port() -> int:
@@ -99,7 +103,7 @@ def _worker(rank, world, port, backend, threads, function, args, queue):
     stop_on_sigterm()
     torch.set_num_threads(threads)
     try:
-        init_from_environment(backend)
+        _join(backend)
         result = function(*args)
         # plain pickle bytes: torch's queue would pass tensors as shared memory of a process about to exit
         queue.put(("ok", rank, time.time(), pickle.dumps(result) if rank == 0 else None))
