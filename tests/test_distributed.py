@@ -40,8 +40,10 @@ class FailingECNN(klmgraph.ECNN):
 def setup(kind="ecnn", cls=klmgraph.ECNN):
     graph = klmgraph.square(12, 12)
     torch.manual_seed(0)
-    if kind == "ecnn":
-        provider = cls.for_graph(graph, channels=2, lmax=1, num_interactions=1).double().bind(graph)
+    if kind.startswith("ecnn"):
+        # "ecnn-chunked": each process evaluates its domain in chunks of 30 sites
+        chunks = 30 if kind == "ecnn-chunked" else None
+        provider = cls.for_graph(graph, channels=2, lmax=1, num_interactions=1).double().bind(graph, chunk_sites=chunks)
     elif kind == "ifnn":
         provider = IFNN.for_graph(graph, cutoff=2.0, hidden=(8,)).double().bind(graph)
     else:  # spin terms only
@@ -56,7 +58,7 @@ def _cases(folder):
     notes = {}
     groups = {p: dist.new_group(list(range(p))) for p in (1, 2, 3)}
     groups[4] = None
-    runs = [("ecnn", p) for p in (1, 2, 3, 4)] + [("ifnn", 3), ("spins", 3)]
+    runs = [("ecnn", p) for p in (1, 2, 3, 4)] + [("ifnn", 3), ("spins", 3), ("ecnn-chunked", 2)]
     for kind, p in runs:
         if rank < p:
             graph, llg, spins = setup(kind)
@@ -107,10 +109,10 @@ def assert_same(a, b, tol=1e-5):
 
 
 @pytest.mark.parametrize("kind, processes", [("ecnn", 1), ("ecnn", 2), ("ecnn", 3), ("ecnn", 4), ("ifnn", 3),
-                                             ("spins", 3)])
+                                             ("spins", 3), ("ecnn-chunked", 2)])
 def test_split_run_equals_one_process(split_runs, tmp_path, one_thread, kind, processes):
     folder, _ = split_runs
-    ref = reference(tmp_path, kind)
+    ref = reference(tmp_path, kind.split("-")[0])
     run = read_trajectory(folder / f"{kind}-p{processes}" / "trajectory.h5")
     assert_same(ref, run)
     # the noise was on: the spins moved far from the damped path of one step

@@ -4,7 +4,9 @@ An LLG provider (a sum of terms) is split by kind of term:
 
 * models bound to the graph (:class:`~klmgraph.ECNN`, :class:`~klmgraph.nn.IFNN`): the site
   energies of the owned sites from owned and halo spins (:class:`~klmgraph.nn.DomainModel`),
-  their gradient on halo sites sent back to the owners;
+  their gradient on halo sites sent back to the owners; a model bound with ``chunk_sites``
+  evaluates the domain in chunks of that size (:func:`klmgraph.domains.split_domain`), so a
+  process's memory is that of a chunk;
 * :class:`~klmgraph.Heisenberg`: the bonds into owned sites, the same way (one hop of halo);
 * :class:`~klmgraph.Zeeman`, :class:`~klmgraph.SingleIonAnisotropy`: on the owned spins alone;
 * exact diagonalization is refused (every spin's field depends on every other: it is not
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..domains import Domain
+from ..domains import Domain, split_domain
 from ..electrons import KPM, ExactDiagonalization
 from ..nn.binding import BoundModel, DomainModel, receptive_hops
 from ..providers import Heisenberg, Provider, SingleIonAnisotropy, SumProvider, Zeeman, as_provider
@@ -79,13 +81,25 @@ class DomainProvider(Provider):
         self.models, self.bonds, self.sites = [], [], []
         for t in terms:
             if isinstance(t, BoundModel):
-                self.models.append(DomainModel(t.model, graph, domain, t.deterministic))
+                self.models.append(self._chunks(t, graph, domain))
             elif isinstance(t, Heisenberg):
                 if domain.halo_hops < 1:
                     raise ValueError("a Heisenberg term needs a halo of at least 1 hop")
                 self.bonds.append(Heisenberg(domain.local_graph.targets_in(domain.num_owned), t.J))
             else:
                 self.sites.append(t)
+
+    @staticmethod
+    def _chunks(bound: BoundModel, graph, domain: Domain) -> list:
+        """(DomainModel, positions of its sites among the domain's) of the model, in chunks of
+        the model's ``chunk_sites`` when it was bound with one (else the whole domain)."""
+        if bound.chunk_sites is None or domain.num_owned <= bound.chunk_sites:
+            return [(DomainModel(bound.model, graph, domain, bound.deterministic), None)]
+        local = torch.full((graph.num_nodes,), -1, dtype=torch.long)
+        local[domain.sites] = torch.arange(domain.num_local)
+        parts = -(-domain.num_owned // bound.chunk_sites)
+        return [(DomainModel(bound.model, graph, d, bound.deterministic), local[d.sites])
+                for d in split_domain(graph, domain, parts)]
 
     def energy_and_field(self, spins):
         if spins.shape != (self.num_owned, 3):
@@ -98,10 +112,17 @@ class DomainProvider(Provider):
         if self.models or self.bonds:
             local = self.exchange.halo(spins)
             grad = torch.zeros_like(local)
-            for m in self.models:
-                p = next(m.model.parameters())
-                e, g = m.energy_and_gradient(local.to(p))
-                energy, grad = energy + e.to(spins), grad + g.to(spins)
+            for chunks in self.models:
+                for m, where in chunks:
+                    p = next(m.model.parameters())
+                    if where is None:
+                        e, g = m.energy_and_gradient(local.to(p))
+                        grad = grad + g.to(spins)
+                    else:
+                        where = where.to(spins.device)
+                        e, g = m.energy_and_gradient(local[where].to(p))
+                        grad = grad.index_add(0, where, g.to(spins))
+                    energy = energy + e.to(spins)
             for b in self.bonds:
                 e, f = b.energy_and_field_unchecked(local)
                 energy, grad = energy + e, grad - f

@@ -181,8 +181,8 @@ class BoundModel:
         self.graph = graph
         self.num_sites = graph.num_nodes
         self.deterministic = bool(deterministic)
-        self.chunks: list[DomainModel] | None = None
         self.chunk_sites = None
+        self._chunks, self._neighbours = None, None
         self._auto = chunk_sites == "auto"
         if chunk_sites is not None:
             self._halo = receptive_hops(model, graph) if halo_hops is None else int(halo_hops)
@@ -191,19 +191,27 @@ class BoundModel:
                 chunk_sites = self._auto_chunk_sites()
             elif not isinstance(chunk_sites, int) or isinstance(chunk_sites, bool) or chunk_sites < 1:
                 raise ValueError(f'chunk_sites must be a positive integer, "auto" or None, got {chunk_sites!r}')
-            self._make_chunks(chunk_sites)
-        if self.chunks is None:
+            self.chunk_sites = int(chunk_sites)
+        if self.chunk_sites is None or self.chunk_sites >= self.num_sites:
             self._neighbours = model.prepare(graph, deterministic=True) if deterministic else model.prepare(graph)
 
     # ------------------------------------------------------------------ chunks
+    @property
+    def chunks(self) -> list[DomainModel] | None:
+        """The chunks (built at first use: a process of a split run that evaluates only its own
+        domain never builds them), or None when the lattice is evaluated whole."""
+        if self._chunks is None and self._neighbours is None:
+            self._make_chunks(self.chunk_sites)
+        return self._chunks
+
     def _make_chunks(self, chunk_sites: int) -> None:
-        parts = math.ceil(self.num_sites / min(int(chunk_sites), self.num_sites))
         self.chunk_sites = int(chunk_sites)
-        if parts == 1:
-            self.chunks = None
-            return
-        self.chunks = [DomainModel(self.model, self.graph, d, self.deterministic)
-                       for d in decompose(self.graph, parts, self._halo)]
+        parts = math.ceil(self.num_sites / min(self.chunk_sites, self.num_sites))
+        self._chunks = [DomainModel(self.model, self.graph, d, self.deterministic)
+                        for d in decompose(self.graph, parts, self._halo)] if parts > 1 else None
+        if self._chunks is None:
+            self._neighbours = self.model.prepare(self.graph, deterministic=True) if self.deterministic else \
+                self.model.prepare(self.graph)
 
     def _auto_chunk_sites(self) -> int:
         """Sites per chunk that fit in half the free memory of the model's device, from the
