@@ -6,7 +6,8 @@ Sections (each writes a CSV under --out, default docs/figures/):
   domains of :mod:`klmgraph.domains` for the published models' receptive fields);
 * ``memory``: peak memory of one energy + field evaluation of the published ECNN (float32)
   against lattice size, whole lattice against ``chunk_sites`` chunks (each size in a fresh
-  subprocess; on CPU the increase of the peak resident set size, on CUDA torch's peak allocation);
+  subprocess; on CPU the increase of the peak resident set size (VmHWM) during the call, on CUDA
+  torch's peak allocation);
 * ``strong``: time per Heun step of a fixed lattice with 1 and 2 processes (gloo, one thread
   each), and one process through the split-run code (its overhead);
 * ``weak``: the same with the lattice growing with the processes.
@@ -71,6 +72,12 @@ def halo_rows(sizes, parts_list, kinds=("square", "triangular")) -> list[dict]:
 # ------------------------------------------------------------------------------- memory
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM; getrusage's ru_maxrss would include the peak of
+    the parent that started this subprocess)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -172,6 +179,22 @@ def write(rows: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
+def plot(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from klmgraph.plot import plot_scaling
+
+    def rows(name):
+        path = out / name
+        return list(csv.DictReader(open(path))) if path.exists() else []
+
+    info = json.loads((out / "scaling_machine.json").read_text()) if (out / "scaling_machine.json").exists() else {}
+    note = f"{info.get('cpu', '?')}, {info.get('cores', '?')} cores shared with 3 other jobs, {info.get('date', '?')}"
+    plot_scaling(rows("scaling_halo.csv"), rows("scaling_memory.csv"), out / "scaling.png", note=note)
+    print(f"wrote {out / 'scaling.png'}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", nargs="+", default=["halo", "memory", "strong", "weak"],
@@ -184,6 +207,7 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "figures"))
+    p.add_argument("--plot", action="store_true", help="only draw scaling.png from the CSVs in --out")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -191,6 +215,9 @@ def main():
         print(json.dumps(memory_one(kind, size, chunk, device)))
         return
     out = Path(args.out)
+    if args.plot:
+        plot(out)
+        return
     info = {**machine(args.device), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average": os.getloadavg()}
     print(info)
@@ -219,6 +246,8 @@ def main():
     if timing:
         write(timing_rows(timing, args.steps, args.repeats), out / f"scaling_time{tag}.csv")
     (out / f"scaling_machine{tag}.json").write_text(json.dumps(info, indent=1) + "\n")
+    if not args.quick:
+        plot(out)
 
 
 if __name__ == "__main__":

@@ -177,16 +177,24 @@ def initial_spins(spec: str, graph, seed: int, ansatz_q: float = math.pi / 3, an
 
 
 def _cell_sites(text: str):
-    if text == "auto":
-        return "auto"
-    if text == "none":
-        return None
+    return positive_int_option(text, "--cell-sites", {"auto": "auto", "none": None})
+
+
+def positive_int_option(text, option: str, keywords: dict):
+    """A positive integer from ``text``, or the value of one of the ``keywords`` (text -> value).
+
+    Raises:
+        ValueError: naming ``option``.
+    """
+    if text in keywords:
+        return keywords[text]
     try:
         value = int(text)
-    except ValueError:
-        raise ValueError(f"--cell-sites must be a positive integer, auto or none, got {text!r}") from None
+    except (TypeError, ValueError):
+        raise ValueError(f"{option} must be a positive integer or {' or '.join(map(str, keywords))}, "
+                         f"got {text!r}") from None
     if value <= 0:
-        raise ValueError(f"--cell-sites must be positive, got {value}")
+        raise ValueError(f"{option} must be positive, got {value}")
     return value
 
 
@@ -348,15 +356,7 @@ def _add_scaling_arguments(p: argparse.ArgumentParser, scan: bool = False) -> No
 
 def chunk_sites_option(text):
     """--chunk-sites: None, "auto" or a positive integer."""
-    if text is None or text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"--chunk-sites must be a positive integer or auto, got {text!r}") from None
-    if value <= 0:
-        raise ValueError(f"--chunk-sites must be positive, got {value}")
-    return value
+    return None if text is None else positive_int_option(text, "--chunk-sites", {"auto": "auto"})
 
 
 def split_run_active() -> bool:

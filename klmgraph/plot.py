@@ -293,6 +293,51 @@ def plot_k_grid_convergence(groups: dict, path=None):
     return fig
 
 
+def plot_scaling(halo_rows: list, memory_rows: list, path=None, note: str = ""):
+    """Split and chunked runs (benchmarks/scaling.py): the halo per owned site against the sites
+    a process owns, and the memory of one evaluation against lattice size, whole and in chunks.
+
+    Args:
+        halo_rows: rows with ``lattice``, ``owned``, ``halo_fraction``, ``processes``.
+        memory_rows: rows with ``sites``, ``memory_mb``, ``chunk_sites`` (0: whole lattice).
+        path: PNG to write (closed afterwards); None to only draw.
+        note: a line under the figure (machine, date).
+
+    Returns:
+        The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for k, kind in enumerate(sorted({r["lattice"] for r in halo_rows})):
+        rows = sorted((r for r in halo_rows if r["lattice"] == kind), key=lambda r: float(r["owned"]))
+        left.loglog([float(r["owned"]) for r in rows], [float(r["halo_fraction"]) for r in rows], "o",
+                    color=f"C{k}", label=f"{kind} (published ECNN, 5 hops)")
+    owned = np.logspace(2, 7, 50)
+    left.loglog(owned, 4 * 5 / np.sqrt(owned), "k:", lw=0.8, label="4 x 5 / sqrt(owned): square blocks")
+    left.set_xlabel("sites owned by a process")
+    left.set_ylabel("halo sites / owned sites")
+    left.legend(fontsize=7)
+    left.set_title("halo of a domain", fontsize=10)
+    for chunked, marker in ((False, "o-"), (True, "s--")):
+        rows = sorted((r for r in memory_rows if (int(r["chunk_sites"]) > 0) == chunked), key=lambda r: int(r["sites"]))
+        if rows:
+            label = "whole lattice" if not chunked else f"chunks of {int(rows[0]['chunk_sites'])} sites"
+            right.loglog([int(r["sites"]) for r in rows], [max(float(r["memory_mb"]), 1e-1) for r in rows], marker,
+                         label=label)
+    right.set_xlabel("sites")
+    right.set_ylabel("peak memory of one energy + field (MB)")
+    right.legend(fontsize=7)
+    right.set_title("one evaluation, float32", fontsize=10)
+    if note:
+        fig.text(0.5, 0.01, note, ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
+
+
 def save_run_figures(graph: HoppingGraph, folder, spins=None, prefix: str = "") -> list:
     """The figures of one run folder: final spins, S(q) and time series, as PNGs in ``folder``.
 

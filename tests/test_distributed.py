@@ -166,4 +166,4 @@ def test_simulate_command_with_nprocs_and_chunks(tmp_path, one_thread, capsys):
     assert main(common + ["--steps", "20", "--out", str(tmp_path / "one")]) == 0
     assert_same(read_trajectory(tmp_path / "one" / "trajectory.h5"), read_trajectory(tmp_path / "split" / "trajectory.h5"))
     assert main(common + ["--steps", "4", "--chunk-sites", "x", "--out", str(tmp_path / "x")]) == 2
-    assert "--chunk-sites must be a positive integer or auto" in capsys.readouterr().err
+    assert "--chunk-sites must be a positive integer or auto, got 'x'" in capsys.readouterr().err
