@@ -17,6 +17,10 @@ dataset                     shape                  meaning
                                                    (only when the writer was given it)
 ==========================  =====================  ==========================================
 
+Configurations of more than 4096 numbers are stored in chunks of one snapshot and at most 2^16
+sites, byte-shuffled and deflated (gzip level 1; any HDF5 reader decompresses them, and older
+uncompressed files read and continue as before).
+
 File attributes: ``format`` ("klmgraph-trajectory"), ``format_version``, ``klmgraph_version``,
 ``graph`` (the graph description as JSON), ``llg`` (dt, alpha, temperature, field, integrator,
 iterations as JSON), ``metadata`` (JSON of anything the user passes), and the commit counters

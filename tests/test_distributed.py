@@ -37,6 +37,19 @@ class FailingECNN(klmgraph.ECNN):
         return super().site_energies(spins, neighbours)
 
 
+class NaNECNN(klmgraph.ECNN):
+    """An ECNN whose site energies turn NaN on one process after a number of evaluations."""
+
+    nan_rank, nan_after, calls = None, None, 0
+
+    def site_energies(self, spins, neighbours):
+        self.calls += 1
+        e = super().site_energies(spins, neighbours)
+        if dist.get_rank() == self.nan_rank and self.calls > self.nan_after:
+            return e * float("nan")
+        return e
+
+
 def setup(kind="ecnn", cls=klmgraph.ECNN):
     graph = klmgraph.square(12, 12)
     torch.manual_seed(0)
@@ -78,6 +91,15 @@ def _cases(folder):
             make()
         except ValueError as err:
             notes[name] = str(err)
+    # a NaN on process 2 during step 7: every process stops at that step
+    graph, llg, spins = setup(cls=NaNECNN)
+    llg.provider.model.nan_rank, llg.provider.model.nan_after = 2, 2 * 7
+    try:
+        simulate_distributed(llg, graph, spins, STEPS, folder / "nan", **SETTINGS)
+    except klmgraph.DivergenceError as err:
+        stopped = [None] * dist.get_world_size()
+        dist.all_gather_object(stopped, (err.step, str(err)))
+        notes["nan"] = stopped
     if rank == 0:
         (folder / "notes.json").write_text(json.dumps(notes))
     dist.barrier()
@@ -133,6 +155,14 @@ def test_narrow_halo_and_non_local_providers_are_refused(split_runs):
     notes = json.loads((folder / "notes.json").read_text())
     assert "narrower than the receptive field" in notes["halo"] and "2 hops" in notes["halo"]
     assert "exact diagonalization" in notes["ed"] and "not local" in notes["ed"]
+
+
+def test_nan_on_one_process_stops_every_process_at_that_step(split_runs):
+    folder, _ = split_runs
+    stopped = json.loads((folder / "notes.json").read_text())["nan"]
+    assert [step for step, _ in stopped] == [7] * 4
+    assert "keeps the snapshots up to step 0" in stopped[0][1]  # the first process names the file
+    assert read_trajectory(folder / "nan" / "trajectory.h5").spins_step[-1] == 0
 
 
 def test_failing_process_stops_the_others_and_keeps_the_snapshot(split_runs, tmp_path, one_thread):

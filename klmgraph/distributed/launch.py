@@ -68,13 +68,19 @@ def stop_on_sigterm() -> None:
 
 def init_from_environment(backend: str = "auto", device: str = "cpu", timeout: float = 600.0) -> bool:
     """Join the process group that torchrun (or another launcher setting RANK, WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT) describes; False when the environment names no group of more than
-    one process. With NCCL, process LOCAL_RANK uses GPU LOCAL_RANK.
+    MASTER_ADDR, MASTER_PORT) describes, or with ``backend="mpi"`` the MPI job (mpirun); False
+    when there is no group of more than one process. With NCCL, process LOCAL_RANK uses GPU
+    LOCAL_RANK.
 
     Raises:
         ValueError: for a backend this torch lacks.
     """
     if dist.is_initialized():
+        return dist.get_world_size() > 1
+    if backend == "mpi":  # mpirun -n P klmgraph simulate --backend mpi: MPI knows rank and size
+        _check_backend("mpi")
+        dist.init_process_group("mpi", timeout=timedelta(seconds=timeout))
+        stop_on_sigterm()
         return dist.get_world_size() > 1
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
@@ -136,6 +142,9 @@ def launch(function: Callable, nprocs: int, args: tuple = (), backend: str = "gl
     """
     if not isinstance(nprocs, int) or isinstance(nprocs, bool) or nprocs < 1:
         raise ValueError(f"--nprocs must be a positive integer, got {nprocs!r}")
+    if backend == "mpi":
+        raise ValueError("MPI processes are started by mpirun, not spawned: run "
+                         "mpirun -n P klmgraph simulate ... --backend mpi (without --nprocs)")
     _check_backend(backend if backend != "auto" else "gloo")
     threads = threads or max(1, (os.cpu_count() or 1) // nprocs)
     ctx = mp.get_context("spawn")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..checks import check_spins
-from ..domains import Domain, check_halo, decompose
+from ..domains import Domain, check_halo, decompose, domain_of, partition
 from .forces import compute_field
 
 __all__ = ["BoundModel", "DomainModel", "check_graph", "receptive_hops", "SIZE_KEYS"]
@@ -218,7 +218,8 @@ class BoundModel:
         bytes autograd keeps per local site on a probe chunk (about 512 sites)."""
         p = self._reference_param()
         parts = max(1, self.num_sites // 512)
-        probe = DomainModel(self.model, self.graph, decompose(self.graph, parts, self._halo)[0], self.deterministic)
+        owner = partition(self.graph, parts, self._halo)
+        probe = DomainModel(self.model, self.graph, domain_of(self.graph, owner, 0, self._halo), self.deterministic)
         saved = [0]
 
         def pack(t):
