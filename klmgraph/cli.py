@@ -9,6 +9,8 @@
         --hz 0.005 --dt 5 --steps 400 --out run-hz0.005
     klmgraph scan --preset triangular-paper --size 24 24 --provider ecnn4klm:triangle_param.cpt \
         --hz 0.002 0.005 0.008 --dt 5 --steps 400 --jobs 3 --out scan
+    klmgraph simulate ... --nprocs 4 (or torchrun --nproc-per-node 4 -m klmgraph simulate ...)
+    klmgraph export RUN/trajectory.h5 --format ovf|vtu --out FILE [--step N]
 """
 from __future__ import annotations
 

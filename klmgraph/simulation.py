@@ -131,7 +131,7 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
     """
     started = time.perf_counter()
     run = open_run(llg, graph, spins, steps, out, snapshot_every, record_every, seed, cell_sites, metadata, overwrite)
-    writer, start, spins = run.writer, run.start, run.spins
+    writer, start, spins, steps = run.writer, run.start, run.spins, run.steps
     callback = writer
     bar = None
     if progress and steps > start:

@@ -147,7 +147,7 @@ def simulate_distributed(llg: LLG, graph, spins: torch.Tensor, steps: int, out, 
     dist.broadcast_object_list(status, src=share.root, group=group)
     if status[0][0] == "error":
         raise RuntimeError(f"the first process could not open the run: {status[0][1]}")
-    start = status[0][1]
+    start, steps = status[0][1], int(steps)  # validated by the first process
     full = run.spins.clone() if run is not None else torch.empty_like(spins)
     dist.broadcast(full, src=share.root, group=group)
     owned = full[share.domain.owned.to(full.device)]
