@@ -197,3 +197,25 @@ def test_simulate_command_with_nprocs_and_chunks(tmp_path, one_thread, capsys):
     assert_same(read_trajectory(tmp_path / "one" / "trajectory.h5"), read_trajectory(tmp_path / "split" / "trajectory.h5"))
     assert main(common + ["--steps", "4", "--chunk-sites", "x", "--out", str(tmp_path / "x")]) == 2
     assert "--chunk-sites must be a positive integer or auto, got 'x'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_same_command(tmp_path, one_thread):
+    """`torchrun --nproc-per-node 2 -m klmgraph simulate ...` writes the run of one process."""
+    import shutil
+    import subprocess
+    import sys
+
+    from klmgraph.cli import main
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    graph = klmgraph.square(12, 12)
+    torch.manual_seed(0)
+    klmgraph.ECNN.for_graph(graph, channels=2, lmax=1, num_interactions=1).double().save(tmp_path / "m.pt")
+    common = ["simulate", "--size", "12", "12", "--provider", f"model:{tmp_path / 'm.pt'}", "--dt", "0.2",
+              "--T", "0.05", "--steps", "10", "--snapshot-every", "5", "--no-plots", "--quiet"]
+    out = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "klmgraph", *common, "--out", str(tmp_path / "tr")],
+                         capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    assert_same(read_trajectory(tmp_path / "one" / "trajectory.h5"), read_trajectory(tmp_path / "tr" / "trajectory.h5"))
