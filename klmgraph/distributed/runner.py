@@ -96,9 +96,10 @@ class _SplitRun:
             full[sites] = pieces[q][: len(sites)]
         return full
 
-    def flag(self, value: bool) -> bool:
-        """The first process's ``value`` on every process."""
-        x = torch.tensor([int(value)], dtype=torch.int32)
+    def flag(self, value: bool, device) -> bool:
+        """The first process's ``value`` on every process (a tensor on ``device``: NCCL
+        communicates CUDA tensors only)."""
+        x = torch.tensor([int(value)], dtype=torch.int32, device=device)
         dist.broadcast(x, src=self.root, group=self.group)
         return bool(x[0])
 
@@ -159,7 +160,7 @@ def simulate_distributed(llg: LLG, graph, spins: torch.Tensor, steps: int, out, 
 
     def record(n, s, e):
         totals = share.observables(s)
-        everything = share.gather(s) if share.flag(writer is not None and writer.wants_spins(n)) else None
+        everything = share.gather(s) if share.flag(writer is not None and writer.wants_spins(n), s.device) else None
         if writer is not None:
             writer.record(n, e, totals[:3] / share.num_sites, totals[3] if share.skyrmions else None, everything)
             if bar is not None:
