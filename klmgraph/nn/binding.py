@@ -120,6 +120,11 @@ class BoundModel:
         path: shapes are checked, values are not, and nothing synchronises with the host)."""
         self._check_shape(spins)
         p = self._reference_param()
+        # a model may offer a compiled path (ECNN: nn/fused.py); None where it does not apply
+        fused = getattr(self.model, "fused_energy_and_field", None)
+        result = fused(spins.detach().to(p), self.neighbours(p.device)) if fused is not None else None
+        if result is not None:
+            return result[0].to(spins), result[1].to(spins)
         s = spins.detach().to(p).requires_grad_(True)
         with torch.enable_grad(), _frozen(self.model):
             energy = self.model.energy(s, self.neighbours(p.device))
