@@ -32,8 +32,10 @@ def _library():
     if lib is not None and not hasattr(lib, "_klm_typed"):
         for name in ("klm_ecnn_energy_and_grads_f32", "klm_ecnn_energy_and_grads_f64"):
             fn = getattr(lib, name)
-            fn.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, ctypes.c_double, ctypes.c_int, _P, _P, _P]
+            fn.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, ctypes.c_double, ctypes.c_int, _P, _P, _P, _P]
             fn.restype = None
+        lib.klm_ecnn_workspace.argtypes = [_P, _I]
+        lib.klm_ecnn_workspace.restype = _I
         lib._klm_typed = True
     return lib
 
@@ -109,6 +111,16 @@ def _packed(model, dtype):
     return cache[1]
 
 
+def _workspace(neighbours, size: int, dtype) -> torch.Tensor:
+    """The kernel's scratch memory, kept with the graph's neighbour table between calls (fresh
+    pages every call would cost a page fault per 4 KiB, about as much as the arithmetic)."""
+    work = neighbours.__dict__.get("_fused_workspace")
+    if work is None or work.dtype != dtype or work.numel() < size:
+        work = torch.empty(size, dtype=dtype)
+        neighbours.__dict__["_fused_workspace"] = work
+    return work
+
+
 def _applies(spins: torch.Tensor, neighbours) -> bool:
     from torch._C._functorch import is_functorch_wrapped_tensor
 
@@ -152,9 +164,10 @@ def fused_energy_and_field(model, spins: torch.Tensor, neighbours) -> tuple[torc
     energy = torch.empty(lead + (n,), dtype=dtype)
     gx0, gfilt = torch.empty_like(x0c), torch.empty_like(filtc)
     table, inverse = neighbours.table.contiguous(), neighbours.inverse.contiguous()
+    work = _workspace(neighbours, lib.klm_ecnn_workspace(meta.data_ptr(), batch * n), dtype)
     fn = lib.klm_ecnn_energy_and_grads_f32 if dtype == torch.float32 else lib.klm_ecnn_energy_and_grads_f64
     fn(meta.data_ptr(), params.data_ptr(), x0c.data_ptr(), filtc.data_ptr(), table.data_ptr(), inverse.data_ptr(),
-       batch, n, eps2, torch.get_num_threads(), energy.data_ptr(), gx0.data_ptr(), gfilt.data_ptr())
+       batch, n, eps2, torch.get_num_threads(), energy.data_ptr(), gx0.data_ptr(), gfilt.data_ptr(), work.data_ptr())
     scale = 0.5 if model.time_reversal else 1.0
     (grad,) = torch.autograd.grad([x0, filt], s, [gx0 * scale, gfilt * scale])
     if model.time_reversal:

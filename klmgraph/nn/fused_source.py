@@ -28,6 +28,8 @@ WT_a: (K * Q_a, mul_a); Clebsch-Gordan tables CG_c: (I_c, J * d_c), rows (piece,
 
 SOURCE = r"""
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -206,7 +208,11 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
 }
 
 // ---------------------------------------------------------------- per-site pieces
+#ifdef KLM_FAKE
+template <typename T> inline T sigmoid(T t) { return T(0.5) + T(0.2) * t; }
+#else
 template <typename T> inline T sigmoid(T t) { return T(1) / (T(1) + std::exp(-t)); }
+#endif
 
 // norm activation V -> SiLU(|V|) V / |V| per (mul, d) block, |V| clamped below at eps
 template <typename T>
@@ -244,11 +250,11 @@ inline void act_backward(const T* h, const T* g, T* gh, const Layer& ly, T eps2)
     }
 }
 
-// out = CG(z, Y) for one site, from the sparse coefficient list: per entry one multiply-add over
+// out = CG(z, Y) [+ residual] for one site, from the sparse coefficient list: per entry one multiply-add over
 // the output channels w (contiguous in z); T_c scratch holds out_c as [k][w], then e3nn layout.
 template <typename T>
 inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restrict Y, const T* __restrict params,
-                       T* __restrict tmp, T* __restrict out) {
+                       const T* __restrict residual, T* __restrict tmp, T* __restrict out) {
   i64 toff[16], base = 0;
   for (const OutIrrep& o : ly.out) { for (i64 j = 0; j < o.mul * o.d; ++j) tmp[base + j] = 0; base += o.mul * o.d; }
   base = 0;
@@ -263,15 +269,17 @@ inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restri
   for (size_t c = 0; c < ly.out.size(); ++c) {
     const OutIrrep& o = ly.out[c];
     for (i64 w = 0; w < o.mul; ++w)
-      for (i64 k = 0; k < o.d; ++k) out[o.off + w * o.d + k] = tmp[toff[c] + k * o.mul + w];
+      for (i64 k = 0; k < o.d; ++k)
+        out[o.off + w * o.d + k] = tmp[toff[c] + k * o.mul + w] + (residual ? residual[o.off + w * o.d + k] : T(0));
   }
 }
 
-// per-site backward of out = CG(z, Y): gz (written, layout of z) and gY (added)
+// per-site backward of out = CG(z, Y): gz and gY = gY_in + dE/dY (gY_in may be null). Sums run in
+// thread-local scratch (gzs) and are stored once, so that a tile computed twice stays correct.
 template <typename T>
 inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restrict Y, i64 J,
-                        const T* __restrict params, const T* __restrict gout, T* __restrict gz, T* __restrict gY,
-                        T* __restrict tmp) {
+                        const T* __restrict params, const T* __restrict gout, T* __restrict gz_out,
+                        const T* __restrict gY_in, T* __restrict gY, T* __restrict tmp, T* __restrict gz) {
   i64 toff[16], base = 0;
   for (size_t c = 0; c < ly.out.size(); ++c) {
     const OutIrrep& o = ly.out[c];
@@ -292,77 +300,123 @@ inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restr
     for (i64 w = 0; w < mul; ++w) gg[w] += cy * t[w];
     gy[e.j] += coef * dot<T>(zz, t, mul);
   }
-  for (i64 j = 0; j < J; ++j) gY[j] += gy[j];
+  for (i64 j = 0; j < ly.zsize; ++j) gz_out[j] = gz[j];
+  for (i64 j = 0; j < J; ++j) gY[j] = (gY_in ? gY_in[j] : T(0)) + gy[j];
 }
 
 // ---------------------------------------------------------------- scheduling
-// Runs fn(lo, hi) over [0, total) in tiles, pass after pass; threads take tiles from a counter.
+// Runs fn_p(lo, hi) over [0, total) in tiles, pass after pass. Thread r owns the r-th
+// contiguous range of tiles (the same sites in every pass: their data stays in its cache) and
+// takes them in order from its own counter; when its range is exhausted it takes tiles from
+// the other ranges, and when none is left untaken it redoes a tile another thread still holds
+// instead of waiting for it, so a thread the OS has descheduled (a loaded machine) never stalls
+// a pass. Redoing is safe because a tile is idempotent: every pass writes its own buffers, which
+// no later pass of the call overwrites, from inputs that no longer change, with plain stores of
+// sums made in thread-local scratch (two threads on one tile store the same values).
 struct Passes {
   std::vector<std::function<void(i64, i64)>> fns;
   void run(i64 total, i64 tile, int threads) {
     const i64 P = (i64)fns.size();
     const i64 ntiles = (total + tile - 1) / tile;
-    std::vector<std::atomic<i64>> next(P), done(P);
-    for (i64 p = 0; p < P; ++p) { next[p] = 0; done[p] = 0; }
-    auto work = [&]() {
+    const int R = (int)std::max<i64>(1, std::min<i64>(threads, ntiles));
+    std::vector<std::atomic<i64>> next(P * R), done(P);
+    std::vector<std::atomic<char>> finished(P * ntiles);
+    for (auto& x : next) x = 0;
+    for (auto& x : done) x = 0;
+    for (auto& f : finished) f = 0;
+    auto range = [&](int r, i64& lo, i64& hi) { lo = ntiles * r / R; hi = ntiles * (r + 1) / R; };
+#ifdef KLM_PROFILE
+    auto t0 = std::chrono::steady_clock::now();
+#endif
+    auto run_tile = [&](i64 p, i64 t) {
+      fns[p](t * tile, std::min(total, (t + 1) * tile));
+      char expected = 0;
+      if (finished[p * ntiles + t].compare_exchange_strong(expected, 1, std::memory_order_acq_rel))
+        done[p].fetch_add(1, std::memory_order_release);
+    };
+    auto work = [&](int me) {
       for (i64 p = 0; p < P; ++p) {
-        for (;;) {
-          i64 t = next[p].fetch_add(1, std::memory_order_relaxed);
-          if (t >= ntiles) break;
-          fns[p](t * tile, std::min(total, (t + 1) * tile));
-          done[p].fetch_add(1, std::memory_order_release);
+        for (int k = 0; k < R; ++k) {  // my range first, then the others'
+          const int r = (me + k) % R;
+          i64 lo, hi;
+          range(r, lo, hi);
+          for (;;) {
+            i64 t = lo + next[p * R + r].fetch_add(1, std::memory_order_relaxed);
+            if (t >= hi) break;
+            run_tile(p, t);
+          }
         }
-        while (done[p].load(std::memory_order_acquire) < ntiles) std::this_thread::yield();
+        while (done[p].load(std::memory_order_acquire) < ntiles) {
+          i64 t = ntiles;
+          for (i64 u = ntiles; u-- > 0;)
+            if (!finished[p * ntiles + u].load(std::memory_order_acquire)) { t = u; break; }
+          if (t < ntiles) run_tile(p, t); else std::this_thread::yield();
+        }
+#ifdef KLM_PROFILE
+        if (me == 0) { auto now = std::chrono::steady_clock::now(); fprintf(stderr, "pass %ld: %.3f ms\n", (long)p, std::chrono::duration<double>(now - t0).count() * 1e3); t0 = now; }
+#endif
       }
     };
-    threads = (int)std::max<i64>(1, std::min<i64>(threads, ntiles));
     std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(work);
-    work();
+    for (int r = 1; r < R; ++r) pool.emplace_back(work, r);
+    work(0);
     for (auto& th : pool) th.join();
+  }
+};
+
+// Per-site storage of one call, as offsets into one workspace (reused between calls: fresh pages
+// for every call would cost a page fault per 4 KiB). Every pass writes its own buffers (see
+// Passes): inputs x_l (x_0 is the caller's), pre-activations h_l, mixed features z_l, and per
+// layer dE/dz_l (read by the neighbours), dE/dh_l (the residual) and the running dE/dY.
+struct Layout {
+  std::vector<i64> xs, hs, zs, gz, gh, gy;
+  i64 zmax = 0, dmax = 0, scratch = 0, total = 0;
+  Layout(const Net& net, i64 S) {
+    i64 off = 0;
+    for (i64 l = 0; l < net.L; ++l) {
+      const Layer& ly = net.layers[l];
+      xs.push_back(off); if (l > 0) off += S * ly.din;
+      hs.push_back(off); off += S * ly.dout;
+      zs.push_back(off); off += S * ly.zsize;
+      gz.push_back(off); off += S * ly.zsize;
+      gh.push_back(off); off += S * ly.dout;
+      gy.push_back(off); off += S * net.J;
+      zmax = std::max(zmax, ly.zsize);
+      dmax = std::max(dmax, std::max(ly.din, ly.dout));
+      for (const InIrrep& ir : ly.in) scratch = std::max(scratch, ir.d * std::max(ir.Q, ir.mul));
+    }
+    for (const Linear& li : net.mlp) dmax = std::max(dmax, std::max(li.nin, li.nout));
+    total = off;
   }
 };
 
 template <typename T>
 void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y, const i64* table,
-                      const i64* inverse, i64 B, i64 N, T eps2, int threads, T* energy, T* gx0, T* gY) {
+                      const i64* inverse, i64 B, i64 N, T eps2, int threads, T* energy, T* gx0, T* gY, T* work) {
   const Net net = parse(meta);
   const i64 L = net.L, K = net.K, J = net.J, S = B * N;
-  // per-layer per-site storage: inputs x_l (x_0 is the caller's), pre-activations h_l, mixed z_l
-  std::vector<Buf<T>> xs(L), hs(L), zs(L);
-  i64 zmax = 0, dmax = 0, scratch = 0;
-  for (i64 l = 0; l < L; ++l) {
-    const Layer& ly = net.layers[l];
-    if (l > 0) xs[l] = alloc<T>(S * ly.din);
-    hs[l] = alloc<T>(S * ly.dout);
-    zs[l] = alloc<T>(S * ly.zsize);
-    zmax = std::max(zmax, ly.zsize);
-    dmax = std::max(dmax, std::max(ly.din, ly.dout));
-    for (const InIrrep& ir : ly.in) scratch = std::max(scratch, ir.d * std::max(ir.Q, ir.mul));
-  }
-  for (const Linear& li : net.mlp) dmax = std::max(dmax, std::max(li.nin, li.nout));
-  // gradients: dE/dz of the layer above (read by neighbours) and dE/dh (residual), two of each
-  Buf<T> gz[2] = {alloc<T>(S * zmax), alloc<T>(S * zmax)};
-  Buf<T> gh[2] = {alloc<T>(S * dmax), alloc<T>(S * dmax)};
+  const Layout lay(net, S);
+  std::vector<T*> xs(L), hs(L), zs(L);
+  for (i64 l = 0; l < L; ++l) { xs[l] = work + lay.xs[l]; hs[l] = work + lay.hs[l]; zs[l] = work + lay.zs[l]; }
+  std::vector<T*> gz(L), gh(L), gyl(L);
+  for (i64 l = 0; l < L; ++l) { gz[l] = work + lay.gz[l]; gh[l] = work + lay.gh[l]; gyl[l] = work + lay.gy[l]; }
+  const i64 zmax = lay.zmax, dmax = lay.dmax, scratch = lay.scratch;
   const i64 nmlp = (i64)net.mlp.size();
-  const i64 per_thread = scratch + (6 + 2 * nmlp) * dmax + 64;
-  auto xin = [&](i64 l) -> const T* { return l == 0 ? x0 : xs[l].get(); };
+  const i64 per_thread = scratch + zmax + (6 + 2 * nmlp) * dmax + 64;
+  auto xin = [&](i64 l) -> const T* { return l == 0 ? x0 : xs[l]; };
 
   // forward of layer l at site g: z_l, h_l
   auto conv_site = [&](i64 l, i64 g, T* tmp, T* scr) {
     const Layer& ly = net.layers[l];
     const i64 n = g % N, base = g - n;
     const T* x = xin(l);
-    T* z = zs[l].get() + g * ly.zsize;
+    T* z = zs[l] + g * ly.zsize;
     for (const InIrrep& ir : ly.in) {
       if (ir.Q == 0) continue;
       mix<T>(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, base, K, N, params + ir.w, z + ir.z, ir.Q, 1,
              ir.d, ir.Q, scr);
     }
-    T* h = hs[l].get() + g * ly.dout;
-    cg_forward<T>(ly, z, Y + g * J, params, tmp, h);
-    if (ly.residual)
-      for (i64 j = 0; j < ly.dout; ++j) h[j] += x[g * ly.din + j];
+    cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? x + g * ly.din : nullptr, tmp, hs[l] + g * ly.dout);
   };
 
   Passes passes;
@@ -372,7 +426,7 @@ void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y,
       const Layer& ly = net.layers[l];
       for (i64 g = lo; g < hi; ++g) {
         conv_site(l, g, buf.get() + scratch, buf.get());
-        act_forward<T>(hs[l].get() + g * ly.dout, xs[l + 1].get() + g * ly.dout, ly, eps2);
+        act_forward<T>(hs[l] + g * ly.dout, xs[l + 1] + g * ly.dout, ly, eps2);
       }
     });
   // output convolution + read-out forward and backward + the convolution's per-site backward
@@ -386,10 +440,11 @@ void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y,
     T* gnext = grad + dmax;
     T* as = gnext + dmax;          // activations a_0 .. a_nmlp, dmax each
     T* ys = as + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
+    T* gzs = ys + nmlp * dmax;       // dE/dz of one site
     const T f0 = T(1) / (T(1) + std::exp(-std::sqrt(eps2)));
     for (i64 g = lo; g < hi; ++g) {
       conv_site(l, g, tmp, scr);
-      const T* h = hs[l].get() + g * ly.dout;
+      const T* h = hs[l] + g * ly.dout;
       // read-out: a_0 = h, y_m = A_m a_m + b_m, a_{m+1} = act(y_m) (no act after the last)
       for (i64 j = 0; j < ly.dout; ++j) as[j] = h[j];
       for (i64 m = 0; m < nmlp; ++m) {
@@ -425,11 +480,9 @@ void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y,
           for (i64 i = 0; i < li.nin; ++i) gnext[i] += params[li.w + o * li.nin + i] * grad[o];
         for (i64 i = 0; i < li.nin; ++i) grad[i] = gnext[i];
       }
-      T* gy = gY + g * J;
-      for (i64 j = 0; j < J; ++j) gy[j] = 0;
-      cg_backward<T>(ly, zs[l].get() + g * ly.zsize, Y + g * J, J, params, grad, gz[l % 2].get() + g * zmax,
-                     gy, tmp);
-      for (i64 j = 0; j < ly.dout; ++j) gh[l % 2][g * dmax + j] = grad[j];
+      cg_backward<T>(ly, zs[l] + g * ly.zsize, Y + g * J, J, params, grad, gz[l] + g * ly.zsize, nullptr,
+                     gyl[l] + g * J, tmp, gzs);
+      for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = grad[j];
     }
   });
   // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward
@@ -441,7 +494,8 @@ void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y,
       T* tmp = scr + scratch;
       T* gx = tmp + dmax;             // dE/dx_{l+1} at one site
       T* ghl = gx + dmax;             // dE/dh_l at one site
-      const T* gzu = gz[(l + 1) % 2].get();
+      T* gzs = ghl + dmax;            // dE/dz_l of one site
+      const T* gzu = gz[l + 1];
       for (i64 g = lo; g < hi; ++g) {
         const i64 n = g % N, base = g - n;
         for (const InIrrep& ir : up.in) {
@@ -450,20 +504,21 @@ void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y,
             continue;
           }
           // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
-          mix<T>(gzu, zmax, ir.z, ir.Q, 1, ir.Q, inverse + n * K, base, K, N, params + ir.wt, gx + ir.off, 1,
+          mix<T>(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, base, K, N, params + ir.wt, gx + ir.off, 1,
                  ir.d, ir.d, ir.mul, scr);
         }
         if (up.residual)
-          for (i64 j = 0; j < up.din; ++j) gx[j] += gh[(l + 1) % 2][g * dmax + j];
+          for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * up.dout + j];
         if (l < 0) {
           for (i64 j = 0; j < up.din; ++j) gx0[g * up.din + j] = gx[j];
+          for (i64 j = 0; j < J; ++j) gY[g * J + j] = gyl[0][g * J + j];
           continue;
         }
         const Layer& ly = net.layers[l];
-        act_backward<T>(hs[l].get() + g * ly.dout, gx, ghl, ly, eps2);
-        cg_backward<T>(ly, zs[l].get() + g * ly.zsize, Y + g * J, J, params, ghl, gz[l % 2].get() + g * zmax,
-                       gY + g * J, tmp);
-        for (i64 j = 0; j < ly.dout; ++j) gh[l % 2][g * dmax + j] = ghl[j];
+        act_backward<T>(hs[l] + g * ly.dout, gx, ghl, ly, eps2);
+        cg_backward<T>(ly, zs[l] + g * ly.zsize, Y + g * J, J, params, ghl, gz[l] + g * ly.zsize,
+                       gyl[l + 1] + g * J, gyl[l] + g * J, tmp, gzs);
+        for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = ghl[j];
       }
     });
   passes.run(S, 32, threads);
@@ -472,15 +527,16 @@ void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y,
 }  // namespace
 
 extern "C" {
+i64 klm_ecnn_workspace(const i64* meta, i64 sites) { return Layout(parse(meta), sites).total; }
 void klm_ecnn_energy_and_grads_f32(const i64* meta, const float* params, const float* x0, const float* Y,
                                    const i64* table, const i64* inverse, i64 B, i64 N, double eps2, int threads,
-                                   float* energy, float* gx0, float* gY) {
-  energy_and_grads<float>(meta, params, x0, Y, table, inverse, B, N, (float)eps2, threads, energy, gx0, gY);
+                                   float* energy, float* gx0, float* gY, float* work) {
+  energy_and_grads<float>(meta, params, x0, Y, table, inverse, B, N, (float)eps2, threads, energy, gx0, gY, work);
 }
 void klm_ecnn_energy_and_grads_f64(const i64* meta, const double* params, const double* x0, const double* Y,
                                    const i64* table, const i64* inverse, i64 B, i64 N, double eps2, int threads,
-                                   double* energy, double* gx0, double* gY) {
-  energy_and_grads<double>(meta, params, x0, Y, table, inverse, B, N, eps2, threads, energy, gx0, gY);
+                                   double* energy, double* gx0, double* gY, double* work) {
+  energy_and_grads<double>(meta, params, x0, Y, table, inverse, B, N, eps2, threads, energy, gx0, gY, work);
 }
 }
 """
