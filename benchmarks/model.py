@@ -115,17 +115,18 @@ def flops_per_site(model: klmgraph.ECNN) -> float:
     return 2.0 * macs
 
 
-def matmul_gflops(seconds: float = 1.0) -> float:
-    """float32 matmul speed of one core (best of a few 512 x 512 products)."""
+def matmul_gflops(seconds: float = 2.0) -> float:
+    """float32 matmul speed of one core: best CPU time (process time, as the CPU-time columns:
+    on a shared machine wall time also counts other jobs' slices) of 512 x 512 products."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     a, b = torch.randn(512, 512), torch.randn(512, 512)
     best, start = float("inf"), time.perf_counter()
     while time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        for _ in range(10):
+        t = time.process_time()
+        for _ in range(20):
             a @ b
-        best = min(best, (time.perf_counter() - t) / 10)
+        best = min(best, (time.process_time() - t) / 20)
     torch.set_num_threads(threads)
     return 2 * 512 ** 3 / best / 1e9
 
@@ -172,18 +173,34 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    return float("nan")
+
+
 def one_size(kind: str, lattice: str, size: int, repeats: int) -> dict:
-    """Child process: best time of one call and the memory the calls needed."""
-    rss = _peak_rss_mb()
+    """Child process: best time of one call and the memory the calls needed: the peak resident
+    set during the calls (the first one included) above the resident set before them (the peak is reset first, Linux
+    /proc/self/clear_refs, so that building the model, e.g. e3nn's code generation, does not
+    hide it; elsewhere the increase of the lifetime peak, an underestimate)."""
+    import gc
+
     fn, graph = evaluator(kind, lattice, size)
     if fn is None:
         return {}
-    build = _peak_rss_mb() - rss
-    before = _peak_rss_mb()
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+        before, peak = _status_mb("VmRSS"), lambda: _status_mb("VmHWM")
+    except OSError:
+        before, peak = _peak_rss_mb(), _peak_rss_mb
+    # the first call counts (the kernel's workspace is allocated there and kept with the graph)
     best = interleaved({kind: fn}, repeats)[kind]
     return {"lattice": lattice, "size": size, "sites": graph.num_nodes, "implementation": kind,
             "us_per_site": best[0] / graph.num_nodes * 1e6, "cpu_us_per_site": best[1] / graph.num_nodes * 1e6,
-            "memory_mb": _peak_rss_mb() - before, "setup_mb": build}
+            "memory_mb": peak() - before}
 
 
 def sizes_table(args) -> list:
@@ -211,7 +228,8 @@ def threads_table(args) -> list:
     rows = []
     for lattice in args.lattices:
         for size in args.thread_sizes:
-            for kind in ("kernel", "eager"):
+            # the eager path with 2 threads on a loaded machine can take seconds per call
+            for kind in ("kernel", "eager") if size <= args.eager_threads_max else ("kernel",):
                 fn, graph = evaluator(kind, lattice, size)
                 calls = {}
                 for threads in (1, 2):
@@ -393,9 +411,10 @@ def markdown(info: dict, res: dict) -> str:
         out += ["", "| lattice | size | sites | implementation | us / site (wall) | CPU us / site | memory | KB / site |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in res["sizes"]:
+            mem = r.get("memory_mb", float("nan"))
+            mem = "| |" if mem != mem else f"| {mem:.0f} MB | {mem * 1024 / r['sites']:.1f} |"
             out.append(f"| {r['lattice']} | {r['size']}x{r['size']} | {r['sites']} | {r['implementation']} | "
-                       f"{r['us_per_site']:.2f} | {r['cpu_us_per_site']:.2f} | {r['memory_mb']:.0f} MB | "
-                       f"{r['memory_mb'] * 1024 / r['sites']:.1f} |")
+                       f"{r['us_per_site']:.2f} | {r['cpu_us_per_site']:.2f} {mem}")
     if res.get("threads"):
         out += ["", "| lattice | size | implementation | threads | us / site (wall) | CPU us / site | load |",
                 "|---|---|---|---|---|---|---|"]
@@ -433,6 +452,7 @@ def main(argv=None):
     parser.add_argument("--reference-max", type=int, default=32)
     parser.add_argument("--peer-max", type=int, default=32)
     parser.add_argument("--thread-sizes", type=int, nargs="+", default=[96, 256])
+    parser.add_argument("--eager-threads-max", type=int, default=96)
     parser.add_argument("--batches", default="1x96,16x24,4x48,64x12", help="configurations x L, comma-separated")
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)

@@ -2,21 +2,14 @@
 reference on every kind of graph, the same with several threads, and the fallbacks."""
 import warnings
 
-import networkx as nx
 import pytest
 import torch
+from test_ecnn import irregular_graph
 
 import klmgraph
 from klmgraph.nn import ECNN, compute_field, fused, native
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="no C++ compiler: the kernel falls back to eager")
-
-
-def irregular_graph(seed=0):
-    G = nx.gnm_random_graph(14, 26, seed=seed)
-    for k, (u, v, data) in enumerate(G.edges(data=True)):
-        data["edge_type"] = "abc"[k % 3]
-    return klmgraph.from_networkx(G)
 
 
 GRAPHS = {
