@@ -65,7 +65,7 @@ class BoundModel:
     Computation happens in the model's dtype and device; results come back in the spins'
     dtype and device. During a call the weights are frozen (requires_grad off, restored
     afterwards) so that autograd keeps only what dB/dS needs; do not train the same model from
-    another thread at the same time.
+    another thread at the same time, nor evaluate one BoundModel from two threads at once.
 
     Args:
         model: an :class:`~klmgraph.ECNN` or :class:`~klmgraph.nn.IFNN` (any module with

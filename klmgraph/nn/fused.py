@@ -113,12 +113,19 @@ def _packed(model, dtype):
 
 def _workspace(neighbours, size: int, dtype) -> torch.Tensor:
     """The kernel's scratch memory, kept with the graph's neighbour table between calls (fresh
-    pages every call would cost a page fault per 4 KiB, about as much as the arithmetic)."""
+    pages every call would cost a page fault per 4 KiB, about as much as the arithmetic); hence
+    one bound model must not be evaluated from two Python threads at once."""
     work = neighbours.__dict__.get("_fused_workspace")
     if work is None or work.dtype != dtype or work.numel() < size:
         work = torch.empty(size, dtype=dtype)
         neighbours.__dict__["_fused_workspace"] = work
     return work
+
+
+def _fits(model) -> bool:
+    """The kernel's fixed limits: at most 16 filter components and 16 irreps per layer."""
+    convs = [b.conv for b in model.blocks] + [model.output.conv]
+    return model.filter_irreps.dim <= 16 and all(len(c.irreps_out) <= 16 for c in convs)
 
 
 def _applies(spins: torch.Tensor, neighbours) -> bool:
@@ -141,7 +148,7 @@ def fused_energy_and_field(model, spins: torch.Tensor, neighbours) -> tuple[torc
     Shapes:
         spins: (..., N, 3) -> energy (...), field (..., N, 3)
     """
-    if not _applies(spins, neighbours):
+    if not _applies(spins, neighbours) or not _fits(model):
         return None
     lib = _library()
     if lib is None:
