@@ -17,7 +17,7 @@ Writes the tables of docs/benchmarks.md (markdown on stdout, raw rows with ``--j
 
 Usage::
 
-    python benchmarks/model.py                    # CPU plan (about 15 minutes on 2 cores)
+    python benchmarks/model.py                    # CPU plan (about 25 minutes on a loaded 2-core machine)
     python benchmarks/model.py --quick            # a smoke run (a minute)
     python benchmarks/model.py --device cuda      # GPU: sizes until out of memory, peak memory
 

@@ -15,6 +15,7 @@ compiler. Training (double backward) always uses the eager path.
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 
@@ -164,9 +165,7 @@ def fused_energy_and_field(model, spins: torch.Tensor, neighbours) -> tuple[torc
         filt = o3.spherical_harmonics(model.filter_irreps, inp, normalize=False,
                                       normalization=model.sh_normalization)
     lead = x0.shape[:-2]
-    batch = 1
-    for d in lead:
-        batch *= d
+    batch = math.prod(lead)
     x0c, filtc = x0.detach().contiguous(), filt.detach().contiguous()
     energy = torch.empty(lead + (n,), dtype=dtype)
     gx0, gfilt = torch.empty_like(x0c), torch.empty_like(filtc)
