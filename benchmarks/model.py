@@ -1,21 +1,29 @@
-"""Speed and memory of the ECNN: energy + forces per site against lattice size, both convolution
-implementations, and the time of one training step (double backward).
+"""Speed and memory of the ECNN against the published ecnn4klm code and the FLOP bound.
+
+Writes the tables of docs/benchmarks.md (markdown on stdout, raw rows with ``--json``):
+
+1. headline: energy + field of the published triangular (K = 13) and square (K = 5) models at
+   96x96 through ``model.bind(graph).energy_and_field``, 1 thread: the compiled kernel
+   (default), the eager PyTorch path, the e3nn reference and the published ecnn4klm code (its
+   own ``Net``), timed interleaved in one process so that the ratios are side by side; with the
+   FLOP estimate of the architecture and the fraction of this machine's float32 matmul speed
+   (measured on one core in the same run) that the kernel reaches;
+2. per-site time and memory against lattice size (16x16 to 512x512), each in a fresh process
+   (memory: increase of the peak resident set size during the calls);
+3. threads 1 and 2 (interleaved), 4. batches of configurations, 5. the training step of the
+   trainer's path (``model.energy(spins, model.prepare(graph))`` + ``compute_field(...,
+   training=True)``, energy + force loss, double backward) against the same step of the
+   ecnn4klm code, 6. the time an LLG step spends outside the force provider.
 
 Usage::
 
-    python benchmarks/model.py                    # CPU plan (~5 minutes on 2 cores)
-    python benchmarks/model.py --device cuda      # GPU: grows the lattice until it no longer fits
-    python benchmarks/model.py --quick            # a smoke run (seconds)
-    python benchmarks/model.py --json out.json    # also write the raw rows
+    python benchmarks/model.py                    # CPU plan (about 25 minutes on a loaded 2-core machine)
+    python benchmarks/model.py --quick            # a smoke run (a minute)
+    python benchmarks/model.py --device cuda      # GPU: sizes until out of memory, peak memory
 
-Timings are the best of ``--repeats`` calls (more for small lattices) after one warm-up call;
-on a shared machine the best is the least disturbed. The process CPU time is reported too: with
-``--threads 1`` it is what the run costs on an idle core even when other jobs compete for it
-(with 2 threads on an oversubscribed machine, OpenMP barriers make many small ops very slow). Memory: on CUDA the peak allocated by torch during one call; on
-CPU every configuration runs in a fresh subprocess and the increase of its peak resident set
-size during the calls is reported (an upper bound on what the evaluation needs).
-The model has the published hyper-parameters with random weights (speed does not depend on
-the weights); float32.
+The published checkpoints and code are looked for in ../shared/ecnn4klm/ beside the repository;
+where they are absent, the models get random weights with the published hyper-parameters and
+the ecnn4klm rows are skipped with a message. Speed does not depend on the weights.
 """
 from __future__ import annotations
 
@@ -35,229 +43,452 @@ import torch  # noqa: E402
 import klmgraph  # noqa: E402
 from klmgraph.timing import machine, synchronize  # noqa: E402
 
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PEER = SHARED / "ecnn4klm"
+CHECKPOINTS = {"triangular": PEER / "triangle_param.cpt", "square": PEER / "square_param.cpt"}
 LATTICES = {
     "square": lambda L: klmgraph.square(L, L),
     "triangular": lambda L: klmgraph.triangular(L, L, t1=1.0, t3=-0.85),
 }
+IMPLEMENTATIONS = ("kernel", "eager", "reference", "ecnn4klm")
+
+
+# ----------------------------------------------------------------------------- models
+def published_model(lattice: str, graph, device="cpu") -> klmgraph.ECNN:
+    """The published model (checkpoint if present, else random weights, published sizes)."""
+    if CHECKPOINTS[lattice].is_file():
+        return klmgraph.load_ecnn4klm(CHECKPOINTS[lattice], graph).to(device)
+    torch.manual_seed(0)
+    return klmgraph.ECNN.for_graph(graph).to(device)
+
+
+def peer_net(lattice: str):
+    """The ecnn4klm ``Net`` with its checkpoint, or None (with a message) where absent."""
+    if not (PEER / "upstream" / "model.py").is_file():
+        print(f"# ecnn4klm rows skipped: {PEER / 'upstream'} is absent", flush=True)
+        return None
+    sys.path.insert(0, str(SHARED))
+    module = __import__(f"ecnn4klm.upstream.{'triangle' if lattice == 'triangular' else 'square'}_net",
+                        fromlist=["Net"])
+    net = module.Net()
+    if CHECKPOINTS[lattice].is_file():
+        state = torch.load(CHECKPOINTS[lattice], map_location="cpu", weights_only=True)
+        net.load_state_dict(state.get("model_state_dict", state))
+    return net
+
+
+def evaluator(kind: str, lattice: str, size: int, batch: int | None = None, device="cpu"):
+    """A call ``fn()`` computing energy + field of one (or ``batch``) random configuration(s)."""
+    graph = LATTICES[lattice](size)
+    spins = klmgraph.random_spins(graph, batch=batch, seed=0, dtype=torch.float32, device=device)
+    if kind == "ecnn4klm":
+        net = peer_net(lattice)
+        if net is None:
+            return None, graph
+        grid = spins.reshape(batch or 1, size, size, 3)  # sites are numbered i1 * L2 + i2
+
+        def fn():
+            s = grid.detach().requires_grad_(True)
+            energy = net(s).sum()
+            return energy, -torch.autograd.grad(energy, s)[0]
+        return fn, graph
+    model = published_model(lattice, graph, device)
+    model.fused = kind == "kernel"
+    if kind == "reference":
+        model.implementation = "reference"
+    bound = model.bind(graph)
+    return (lambda: bound.energy_and_field(spins)), graph
+
+
+def flops_per_site(model: klmgraph.ECNN) -> float:
+    """Multiply-adds x 2 of energy + field: per convolution the mixing matmuls (forward and the
+    input gradient), the Clebsch-Gordan products and the read-out, counted from the model."""
+    macs = 0
+    for conv in [b.conv for b in model.blocks] + [model.output.conv]:
+        for a, (mul, ir) in enumerate(conv.irreps_in):
+            q = sum(conv.irreps_out[c].mul for _, c, _ in conv._paths[a])
+            macs += 2 * ir.dim * conv.num_classes * mul * q  # forward + input gradient
+        for c, (mul, ir) in enumerate(conv.irreps_out):
+            nonzero = int((conv._cg_matrix(c, torch.float64, "cpu") != 0).sum())
+            macs += 3 * mul * nonzero  # forward, dE/dz, dE/dY
+    macs += 2 * sum(l.irreps_in.dim * l.irreps_out.dim for l in model.output.linears)
+    return 2.0 * macs
+
+
+def matmul_gflops(seconds: float = 2.0) -> float:
+    """float32 matmul speed of one core: best CPU time (process time, as the CPU-time columns:
+    on a shared machine wall time also counts other jobs' slices) of 512 x 512 products."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.process_time()
+        for _ in range(20):
+            a @ b
+        best = min(best, (time.process_time() - t) / 20)
+    torch.set_num_threads(threads)
+    return 2 * 512 ** 3 / best / 1e9
+
+
+def interleaved(fns: dict, rounds: int, budget: float = 60.0) -> dict:
+    """Best wall and CPU seconds of each call, calls of the different entries alternating."""
+    for fn in fns.values():
+        fn()  # warm-up: compiles the kernel, builds e3nn code
+    best = {k: (float("inf"), float("inf")) for k in fns}
+    start = time.perf_counter()
+    for r in range(rounds):
+        for k, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+            best[k] = (min(best[k][0], wall), min(best[k][1], cpu))
+        if r >= 1 and time.perf_counter() - start > budget:
+            break
+    return best
+
+
+# ----------------------------------------------------------------------------- sections
+def headline(args) -> list:
+    torch.set_num_threads(1)
+    rows = []
+    for lattice in args.lattices:
+        fns, graph = {}, None
+        for kind in IMPLEMENTATIONS:
+            fn, graph = evaluator(kind, lattice, args.headline_size)
+            if fn is not None:
+                fns[kind] = fn
+        model = published_model(lattice, graph)
+        best = interleaved(fns, args.rounds, budget=args.budget)
+        flops = flops_per_site(model)
+        for kind, (wall, cpu) in best.items():
+            rows.append({"lattice": lattice, "size": args.headline_size, "implementation": kind,
+                         "us_per_site": wall / graph.num_nodes * 1e6, "cpu_us_per_site": cpu / graph.num_nodes * 1e6,
+                         "mflop_per_site": flops / 1e6})
+            print(rows[-1], flush=True)
+    return rows
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def time_energy_and_field(lattice: str, size: int, implementation: str, device: str, repeats: int) -> dict:
-    """Best time of one energy + forces call, per site, and the memory it needed."""
-    device = torch.device(device)
-    graph = LATTICES[lattice](size)
-    torch.manual_seed(0)
-    model = klmgraph.ECNN.for_graph(graph, implementation=implementation).to(device)
-    provider = model.bind(graph)
-    spins = klmgraph.random_spins(graph, seed=0, dtype=torch.float32, device=device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    rss_before = _peak_rss_mb()
-    provider.energy_and_field(spins)  # warm-up (builds the reference TensorProduct, caches plans)
-    synchronize(device)
-    times = []
-    # at least `repeats` calls, more for small lattices (up to 20 calls or 0.5 s)
-    cpu_times = []
-    while len(times) < repeats or (sum(times) < 0.5 and len(times) < 20):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        provider.energy_and_field(spins)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    if device.type == "cuda":
-        memory = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        memory = _peak_rss_mb() - rss_before
-    best = min(times)
-    return {"lattice": lattice, "size": size, "sites": graph.num_nodes, "implementation": implementation,
-            "device": device.type, "seconds": best, "us_per_site": best / graph.num_nodes * 1e6,
-            "cpu_us_per_site": min(cpu_times) / graph.num_nodes * 1e6, "memory_mb": memory}
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    return float("nan")
 
 
-def random_batch(graph, size: int, seed: int = 0):
-    """A PyG batch of ``size`` random configurations with random labels (costs do not depend on them)."""
-    from torch_geometric.data import Batch
+def one_size(kind: str, lattice: str, size: int, repeats: int) -> dict:
+    """Child process: best time of one call and the memory the calls needed: the peak resident
+    set during the calls (the first one included) above the resident set before them (the peak is reset first, Linux
+    /proc/self/clear_refs, so that building the model, e.g. e3nn's code generation, does not
+    hide it; elsewhere the increase of the lifetime peak, an underestimate)."""
+    import gc
 
-    generator = torch.Generator().manual_seed(seed)
-    items = []
-    for k in range(size):
-        data = graph.clone()
-        data.spins = klmgraph.random_spins(graph, seed=seed + k, dtype=torch.float32)
-        data.energy = torch.randn(1, generator=generator)
-        data.field = torch.randn(graph.num_nodes, 3, generator=generator)
-        items.append(data)
-    return Batch.from_data_list(items, exclude_keys=["symmetry_perm", "symmetry_rotation"])
-
-
-def time_training_step(lattice: str, size: int, batch: int, implementation: str, device: str,
-                       repeats: int) -> dict:
-    """One optimiser step on a batch of configurations with an energy + force loss: the force
-    loss needs the derivative of B = -dE/dS with respect to the weights (double backward)."""
-    device = torch.device(device)
-    graph = LATTICES[lattice](size)
-    torch.manual_seed(0)
-    model = klmgraph.ECNN.for_graph(graph, implementation=implementation).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    data = random_batch(graph, batch).to(device)
-
-    def step():
-        optimiser.zero_grad()
-        spins = data.spins.detach().requires_grad_(True)
-        data.spins = spins
-        energy = model(data)
-        field = klmgraph.compute_field(energy, spins, training=True)
-        loss = ((field - data.field) ** 2).mean() + ((energy - data.energy) ** 2).mean()
-        loss.backward()
-        optimiser.step()
-
-    step()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return {"lattice": lattice, "size": size, "batch": batch, "implementation": implementation,
-            "device": device.type, "seconds": min(times)}
+    fn, graph = evaluator(kind, lattice, size)
+    if fn is None:
+        return {}
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+        before, peak = _status_mb("VmRSS"), lambda: _status_mb("VmHWM")
+    except OSError:
+        before, peak = _peak_rss_mb(), _peak_rss_mb
+    # the first call counts (the kernel's workspace is allocated there and kept with the graph)
+    best = interleaved({kind: fn}, repeats)[kind]
+    return {"lattice": lattice, "size": size, "sites": graph.num_nodes, "implementation": kind,
+            "us_per_site": best[0] / graph.num_nodes * 1e6, "cpu_us_per_site": best[1] / graph.num_nodes * 1e6,
+            "memory_mb": peak() - before}
 
 
-def _in_subprocess(kind: str, args: list, threads: int) -> dict:
-    """Run one measurement in a fresh interpreter so that peak memory is its own."""
-    cmd = [sys.executable, __file__, "--threads", str(threads), "--one", json.dumps([kind, *args])]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} {args} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def plan(args) -> list:
-    if args.quick:
-        return [(lat, L, impl) for lat in LATTICES for L in (16,) for impl in ("fast", "reference")]
+def sizes_table(args) -> list:
     rows = []
-    for lat in args.lattices:
-        for L in args.sizes:
-            rows.append((lat, L, "fast"))
-            if L <= args.reference_max_size:
-                rows.append((lat, L, "reference"))
+    for lattice in args.lattices:
+        for size in args.sizes:
+            for kind, limit in (("kernel", 10**9), ("eager", args.eager_max), ("reference", args.reference_max),
+                                ("ecnn4klm", args.peer_max)):
+                if size > limit:
+                    continue
+                cmd = [sys.executable, __file__, "--threads", "1", "--one",
+                       json.dumps([kind, lattice, size, 2 if size >= 256 else args.repeats])]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(f"# {kind} {lattice} {size}: failed\n{out.stderr[-1500:]}", flush=True)
+                    continue
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                if row:
+                    rows.append(row)
+                    print(row, flush=True)
     return rows
 
 
-def run_cpu(args) -> tuple[list, list]:
-    results = []
-    for lat, L, impl in plan(args):
-        r = _in_subprocess("field", [lat, L, impl, "cpu", args.repeats], args.threads)
-        print(f"{lat:10s} {L:4d}x{L:<4d} {impl:9s} {r['us_per_site']:9.2f} us/site  "
-              f"(CPU time {r['cpu_us_per_site']:9.2f} us/site)  {r['seconds']:8.3f} s  {r['memory_mb']:8.1f} MB",
-              flush=True)
-        results.append(r)
-    training = []
-    for lat, L in (("square", 30), ("triangular", 36)) if args.training else ():
-        for impl in ("fast", "reference"):
-            if args.quick and impl == "reference":
-                continue
-            r = _in_subprocess("train", [lat, 12 if args.quick else L, args.batch, impl, "cpu",
-                                         1 if args.quick else 2], args.threads)
-            print(f"training step {lat} {r['size']}x{r['size']} batch {r['batch']} {impl}: {r['seconds']:.3f} s",
-                  flush=True)
-            training.append(r)
-    return results, training
+def threads_table(args) -> list:
+    rows = []
+    for lattice in args.lattices:
+        for size in args.thread_sizes:
+            # the eager path with 2 threads on a loaded machine can take seconds per call
+            for kind in ("kernel", "eager") if size <= args.eager_threads_max else ("kernel",):
+                fn, graph = evaluator(kind, lattice, size)
+                calls = {}
+                for threads in (1, 2):
+                    def call(threads=threads):
+                        torch.set_num_threads(threads)
+                        fn()
+                    calls[threads] = call
+                best = interleaved(calls, args.rounds, budget=args.budget)
+                for threads, (wall, cpu) in best.items():
+                    rows.append({"lattice": lattice, "size": size, "implementation": kind, "threads": threads,
+                                 "us_per_site": wall / graph.num_nodes * 1e6,
+                                 "cpu_us_per_site": cpu / graph.num_nodes * 1e6, "load": os.getloadavg()[0]})
+                    print(rows[-1], flush=True)
+    torch.set_num_threads(1)
+    return rows
 
 
-def run_cuda(args) -> tuple[list, list]:
-    results = []
-    sizes = [64, 128, 256, 384, 576, 768, 1024, 1536, 2048, 3072, 4096] if not args.quick else [64]
-    for lat in args.lattices:
-        for impl in ("fast", "reference"):
-            for L in sizes:
-                if impl == "reference" and L > args.reference_max_size_gpu:
-                    break
-                try:
-                    r = time_energy_and_field(lat, L, impl, "cuda", args.repeats)
-                except torch.cuda.OutOfMemoryError:
-                    print(f"{lat:10s} {L:4d}x{L:<4d} {impl:9s} out of memory: the largest size that fits "
-                          "is the previous one", flush=True)
-                    results.append({"lattice": lat, "size": L, "implementation": impl, "device": "cuda",
-                                    "out_of_memory": True})
-                    torch.cuda.empty_cache()
-                    break
-                print(f"{lat:10s} {L:4d}x{L:<4d} {impl:9s} {r['seconds'] * 1e3:9.2f} ms  "
-                      f"{r['us_per_site']:8.4f} us/site  {r['memory_mb']:9.1f} MB", flush=True)
-                results.append(r)
+def batch_table(args) -> list:
+    torch.set_num_threads(1)
+    rows = []
+    for lattice in args.lattices:
+        fns, sites = {}, {}
+        for batch, size in args.batches:
+            fn, graph = evaluator("kernel", lattice, size, batch=None if batch == 1 else batch)
+            fns[(batch, size)] = fn
+            sites[(batch, size)] = batch * graph.num_nodes
+        best = interleaved(fns, args.rounds, budget=args.budget)
+        for (batch, size), (wall, cpu) in best.items():
+            rows.append({"lattice": lattice, "batch": batch, "size": size, "us_per_site": wall / sites[(batch, size)] * 1e6,
+                         "cpu_us_per_site": cpu / sites[(batch, size)] * 1e6})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def training_step(kind: str, lattice: str, size: int, batch: int):
+    """One Adam step, loss mean|B - B_ref|^2 + mean((E - E_ref) / N)^2 (double backward)."""
+    graph = LATTICES[lattice](size)
+    spins0 = klmgraph.random_spins(graph, batch=batch, seed=1, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(2)
+    b_ref, e_ref = torch.randn(batch, graph.num_nodes, 3, generator=gen), torch.randn(batch, generator=gen)
+    if kind == "ecnn4klm":
+        net = peer_net(lattice)
+        if net is None:
+            return None
+        grid0 = spins0.reshape(batch, size, size, 3)
+
+        def predict():
+            s = grid0.detach().requires_grad_(True)
+            energy = net(s).reshape(batch, -1).sum(-1)
+            field = -torch.autograd.grad(energy.sum(), s, create_graph=True)[0]
+            return energy, field.reshape(batch, -1, 3)
+        params = list(net.parameters())
+    else:
+        model = published_model(lattice, graph)
+        prepared = model.prepare(graph)
+
+        def predict():  # the trainer's path (klmgraph.train.predict_stacked)
+            s = spins0.detach().requires_grad_(True)
+            energy = model.energy(s, prepared)
+            return energy, klmgraph.compute_field(energy, s, training=True)
+        params = list(model.parameters())
+    optimiser = torch.optim.Adam(params, lr=1e-4)
+
+    def step():
+        optimiser.zero_grad()
+        energy, field = predict()
+        loss = ((field - b_ref) ** 2).mean() + (((energy - e_ref) / graph.num_nodes) ** 2).mean()
+        loss.backward()
+        optimiser.step()
+    return step
+
+
+def training_table(args) -> list:
+    torch.set_num_threads(1)
+    rows = []
+    for lattice in args.lattices:
+        size, batch = args.train_size[lattice], args.train_batch
+        fns = {k: training_step(k, lattice, size, batch) for k in ("klmgraph", "ecnn4klm")}
+        fns = {k: v for k, v in fns.items() if v is not None}
+        best = interleaved(fns, max(2, args.rounds // 2), budget=args.budget)
+        for kind, (wall, cpu) in best.items():
+            rows.append({"lattice": lattice, "size": size, "batch": batch, "implementation": kind, "seconds": wall,
+                         "cpu_seconds": cpu, "us_per_site": wall / (batch * size * size) * 1e6})
+            print(rows[-1], flush=True)
+    return rows
+
+
+class _Timed:
+    """A force provider that adds up the time spent inside it."""
+
+    def __init__(self, provider):
+        self.provider, self.seconds = provider, 0.0
+
+    def energy_and_field(self, spins):
+        t = time.perf_counter()
+        out = self.provider.energy_and_field(spins)
+        self.seconds += time.perf_counter() - t
+        return out
+
+    def energy_and_field_unchecked(self, spins):
+        t = time.perf_counter()
+        out = self.provider.energy_and_field_unchecked(spins)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def llg_table(args) -> list:
+    torch.set_num_threads(1)
+    rows = []
+    for integrator in ("heun", "midpoint"):
+        graph = LATTICES["triangular"](args.headline_size)
+        timed = _Timed(published_model("triangular", graph).bind(graph))
+        llg = klmgraph.LLG(timed, dt=1.0, alpha=1.0, temperature=1e-3, field=(0, 0, 0.005), integrator=integrator,
+                           iterations=2)
+        spins = klmgraph.random_spins(graph, seed=3)
+        llg.run(spins, 1, seed=0)  # warm-up
+        timed.seconds = 0.0
+        steps = 3 if args.quick else 20
+        start = time.perf_counter()
+        llg.run(spins, steps, seed=0)
+        total = time.perf_counter() - start
+        rows.append({"integrator": integrator, "size": args.headline_size, "ms_per_step": total / steps * 1e3,
+                     "provider_ms_per_step": timed.seconds / steps * 1e3,
+                     "outside_fraction": 1 - timed.seconds / total})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def run_cuda(args) -> list:
+    """GPU: energy + field (eager path: the compiled kernel is CPU-only) until out of memory."""
+    rows = []
+    sizes = [64] if args.quick else [64, 128, 256, 384, 576, 768, 1024, 1536, 2048, 3072, 4096]
+    for lattice in args.lattices:
+        for size in sizes:
+            try:
+                fn, graph = evaluator("eager", lattice, size, device="cuda")
                 torch.cuda.empty_cache()
-    training = []
-    for lat, L in (("square", 30), ("triangular", 36)) if args.training else ():
-        for impl in ("fast", "reference"):
-            r = time_training_step(lat, L, args.batch, impl, "cuda", args.repeats)
-            print(f"training step {lat} {L}x{L} batch {args.batch} {impl}: {r['seconds'] * 1e3:.1f} ms", flush=True)
-            training.append(r)
-    return results, training
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                fn()
+                synchronize("cuda")
+                times = []
+                for _ in range(args.repeats):
+                    t = time.perf_counter()
+                    fn()
+                    synchronize("cuda")
+                    times.append(time.perf_counter() - t)
+            except torch.cuda.OutOfMemoryError:
+                rows.append({"lattice": lattice, "size": size, "out_of_memory": True})
+                print(f"{lattice} {size}x{size}: out of memory (the largest that fits is the previous size)")
+                torch.cuda.empty_cache()
+                break
+            rows.append({"lattice": lattice, "size": size, "sites": graph.num_nodes, "ms": min(times) * 1e3,
+                         "us_per_site": min(times) / graph.num_nodes * 1e6,
+                         "peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20})
+            print(rows[-1], flush=True)
+    return rows
 
 
-def markdown(info: dict, results: list, training: list) -> str:
-    lines = [f"Machine: {info.get('gpu', info['cpu'])} ({info['cores']} cores, {info['torch_threads']} torch "
-             f"threads), torch {info['torch']}, {info['date']}; load average {info['load_average']:.1f} at the "
-             f"start, {info.get('load_average_end', float('nan')):.1f} at the end.", "",
-             "| lattice | size | sites | implementation | energy+forces | per site | CPU time per site | memory |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        if r.get("out_of_memory"):
-            lines.append(f"| {r['lattice']} | {r['size']}x{r['size']} | | {r['implementation']} | out of memory | | | |")
-            continue
-        lines.append(f"| {r['lattice']} | {r['size']}x{r['size']} | {r['sites']} | {r['implementation']} | "
-                     f"{r['seconds'] * 1e3:.1f} ms | {r['us_per_site']:.2f} us | "
-                     f"{r.get('cpu_us_per_site', float('nan')):.2f} us | {r['memory_mb']:.0f} MB |")
-    speedups = []
-    for r in results:
-        ref = [q for q in results if q.get("implementation") == "reference" and q["lattice"] == r["lattice"]
-               and q["size"] == r["size"] and not q.get("out_of_memory")]
-        if r.get("implementation") == "fast" and ref and not r.get("out_of_memory"):
-            speedups.append(f"{r['lattice']} {r['size']}x{r['size']}: {ref[0]['seconds'] / r['seconds']:.1f}x")
-    if speedups:
-        lines += ["", "Fast over reference: " + ", ".join(speedups) + "."]
-    if training:
-        lines += ["", "| training step (energy + force loss, Adam) | batch | implementation | time |", "|---|---|---|---|"]
-        for r in training:
-            lines.append(f"| {r['lattice']} {r['size']}x{r['size']} | {r['batch']} | {r['implementation']} | "
-                         f"{r['seconds'] * 1e3:.0f} ms |")
-    return "\n".join(lines)
+# ----------------------------------------------------------------------------- report
+def markdown(info: dict, res: dict) -> str:
+    out = [f"Machine: {info.get('gpu', info['cpu'])}, {info['cores']} cores, torch {info['torch']}, {info['date']}; "
+           f"load average {info['load_average']:.1f} at the start, {info.get('load_average_end', float('nan')):.1f} "
+           f"at the end; float32 matmul on one core: {info.get('matmul_gflops', float('nan')):.0f} GFLOP/s at the "
+           f"start, {info.get('matmul_gflops_end', float('nan')):.0f} at the end."]
+    gf = info.get("matmul_gflops_end") or info.get("matmul_gflops")
+    if res.get("headline"):
+        out += ["", "| lattice | 96x96, 1 thread | us / site (wall) | CPU us / site | x ecnn4klm | FLOP bound us / site | "
+                "fraction of matmul speed |", "|---|---|---|---|---|---|---|"]
+        for r in res["headline"]:
+            peer = [q for q in res["headline"] if q["lattice"] == r["lattice"] and q["implementation"] == "ecnn4klm"]
+            ratio = f"{peer[0]['cpu_us_per_site'] / r['cpu_us_per_site']:.0f}x" if peer else ""
+            bound = r["mflop_per_site"] * 1e6 / (gf * 1e9) * 1e6
+            out.append(f"| {r['lattice']} | {r['implementation']} | {r['us_per_site']:.2f} | {r['cpu_us_per_site']:.2f} | "
+                       f"{ratio} | {bound:.2f} | {bound / r['cpu_us_per_site']:.1%} |")
+        out.append(f"\nFLOP estimate of energy + field: " + ", ".join(
+            f"{r['lattice']} {r['mflop_per_site']:.3f} MFLOP/site" for r in res["headline"] if r["implementation"] == "kernel"))
+    if res.get("sizes"):
+        out += ["", "| lattice | size | sites | implementation | us / site (wall) | CPU us / site | memory | KB / site |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in res["sizes"]:
+            mem = r.get("memory_mb", float("nan"))
+            mem = "| |" if mem != mem else f"| {mem:.0f} MB | {mem * 1024 / r['sites']:.1f} |"
+            out.append(f"| {r['lattice']} | {r['size']}x{r['size']} | {r['sites']} | {r['implementation']} | "
+                       f"{r['us_per_site']:.2f} | {r['cpu_us_per_site']:.2f} {mem}")
+    if res.get("threads"):
+        out += ["", "| lattice | size | implementation | threads | us / site (wall) | CPU us / site | load |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['lattice']} | {r['size']}x{r['size']} | {r['implementation']} | {r['threads']} | "
+                f"{r['us_per_site']:.2f} | {r['cpu_us_per_site']:.2f} | {r['load']:.1f} |" for r in res["threads"]]
+    if res.get("batch"):
+        out += ["", "| lattice | configurations x size | us / site (wall) | CPU us / site |", "|---|---|---|---|"]
+        out += [f"| {r['lattice']} | {r['batch']} x {r['size']}x{r['size']} | {r['us_per_site']:.2f} | "
+                f"{r['cpu_us_per_site']:.2f} |" for r in res["batch"]]
+    if res.get("training"):
+        out += ["", "| training step (1 thread) | batch | implementation | s (wall) | CPU s | us / site |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {r['lattice']} {r['size']}x{r['size']} | {r['batch']} | {r['implementation']} | {r['seconds']:.3f} | "
+                f"{r['cpu_seconds']:.3f} | {r['us_per_site']:.1f} |" for r in res["training"]]
+    if res.get("llg"):
+        out += ["", f"| LLG step, triangular {res['llg'][0]['size']}x{res['llg'][0]['size']}, published model, 1 thread | ms / step | in the provider | outside |",
+                "|---|---|---|---|"]
+        out += [f"| {r['integrator']} | {r['ms_per_step']:.1f} | {r['provider_ms_per_step']:.1f} ms | "
+                f"{r['outside_fraction']:.1%} |" for r in res["llg"]]
+    if res.get("cuda"):
+        out += ["", "| GPU | lattice | size | ms | us / site | peak MB |", "|---|---|---|---|---|---|"]
+        out += [f"| | {r['lattice']} | {r['size']}x{r['size']} | " + ("out of memory | | |" if r.get("out_of_memory") else
+                f"{r['ms']:.2f} | {r['us_per_site']:.4f} | {r['peak_mb']:.0f} |") for r in res["cuda"]]
+    return "\n".join(out)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64, 96, 128, 256])
-    parser.add_argument("--reference-max-size", type=int, default=96)
-    parser.add_argument("--reference-max-size-gpu", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8, help="configurations per training step")
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--lattices", nargs="+", default=list(LATTICES), choices=list(LATTICES))
-    parser.add_argument("--no-training", dest="training", action="store_false", help="skip the training step")
+    parser.add_argument("--sections", nargs="+", default=["headline", "sizes", "threads", "batch", "training", "llg"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64, 96, 128, 256, 512])
+    parser.add_argument("--headline-size", type=int, default=96)
+    parser.add_argument("--eager-max", type=int, default=256)
+    parser.add_argument("--reference-max", type=int, default=32)
+    parser.add_argument("--peer-max", type=int, default=32)
+    parser.add_argument("--thread-sizes", type=int, nargs="+", default=[96, 256])
+    parser.add_argument("--eager-threads-max", type=int, default=96)
+    parser.add_argument("--batches", default="1x96,16x24,4x48,64x12", help="configurations x L, comma-separated")
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=90.0, help="seconds per interleaved comparison")
+    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.one:  # child process: one measurement, JSON on stdout
-        kind, *rest = json.loads(args.one)
-        result = time_energy_and_field(*rest) if kind == "field" else time_training_step(*rest)
-        print(json.dumps(result))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.one:  # child process of the size table
+        print(json.dumps(one_size(*json.loads(args.one))))
         return
+    args.batches = [tuple(int(v) for v in b.split("x")) for b in args.batches.split(",")]
+    args.train_size = {"triangular": 36, "square": 30}
+    if args.quick:
+        args.sizes, args.headline_size, args.thread_sizes, args.rounds = [16, 32], 32, [32], 2
+        args.batches, args.train_size, args.budget = [(1, 32), (4, 16)], {"triangular": 12, "square": 12}, 10.0
     info = machine(args.device)
-    print(json.dumps(info))
-    results, training = run_cuda(args) if args.device == "cuda" else run_cpu(args)
-    print()
+    res = {}
+    if args.device == "cuda":
+        res["cuda"] = run_cuda(args)
+    else:
+        info["matmul_gflops"] = matmul_gflops()
+        print(json.dumps(info), flush=True)
+        for section in args.sections:
+            res[section] = {"headline": headline, "sizes": sizes_table, "threads": threads_table,
+                            "batch": batch_table, "training": training_table, "llg": llg_table}[section](args)
+        info["matmul_gflops_end"] = matmul_gflops()
     info["load_average_end"] = os.getloadavg()[0]
-    print(markdown(info, results, training))
+    print()
+    print(markdown(info, res))
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "energy_and_field": results, "training": training},
-                                        indent=1))
+        args.json.write_text(json.dumps({"machine": info, **res}, indent=1))
 
 
 if __name__ == "__main__":

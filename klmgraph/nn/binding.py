@@ -146,7 +146,7 @@ class BoundModel:
     Computation happens in the model's dtype and device; results come back in the spins'
     dtype and device. During a call the weights are frozen (requires_grad off, restored
     afterwards) so that autograd keeps only what dB/dS needs; do not train the same model from
-    another thread at the same time.
+    another thread at the same time, nor evaluate one BoundModel from two threads at once.
 
     Chunked evaluation (``chunk_sites``): the lattice is split into domains of about that many
     sites (:func:`klmgraph.domains.decompose`: blocks of cells on a Bravais lattice, coordinate
@@ -283,6 +283,12 @@ class BoundModel:
 
     def _evaluate(self, s: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.chunks is None:
+            # a model may offer a compiled path (ECNN: nn/fused.py); None where it does not apply
+            # (it needs the whole graph's table, so chunks take the autograd path)
+            fused = getattr(self.model, "fused_energy_and_field", None)
+            result = fused(s, self.neighbours(device)) if fused is not None else None
+            if result is not None:
+                return result
             s = s.requires_grad_(True)
             with torch.enable_grad(), _frozen(self.model):
                 energy = self.model.energy(s, self.neighbours(device))

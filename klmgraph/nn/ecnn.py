@@ -24,6 +24,7 @@ from e3nn import o3
 from .binding import BoundModel
 from .blocks import InteractionBlock, OutputBlock
 from .conv import IMPLEMENTATIONS, SpinConvolution, TypedNeighbours, filter_irreps
+from .fused import fused_energy_and_field
 from .modelfile import save_model
 
 __all__ = ["ECNN", "BoundModel"]
@@ -45,7 +46,10 @@ class ECNN(nn.Module):
         readout_hidden: hidden widths of the scalar read-out (published: (4, 2)).
         sh_normalization: e3nn normalisation of the spherical harmonics (the published models
             use e3nn's default, ``"integral"``; verified against ED by the import tests).
-        implementation: ``"fast"`` (default) or ``"reference"`` convolutions (same weights).
+        implementation: ``"fast"`` (default) or ``"reference"`` convolutions (same weights). With
+            ``"fast"``, ``bind(graph).energy_and_field`` runs the whole network in one compiled
+            CPU kernel where it applies (attribute ``fused``, default True; see
+            :meth:`fused_energy_and_field`); training and other devices use PyTorch ops.
         time_reversal: symmetrise the site energies, e(S) -> (e(S) + e(-S)) / 2, so that
             E(-S) = E(S) exactly (true for real hoppings without a Zeeman term).
         edge_classes: names of the K classes (checked against graphs in :meth:`bind`).
@@ -100,6 +104,9 @@ class ECNN(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.output = OutputBlock(irreps, self.num_classes, int(filter_lmax), int(readout_channels),
                                   readout_hidden, implementation)
+        # bind(graph).energy_and_field uses the compiled CPU kernel where it applies (nn/fused.py);
+        # a runtime switch, not a hyper-parameter: False forces the eager PyTorch path
+        self.fused = True
 
     @classmethod
     def for_graph(cls, graph, hamiltonian: dict | None = None, **hparams) -> "ECNN":
@@ -155,6 +162,19 @@ class ECNN(nn.Module):
         for block in self.blocks:
             x = block(x, filt, neighbours)
         return self.output(x, filt, neighbours)
+
+    def fused_energy_and_field(self, spins: torch.Tensor, neighbours: TypedNeighbours):
+        """Energy and field B = -dE/dS from the compiled CPU kernel (:mod:`klmgraph.nn.fused`), or
+        None where it does not apply (``fused`` off, ``reference`` convolutions, another device or
+        dtype, graphs with repeated classes at a site, torch.func transforms, no compiler); the
+        caller (:class:`BoundModel`) then takes the eager path. No autograd graph is kept.
+
+        Shapes:
+            spins: (..., N, 3) -> energy (...), field (..., N, 3)
+        """
+        if not self.fused or self.implementation != "fast":
+            return None
+        return fused_energy_and_field(self, spins, neighbours)
 
     def energy(self, spins: torch.Tensor, neighbours: TypedNeighbours) -> torch.Tensor:
         """Total energy of configurations sharing one graph. Shapes: (..., N, 3) -> (...)."""

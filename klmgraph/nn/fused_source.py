@@ -1,0 +1,542 @@
+"""C++ source of the fused ECNN energy + field kernel (compiled at first use by
+:mod:`klmgraph.nn.native`; the Python side is :mod:`klmgraph.nn.fused`).
+
+Why one kernel for the whole network: the eager fast path costs a few hundred small torch ops
+per call and writes a gathered (N, 2l+1, K x mul) buffer per layer (DESIGN.md section 3). Here
+every pass reads each site's K neighbours straight from the previous pass's per-site output
+(in cache), mixes channels with register-blocked multiply-adds, applies the Clebsch-Gordan
+product with the centre filter, the residual and the norm activation, and writes one row per
+site. The backward (dE/dx0 and dE/dY for B = -dE/dS, weights frozen) is hand-written: the
+convolution is bilinear, so its input gradient is the same gather-mix with the transposed
+weights read through the inverse neighbour table.
+
+Passes (L convolutions, the last one the output convolution followed by the scalar read-out):
+  F_0 .. F_{L-2}: z_l = mix(gather(x_l)), h_l = CG(z_l, Y) [+ x_l], x_{l+1} = act(h_l)
+  F_{L-1}:        the output convolution, the read-out MLP forward and backward (site energy
+                  and dE/dh), and the convolution's per-site backward (dE/dz, dE/dY)
+  P_l (l = L-2 .. -1): dE/dx_{l+1} = mix^T(gather^-1(dE/dz_{l+1})) [+ residual], then the
+                  activation's and convolution's per-site backward of layer l (P_-1 writes
+                  dE/dx_0 only).
+Passes are separated by a barrier; inside a pass, threads take tiles of sites from a shared
+counter (dynamic scheduling: a thread the OS deschedules holds up one tile, not a fixed half).
+
+Layouts: features per site in e3nn order (irrep blocks, mul-major: x[off + u * d + i]);
+z_l per site and input irrep a: [i][q] (d_a x Q_a), Q_a the output channels of all paths
+leaving a; mixing weights W_a: (K * mul_a, Q_a) rows k * mul_a + u; transposed copies
+WT_a: (K * Q_a, mul_a); Clebsch-Gordan tables CG_c: (I_c, J * d_c), rows (piece, i).
+"""
+
+SOURCE = r"""
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+typedef int64_t i64;
+template <typename T> using Buf = std::unique_ptr<T[]>;
+template <typename T> Buf<T> alloc(i64 n) { return Buf<T>(new T[n]); }  // uninitialised: every entry is written
+
+namespace {
+
+struct InIrrep { i64 mul, d, off, Q, w, wt, z; };
+struct Piece { i64 a, col, d; };
+struct OutIrrep { i64 mul, d, off, I, cg; std::vector<Piece> pieces; };
+// one nonzero Clebsch-Gordan coefficient: out_c[w][k] += coef * Y[j] * z[zb + w]
+struct CGEntry { i64 c, zb, j, k, p; };
+struct Layer {
+  i64 din, dout, residual, act, zsize;
+  std::vector<InIrrep> in;
+  std::vector<OutIrrep> out;
+  std::vector<CGEntry> cg;
+};
+struct Linear { i64 nin, nout, w, b; };
+struct Net {
+  i64 L, K, J;
+  std::vector<Layer> layers;
+  std::vector<Linear> mlp;
+};
+
+Net parse(const i64* m) {
+  Net net;
+  i64 p = 0;
+  net.L = m[p++]; net.K = m[p++]; net.J = m[p++];
+  i64 nmlp = m[p++];
+  for (i64 l = 0; l < net.L; ++l) {
+    Layer ly;
+    ly.din = m[p++]; ly.dout = m[p++]; ly.residual = m[p++]; ly.act = m[p++]; ly.zsize = m[p++];
+    i64 nin = m[p++], nout = m[p++];
+    for (i64 a = 0; a < nin; ++a) {
+      InIrrep ir;
+      ir.mul = m[p++]; ir.d = m[p++]; ir.off = m[p++]; ir.Q = m[p++]; ir.w = m[p++]; ir.wt = m[p++]; ir.z = m[p++];
+      ly.in.push_back(ir);
+    }
+    for (i64 c = 0; c < nout; ++c) {
+      OutIrrep o;
+      o.mul = m[p++]; o.d = m[p++]; o.off = m[p++]; o.I = m[p++]; o.cg = m[p++];
+      i64 np = m[p++];
+      for (i64 k = 0; k < np; ++k) { Piece pc; pc.a = m[p++]; pc.col = m[p++]; pc.d = m[p++]; o.pieces.push_back(pc); }
+      ly.out.push_back(o);
+    }
+    i64 nnz = m[p++];
+    for (i64 e = 0; e < nnz; ++e) {
+      CGEntry ce; ce.c = m[p++]; ce.zb = m[p++]; ce.j = m[p++]; ce.k = m[p++]; ce.p = m[p++];
+      ly.cg.push_back(ce);
+    }
+    net.layers.push_back(ly);
+  }
+  for (i64 k = 0; k < nmlp; ++k) {
+    Linear li; li.nin = m[p++]; li.nout = m[p++]; li.w = m[p++]; li.b = m[p++];
+    net.mlp.push_back(li);
+  }
+  return net;
+}
+
+// ---------------------------------------------------------------- gather-mix micro-kernels
+// out[i][q] = sum_k sum_u src[nb_k][off + u * ustride + i * istride] * W[(k * U + u) * Q + q]
+// (forward: U = mul, ustride = d, istride = 1; transposed: U = Q_fwd, ustride = 1, istride = Q_fwd)
+template <typename T> struct Vec8 { typedef T type __attribute__((vector_size(8 * sizeof(T)))); };
+
+template <typename T> inline typename Vec8<T>::type splat(T x) {
+  typename Vec8<T>::type v = {x, x, x, x, x, x, x, x};
+  return v;
+}
+
+// sum_u a[u] b[u] with 8-lane partial sums (a float reduction is not vectorised without -ffast-math)
+template <typename T>
+inline T dot(const T* __restrict a, const T* __restrict b, i64 n) {
+  typedef typename Vec8<T>::type V;
+  V acc = V{};
+  i64 u = 0;
+  for (; u + 8 <= n; u += 8) {
+    V x, y;
+    __builtin_memcpy(&x, a + u, sizeof(V));
+    __builtin_memcpy(&y, b + u, sizeof(V));
+    acc += x * y;
+  }
+  T s = 0;
+  for (int e = 0; e < 8; ++e) s += acc[e];
+  for (; u < n; ++u) s += a[u] * b[u];
+  return s;
+}
+
+// Register-blocked: D x (Q / 8) vector accumulators, one W row load per (k, u) shared by the D
+// components (GCC/Clang vector extensions: lowered to the widest SIMD the machine has).
+template <typename T, int D, int Q>
+inline void mix_fixed(const T* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
+                      const i64* __restrict nbr, i64 base, i64 K, i64 N, const T* __restrict W,
+                      T* __restrict out, i64 ostride_i, i64 ostride_q) {
+  typedef typename Vec8<T>::type V;
+  constexpr int NV = Q / 8;
+  V acc[D][NV];
+  for (int i = 0; i < D; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+  for (i64 k = 0; k < K; ++k) {
+    i64 s = nbr[k];
+    if (s == N) continue;
+    const T* xs = src + (base + s) * rowlen + off;
+    const T* wk = W + k * U * Q;
+    for (i64 u = 0; u < U; ++u) {
+      V w[NV];
+      for (int v = 0; v < NV; ++v) __builtin_memcpy(&w[v], wk + u * Q + 8 * v, sizeof(V));
+      for (int i = 0; i < D; ++i) {
+        V xv = splat<T>(xs[u * ustride + i * istride]);
+        for (int v = 0; v < NV; ++v) acc[i][v] += xv * w[v];
+      }
+    }
+  }
+  for (int i = 0; i < D; ++i)
+    for (int v = 0; v < NV; ++v)
+      for (int e = 0; e < 8; ++e) out[i * ostride_i + (8 * v + e) * ostride_q] = acc[i][v][e];
+}
+
+template <typename T>
+inline void mix_generic(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr,
+                        i64 base, i64 K, i64 N, const T* W, T* out, i64 ostride_i, i64 ostride_q, i64 D, i64 Q,
+                        T* scratch) {
+  for (i64 j = 0; j < D * Q; ++j) scratch[j] = 0;
+  for (i64 k = 0; k < K; ++k) {
+    i64 s = nbr[k];
+    if (s == N) continue;
+    const T* xs = src + (base + s) * rowlen + off;
+    const T* wk = W + k * U * Q;
+    for (i64 u = 0; u < U; ++u) {
+      const T* wr = wk + u * Q;
+      for (i64 i = 0; i < D; ++i) {
+        T xv = xs[u * ustride + i * istride];
+        T* acc = scratch + i * Q;
+        for (i64 q = 0; q < Q; ++q) acc[q] += xv * wr[q];
+      }
+    }
+  }
+  for (i64 i = 0; i < D; ++i)
+    for (i64 q = 0; q < Q; ++q) out[i * ostride_i + q * ostride_q] = scratch[i * Q + q];
+}
+
+template <typename T>
+inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr, i64 base,
+                i64 K, i64 N, const T* W, T* out, i64 ostride_i, i64 ostride_q, i64 D, i64 Q, T* scratch) {
+#define KLM_MIX(DD, QQ) \
+  if (D == DD && Q == QQ) { \
+    mix_fixed<T, DD, QQ>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, W, out, ostride_i, ostride_q); \
+    return; \
+  }
+  // the shapes of the published architecture (8 channels, l <= 2, filter l <= 1), both directions
+  KLM_MIX(1, 8) KLM_MIX(1, 16) KLM_MIX(1, 24) KLM_MIX(1, 32)
+  KLM_MIX(3, 8) KLM_MIX(3, 16) KLM_MIX(3, 24) KLM_MIX(3, 32)
+  KLM_MIX(5, 8) KLM_MIX(5, 16) KLM_MIX(5, 24) KLM_MIX(5, 32)
+#undef KLM_MIX
+  if (Q == 1 && ustride == 1) {  // one output channel (mul = 1 transposed): dot products over u
+    for (i64 i = 0; i < D; ++i) {
+      T acc = 0;
+      for (i64 k = 0; k < K; ++k) {
+        i64 s = nbr[k];
+        if (s == N) continue;
+        acc += dot<T>(src + (base + s) * rowlen + off + i * istride, W + k * U, U);
+      }
+      out[i * ostride_i] = acc;
+    }
+    return;
+  }
+  mix_generic<T>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, W, out, ostride_i, ostride_q, D, Q,
+                 scratch);
+}
+
+// ---------------------------------------------------------------- per-site pieces
+#ifdef KLM_FAKE
+template <typename T> inline T sigmoid(T t) { return T(0.5) + T(0.2) * t; }
+#else
+template <typename T> inline T sigmoid(T t) { return T(1) / (T(1) + std::exp(-t)); }
+#endif
+
+// norm activation V -> SiLU(|V|) V / |V| per (mul, d) block, |V| clamped below at eps
+template <typename T>
+inline void act_forward(const T* h, T* y, const Layer& ly, T eps2) {
+  for (const OutIrrep& o : ly.out)
+    for (i64 u = 0; u < o.mul; ++u) {
+      const T* v = h + o.off + u * o.d;
+      T sq = 0;
+      for (i64 i = 0; i < o.d; ++i) sq += v[i] * v[i];
+      T nrm = std::sqrt(sq < eps2 ? eps2 : sq);
+      T f = sigmoid(nrm);  // silu(n) / n
+      for (i64 i = 0; i < o.d; ++i) y[o.off + u * o.d + i] = v[i] * f;
+    }
+}
+
+template <typename T>
+inline void act_backward(const T* h, const T* g, T* gh, const Layer& ly, T eps2) {
+  for (const OutIrrep& o : ly.out)
+    for (i64 u = 0; u < o.mul; ++u) {
+      const T* v = h + o.off + u * o.d;
+      const T* gv = g + o.off + u * o.d;
+      T* out = gh + o.off + u * o.d;
+      T sq = 0, vg = 0;
+      for (i64 i = 0; i < o.d; ++i) { sq += v[i] * v[i]; vg += v[i] * gv[i]; }
+      if (sq < eps2) {
+        T f = sigmoid(std::sqrt(eps2));
+        for (i64 i = 0; i < o.d; ++i) out[i] = f * gv[i];
+      } else {
+        T nrm = std::sqrt(sq);
+        T s = sigmoid(nrm);                              // f = silu(n) / n = sigmoid(n)
+        T df = s * (T(1) - s);                           // d sigmoid / dn
+        T c = df * vg / nrm;
+        for (i64 i = 0; i < o.d; ++i) out[i] = s * gv[i] + c * v[i];
+      }
+    }
+}
+
+// out = CG(z, Y) [+ residual] for one site, from the sparse coefficient list: per entry one multiply-add over
+// the output channels w (contiguous in z); T_c scratch holds out_c as [k][w], then e3nn layout.
+template <typename T>
+inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restrict Y, const T* __restrict params,
+                       const T* __restrict residual, T* __restrict tmp, T* __restrict out) {
+  i64 toff[16], base = 0;
+  for (const OutIrrep& o : ly.out) { for (i64 j = 0; j < o.mul * o.d; ++j) tmp[base + j] = 0; base += o.mul * o.d; }
+  base = 0;
+  for (size_t c = 0; c < ly.out.size(); ++c) { toff[c] = base; base += ly.out[c].mul * ly.out[c].d; }
+  for (const CGEntry& e : ly.cg) {
+    const i64 mul = ly.out[e.c].mul;
+    const T cy = params[e.p] * Y[e.j];
+    T* __restrict t = tmp + toff[e.c] + e.k * mul;
+    const T* __restrict zz = z + e.zb;
+    for (i64 w = 0; w < mul; ++w) t[w] += cy * zz[w];
+  }
+  for (size_t c = 0; c < ly.out.size(); ++c) {
+    const OutIrrep& o = ly.out[c];
+    for (i64 w = 0; w < o.mul; ++w)
+      for (i64 k = 0; k < o.d; ++k)
+        out[o.off + w * o.d + k] = tmp[toff[c] + k * o.mul + w] + (residual ? residual[o.off + w * o.d + k] : T(0));
+  }
+}
+
+// per-site backward of out = CG(z, Y): gz and gY = gY_in + dE/dY (gY_in may be null). Sums run in
+// thread-local scratch (gzs) and are stored once, so that a tile computed twice stays correct.
+template <typename T>
+inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restrict Y, i64 J,
+                        const T* __restrict params, const T* __restrict gout, T* __restrict gz_out,
+                        const T* __restrict gY_in, T* __restrict gY, T* __restrict tmp, T* __restrict gz) {
+  i64 toff[16], base = 0;
+  for (size_t c = 0; c < ly.out.size(); ++c) {
+    const OutIrrep& o = ly.out[c];
+    toff[c] = base;
+    for (i64 w = 0; w < o.mul; ++w)
+      for (i64 k = 0; k < o.d; ++k) tmp[base + k * o.mul + w] = gout[o.off + w * o.d + k];
+    base += o.mul * o.d;
+  }
+  for (i64 j = 0; j < ly.zsize; ++j) gz[j] = 0;
+  T gy[16] = {0};
+  for (const CGEntry& e : ly.cg) {
+    const i64 mul = ly.out[e.c].mul;
+    const T coef = params[e.p];
+    const T cy = coef * Y[e.j];
+    const T* __restrict t = tmp + toff[e.c] + e.k * mul;
+    const T* __restrict zz = z + e.zb;
+    T* __restrict gg = gz + e.zb;
+    for (i64 w = 0; w < mul; ++w) gg[w] += cy * t[w];
+    gy[e.j] += coef * dot<T>(zz, t, mul);
+  }
+  for (i64 j = 0; j < ly.zsize; ++j) gz_out[j] = gz[j];
+  for (i64 j = 0; j < J; ++j) gY[j] = (gY_in ? gY_in[j] : T(0)) + gy[j];
+}
+
+// ---------------------------------------------------------------- scheduling
+// Runs fn_p(lo, hi) over [0, total) in tiles, pass after pass. Thread r owns the r-th
+// contiguous range of tiles (the same sites in every pass: their data stays in its cache) and
+// takes them in order from its own counter; when its range is exhausted it takes tiles from
+// the other ranges, and when none is left untaken it redoes a tile another thread still holds
+// instead of waiting for it, so a thread the OS has descheduled (a loaded machine) never stalls
+// a pass. Redoing is safe because a tile is idempotent: every pass writes its own buffers, which
+// no later pass of the call overwrites, from inputs that no longer change, with plain stores of
+// sums made in thread-local scratch (two threads on one tile store the same values).
+struct Passes {
+  std::vector<std::function<void(i64, i64)>> fns;
+  void run(i64 total, i64 tile, int threads) {
+    const i64 P = (i64)fns.size();
+    const i64 ntiles = (total + tile - 1) / tile;
+    const int R = (int)std::max<i64>(1, std::min<i64>(threads, ntiles));
+    std::vector<std::atomic<i64>> next(P * R), done(P);
+    std::vector<std::atomic<char>> finished(P * ntiles);
+    for (auto& x : next) x = 0;
+    for (auto& x : done) x = 0;
+    for (auto& f : finished) f = 0;
+    auto range = [&](int r, i64& lo, i64& hi) { lo = ntiles * r / R; hi = ntiles * (r + 1) / R; };
+#ifdef KLM_PROFILE
+    auto t0 = std::chrono::steady_clock::now();
+#endif
+    auto run_tile = [&](i64 p, i64 t) {
+      fns[p](t * tile, std::min(total, (t + 1) * tile));
+      char expected = 0;
+      if (finished[p * ntiles + t].compare_exchange_strong(expected, 1, std::memory_order_acq_rel))
+        done[p].fetch_add(1, std::memory_order_release);
+    };
+    auto work = [&](int me) {
+      for (i64 p = 0; p < P; ++p) {
+        for (int k = 0; k < R; ++k) {  // my range first, then the others'
+          const int r = (me + k) % R;
+          i64 lo, hi;
+          range(r, lo, hi);
+          for (;;) {
+            i64 t = lo + next[p * R + r].fetch_add(1, std::memory_order_relaxed);
+            if (t >= hi) break;
+            run_tile(p, t);
+          }
+        }
+        while (done[p].load(std::memory_order_acquire) < ntiles) {
+          i64 t = ntiles;
+          for (i64 u = ntiles; u-- > 0;)
+            if (!finished[p * ntiles + u].load(std::memory_order_acquire)) { t = u; break; }
+          if (t < ntiles) run_tile(p, t); else std::this_thread::yield();
+        }
+#ifdef KLM_PROFILE
+        if (me == 0) { auto now = std::chrono::steady_clock::now(); fprintf(stderr, "pass %ld: %.3f ms\n", (long)p, std::chrono::duration<double>(now - t0).count() * 1e3); t0 = now; }
+#endif
+      }
+    };
+    std::vector<std::thread> pool;
+    for (int r = 1; r < R; ++r) pool.emplace_back(work, r);
+    work(0);
+    for (auto& th : pool) th.join();
+  }
+};
+
+// Per-site storage of one call, as offsets into one workspace (reused between calls: fresh pages
+// for every call would cost a page fault per 4 KiB). Every pass writes its own buffers (see
+// Passes): inputs x_l (x_0 is the caller's), pre-activations h_l, mixed features z_l, and per
+// layer dE/dz_l (read by the neighbours), dE/dh_l (the residual) and the running dE/dY.
+struct Layout {
+  std::vector<i64> xs, hs, zs, gz, gh, gy;
+  i64 zmax = 0, dmax = 0, scratch = 0, total = 0;
+  Layout(const Net& net, i64 S) {
+    i64 off = 0;
+    for (i64 l = 0; l < net.L; ++l) {
+      const Layer& ly = net.layers[l];
+      xs.push_back(off); if (l > 0) off += S * ly.din;
+      hs.push_back(off); off += S * ly.dout;
+      zs.push_back(off); off += S * ly.zsize;
+      gz.push_back(off); off += S * ly.zsize;
+      gh.push_back(off); off += S * ly.dout;
+      gy.push_back(off); off += S * net.J;
+      zmax = std::max(zmax, ly.zsize);
+      dmax = std::max(dmax, std::max(ly.din, ly.dout));
+      for (const InIrrep& ir : ly.in) scratch = std::max(scratch, ir.d * std::max(ir.Q, ir.mul));
+    }
+    for (const Linear& li : net.mlp) dmax = std::max(dmax, std::max(li.nin, li.nout));
+    total = off;
+  }
+};
+
+template <typename T>
+void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y, const i64* table,
+                      const i64* inverse, i64 B, i64 N, T eps2, int threads, T* energy, T* gx0, T* gY, T* work) {
+  const Net net = parse(meta);
+  const i64 L = net.L, K = net.K, J = net.J, S = B * N;
+  const Layout lay(net, S);
+  std::vector<T*> xs(L), hs(L), zs(L);
+  for (i64 l = 0; l < L; ++l) { xs[l] = work + lay.xs[l]; hs[l] = work + lay.hs[l]; zs[l] = work + lay.zs[l]; }
+  std::vector<T*> gz(L), gh(L), gyl(L);
+  for (i64 l = 0; l < L; ++l) { gz[l] = work + lay.gz[l]; gh[l] = work + lay.gh[l]; gyl[l] = work + lay.gy[l]; }
+  const i64 zmax = lay.zmax, dmax = lay.dmax, scratch = lay.scratch;
+  const i64 nmlp = (i64)net.mlp.size();
+  const i64 per_thread = scratch + zmax + (6 + 2 * nmlp) * dmax + 64;
+  auto xin = [&](i64 l) -> const T* { return l == 0 ? x0 : xs[l]; };
+
+  // forward of layer l at site g: z_l, h_l
+  auto conv_site = [&](i64 l, i64 g, T* tmp, T* scr) {
+    const Layer& ly = net.layers[l];
+    const i64 n = g % N, base = g - n;
+    const T* x = xin(l);
+    T* z = zs[l] + g * ly.zsize;
+    for (const InIrrep& ir : ly.in) {
+      if (ir.Q == 0) continue;
+      mix<T>(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, base, K, N, params + ir.w, z + ir.z, ir.Q, 1,
+             ir.d, ir.Q, scr);
+    }
+    cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? x + g * ly.din : nullptr, tmp, hs[l] + g * ly.dout);
+  };
+
+  Passes passes;
+  for (i64 l = 0; l + 1 < L; ++l)
+    passes.fns.push_back([&, l](i64 lo, i64 hi) {
+      Buf<T> buf = alloc<T>(per_thread);
+      const Layer& ly = net.layers[l];
+      for (i64 g = lo; g < hi; ++g) {
+        conv_site(l, g, buf.get() + scratch, buf.get());
+        act_forward<T>(hs[l] + g * ly.dout, xs[l + 1] + g * ly.dout, ly, eps2);
+      }
+    });
+  // output convolution + read-out forward and backward + the convolution's per-site backward
+  passes.fns.push_back([&](i64 lo, i64 hi) {
+    Buf<T> buf = alloc<T>(per_thread);
+    const i64 l = L - 1;
+    const Layer& ly = net.layers[l];
+    T* scr = buf.get();
+    T* tmp = scr + scratch;
+    T* grad = tmp + dmax;          // dE/d(activation) of the current level
+    T* gnext = grad + dmax;
+    T* as = gnext + dmax;          // activations a_0 .. a_nmlp, dmax each
+    T* ys = as + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
+    T* gzs = ys + nmlp * dmax;       // dE/dz of one site
+    const T f0 = T(1) / (T(1) + std::exp(-std::sqrt(eps2)));
+    for (i64 g = lo; g < hi; ++g) {
+      conv_site(l, g, tmp, scr);
+      const T* h = hs[l] + g * ly.dout;
+      // read-out: a_0 = h, y_m = A_m a_m + b_m, a_{m+1} = act(y_m) (no act after the last)
+      for (i64 j = 0; j < ly.dout; ++j) as[j] = h[j];
+      for (i64 m = 0; m < nmlp; ++m) {
+        const Linear& li = net.mlp[m];
+        const T* a = as + m * dmax;
+        T* y = ys + m * dmax;
+        T* an = as + (m + 1) * dmax;
+        for (i64 o = 0; o < li.nout; ++o) {
+          T sum = params[li.b + o];
+          for (i64 i = 0; i < li.nin; ++i) sum += params[li.w + o * li.nin + i] * a[i];
+          y[o] = sum;
+          T sq = sum * sum;
+          an[o] = m + 1 < nmlp ? sum * sigmoid(std::sqrt(sq < eps2 ? eps2 : sq)) : sum;
+        }
+      }
+      energy[g] = as[nmlp * dmax];
+      grad[0] = T(1);
+      for (i64 m = nmlp; m-- > 0;) {
+        const Linear& li = net.mlp[m];
+        const T* y = ys + m * dmax;
+        if (m + 1 < nmlp)
+          for (i64 o = 0; o < li.nout; ++o) {
+            T sq = y[o] * y[o];
+            if (sq < eps2) {
+              grad[o] *= f0;
+            } else {
+              T sg = sigmoid(std::sqrt(sq));
+              grad[o] = sg * grad[o] + sg * (T(1) - sg) * std::sqrt(sq) * grad[o];
+            }
+          }
+        for (i64 i = 0; i < li.nin; ++i) gnext[i] = 0;
+        for (i64 o = 0; o < li.nout; ++o)
+          for (i64 i = 0; i < li.nin; ++i) gnext[i] += params[li.w + o * li.nin + i] * grad[o];
+        for (i64 i = 0; i < li.nin; ++i) grad[i] = gnext[i];
+      }
+      cg_backward<T>(ly, zs[l] + g * ly.zsize, Y + g * J, J, params, grad, gz[l] + g * ly.zsize, nullptr,
+                     gyl[l] + g * J, tmp, gzs);
+      for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = grad[j];
+    }
+  });
+  // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward
+  for (i64 l = L - 2; l >= -1; --l)
+    passes.fns.push_back([&, l](i64 lo, i64 hi) {
+      Buf<T> buf = alloc<T>(per_thread);
+      const Layer& up = net.layers[l + 1];
+      T* scr = buf.get();
+      T* tmp = scr + scratch;
+      T* gx = tmp + dmax;             // dE/dx_{l+1} at one site
+      T* ghl = gx + dmax;             // dE/dh_l at one site
+      T* gzs = ghl + dmax;            // dE/dz_l of one site
+      const T* gzu = gz[l + 1];
+      for (i64 g = lo; g < hi; ++g) {
+        const i64 n = g % N, base = g - n;
+        for (const InIrrep& ir : up.in) {
+          if (ir.Q == 0) {
+            for (i64 u = 0; u < ir.mul * ir.d; ++u) gx[ir.off + u] = 0;
+            continue;
+          }
+          // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
+          mix<T>(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, base, K, N, params + ir.wt, gx + ir.off, 1,
+                 ir.d, ir.d, ir.mul, scr);
+        }
+        if (up.residual)
+          for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * up.dout + j];
+        if (l < 0) {
+          for (i64 j = 0; j < up.din; ++j) gx0[g * up.din + j] = gx[j];
+          for (i64 j = 0; j < J; ++j) gY[g * J + j] = gyl[0][g * J + j];
+          continue;
+        }
+        const Layer& ly = net.layers[l];
+        act_backward<T>(hs[l] + g * ly.dout, gx, ghl, ly, eps2);
+        cg_backward<T>(ly, zs[l] + g * ly.zsize, Y + g * J, J, params, ghl, gz[l] + g * ly.zsize,
+                       gyl[l + 1] + g * J, gyl[l] + g * J, tmp, gzs);
+        for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = ghl[j];
+      }
+    });
+  passes.run(S, 32, threads);
+}
+
+}  // namespace
+
+extern "C" {
+i64 klm_ecnn_workspace(const i64* meta, i64 sites) { return Layout(parse(meta), sites).total; }
+void klm_ecnn_energy_and_grads_f32(const i64* meta, const float* params, const float* x0, const float* Y,
+                                   const i64* table, const i64* inverse, i64 B, i64 N, double eps2, int threads,
+                                   float* energy, float* gx0, float* gY, float* work) {
+  energy_and_grads<float>(meta, params, x0, Y, table, inverse, B, N, (float)eps2, threads, energy, gx0, gY, work);
+}
+void klm_ecnn_energy_and_grads_f64(const i64* meta, const double* params, const double* x0, const double* Y,
+                                   const i64* table, const i64* inverse, i64 B, i64 N, double eps2, int threads,
+                                   double* energy, double* gx0, double* gY, double* work) {
+  energy_and_grads<double>(meta, params, x0, Y, table, inverse, B, N, eps2, threads, energy, gx0, gY, work);
+}
+}
+"""

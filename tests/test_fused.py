@@ -1,0 +1,148 @@
+"""The compiled energy + field kernel (nn/fused.py): equal to the eager path and to the e3nn
+reference on every kind of graph, the same with several threads, and the fallbacks."""
+import warnings
+
+import pytest
+import torch
+from test_ecnn import irregular_graph
+
+import klmgraph
+from klmgraph.nn import ECNN, compute_field, fused, native
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="no C++ compiler: the kernel falls back to eager")
+
+
+GRAPHS = {
+    "square": lambda: klmgraph.square(6, 5, t2=0.5),
+    "square-open": lambda: klmgraph.square(5, 4, periodic=False),
+    "triangular": lambda: klmgraph.triangular(6, 6, 1.0, 0.0, -0.85),
+    "kagome": lambda: klmgraph.kagome(3, 3),
+    "cubic": lambda: klmgraph.cubic(3, 3, 3),
+}
+
+
+def random_model(graph, dtype=torch.float64, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    model = ECNN.for_graph(graph, **{"channels": 3, "num_interactions": 3, **kwargs}).to(dtype)
+    with torch.no_grad():  # not-small weights everywhere, biases included, so that every path matters
+        for p in model.parameters():
+            p.normal_()
+    return model
+
+
+def eager_energy_and_field(model, graph, spins):
+    s = spins.detach().clone().requires_grad_(True)
+    energy = model.energy(s, model.prepare(graph))
+    return energy.detach(), compute_field(energy, s).detach()
+
+
+@pytest.mark.parametrize("graph_name", list(GRAPHS))
+def test_kernel_equals_eager_and_reference_float64(graph_name):
+    graph = GRAPHS[graph_name]()
+    model = random_model(graph)
+    spins = klmgraph.random_spins(graph, batch=2, seed=1, dtype=torch.float64)
+    kernel = model.fused_energy_and_field(spins, model.prepare(graph))
+    assert kernel is not None  # the kernel applies to every Bravais lattice, open or periodic
+    e_eager, b_eager = eager_energy_and_field(model, graph, spins)
+    model.implementation = "reference"
+    assert model.fused_energy_and_field(spins, model.prepare(graph)) is None
+    e_ref, b_ref = model.bind(graph).energy_and_field(spins)
+    assert b_ref.abs().max() > 1e-3
+    for e, b in (kernel, (e_eager, b_eager)):
+        torch.testing.assert_close(e, e_ref, rtol=1e-10, atol=0)
+        torch.testing.assert_close(b, b_ref, rtol=0, atol=1e-10 * b_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("graph_name", ["triangular", "square"])
+def test_published_size_float32(graph_name):
+    """Published hyper-parameters (8 channels, 4 blocks: the specialised micro-kernels) in float32."""
+    graph = GRAPHS[graph_name]()
+    model = ECNN.for_graph(graph)
+    spins = klmgraph.random_spins(graph, batch=3, seed=2, dtype=torch.float32)
+    e, b = model.bind(graph).energy_and_field(spins)
+    e_eager, b_eager = eager_energy_and_field(model, graph, spins)
+    model.implementation = "reference"
+    e_ref, b_ref = model.bind(graph).energy_and_field(spins)
+    for got in ((e, b), (e_eager, b_eager)):
+        assert ((got[0] - e_ref).abs() <= 1e-5 * e_ref.abs()).all()
+        assert (got[1] - b_ref).abs().max() <= 1e-5 * b_ref.abs().max()
+
+
+def test_time_reversal_and_finite_difference():
+    graph = GRAPHS["triangular"]()
+    model = random_model(graph, time_reversal=True)
+    spins = klmgraph.random_spins(graph, seed=3, dtype=torch.float64)
+    nb = model.prepare(graph)
+    e, b = model.fused_energy_and_field(spins, nb)
+    e_eager, b_eager = eager_energy_and_field(model, graph, spins)
+    torch.testing.assert_close(e, e_eager, rtol=1e-12, atol=0)
+    torch.testing.assert_close(b, b_eager, rtol=0, atol=1e-12 * b_eager.abs().max().item())
+    direction = torch.randn_like(spins)
+    eps = 1e-5
+    with torch.no_grad():
+        slope = (model.energy(spins + eps * direction, nb) - model.energy(spins - eps * direction, nb)) / (2 * eps)
+    torch.testing.assert_close(slope, -(b * direction).sum(), rtol=1e-6, atol=1e-8)
+
+
+def test_threads_give_identical_numbers():
+    """Every site is computed by one thread in a fixed order: bit-identical for any thread count."""
+    graph = klmgraph.triangular(12, 12, 1.0, 0.0, -0.85)
+    model = ECNN.for_graph(graph)
+    spins = klmgraph.random_spins(graph, batch=2, seed=4, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        e1, b1 = model.bind(graph).energy_and_field(spins)
+        torch.set_num_threads(3)
+        e3, b3 = model.bind(graph).energy_and_field(spins)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(e1, e3) and torch.equal(b1, b3)
+
+
+def test_weights_changed_in_place_are_seen():
+    graph = GRAPHS["square"]()
+    model = random_model(graph)
+    spins = klmgraph.random_spins(graph, seed=5, dtype=torch.float64)
+    bound = model.bind(graph)
+    e1, _ = bound.energy_and_field(spins)
+    with torch.no_grad():
+        model.blocks[1].conv.weight.mul_(0.5)  # an optimiser step does the same
+    e2, b2 = bound.energy_and_field(spins)
+    e_eager, b_eager = eager_energy_and_field(model, graph, spins)
+    assert not torch.equal(e1, e2)
+    torch.testing.assert_close(e2, e_eager, rtol=1e-12, atol=0)
+
+
+def test_fallbacks():
+    irregular = irregular_graph()
+    model = random_model(irregular)
+    spins = klmgraph.random_spins(irregular, seed=6, dtype=torch.float64)
+    assert model.fused_energy_and_field(spins, model.prepare(irregular)) is None  # repeated classes: scatter
+    graph = GRAPHS["square"]()
+    model = random_model(graph)
+    spins = klmgraph.random_spins(graph, seed=6, dtype=torch.float64)
+    model.fused = False
+    assert model.fused_energy_and_field(spins, model.prepare(graph)) is None
+    model.fused = True
+    # torch.func transforms (a committee's vmap, per-sample gradients) see the eager path
+    stacked = torch.stack([spins, -spins])
+    seen = []
+    torch.func.vmap(lambda s: seen.append(model.fused_energy_and_field(s, model.prepare(graph))) or s.sum())(stacked)
+    assert seen == [None]
+
+
+def test_no_compiler_warns_once_and_uses_eager(monkeypatch):
+    graph = GRAPHS["square"]()
+    model = random_model(graph)
+    spins = klmgraph.random_spins(graph, seed=7, dtype=torch.float64)
+    expected = model.bind(graph).energy_and_field(spins)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="eager"):
+        got = model.bind(graph).energy_and_field(spins)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.bind(graph).energy_and_field(spins)  # no second warning
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(got[1], expected[1], rtol=0, atol=1e-12)
