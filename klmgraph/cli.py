@@ -213,12 +213,44 @@ def run_simulation(args: argparse.Namespace):
         metadata["k_grid"] = list(args.k_grid)
     result = simulate(llg, graph, spins, args.steps, args.out, snapshot_every=args.snapshot_every,
                       record_every=args.record_every, seed=args.seed, cell_sites=_cell_sites(args.cell_sites),
-                      metadata=metadata, overwrite=args.overwrite, progress=not args.quiet)
+                      metadata=metadata, overwrite=args.overwrite, progress=not args.quiet,
+                      **uncertainty_options(args))
     if not args.no_plots:
         import matplotlib
         matplotlib.use("Agg")
         save_run_figures(graph, args.out, spins=result.spins)
     return result
+
+
+# ---- committee uncertainty during dynamics (self-contained block)
+def _add_uncertainty_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("committee uncertainty (a model:PATH holding a committee)")
+    g.add_argument("--stop-when-uncertain", action="store_true",
+                   help="stop at the first record whose predicted site error of B leaves the range seen in "
+                        "training; that configuration becomes the last snapshot")
+    g.add_argument("--uncertainty-threshold", type=float, default=None,
+                   help="predicted site error of B counted as uncertain (default: the committee file's)")
+
+
+def uncertainty_options(args: argparse.Namespace) -> dict:
+    """The uncertainty keyword arguments of :func:`~klmgraph.simulate` from the command line."""
+    threshold = getattr(args, "uncertainty_threshold", None)
+    if threshold is not None and not threshold > 0:
+        raise ValueError(f"--uncertainty-threshold must be positive, got {threshold}")
+    return {"stop_when_uncertain": bool(getattr(args, "stop_when_uncertain", False)),
+            "uncertainty_threshold": threshold}
+
+
+def _print_uncertainty(r) -> None:
+    u = r.uncertainty
+    if not u or "last_rmse_field" not in u:
+        return
+    first = u["first_uncertain_step"]
+    print(f"committee: predicted RMSE(B) {u['last_rmse_field']:.4g} at the end, at most {u['max_rmse_field']:.4g}; "
+          f"largest site error {u['max_site_error']:.4g} (threshold {u['threshold']})"
+          + (f"; uncertain from step {first}" if first is not None else "; within the training range")
+          + ("; stopped there" if u["stopped_uncertain"] else ""))
+# ---- end of the uncertainty block
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -229,6 +261,7 @@ def _simulate(args: argparse.Namespace) -> None:
     nsk = "n/a" if r.skyrmion_number is None else f"{r.skyrmion_number:.4f}"
     per = "n/a" if r.skyrmion_number_per_cell is None else f"{r.skyrmion_number_per_cell:.4f}"
     print(f"E/N = {r.energy_per_site:.6f}, |Mz| = {r.abs_mz:.4f}, n_sk = {nsk}, n_sk per cell = {per} ({r.note})")
+    _print_uncertainty(r)
 
 
 def _scan_point(arguments: dict, parameter: str, value: float, folder: Path):
@@ -314,6 +347,7 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, scan: bool = False) ->
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     if scan:
         o.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    _add_uncertainty_arguments(p)
 
 
 def _generate(args: argparse.Namespace) -> None:

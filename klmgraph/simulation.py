@@ -20,12 +20,23 @@ Host synchronisation: the records are kept on the run's device and written to th
 every snapshot; with the default settings a step costs one synchronisation (the NaN check).
 A step whose energy, field or spins are NaN or infinite stops the run with
 :class:`~klmgraph.DivergenceError` naming the step; the file keeps everything before it.
+
+Committee providers (anything with ``uncertainty(spins)``, e.g. a bound
+:class:`~klmgraph.nn.committee.Committee`): at every record (not every step: the integrator's
+hot path stays one mean evaluation) the predicted field error is stored in the trajectory as
+``predicted_field_error`` (RMS over sites, the predicted RMSE of B) and
+``predicted_field_error_max`` (largest site), summarised in ``summary.json`` under
+``uncertainty``; the first record whose largest site error exceeds the committee's threshold
+(the range seen in training) raises one :class:`UncertaintyWarning` naming the step and the
+sites, and with ``stop_when_uncertain`` the run stops there, storing that configuration as its
+last snapshot (to feed the learning loop).
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,7 +49,7 @@ from .graph import HoppingGraph
 from .measure import magnetic_cell_sites, skyrmion_number
 from .trajectory import TrajectoryWriter, read_trajectory
 
-__all__ = ["simulate", "SimulationResult", "TRAJECTORY", "SUMMARY"]
+__all__ = ["simulate", "SimulationResult", "UncertaintyWarning", "TRAJECTORY", "SUMMARY"]
 
 TRAJECTORY = "trajectory.h5"
 NOISE = "philox4x32-10"  # klmgraph.noise; stored with a run so a resume uses the same stream
@@ -63,6 +74,9 @@ class SimulationResult:
         resumed_from: the snapshot step this call continued from (None for a fresh run).
         steps_run: steps integrated by this call.
         wall_time: seconds spent by this call.
+        uncertainty: with a committee provider: the predicted field error over the run
+            (``last_rmse_field``, ``max_rmse_field``, ``max_site_error``, ``threshold``,
+            ``first_uncertain_step``, ``stopped_uncertain``), else None.
     """
 
     folder: str
@@ -83,6 +97,7 @@ class SimulationResult:
     resumed_from: int | None
     steps_run: int
     wall_time: float
+    uncertainty: dict | None = None
 
     def summary(self) -> dict:
         """The JSON-able fields (everything but the spins)."""
@@ -93,7 +108,8 @@ class SimulationResult:
 
 def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out, snapshot_every: int = 100,
              record_every: int = 1, seed: int = 0, cell_sites: int | str | None = "auto",
-             metadata: dict | None = None, overwrite: bool = False, progress: bool = False) -> SimulationResult:
+             metadata: dict | None = None, overwrite: bool = False, progress: bool = False,
+             stop_when_uncertain: bool = False, uncertainty_threshold: float | None = None) -> SimulationResult:
     """Run (or continue) LLG dynamics, writing a trajectory and a summary into the folder ``out``.
 
     Args:
@@ -116,6 +132,10 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
             continued run must repeat, e.g. how the provider and the initial state were made).
         overwrite: start afresh even if the folder holds a run.
         progress: show a progress bar.
+        stop_when_uncertain: with a committee provider, stop at the first record whose
+            predicted site error exceeds the threshold (that configuration is the last snapshot).
+        uncertainty_threshold: the threshold of the predicted site error (default: the one
+            stored in the committee file).
 
     Returns:
         :class:`SimulationResult`.
@@ -150,6 +170,12 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
     path = folder / TRAJECTORY
     settings = {"seed": int(seed), "snapshot_every": snapshot_every, "record_every": record_every,
                 "noise": NOISE, **(metadata or {})}
+    monitor = _UncertaintyMonitor.of(llg.provider, uncertainty_threshold, stop_when_uncertain)
+    if monitor is None and (stop_when_uncertain or uncertainty_threshold is not None):
+        raise ValueError("stop_when_uncertain and uncertainty_threshold need a committee provider "
+                         f"(one with an uncertainty method), not {type(llg.provider).__name__}")
+    if monitor is not None and monitor.threshold is not None:
+        settings["uncertainty_threshold"] = monitor.threshold  # drawn in the time-series figure
     if not overwrite and path.exists():
         _refuse_generator_runs(path)
     writer = TrajectoryWriter(path, graph, llg, spins_every=snapshot_every // record_every,
@@ -164,23 +190,28 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
                              "ask for at least as many steps, or overwrite")
         start = resumed_from = last.step
         spins = last.spins.to(device=spins.device, dtype=spins.dtype)
-    callback = writer
+    callback = writer if monitor is None else monitor.wrap(writer)
     bar = None
     if progress and steps > start:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc="LLG", unit="step")
 
+        inner = callback
+
         def callback(n, s, e):
-            writer(n, s, e)
+            inner(n, s, e)
             bar.update(n - bar.n)
     try:
         if steps > start:
-            run = llg.run(spins, steps - start, record_every=record_every, seed=_noise_seed(seed),
-                          callback=callback, start_step=start)
-            spins, energy = run.spins, run.energies[-1]
+            try:
+                run = llg.run(spins, steps - start, record_every=record_every, seed=_noise_seed(seed),
+                              callback=callback, start_step=start)
+                spins, energy, end = run.spins, run.energies[-1], steps
+            except _Uncertain as stop:
+                spins, energy, end = stop.spins, stop.energy, stop.step
         else:  # a finished run: its final record was cut with the resume; write it again
-            energy = llg.energy_and_field(spins)[0]
-            writer(steps, spins, energy)
+            energy, end = llg.energy_and_field(spins)[0], steps
+            (callback if monitor is None else monitor.wrap(writer, stop=False))(steps, spins, energy)
     except DivergenceError as err:
         writer.close()
         kept = read_trajectory(path).spins_step
@@ -194,10 +225,74 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
         writer.close()
         if bar is not None:
             bar.close()
-    result = _summarise(llg, graph, spins, energy, steps, cell_sites, folder, resumed_from,
-                        steps - start, time.perf_counter() - started)
+    result = _summarise(llg, graph, spins, energy, end, cell_sites, folder, resumed_from,
+                        max(end - start, 0), time.perf_counter() - started)
+    if monitor is not None:
+        result.uncertainty = monitor.summary(read_trajectory(path), stopped=end < steps)
     _write_json(folder / SUMMARY, result.summary())
     return result
+
+
+class UncertaintyWarning(UserWarning):
+    """A committee's predicted field error left the range seen in its training."""
+
+
+class _Uncertain(Exception):
+    """Raised through LLG.run by the monitor to stop a run at an uncertain record."""
+
+    def __init__(self, step, spins, energy):
+        super().__init__(f"uncertain at step {step}")
+        self.step, self.spins, self.energy = step, spins, energy
+
+
+class _UncertaintyMonitor:
+    """Records a committee's predicted field error at every record, warns once, may stop."""
+
+    def __init__(self, provider, threshold, stop):
+        self.provider, self.threshold, self.stop = provider, threshold, stop
+        self.warned = False
+
+    @classmethod
+    def of(cls, provider, threshold, stop):
+        if not callable(getattr(provider, "uncertainty", None)):
+            return None
+        if threshold is None:
+            threshold = getattr(getattr(provider, "model", None), "threshold", None)
+        if stop and threshold is None:
+            raise ValueError("stop_when_uncertain needs a threshold: the committee file holds none "
+                             "(train it with [model] committee >= 2) and none was given")
+        return cls(provider, threshold, stop)
+
+    def wrap(self, writer, stop: bool = True):
+        def callback(step, spins, energy):
+            u = self.provider.uncertainty(spins)
+            extra = {"predicted_field_error": u.rmse_field, "predicted_field_error_max": u.max_field}
+            uncertain = self.threshold is not None and bool(u.max_field.max() > self.threshold)
+            halt = uncertain and stop and self.stop
+            writer(step, spins, energy, extra=extra, snapshot=halt)
+            if uncertain and not self.warned:
+                self.warned = True
+                sites = torch.nonzero(u.field_error > self.threshold).flatten().tolist()
+                shown = ", ".join(map(str, sites[:10])) + (f" and {len(sites) - 10} more" if len(sites) > 10 else "")
+                warnings.warn(UncertaintyWarning(
+                    f"step {step}: the committee's predicted field error reaches {float(u.max_field.max()):.4g} "
+                    f"(threshold {self.threshold:.4g}, the range seen in training) at site(s) {shown}; the "
+                    "model is extrapolating" + ("; stopping here (the configuration is the last snapshot)"
+                                                if halt else "")), stacklevel=2)
+            if halt:
+                raise _Uncertain(step, spins, energy)
+        return callback
+
+    def summary(self, trajectory, stopped: bool) -> dict:
+        rms = trajectory.extra.get("predicted_field_error")
+        top = trajectory.extra.get("predicted_field_error_max")
+        if rms is None or not len(rms):
+            return {"threshold": self.threshold}
+        over = [] if self.threshold is None else np.nonzero(top.reshape(len(top), -1).max(-1) > self.threshold)[0]
+        return {"last_rmse_field": float(np.max(rms[-1])), "max_rmse_field": float(np.max(rms)),
+                "max_site_error": float(np.max(top)), "threshold": self.threshold,
+                "first_uncertain_step": int(trajectory.step[over[0]]) if len(over) else None,
+                "stopped_uncertain": bool(stopped)}
 
 
 def _refuse_generator_runs(path: Path) -> None:
