@@ -9,6 +9,7 @@
         --hz 0.005 --dt 5 --steps 400 --out run-hz0.005
     klmgraph scan --preset triangular-paper --size 24 24 --provider ecnn4klm:triangle_param.cpt \
         --hz 0.002 0.005 0.008 --dt 5 --steps 400 --jobs 3 --out scan
+    klmgraph learn --config learn.toml [--quick] [--out DIR]
 """
 from __future__ import annotations
 
@@ -229,7 +230,8 @@ def _add_uncertainty_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop at the first record whose predicted site error of B leaves the range seen in "
                         "training; that configuration becomes the last snapshot")
     g.add_argument("--uncertainty-threshold", type=float, default=None,
-                   help="predicted site error of B counted as uncertain (default: the committee file's)")
+                   help="predicted RMSE of B of a configuration counted as uncertain (default: the committee "
+                        "file's threshold; its site threshold applies as well)")
 
 
 def uncertainty_options(args: argparse.Namespace) -> dict:
@@ -247,7 +249,7 @@ def _print_uncertainty(r) -> None:
         return
     first = u["first_uncertain_step"]
     print(f"committee: predicted RMSE(B) {u['last_rmse_field']:.4g} at the end, at most {u['max_rmse_field']:.4g}; "
-          f"largest site error {u['max_site_error']:.4g} (threshold {u['threshold']})"
+          f"largest site error {u['max_site_error']:.4g} (thresholds {u['threshold']}, site {u['site_threshold']})"
           + (f"; uncertain from step {first}" if first is not None else "; within the training range")
           + ("; stopped there" if u["stopped_uncertain"] else ""))
 # ---- end of the uncertainty block
@@ -411,6 +413,42 @@ def _demo(args: argparse.Namespace) -> None:
           f"llg/time_series.png in {Path(summary['output']).resolve()}")
 
 
+# ---- the active-learning loop (self-contained block)
+def _learn(args: argparse.Namespace) -> None:
+    from .learn import load_learn_config, run_learning
+
+    config = load_learn_config(args.config, quick=args.quick)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    log = (lambda line: None) if args.quiet else print
+    result = run_learning(config, args.out, device=args.device, progress=not args.quiet, log=log)
+    last = result["iterations"][-1]
+    print(f"{args.out}: {len(result['iterations'])} iteration(s), stopped: {result['stopped']}")
+    print(f"explored states: RMSE(B) {result['iterations'][0]['explored_rmse_field']:.4f} -> "
+          f"{last['explored_rmse_field']:.4f} by ED (predicted {last['predicted_rmse_field']:.4f}); "
+          f"committee {result['model']}; report {Path(args.out) / 'report.md'}")
+
+
+def _add_learn_parser(sub) -> None:
+    p = sub.add_parser("learn", help="active learning: label with ED the states the committee's dynamics visits",
+                       description="ED on random configurations, a committee trained on them, then iterations of "
+                                   "committee-driven ML-LLG on the ED-sized lattice, ED labels of the states of "
+                                   "highest committee spread, and fine-tuning, until the predicted error on the "
+                                   "explored states is below the target or the ED budget is spent. Every key of "
+                                   "the configuration is documented in docs/learning.md. Rerunning continues an "
+                                   "interrupted loop.")
+    p.add_argument("--config", required=True, help="TOML configuration (examples/learn_square.toml)")
+    p.add_argument("--out", default="klmgraph-learn", help="output folder (default klmgraph-learn)")
+    p.add_argument("--quick", action="store_true", help="apply the configuration's [quick] overrides (minutes)")
+    p.add_argument("--device", default="cpu", help="torch device of training and exploration (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default torch's; 1 is often faster on a busy machine)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
+    p.set_defaults(func=_learn)
+# ---- end of the learning block
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klmgraph", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -475,6 +513,8 @@ def make_parser() -> argparse.ArgumentParser:
                                     "in OUT/hz=<value>; writes OUT/scan.csv and OUT/scan.png (paper Fig. 4a).")
     _add_simulation_arguments(sc, scan=True)
     sc.set_defaults(func=_scan)
+
+    _add_learn_parser(sub)
 
     info = sub.add_parser("info", help="summarise a data set")
     info.add_argument("path")

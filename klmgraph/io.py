@@ -49,7 +49,8 @@ def _build_committee(config: dict) -> Committee:
     if arch == "Committee":
         raise ValueError("a committee's members cannot be committees")
     return Committee([build_network(member, arch) for _ in range(size)],
-                     calibration=config.get("calibration", 1.0), threshold=config.get("threshold"))
+                     calibration=config.get("calibration", 1.0), threshold=config.get("threshold"),
+                     site_threshold=config.get("site_threshold"))
 
 
 build_model = build_network  # its name before issue 16 (the CLI's ED builder is now cli.build_solver)

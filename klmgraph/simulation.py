@@ -26,9 +26,9 @@ Committee providers (anything with ``uncertainty(spins)``, e.g. a bound
 hot path stays one mean evaluation) the predicted field error is stored in the trajectory as
 ``predicted_field_error`` (RMS over sites, the predicted RMSE of B) and
 ``predicted_field_error_max`` (largest site), summarised in ``summary.json`` under
-``uncertainty``; the first record whose largest site error exceeds the committee's threshold
-(the range seen in training) raises one :class:`UncertaintyWarning` naming the step and the
-sites, and with ``stop_when_uncertain`` the run stops there, storing that configuration as its
+``uncertainty``; the first record outside the range seen in training (predicted RMSE of B above the
+committee's ``threshold``, or a site above its ``site_threshold``) raises one
+:class:`UncertaintyWarning` naming the step and the sites of largest predicted error, and with ``stop_when_uncertain`` the run stops there, storing that configuration as its
 last snapshot (to feed the learning loop).
 """
 from __future__ import annotations
@@ -132,10 +132,10 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
             continued run must repeat, e.g. how the provider and the initial state were made).
         overwrite: start afresh even if the folder holds a run.
         progress: show a progress bar.
-        stop_when_uncertain: with a committee provider, stop at the first record whose
-            predicted site error exceeds the threshold (that configuration is the last snapshot).
-        uncertainty_threshold: the threshold of the predicted site error (default: the one
-            stored in the committee file).
+        stop_when_uncertain: with a committee provider, stop at the first record outside the
+            range seen in training (that configuration is the last snapshot).
+        uncertainty_threshold: threshold of the predicted RMSE of B of a configuration (default:
+            the committee file's ``threshold``; its ``site_threshold`` applies as well).
 
     Returns:
         :class:`SimulationResult`.
@@ -248,37 +248,44 @@ class _Uncertain(Exception):
 class _UncertaintyMonitor:
     """Records a committee's predicted field error at every record, warns once, may stop."""
 
-    def __init__(self, provider, threshold, stop):
-        self.provider, self.threshold, self.stop = provider, threshold, stop
+    def __init__(self, provider, threshold, site_threshold, stop):
+        self.provider, self.threshold, self.site_threshold, self.stop = provider, threshold, site_threshold, stop
         self.warned = False
 
     @classmethod
     def of(cls, provider, threshold, stop):
         if not callable(getattr(provider, "uncertainty", None)):
             return None
+        model = getattr(provider, "model", None)
         if threshold is None:
-            threshold = getattr(getattr(provider, "model", None), "threshold", None)
-        if stop and threshold is None:
+            threshold = getattr(model, "threshold", None)
+        site_threshold = getattr(model, "site_threshold", None)
+        if stop and threshold is None and site_threshold is None:
             raise ValueError("stop_when_uncertain needs a threshold: the committee file holds none "
                              "(train it with [model] committee >= 2) and none was given")
-        return cls(provider, threshold, stop)
+        return cls(provider, threshold, site_threshold, stop)
 
     def wrap(self, writer, stop: bool = True):
         def callback(step, spins, energy):
             u = self.provider.uncertainty(spins)
+            u.threshold, u.site_threshold = self.threshold, self.site_threshold
             extra = {"predicted_field_error": u.rmse_field, "predicted_field_error_max": u.max_field}
-            uncertain = self.threshold is not None and bool(u.max_field.max() > self.threshold)
+            uncertain = bool(u.uncertain().any())
             halt = uncertain and stop and self.stop
             writer(step, spins, energy, extra=extra, snapshot=halt)
             if uncertain and not self.warned:
                 self.warned = True
-                sites = torch.nonzero(u.field_error > self.threshold).flatten().tolist()
-                shown = ", ".join(map(str, sites[:10])) + (f" and {len(sites) - 10} more" if len(sites) > 10 else "")
+                error = u.field_error.reshape(-1, u.field_error.shape[-1]).amax(0)  # (N,) over a batch
+                sites = torch.argsort(error, descending=True)[:10].tolist()
+                shown = ", ".join(f"{i} ({float(error[i]):.3g})" for i in sites)
+                limits = " and ".join(f"{name} {value:.4g}" for name, value in
+                                      (("RMSE threshold", self.threshold), ("site threshold", self.site_threshold))
+                                      if value is not None)
                 warnings.warn(UncertaintyWarning(
-                    f"step {step}: the committee's predicted field error reaches {float(u.max_field.max()):.4g} "
-                    f"(threshold {self.threshold:.4g}, the range seen in training) at site(s) {shown}; the "
-                    "model is extrapolating" + ("; stopping here (the configuration is the last snapshot)"
-                                                if halt else "")), stacklevel=2)
+                    f"step {step}: the committee's predicted RMSE of B is {float(u.rmse_field.max()):.4g}, its "
+                    f"largest site error {float(u.max_field.max()):.4g} ({limits}: the range seen in training); "
+                    f"sites of largest predicted error: {shown}; the model is extrapolating"
+                    + ("; stopping here (the configuration is the last snapshot)" if halt else "")), stacklevel=2)
             if halt:
                 raise _Uncertain(step, spins, energy)
         return callback
@@ -287,10 +294,16 @@ class _UncertaintyMonitor:
         rms = trajectory.extra.get("predicted_field_error")
         top = trajectory.extra.get("predicted_field_error_max")
         if rms is None or not len(rms):
-            return {"threshold": self.threshold}
-        over = [] if self.threshold is None else np.nonzero(top.reshape(len(top), -1).max(-1) > self.threshold)[0]
+            return {"threshold": self.threshold, "site_threshold": self.site_threshold}
+        over = np.zeros(len(rms), dtype=bool)
+        if self.threshold is not None:
+            over |= rms.reshape(len(rms), -1).max(-1) > self.threshold
+        if self.site_threshold is not None:
+            over |= top.reshape(len(top), -1).max(-1) > self.site_threshold
+        over = np.nonzero(over)[0]
         return {"last_rmse_field": float(np.max(rms[-1])), "max_rmse_field": float(np.max(rms)),
                 "max_site_error": float(np.max(top)), "threshold": self.threshold,
+                "site_threshold": self.site_threshold,
                 "first_uncertain_step": int(trajectory.step[over[0]]) if len(over) else None,
                 "stopped_uncertain": bool(stopped)}
 

@@ -67,15 +67,15 @@ class ModelConfig:
             initial weights, shuffling and augmentation; all train together in one batched loop.
         bootstrap: each member trains on its own resampling (with replacement) of the training
             set (default false).
-        threshold_margin: the committee's uncertainty threshold is this factor times the largest
-            site error it predicts on its training configurations (default 1.25).
+        threshold_margin: the committee's uncertainty thresholds are this factor times the largest
+            predicted RMSE of B of a training configuration, and of a site (default 1.1).
     """
 
     type: str = "ecnn"
     params: dict = field(default_factory=dict)
     committee: int = 1
     bootstrap: bool = False
-    threshold_margin: float = 1.25
+    threshold_margin: float = 1.1
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class RunConfig:
 
 _SECTIONS = {"data": DataConfig, "optimizer": OptimizerConfig, "training": TrainingConfig}
 _MODEL_TYPES = ("ecnn", "ifnn")
-_COMMITTEE_KEYS = {"committee": 1, "bootstrap": False, "threshold_margin": 1.25}
+_COMMITTEE_KEYS = {"committee": 1, "bootstrap": False, "threshold_margin": 1.1}
 
 
 def config_from_dict(raw: dict) -> RunConfig:
@@ -449,13 +449,13 @@ def committee_spread(committee, dataset: SpinDataset, indices=None, batch_size: 
     return {"spread": torch.cat(spread), "error": torch.cat(error)}
 
 
-def calibrate_file(path, train_set, train_idx, val_set, val_idx, margin: float = 1.25, batch_size: int = 4):
+def calibrate_file(path, train_set, train_idx, val_set, val_idx, margin: float = 1.1, batch_size: int = 4):
     """Fit a committee file's calibration factor on held-out data and set its threshold.
 
     The factor makes the predicted RMSE of B equal the measured one on the validation
     configurations (on the training ones when there are none: then the prediction is
-    optimistic). The threshold is ``margin`` times the largest calibrated site error predicted
-    on the training configurations: the range seen in training.
+    optimistic). The thresholds are ``margin`` times the largest calibrated RMSE of B predicted
+    for a training configuration, and the largest for a site: the range seen in training.
     """
     from .io import load_model
     from .nn.committee import calibration_factor
@@ -464,8 +464,9 @@ def calibrate_file(path, train_set, train_idx, val_set, val_idx, margin: float =
     held_out = (val_set, val_idx) if len(val_idx) else (train_set, train_idx)
     measured = committee_spread(committee, *held_out, batch_size=batch_size)
     committee.calibration = calibration_factor(measured["spread"], measured["error"])
-    seen = committee_spread(committee, train_set, train_idx, batch_size=batch_size)["spread"]
-    committee.threshold = float(margin * committee.calibration * seen.max())
+    seen = committee.calibration * committee_spread(committee, train_set, train_idx, batch_size=batch_size)["spread"]
+    committee.threshold = float(margin * seen.pow(2).mean(-1).sqrt().max())
+    committee.site_threshold = float(margin * seen.max())
     committee.save(path)
     return committee
 

@@ -56,8 +56,9 @@ class Committee(nn.Module):
         members: the M >= 2 networks (ECNN or IFNN, same class and ``config``); their weights
             are copied, the first one serves as the template the stacked weights are applied to.
         calibration: factor c of the predicted field error (module docstring); 1 = uncalibrated.
-        threshold: predicted field error of a site above which a configuration counts as outside
-            the range seen in training (None: not set). See :meth:`BoundCommittee.uncertainty`.
+        threshold: predicted RMSE of B (over the sites of a configuration) above which the
+            configuration counts as outside the range seen in training (None: not set).
+        site_threshold: the same for the predicted error of a single site (None: not set).
 
     Attributes:
         size: M.
@@ -71,7 +72,8 @@ class Committee(nn.Module):
         ValueError: for fewer than two members or members of different classes/configurations.
     """
 
-    def __init__(self, members: Sequence[nn.Module], calibration: float = 1.0, threshold: float | None = None):
+    def __init__(self, members: Sequence[nn.Module], calibration: float = 1.0, threshold: float | None = None,
+                 site_threshold: float | None = None):
         super().__init__()
         members = list(members)
         if len(members) < 2:
@@ -81,11 +83,13 @@ class Committee(nn.Module):
             raise ValueError(f"committee members must share class and configuration, got {sorted(kinds)}")
         if not (math.isfinite(calibration) and calibration > 0):
             raise ValueError(f"calibration must be a positive number, got {calibration}")
-        if threshold is not None and not threshold > 0:
-            raise ValueError(f"threshold must be positive (or None), got {threshold}")
+        for name, value in (("threshold", threshold), ("site_threshold", site_threshold)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive (or None), got {value}")
         self.size = len(members)
         self.calibration = float(calibration)
         self.threshold = None if threshold is None else float(threshold)
+        self.site_threshold = None if site_threshold is None else float(site_threshold)
         params, _ = stack_module_state(members)
         self.weights = nn.ParameterDict({_key(k): nn.Parameter(v.detach().clone()) for k, v in params.items()})
         self._names = {_key(k): "net." + k for k in params}
@@ -125,7 +129,7 @@ class Committee(nn.Module):
         """What :func:`klmgraph.io.build_network` needs to rebuild the committee (JSON-able)."""
         return {"size": self.size, "member_architecture": self.member_architecture,
                 "member_config": self.member_config, "calibration": self.calibration,
-                "threshold": self.threshold}
+                "threshold": self.threshold, "site_threshold": self.site_threshold}
 
     def prepare(self, graph, deterministic: bool = False):
         return self.template.prepare(graph, deterministic=deterministic) if deterministic \
@@ -168,7 +172,9 @@ class Committee(nn.Module):
         out = []
         for m in range(self.size):
             net = type(self.template)(**self.member_config).to(next(self.parameters()))
-            net.load_state_dict({self._names[k][4:]: v[m].detach() for k, v in self.weights.items()})
+            state = self.template.state_dict()  # the buffers; the weights are the member's
+            state.update({self._names[k][4:]: v[m].detach() for k, v in self.weights.items()})
+            net.load_state_dict(state)
             out.append(net)
         return out
 
@@ -189,7 +195,8 @@ class Uncertainty:
         energy: (...) mean energy; field: (..., N, 3) mean field.
         field_error: (..., N) predicted error sigma_r of the field at each site (calibrated).
         energy_per_site_error: (...) standard deviation of E/N over the members (not calibrated).
-        threshold: the committee's threshold (None if unset).
+        threshold: the committee's threshold of :attr:`rmse_field` (None if unset).
+        site_threshold: its threshold of a site's error (None if unset).
     """
 
     energy: torch.Tensor
@@ -197,6 +204,7 @@ class Uncertainty:
     field_error: torch.Tensor
     energy_per_site_error: torch.Tensor
     threshold: float | None = None
+    site_threshold: float | None = None
 
     @property
     def rmse_field(self) -> torch.Tensor:
@@ -208,11 +216,15 @@ class Uncertainty:
         """Largest predicted site error. Shapes: (...)."""
         return self.field_error.amax(-1)
 
-    def uncertain_sites(self) -> torch.Tensor:
-        """Boolean (..., N): sites whose predicted error exceeds the threshold (none if unset)."""
-        if self.threshold is None:
-            return torch.zeros_like(self.field_error, dtype=torch.bool)
-        return self.field_error > self.threshold
+    def uncertain(self) -> torch.Tensor:
+        """Boolean (...): configurations outside the range seen in training, i.e. whose predicted
+        RMSE of B exceeds ``threshold`` or one of whose sites exceeds ``site_threshold``."""
+        out = torch.zeros_like(self.rmse_field, dtype=torch.bool)
+        if self.threshold is not None:
+            out |= self.rmse_field > self.threshold
+        if self.site_threshold is not None:
+            out |= self.max_field > self.site_threshold
+        return out
 
 
 def raw_spread(fields: torch.Tensor) -> torch.Tensor:
@@ -271,4 +283,4 @@ class BoundCommittee(BoundModel):
         return Uncertainty(energy=energies.mean(0), field=fields.mean(0),
                            field_error=self.model.calibration * raw_spread(fields),
                            energy_per_site_error=energies.std(0, unbiased=True) / self.num_sites,
-                           threshold=self.model.threshold)
+                           threshold=self.model.threshold, site_threshold=self.model.site_threshold)
