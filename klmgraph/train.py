@@ -546,8 +546,8 @@ def _start_from(model: torch.nn.Module, path: str) -> None:
         start = load_model(path)
     except (FileNotFoundError, ValueError) as err:
         raise ValueError(f"[training] init: {err}") from None
-    if type(start) is not type(model) or start.config | {"calibration": 0, "threshold": 0} \
-            != model.config | {"calibration": 0, "threshold": 0}:
+    fitted = {"calibration": 0, "threshold": 0, "site_threshold": 0}  # refitted after training
+    if type(start) is not type(model) or start.config | fitted != model.config | fitted:
         raise ValueError(f"[training] init: {path} holds another model ({type(start).__name__}, "
                          f"{start.config}) than the configured one ({type(model).__name__}, {model.config})")
     model.load_state_dict(start.state_dict())

@@ -54,7 +54,7 @@ from .selection import draw_holdout, select_by_spread
 
 __all__ = ["run_learning", "STAGES"]
 
-STAGES = ("random_data", "train", "explore", "select", "holdout", "measure", "label", "merge")
+STAGES = ("random_data", "train", "explore", "select", "holdout", "measure", "labels", "merge")
 
 
 def _write_json(path: Path, data) -> None:
