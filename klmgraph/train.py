@@ -222,8 +222,8 @@ def _check_model_params(model_type: str, params: dict) -> None:
                          f"{sorted(allowed)}")
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    """Read a TOML run configuration (see the dataclasses of this module for every key)."""
+def read_toml(path: str | Path) -> dict:
+    """The nested dicts of a TOML file; a missing or malformed file is a ValueError naming it."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python < 3.11
@@ -231,11 +231,17 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
 
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read a TOML run configuration (see the dataclasses of this module for every key)."""
+    path = Path(path)
+    raw = read_toml(path)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
         raw.setdefault(section, {})[key] = value

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .. import lattice as lattices
 from ..electrons import ExactDiagonalization
@@ -299,16 +298,6 @@ def learn_config_from_dict(raw: dict, quick: bool = False) -> LearnConfig:
 
 def load_learn_config(path, quick: bool = False) -> LearnConfig:
     """Read learn.toml (see :func:`learn_config_from_dict`)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib
+    from ..train import read_toml
 
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"config file {path} is not valid TOML: {err}") from None
-    return learn_config_from_dict(raw, quick=quick)
+    return learn_config_from_dict(read_toml(path), quick=quick)
