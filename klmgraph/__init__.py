@@ -18,6 +18,8 @@ from .compat import load_ecnn4klm
 from .io import load_model
 from .simulation import SimulationResult, simulate
 from .sweep import scan
+from .nn.committee import Committee
+from .learn import load_learn_config, run_learning
 
 __version__ = "0.1.0"
 
@@ -35,4 +37,5 @@ __all__ = [
     "TrajectoryWriter", "Trajectory", "read_trajectory",
     "ECNN", "compute_field", "load_ecnn4klm", "load_model",
     "simulate", "SimulationResult", "scan",
+    "Committee", "run_learning", "load_learn_config",
 ]
