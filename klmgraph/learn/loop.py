@@ -24,6 +24,7 @@ the output folder::
     iterNNN/training/            its training run (fine-tuning from iter(NNN-1)/model.pt)
     iterNNN/train.h5, val.h5     its data: random + explored labels (with provenance) and the
                                  random validation set + earlier hold-out states
+    iterNNN/holdouts.h5          the earlier hold-out states alone: its calibration set
     iterNNN/explore.npz          candidate states (spins, run, step, condition, predicted error)
     iterNNN/selection.json       which candidates are labelled (and why)
     iterNNN/holdout.h5           hold-out explored states, ED labels (never trained on)
@@ -47,7 +48,7 @@ from ..dynamics import LLG
 from ..files import atomic_path
 from ..io import load_model
 from ..spins import ferromagnet, random_spins, skyrmion_crystal
-from ..train import config_from_dict, evaluate, train
+from ..train import calibrate_file, config_from_dict, evaluate, train
 from .config import LearnConfig
 from .report import write_report
 from .selection import draw_holdout, select_by_spread
@@ -116,7 +117,15 @@ class _Loop:
             what = f"fine-tuning iteration {k - 1}'s committee on random + explored data"
         raw["training"].setdefault("device", self.device)
         self.log(f"[iteration {k}] {what}")
-        run = train(config_from_dict(raw), progress=self.progress)
+        run_config = config_from_dict(raw)
+        run = train(run_config, progress=self.progress)
+        if k > 0:
+            # calibrated on the explored states held out so far (never trained on), the states the
+            # committee is used on, instead of the random ones that dominate the validation set
+            held = load_dataset(self.it(k) / "holdouts.h5", graph=self.graph)
+            train_set = load_dataset(self.it(k) / "train.h5", graph=self.graph)
+            calibrate_file(run["out"] / "best.pt", train_set, torch.arange(len(train_set)), held,
+                           torch.arange(len(held)), run_config.model.threshold_margin)
         with atomic_path(target) as tmp:
             shutil.copyfile(run["out"] / "best.pt", tmp)
         self.stage_done("train", k)
@@ -246,7 +255,7 @@ class _Loop:
     def merge(self, k: int) -> None:
         """iter(k+1)/train.h5 and val.h5: random data + explored labels with provenance."""
         nxt = self.it(k + 1)
-        if (nxt / "train.h5").exists() and (nxt / "val.h5").exists():
+        if all((nxt / name).exists() for name in ("train.h5", "val.h5", "holdouts.h5")):
             return
         conditions = [c.describe() for c in self.c.explore.conditions]
         data = self.out / "data"
@@ -255,6 +264,7 @@ class _Loop:
         val_parts = [(data / "val.h5", None)] + [(self.it(j) / "holdout.h5", self.provenance(j, "holdout"))
                                                  for j in range(k + 1)]
         merge_datasets(nxt / "val.h5", val_parts, conditions)
+        merge_datasets(nxt / "holdouts.h5", val_parts[1:], conditions)
         merge_datasets(nxt / "train.h5", train_parts, conditions)
         self.stage_done("merge", k)
 

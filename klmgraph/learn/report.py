@@ -99,6 +99,9 @@ def _figures(out: Path, entries: list) -> None:
     ax.plot(line, line / 2, "k:", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import NullFormatter
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_xlabel("true RMSE of B (ED), per hold-out state")
