@@ -62,16 +62,16 @@ class DemoSettings:
     size: int = 12
     train_samples: int = 40
     val_samples: int = 20
-    epochs: int = 300
-    minutes: float = 2.0
+    epochs: int = 100
+    minutes: float = 3.0
     committee: int = 4
     iterations: int = 1
     explore_runs: int = 8
     explore_steps: int = 150
     labels: int = 40
     holdout: int = 8
-    finetune_epochs: int = 100
-    finetune_minutes: float = 1.25
+    finetune_epochs: int = 50
+    finetune_minutes: float = 1.5
     scale: int = 4
     steps: int = 200
     dt: float = 1.0
@@ -319,7 +319,8 @@ def _markdown(summary: dict) -> str:
         f"| E/N on the final state: model / ED | {c['energy_per_site_ml']:.5f} / {c['energy_per_site_ed']:.5f} |",
         f"| one evaluation (E and B): model / ED | {c['model_seconds']:.3f} s / {c['ed_seconds']:.2f} s |",
         "",
-        f"What the committee said: its predicted RMSE of B on the final 48x48-state was {c['predicted_rmse_field']:.4f}, "
+        f"What the committee said: its predicted RMSE of B on the final {llg['lattice'].split(':')[0]} state was "
+        f"{c['predicted_rmse_field']:.4f}, "
         f"{verdict} the {c['rmse_field']:.4f} that ED measured"
         + (f" ({ratio:.2f}x)." if ratio is not None else "."),
         ("During the run it warned: " + llg["uncertainty_warnings"][0]) if llg["uncertainty_warnings"]

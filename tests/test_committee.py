@@ -200,3 +200,21 @@ def test_cli_simulate_with_a_committee(trained, capsys):
     assert main(["simulate", "--size", "4", "4", "--dt", "0.2", "--steps", "2", "--stop-when-uncertain",
                  "--out", str(trained["folder"] / "cli-ed"), "--quiet"]) == 2
     assert "need a committee provider" in capsys.readouterr().err
+
+
+def test_members_get_their_own_shuffling_and_bootstrap_samples():
+    from klmgraph.train import _member_orders
+
+    base = {"data": {"train": "x.h5"}, "training": {"seed": 3}}
+    idx = torch.arange(10, 30)
+    one = _member_orders(config_from_dict(base), idx, torch.Generator().manual_seed(0))
+    assert one.shape == (20,) and sorted(one.tolist()) == idx.tolist()
+    orders = _member_orders(config_from_dict({**base, "model": {"committee": 3}}), idx,
+                            torch.Generator().manual_seed(0))
+    assert orders.shape == (3, 20) and all(sorted(row.tolist()) == idx.tolist() for row in orders)
+    assert not torch.equal(orders[0], orders[1])
+    boot = [_member_orders(config_from_dict({**base, "model": {"committee": 3, "bootstrap": True}}), idx,
+                           torch.Generator().manual_seed(epoch)) for epoch in (0, 1)]
+    for row, later in zip(*boot):
+        assert set(row.tolist()) <= set(idx.tolist()) and len(set(row.tolist())) < 20  # drawn with replacement
+        assert sorted(row.tolist()) == sorted(later.tolist())  # the same resampling every epoch
