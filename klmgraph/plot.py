@@ -158,10 +158,12 @@ def plot_time_series(trajectory, keys=("energy", "mz", "skyrmion_number"), axes=
         ax.plot(time, values.reshape(len(time), -1), lw=1)
         ax.set_ylabel(label)
         if key == "predicted_field_error":
-            ax.legend(["RMS over sites", "largest site"], fontsize=7)
+            labels = ["RMS over sites", "largest site"]
             threshold = (getattr(trajectory, "metadata", None) or {}).get("uncertainty_threshold")
             if threshold is not None:
                 ax.axhline(threshold, color="k", ls="--", lw=0.8)
+                labels.append("RMS threshold (training range)")
+            ax.legend(labels, fontsize=7)
     axes[-1].set_xlabel("t")
     return axes
 
