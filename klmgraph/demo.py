@@ -96,8 +96,8 @@ DEFAULT = DemoSettings()
 # the 10-minute caps only guard against a stuck run, so the trained model (and the accuracy
 # tests/test_demo.py asserts) does not depend on the machine's load
 TINY = DemoSettings(size=8, train_samples=16, val_samples=8, epochs=60, minutes=10.0, committee=2, iterations=1,
-                    explore_runs=2, explore_steps=40, labels=6, holdout=3, finetune_epochs=10,
-                    finetune_minutes=10.0, steps=60, record_every=1)
+                    explore_runs=2, explore_steps=30, labels=6, holdout=3, finetune_epochs=10,
+                    finetune_minutes=10.0, steps=60, record_every=2)
 
 # The energy term (lambda = 1) fixes the energy's constant, so that E/N is comparable with ED.
 # Adam lr 0.01 with a plateau schedule is the setting of the 30 x 30 reproduction

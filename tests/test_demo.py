@@ -53,7 +53,7 @@ def test_demo_model_learns_and_transfers_to_the_large_lattice(demo_folder):
 def test_demo_dynamics_is_damped(demo_folder):
     trajectory = read_trajectory(demo_folder / "llg" / "trajectory.h5")
     energy = trajectory.energy
-    assert len(energy) == 61 and trajectory.extra["predicted_field_error"].shape == (61,)
+    assert len(energy) == 31 and trajectory.extra["predicted_field_error"].shape == (31,)  # every 2nd step
     # T = 0 with alpha = 1: the model's energy decreases (up to float32 rounding)
     assert np.all(np.diff(energy) <= 1e-5 * np.abs(energy[:-1]))
     assert energy[-1] < energy[0]
