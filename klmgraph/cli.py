@@ -453,13 +453,15 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klmgraph", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="ED data, ECNN training, ML-LLG on a 16x larger lattice, in minutes",
+    demo = sub.add_parser("demo", help="ED data, a committee of ECNNs and a learning iteration, ML-LLG on a 16x "
+                                       "larger lattice, checked against ED, in minutes",
                           description="The whole path on the paper's square model (t1 = 1, J = 7, filling "
-                                      "0.48): ED data on 12x12, a short ECNN training, damped ML-LLG on 48x48, "
-                                      "and ED of the final state to check the model. About 5 minutes on a "
-                                      "2-core CPU; --tiny runs 8x8 -> 32x32 in about one. Rerunning continues "
-                                      "an interrupted demo.")
-    demo.add_argument("--tiny", action="store_true", help="smaller and shorter (about a minute)")
+                                      "0.48): ED data on 12x12, a committee of ECNNs, one active-learning "
+                                      "iteration on the states of its own dynamics, damped ML-LLG on 48x48 with "
+                                      "the committee's predicted error, and ED of the final state to check the "
+                                      "model and the prediction. 10 to 15 minutes on a 2-core CPU; --tiny runs "
+                                      "8x8 -> 32x32 in a few. Rerunning continues an interrupted demo.")
+    demo.add_argument("--tiny", action="store_true", help="smaller and shorter (a few minutes)")
     demo.add_argument("--out", default="klmgraph-demo", help="output folder (default klmgraph-demo)")
     demo.add_argument("--device", default="cpu", help="torch device (default cpu)")
     demo.add_argument("--threads", type=int, default=None,
