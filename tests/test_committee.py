@@ -218,3 +218,16 @@ def test_members_get_their_own_shuffling_and_bootstrap_samples():
     for row, later in zip(*boot):
         assert set(row.tolist()) <= set(idx.tolist()) and len(set(row.tolist())) < 20  # drawn with replacement
         assert sorted(row.tolist()) == sorted(later.tolist())  # the same resampling every epoch
+
+
+def test_cli_scan_with_a_committee_records_its_predicted_error(trained, capsys):
+    import csv
+
+    out = trained["folder"] / "scan"
+    assert main(["scan", "--size", "4", "4", "--provider", f"model:{trained['model']}", "--init", "ferromagnet",
+                 "--hz", "0", "0.5", "--dt", "0.2", "--steps", "4", "--snapshot-every", "2", "--stop-when-uncertain",
+                 "--no-plots", "--out", str(out)]) == 0  # stopping where asked is not a failure
+    with open(out / "scan.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["stopped: uncertain at step 0"] * 2
+    assert all(float(r["predicted_rmse_field_max"]) > 0 and r["first_uncertain_step"] == "0" for r in rows)
