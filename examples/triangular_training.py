@@ -16,6 +16,14 @@ per magnetic cell at Hz = 0.002, 0.005, 0.008. This script does all of it with k
 
     python examples/triangular_training.py --quick                 # 12x12 data, 24x24 scan: ~8 CPU minutes
     python examples/triangular_training.py --device cuda           # 36x36 data, 96x96 scan: the paper's
+    python examples/triangular_training.py --learn [--quick]       # stages 1-3 by the learning loop
+
+With ``--learn``, stages 1-3 are the active-learning loop of ``klmgraph learn`` with
+examples/learn_triangular.toml (``--learn-config`` another file): random configurations, a
+committee, then iterations of committee-driven ML-LLG at Hz = 0.002, 0.005, 0.008 and T = 0,
+0.005 on the ED lattice, labelled by ED on a 2 x 2 k-grid where the committee's spread is
+largest, and fine-tuning; the scan then runs with the final committee (recording its predicted
+error). The loop's report is in OUT/learn/report.md.
 
 Each stage is resumable (rerunning continues the ED-LLG runs, the data files, the training and
 the scan). Ends with one line ``val_rmse_field=<x> n_sk_hz0.002=<a> n_sk_hz0.005=<b> n_sk_hz0.008=<c>``.
@@ -70,7 +78,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="klmgraph-output/triangular_training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--learn", action="store_true",
+                   help="stages 1-3 by the active-learning loop (examples/learn_triangular.toml)")
+    p.add_argument("--learn-config", help="the loop's TOML configuration (default examples/learn_triangular.toml)")
     args = p.parse_args(argv)
+    if args.learn or args.learn_config:
+        return learned(args)
     q = args.quick
     ed_size = args.ed_size or (12 if q else 36)
     scan_size = args.scan_size or (24 if q else 96)
@@ -138,6 +151,39 @@ def main(argv=None):
                                                                for row in rows}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"val_rmse_field={metrics['rmse_field']:.3e} "
+          + " ".join(f"n_sk_hz{row['hz']:g}={row['skyrmion_number_per_cell']:.2f}" for row in rows))
+    return summary
+
+
+def learned(args):
+    """Stages 1-3 by klmgraph.learn, then the scan of stage 4 with the final committee."""
+    from klmgraph.learn import load_learn_config, run_learning
+
+    q = args.quick
+    config_path = args.learn_config or Path(__file__).resolve().parent / "learn_triangular.toml"
+    config = load_learn_config(config_path, quick=q)
+    scan_size = args.scan_size or (24 if q else 96)
+    scan_steps = args.scan_steps or (400 if q else 2000)
+    out = Path(args.out) / ("learn-quick" if q else "learn")
+    print(f"[1-3/4] the learning loop ({config_path}) into {out / 'learn'}")
+    result = run_learning(config, out / "learn", device=args.device, progress=not args.quiet)
+    last = result["iterations"][-1]
+    print(f"      explored states: RMSE(B) {result['iterations'][0]['explored_rmse_field']:.3e} -> "
+          f"{last['explored_rmse_field']:.3e} by ED (predicted {last['predicted_rmse_field']:.3e}); random "
+          f"validation {last['val_rmse_field']:.3e} (paper {PAPER_VAL_RMSE:.2e}); {last['labels']} ED labels")
+    print(f"[4/4] ML-LLG scan on triangular {scan_size}x{scan_size} with the committee")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    skyrmions = importlib.import_module("triangular_skyrmions")
+    rows = skyrmions.main(["--size", str(scan_size), "--steps", str(scan_steps), "--dt", str(args.dt),
+                           "--model", result["model"], "--device", args.device, "--jobs", str(args.jobs),
+                           "--seed", str(args.seed), "--out", str(out / "scan"), "--hz", *map(str, FIELDS)]
+                          + (["--quiet"] if args.quiet else []))
+    summary = {"learning": {k: v for k, v in last.items() if not isinstance(v, list)}, "model": result["model"],
+               "stopped": result["stopped"], "scan_size": scan_size, "val_rmse_field": last["val_rmse_field"],
+               "explored_rmse_field": last["explored_rmse_field"],
+               "n_sk_per_cell": {row["hz"]: row["skyrmion_number_per_cell"] for row in rows}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"val_rmse_field={last['val_rmse_field']:.3e} explored_rmse_field={last['explored_rmse_field']:.3e} "
           + " ".join(f"n_sk_hz{row['hz']:g}={row['skyrmion_number_per_cell']:.2f}" for row in rows))
     return summary
 

@@ -20,6 +20,8 @@ from .simulation import SimulationResult, simulate
 from .sweep import scan
 from .distributed import simulate_distributed
 from .export import export_snapshot
+from .nn.committee import Committee
+from .learn import load_learn_config, run_learning
 
 __version__ = "0.1.0"
 
@@ -37,4 +39,5 @@ __all__ = [
     "TrajectoryWriter", "Trajectory", "read_trajectory",
     "ECNN", "compute_field", "load_ecnn4klm", "load_model",
     "simulate", "SimulationResult", "scan", "simulate_distributed", "export_snapshot",
+    "Committee", "run_learning", "load_learn_config",
 ]

@@ -11,6 +11,7 @@
         --hz 0.002 0.005 0.008 --dt 5 --steps 400 --jobs 3 --out scan
     klmgraph simulate ... --nprocs 4 (or torchrun --nproc-per-node 4 -m klmgraph simulate ...)
     klmgraph export RUN/trajectory.h5 --format ovf|vtu --out FILE [--step N]
+    klmgraph learn --config learn.toml [--quick] [--out DIR]
 """
 from __future__ import annotations
 
@@ -227,12 +228,17 @@ def run_simulation(args: argparse.Namespace):
     metadata["init_seed"] = seed0
     if getattr(args, "k_grid", None):  # only when given, so runs from before k-grids still resume
         metadata["k_grid"] = list(args.k_grid)
+    options = uncertainty_options(args)
     runner = simulate
     if split_run_active():
+        if options["stop_when_uncertain"] or options["uncertainty_threshold"] is not None:
+            raise ValueError("--stop-when-uncertain and --uncertainty-threshold need a run in one process: a split "
+                             "run (--nprocs, torchrun) does not evaluate the committee's spread")
         from .distributed import simulate_distributed as runner
+        options = {}
     result = runner(llg, graph, spins, args.steps, args.out, snapshot_every=args.snapshot_every,
                     record_every=args.record_every, seed=args.seed, cell_sites=_cell_sites(args.cell_sites),
-                    metadata=metadata, overwrite=args.overwrite, progress=not args.quiet)
+                    metadata=metadata, overwrite=args.overwrite, progress=not args.quiet, **options)
     if result is None:  # a process of a split run other than the first
         return None
     if not args.no_plots:
@@ -240,6 +246,38 @@ def run_simulation(args: argparse.Namespace):
         matplotlib.use("Agg")
         save_run_figures(graph, args.out, spins=result.spins)
     return result
+
+
+# ---- committee uncertainty during dynamics (self-contained block)
+def _add_uncertainty_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("committee uncertainty (a model:PATH holding a committee)")
+    g.add_argument("--stop-when-uncertain", action="store_true",
+                   help="stop at the first record whose predicted site error of B leaves the range seen in "
+                        "training; that configuration becomes the last snapshot")
+    g.add_argument("--uncertainty-threshold", type=float, default=None,
+                   help="predicted RMSE of B of a configuration counted as uncertain (default: the committee "
+                        "file's threshold; its site threshold applies as well)")
+
+
+def uncertainty_options(args: argparse.Namespace) -> dict:
+    """The uncertainty keyword arguments of :func:`~klmgraph.simulate` from the command line."""
+    threshold = getattr(args, "uncertainty_threshold", None)
+    if threshold is not None and not threshold > 0:
+        raise ValueError(f"--uncertainty-threshold must be positive, got {threshold}")
+    return {"stop_when_uncertain": bool(getattr(args, "stop_when_uncertain", False)),
+            "uncertainty_threshold": threshold}
+
+
+def _print_uncertainty(r) -> None:
+    u = r.uncertainty
+    if not u or "last_rmse_field" not in u:
+        return
+    first = u["first_uncertain_step"]
+    print(f"committee: predicted RMSE(B) {u['last_rmse_field']:.4g} at the end, at most {u['max_rmse_field']:.4g}; "
+          f"largest site error {u['max_site_error']:.4g} (thresholds {u['threshold']}, site {u['site_threshold']})"
+          + (f"; uncertain from step {first}" if first is not None else "; within the training range")
+          + ("; stopped there" if u["stopped_uncertain"] else ""))
+# ---- end of the uncertainty block
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -252,6 +290,7 @@ def _simulate(args: argparse.Namespace) -> None:
     nsk = "n/a" if r.skyrmion_number is None else f"{r.skyrmion_number:.4f}"
     per = "n/a" if r.skyrmion_number_per_cell is None else f"{r.skyrmion_number_per_cell:.4f}"
     print(f"E/N = {r.energy_per_site:.6f}, |Mz| = {r.abs_mz:.4f}, n_sk = {nsk}, n_sk per cell = {per} ({r.note})")
+    _print_uncertainty(r)
 
 
 def _scan_point(arguments: dict, parameter: str, value: float, folder: Path):
@@ -285,7 +324,8 @@ def _scan(args: argparse.Namespace) -> None:
         print(f"{fmt(r['hz'], '10.5g')} {fmt(r['temperature'], '8.4g')} {fmt(r['skyrmion_number_per_cell'], '10.4f')} "
               f"{fmt(r['abs_mz'], '8.4f')} {fmt(r['energy_per_site'], '12.6f')} {fmt(r['step'], '6d')}  {r['status']}")
     print(f"table {Path(args.out) / 'scan.csv'}, plot {Path(args.out) / 'scan.png'}")
-    failed = [r for r in rows if r["status"] != "ok"]
+    # a run stopped by --stop-when-uncertain did what was asked: not a failure
+    failed = [r for r in rows if r["status"] != "ok" and not r["status"].startswith("stopped: uncertain")]
     if failed:
         raise ScanFailed(f"{len(failed)} of {len(rows)} runs failed")
 
@@ -337,6 +377,7 @@ def _add_simulation_arguments(p: argparse.ArgumentParser, scan: bool = False) ->
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     if scan:
         o.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    _add_uncertainty_arguments(p)
 
 
 # ---- scaling: chunked evaluation, split runs (--nprocs, torchrun), export (self-contained block)
@@ -493,17 +534,55 @@ def _demo(args: argparse.Namespace) -> None:
           f"llg/time_series.png in {Path(summary['output']).resolve()}")
 
 
+# ---- the active-learning loop (self-contained block)
+def _learn(args: argparse.Namespace) -> None:
+    from .learn import load_learn_config, run_learning
+
+    config = load_learn_config(args.config, quick=args.quick)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    log = (lambda line: None) if args.quiet else print
+    result = run_learning(config, args.out, device=args.device, progress=not args.quiet, log=log)
+    last = result["iterations"][-1]
+    print(f"{args.out}: {len(result['iterations'])} iteration(s), stopped: {result['stopped']}")
+    print(f"explored states: RMSE(B) {result['iterations'][0]['explored_rmse_field']:.4f} -> "
+          f"{last['explored_rmse_field']:.4f} by ED (predicted {last['predicted_rmse_field']:.4f}); "
+          f"committee {result['model']}; report {Path(args.out) / 'report.md'}")
+
+
+def _add_learn_parser(sub) -> None:
+    p = sub.add_parser("learn", help="active learning: label with ED the states the committee's dynamics visits",
+                       description="ED on random configurations, a committee trained on them, then iterations of "
+                                   "committee-driven ML-LLG on the ED-sized lattice, ED labels of the states of "
+                                   "highest committee spread, and fine-tuning, until the predicted error on the "
+                                   "explored states is below the target or the ED budget is spent. Every key of "
+                                   "the configuration is documented in docs/learning.md. Rerunning continues an "
+                                   "interrupted loop.")
+    p.add_argument("--config", required=True, help="TOML configuration (examples/learn_square.toml)")
+    p.add_argument("--out", default="klmgraph-learn", help="output folder (default klmgraph-learn)")
+    p.add_argument("--quick", action="store_true", help="apply the configuration's [quick] overrides (minutes)")
+    p.add_argument("--device", default="cpu", help="torch device of training and exploration (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default torch's; 1 is often faster on a busy machine)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
+    p.set_defaults(func=_learn)
+# ---- end of the learning block
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klmgraph", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="ED data, ECNN training, ML-LLG on a 16x larger lattice, in minutes",
+    demo = sub.add_parser("demo", help="ED data, a committee of ECNNs and a learning iteration, ML-LLG on a 16x "
+                                       "larger lattice, checked against ED, in minutes",
                           description="The whole path on the paper's square model (t1 = 1, J = 7, filling "
-                                      "0.48): ED data on 12x12, a short ECNN training, damped ML-LLG on 48x48, "
-                                      "and ED of the final state to check the model. About 5 minutes on a "
-                                      "2-core CPU; --tiny runs 8x8 -> 32x32 in about one. Rerunning continues "
-                                      "an interrupted demo.")
-    demo.add_argument("--tiny", action="store_true", help="smaller and shorter (about a minute)")
+                                      "0.48): ED data on 12x12, a committee of ECNNs, one active-learning "
+                                      "iteration on the states of its own dynamics, damped ML-LLG on 48x48 with "
+                                      "the committee's predicted error, and ED of the final state to check the "
+                                      "model and the prediction. 10 to 15 minutes on a 2-core CPU; --tiny runs "
+                                      "8x8 -> 32x32 in a few. Rerunning continues an interrupted demo.")
+    demo.add_argument("--tiny", action="store_true", help="smaller and shorter (a few minutes)")
     demo.add_argument("--out", default="klmgraph-demo", help="output folder (default klmgraph-demo)")
     demo.add_argument("--device", default="cpu", help="torch device (default cpu)")
     demo.add_argument("--threads", type=int, default=None,
@@ -561,6 +640,7 @@ def make_parser() -> argparse.ArgumentParser:
     sc.set_defaults(func=_scan)
 
     _add_export_parser(sub)
+    _add_learn_parser(sub)
 
     info = sub.add_parser("info", help="summarise a data set")
     info.add_argument("path")

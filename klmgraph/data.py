@@ -10,6 +10,11 @@ File layout (format "klmgraph-dataset", version 1)::
              hamiltonian (JSON: J, filling, mu, temperature, num_electrons), num_samples,
              num_done, source, seed
 
+Optional ``/provenance/`` group (data sets written by :func:`merge_datasets`, e.g. by the
+learning loop): ``iteration`` (M,) int64 (-1: not from the loop), ``condition`` (M,) int64
+(index into the JSON attribute ``conditions``; -1: random configuration), ``step`` (M,) int64
+(LLG step of an explored state; -1: none).
+
 Samples 0 .. num_done - 1 are complete. Labels are written and flushed before ``num_done`` is
 advanced, so an interrupted run leaves at most unfinished samples beyond ``num_done``; those
 are never read back, and :func:`generate_dataset` on the same path resumes after them.
@@ -29,10 +34,11 @@ from .files import atomic_path
 from .graph import HoppingGraph
 from .spins import random_spins
 
-__all__ = ["generate_dataset", "load_dataset", "SpinDataset", "read_spins"]
+__all__ = ["generate_dataset", "load_dataset", "merge_datasets", "SpinDataset", "read_spins", "PROVENANCE"]
 
 FORMAT = "klmgraph-dataset"
 FORMAT_VERSION = 1
+PROVENANCE = ("iteration", "condition", "step")
 _GRAPH_KEYS = ("edge_index", "edge_type", "hopping", "edge_vec", "pos", "cell", "symmetry_perm", "symmetry_rotation")
 
 
@@ -130,19 +136,23 @@ def _create(path: Path, graph: HoppingGraph, settings: dict, spins: torch.Tensor
     path.parent.mkdir(parents=True, exist_ok=True)
     # a file that exists under its name is always well-formed
     with atomic_path(path) as tmp, _h5py().File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["edge_classes"] = json.dumps(graph.edge_classes)
-        for key, value in settings.items():
-            f.attrs[key] = value
-        f.attrs["num_done"] = 0
-        m, n = spins.shape[:2]
-        f.create_dataset("spins", data=spins.numpy())
-        f.create_dataset("energy", data=np.full(m, np.nan))
-        f.create_dataset("field", data=np.full((m, n, 3), np.nan), chunks=(1, n, 3))
-        g = f.create_group("graph")
-        for key in _GRAPH_KEYS:
-            g.create_dataset(key, data=getattr(graph, key).numpy())
+        _fill(f, graph, settings, spins)
+
+
+def _fill(f, graph: HoppingGraph, settings: dict, spins: torch.Tensor) -> None:
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["edge_classes"] = json.dumps(graph.edge_classes)
+    for key, value in settings.items():
+        f.attrs[key] = value
+    f.attrs["num_done"] = 0
+    m, n = spins.shape[:2]
+    f.create_dataset("spins", data=spins.numpy())
+    f.create_dataset("energy", data=np.full(m, np.nan))
+    f.create_dataset("field", data=np.full((m, n, 3), np.nan), chunks=(1, n, 3))
+    g = f.create_group("graph")
+    for key in _GRAPH_KEYS:
+        g.create_dataset(key, data=getattr(graph, key).numpy())
 
 
 def _check_settings(f, path: Path, settings: dict, spins: torch.Tensor) -> None:
@@ -168,18 +178,21 @@ class SpinDataset(torch.utils.data.Dataset):
         graph: the :class:`HoppingGraph`.
         spins: (M, N, 3); energy: (M,); field: (M, N, 3) (float64).
         hamiltonian: dict of the ED parameters.
+        provenance: dict of (M,) int64 tensors ``iteration``, ``condition``, ``step`` and the
+            list ``conditions`` (see the module docstring), or None.
 
     Each item is a shallow copy of the graph with ``spins`` (N, 3), ``energy`` (1,) and
     ``field`` (N, 3), so ``torch_geometric.loader.DataLoader`` batches them.
     """
 
     def __init__(self, graph: HoppingGraph, spins: torch.Tensor, energy: torch.Tensor, field: torch.Tensor,
-                 hamiltonian: dict | None = None):
+                 hamiltonian: dict | None = None, provenance: dict | None = None):
         if spins.shape != field.shape or spins.shape[:1] != energy.shape or spins.shape[1] != graph.num_nodes:
             raise ValueError(f"inconsistent shapes: spins {tuple(spins.shape)}, energy {tuple(energy.shape)}, "
                              f"field {tuple(field.shape)} on a graph of {graph.num_nodes} sites")
         self.graph, self.spins, self.energy, self.field = graph, spins, energy, field
         self.hamiltonian = dict(hamiltonian or {})
+        self.provenance = provenance
 
     def __len__(self) -> int:
         return len(self.spins)
@@ -221,6 +234,10 @@ def load_dataset(path: str | Path, graph: HoppingGraph | None = None, allow_part
             spins = torch.from_numpy(f["spins"][:done])
             energy = torch.from_numpy(f["energy"][:done])
             field = torch.from_numpy(f["field"][:done])
+            provenance = None
+            if "provenance" in f:
+                provenance = {key: torch.from_numpy(f["provenance"][key][:done]) for key in PROVENANCE}
+                provenance["conditions"] = json.loads(f["provenance"].attrs["conditions"])
         except KeyError as err:
             raise ValueError(f"{path} is damaged: missing {err}") from None
     if done < total and not allow_partial:
@@ -233,7 +250,55 @@ def load_dataset(path: str | Path, graph: HoppingGraph | None = None, allow_part
         raise ValueError(f"{path} was generated on {stored.describe()}, not on {graph.describe()}")
     if not (torch.isfinite(energy).all() and torch.isfinite(field).all()):
         raise ValueError(f"{path} holds non-finite labels among its complete samples: the file is damaged")
-    return SpinDataset(graph if graph is not None else stored, spins, energy, field, hamiltonian)
+    return SpinDataset(graph if graph is not None else stored, spins, energy, field, hamiltonian, provenance)
+
+
+def merge_datasets(path: str | Path, parts: list, conditions: list | None = None) -> Path:
+    """Write complete data sets of one lattice and Hamiltonian into one file, with provenance.
+
+    Args:
+        path: the new file (written under a temporary name and renamed: all or nothing).
+        parts: list of (data set path, provenance) pairs; provenance is None (random
+            configurations: iteration, condition and step -1), a dict of (M,) sequences
+            ``iteration``/``condition``/``step`` for that file's configurations, or "stored"
+            (take the file's own provenance group).
+        conditions: JSON-able descriptions of the conditions the indices refer to.
+
+    Raises:
+        ValueError: for parts of other lattices or Hamiltonians, or provenance of a wrong length.
+    """
+    path = Path(path)
+    sets = [load_dataset(p) for p, _ in parts]
+    first = sets[0]
+    for (p, _), d in zip(parts, sets):
+        if not first.graph.same_lattice(d.graph.description) or d.graph.num_nodes != first.graph.num_nodes \
+                or d.hamiltonian != first.hamiltonian:
+            raise ValueError(f"{p} holds another lattice or Hamiltonian than {parts[0][0]}")
+    columns = {key: [] for key in PROVENANCE}
+    for (p, prov), d in zip(parts, sets):
+        if prov == "stored":
+            prov = d.provenance
+        for key in PROVENANCE:
+            values = torch.full((len(d),), -1, dtype=torch.long) if prov is None else torch.as_tensor(prov[key])
+            if values.shape != (len(d),):
+                raise ValueError(f"provenance {key} of {p} has {values.numel()} entries for {len(d)} configurations")
+            columns[key].append(values.long())
+    spins = torch.cat([d.spins for d in sets])
+    with _open(parts[0][0], "r") as f:
+        settings = {key: f.attrs[key] for key in ("graph", "hamiltonian")}
+    settings.update(num_samples=len(spins), source="merged", seed=-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with _h5py().File(tmp, "w") as f:
+            _fill(f, first.graph, settings, spins)
+            f["energy"][:] = torch.cat([d.energy for d in sets]).numpy()
+            f["field"][:] = torch.cat([d.field for d in sets]).numpy()
+            g = f.create_group("provenance")
+            g.attrs["conditions"] = json.dumps(conditions or [])
+            for key, values in columns.items():
+                g.create_dataset(key, data=torch.cat(values).numpy())
+            f.attrs["num_done"] = len(spins)
+    return path
 
 
 def read_spins(path: str | Path) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .nn.binding import check_graph
+from .nn.committee import Committee
 from .nn.ecnn import ECNN
 from .nn.ifnn import IFNN
 from .nn.modelfile import FORMAT, FORMAT_VERSION, save_model
@@ -27,6 +28,8 @@ def build_network(config: dict, architecture: str = "ECNN") -> torch.nn.Module:
     IFNN files written before issue 16 name the lattice ``description`` in their configuration;
     it is read as ``lattice``, the key of every architecture now.
     """
+    if architecture == "Committee":
+        return _build_committee(config)
     if architecture not in _ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(_ARCHITECTURES)}")
     config = dict(config)
@@ -38,11 +41,24 @@ def build_network(config: dict, architecture: str = "ECNN") -> torch.nn.Module:
         raise ValueError(f"invalid {architecture} configuration {config}: {exc}") from exc
 
 
+def _build_committee(config: dict) -> Committee:
+    try:
+        size, arch, member = int(config["size"]), config["member_architecture"], config["member_config"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"invalid committee configuration {config}: {exc}") from exc
+    if arch == "Committee":
+        raise ValueError("a committee's members cannot be committees")
+    return Committee([build_network(member, arch) for _ in range(size)],
+                     calibration=config.get("calibration", 1.0), threshold=config.get("threshold"),
+                     site_threshold=config.get("site_threshold"))
+
+
 build_model = build_network  # its name before issue 16 (the CLI's ED builder is now cli.build_solver)
 
 
 def load_model(path, graph=None, map_location="cpu") -> torch.nn.Module:
-    """Read a model written by :func:`save_model` / ``model.save``.
+    """Read a model written by :func:`save_model` / ``model.save``: a network, or a
+    :class:`~klmgraph.nn.committee.Committee` (whose ``bind`` gives a provider with ``uncertainty``).
 
     Args:
         path: the file.

@@ -115,7 +115,8 @@ def plot_time_series(trajectory, keys=("energy", "mz", "skyrmion_number"), axes=
         trajectory: a :class:`~klmgraph.trajectory.Trajectory` (or an object with ``time``,
             ``energy``, ``magnetization`` and optionally ``skyrmion_number``), or an
             :class:`~klmgraph.LLGRun` (energy only).
-        keys: any of "energy" (per site), "mz", "abs_m" (|M|), "skyrmion_number".
+        keys: any of "energy" (per site), "mz", "abs_m" (|M|), "skyrmion_number",
+            "predicted_field_error" (a committee's predicted RMSE of B and largest site error).
         axes: sequence of Axes, one per key (default: a new figure).
         num_sites: N for the energy per site (default: read from the trajectory).
     """
@@ -138,8 +139,16 @@ def plot_time_series(trajectory, keys=("energy", "mz", "skyrmion_number"), axes=
             if nsk is None:
                 raise ValueError("this trajectory holds no skyrmion numbers")
             series[key] = (_numpy(nsk), r"$n_\mathrm{sk}$")
+        elif key == "predicted_field_error":
+            extra = getattr(trajectory, "extra", None) or {}
+            if "predicted_field_error" not in extra:
+                raise ValueError("this trajectory holds no predicted field error (not a committee run)")
+            series[key] = (np.stack([_numpy(extra["predicted_field_error"]).reshape(len(time)),
+                                     _numpy(extra["predicted_field_error_max"]).reshape(len(time))], -1),
+                           "predicted\nerror of B")
         else:
-            raise ValueError(f"unknown key {key!r}: use energy, mz, abs_m or skyrmion_number")
+            raise ValueError(f"unknown key {key!r}: use energy, mz, abs_m, skyrmion_number or "
+                             "predicted_field_error")
     if axes is None:
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(len(keys), 1, sharex=True, figsize=(6, 2.2 * len(keys)), squeeze=False)
@@ -148,6 +157,13 @@ def plot_time_series(trajectory, keys=("energy", "mz", "skyrmion_number"), axes=
         values, label = series[key]
         ax.plot(time, values.reshape(len(time), -1), lw=1)
         ax.set_ylabel(label)
+        if key == "predicted_field_error":
+            labels = ["RMS over sites", "largest site"]
+            threshold = (getattr(trajectory, "metadata", None) or {}).get("uncertainty_threshold")
+            if threshold is not None:
+                ax.axhline(threshold, color="k", ls="--", lw=0.8)
+                labels.append("RMS threshold (training range)")
+            ax.legend(labels, fontsize=7)
     axes[-1].set_xlabel("t")
     return axes
 
@@ -379,7 +395,8 @@ def save_run_figures(graph: HoppingGraph, folder, spins=None, prefix: str = "") 
         ax.figure.tight_layout()
         ax.figure.savefig(paths[-1], dpi=130)
         plt.close(ax.figure)
-    keys = ("energy", "mz") + (("skyrmion_number",) if traj.skyrmion_number is not None else ())
+    keys = ("energy",) + (("predicted_field_error",) if "predicted_field_error" in (traj.extra or {}) else ()) \
+        + ("mz",) + (("skyrmion_number",) if traj.skyrmion_number is not None else ())
     axes = plot_time_series(traj, keys=keys)
     paths.append(folder / f"{prefix}time_series.png")
     axes[0].figure.tight_layout()

@@ -20,12 +20,23 @@ Host synchronisation: the records are kept on the run's device and written to th
 every snapshot; with the default settings a step costs one synchronisation (the NaN check).
 A step whose energy, field or spins are NaN or infinite stops the run with
 :class:`~klmgraph.DivergenceError` naming the step; the file keeps everything before it.
+
+Committee providers (anything with ``uncertainty(spins)``, e.g. a bound
+:class:`~klmgraph.nn.committee.Committee`): at every record (not every step: the integrator's
+hot path stays one mean evaluation) the predicted field error is stored in the trajectory as
+``predicted_field_error`` (RMS over sites, the predicted RMSE of B) and
+``predicted_field_error_max`` (largest site), summarised in ``summary.json`` under
+``uncertainty``; the first record outside the range seen in training (predicted RMSE of B above the
+committee's ``threshold``, or a site above its ``site_threshold``) raises one
+:class:`UncertaintyWarning` naming the step and the sites of largest predicted error, and with ``stop_when_uncertain`` the run stops there, storing that configuration as its
+last snapshot (to feed the learning loop).
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,8 +49,8 @@ from .graph import HoppingGraph
 from .measure import magnetic_cell_sites, skyrmion_number
 from .trajectory import TrajectoryWriter, read_trajectory
 
-__all__ = ["simulate", "SimulationResult", "TRAJECTORY", "SUMMARY", "open_run", "RunStart", "finish_run",
-           "divergence_error", "noise_seed"]
+__all__ = ["simulate", "SimulationResult", "UncertaintyWarning", "TRAJECTORY", "SUMMARY", "open_run", "RunStart",
+           "finish_run", "divergence_error", "noise_seed"]
 
 TRAJECTORY = "trajectory.h5"
 NOISE = "philox4x32-10"  # klmgraph.noise; stored with a run so a resume uses the same stream
@@ -64,6 +75,9 @@ class SimulationResult:
         resumed_from: the snapshot step this call continued from (None for a fresh run).
         steps_run: steps integrated by this call.
         wall_time: seconds spent by this call.
+        uncertainty: with a committee provider: the predicted field error over the run
+            (``last_rmse_field``, ``max_rmse_field``, ``max_site_error``, ``threshold``,
+            ``first_uncertain_step``, ``stopped_uncertain``), else None.
     """
 
     folder: str
@@ -84,6 +98,7 @@ class SimulationResult:
     resumed_from: int | None
     steps_run: int
     wall_time: float
+    uncertainty: dict | None = None
 
     def summary(self) -> dict:
         """The JSON-able fields (everything but the spins)."""
@@ -94,7 +109,8 @@ class SimulationResult:
 
 def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out, snapshot_every: int = 100,
              record_every: int = 1, seed: int = 0, cell_sites: int | str | None = "auto",
-             metadata: dict | None = None, overwrite: bool = False, progress: bool = False) -> SimulationResult:
+             metadata: dict | None = None, overwrite: bool = False, progress: bool = False,
+             stop_when_uncertain: bool = False, uncertainty_threshold: float | None = None) -> SimulationResult:
     """Run (or continue) LLG dynamics, writing a trajectory and a summary into the folder ``out``.
 
     Args:
@@ -117,6 +133,10 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
             continued run must repeat, e.g. how the provider and the initial state were made).
         overwrite: start afresh even if the folder holds a run.
         progress: show a progress bar.
+        stop_when_uncertain: with a committee provider, stop at the first record outside the
+            range seen in training (that configuration is the last snapshot).
+        uncertainty_threshold: threshold of the predicted RMSE of B of a configuration (default:
+            the committee file's ``threshold``; its ``site_threshold`` applies as well).
 
     Returns:
         :class:`SimulationResult`.
@@ -130,25 +150,35 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
         spins: (N, 3), float32 or float64, on the device the run should use.
     """
     started = time.perf_counter()
+    monitor = _UncertaintyMonitor.of(llg.provider, uncertainty_threshold, stop_when_uncertain)
+    if monitor is None and (stop_when_uncertain or uncertainty_threshold is not None):
+        raise ValueError("stop_when_uncertain and uncertainty_threshold need a committee provider "
+                         f"(one with an uncertainty method), not {type(llg.provider).__name__}")
+    if monitor is not None and monitor.threshold is not None:
+        metadata = {**(metadata or {}), "uncertainty_threshold": monitor.threshold}  # drawn in the time series
     run = open_run(llg, graph, spins, steps, out, snapshot_every, record_every, seed, cell_sites, metadata, overwrite)
     writer, start, spins, steps = run.writer, run.start, run.spins, run.steps
-    callback = writer
+    callback = writer if monitor is None else monitor.wrap(writer)
     bar = None
     if progress and steps > start:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc="LLG", unit="step")
+        inner = callback
 
         def callback(n, s, e):
-            writer(n, s, e)
+            inner(n, s, e)
             bar.update(n - bar.n)
     try:
         if steps > start:
-            result = llg.run(spins, steps - start, record_every=run.record_every, seed=noise_seed(seed),
-                             callback=callback, start_step=start)
-            spins, energy = result.spins, result.energies[-1]
+            try:
+                result = llg.run(spins, steps - start, record_every=run.record_every, seed=noise_seed(seed),
+                                 callback=callback, start_step=start)
+                spins, energy, end = result.spins, result.energies[-1], steps
+            except _Uncertain as stop:
+                spins, energy, end = stop.spins, stop.energy, stop.step
         else:  # a finished run: its final record was cut with the resume; write it again
-            energy = llg.energy_and_field(spins)[0]
-            writer(steps, spins, energy)
+            energy, end = llg.energy_and_field(spins)[0], steps
+            (writer if monitor is None else monitor.wrap(writer, stop=False))(steps, spins, energy)
     except DivergenceError as err:
         writer.close()
         raise divergence_error(err, run.path) from None
@@ -158,7 +188,8 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
         writer.close()
         if bar is not None:
             bar.close()
-    return finish_run(llg, graph, spins, energy, run, cell_sites, started)
+    uncertainty = None if monitor is None else monitor.summary(read_trajectory(run.path), stopped=end < steps)
+    return finish_run(llg, graph, spins, energy, run, cell_sites, started, end=end, uncertainty=uncertainty)
 
 
 @dataclass
@@ -241,16 +272,98 @@ def divergence_error(err: DivergenceError, path: Path) -> DivergenceError:
 
 
 def finish_run(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, energy, run: RunStart, cell_sites,
-               started: float) -> SimulationResult:
+               started: float, end: int | None = None, uncertainty: dict | None = None) -> SimulationResult:
     """The final observables of a run, written to ``summary.json``.
+
+    Args:
+        end: the step the run stopped at (default: its last step; earlier when a committee's
+            uncertainty stopped it).
+        uncertainty: the committee's summary over the run, if any.
 
     Shapes:
         spins: (N, 3) the final configuration; energy: ()
     """
-    result = _summarise(llg, graph, spins, energy, run.steps, cell_sites, run.folder, run.resumed_from,
-                        run.steps - run.start, time.perf_counter() - started)
+    end = run.steps if end is None else end
+    result = _summarise(llg, graph, spins, energy, end, cell_sites, run.folder, run.resumed_from,
+                        max(end - run.start, 0), time.perf_counter() - started)
+    result.uncertainty = uncertainty
     _write_json(run.folder / SUMMARY, result.summary())
     return result
+
+
+class UncertaintyWarning(UserWarning):
+    """A committee's predicted field error left the range seen in its training."""
+
+
+class _Uncertain(Exception):
+    """Raised through LLG.run by the monitor to stop a run at an uncertain record."""
+
+    def __init__(self, step, spins, energy):
+        super().__init__(f"uncertain at step {step}")
+        self.step, self.spins, self.energy = step, spins, energy
+
+
+class _UncertaintyMonitor:
+    """Records a committee's predicted field error at every record, warns once, may stop."""
+
+    def __init__(self, provider, threshold, site_threshold, stop):
+        self.provider, self.threshold, self.site_threshold, self.stop = provider, threshold, site_threshold, stop
+        self.warned = False
+
+    @classmethod
+    def of(cls, provider, threshold, stop):
+        if not callable(getattr(provider, "uncertainty", None)):
+            return None
+        model = getattr(provider, "model", None)
+        if threshold is None:
+            threshold = getattr(model, "threshold", None)
+        site_threshold = getattr(model, "site_threshold", None)
+        if stop and threshold is None and site_threshold is None:
+            raise ValueError("stop_when_uncertain needs a threshold: the committee file holds none "
+                             "(train it with [model] committee >= 2) and none was given")
+        return cls(provider, threshold, site_threshold, stop)
+
+    def wrap(self, writer, stop: bool = True):
+        def callback(step, spins, energy):
+            u = self.provider.uncertainty(spins)
+            u.threshold, u.site_threshold = self.threshold, self.site_threshold
+            extra = {"predicted_field_error": u.rmse_field, "predicted_field_error_max": u.max_field}
+            uncertain = bool(u.uncertain().any())
+            halt = uncertain and stop and self.stop
+            writer(step, spins, energy, extra=extra, snapshot=halt)
+            if uncertain and not self.warned:
+                self.warned = True
+                error = u.field_error.reshape(-1, u.field_error.shape[-1]).amax(0)  # (N,) over a batch
+                sites = torch.argsort(error, descending=True)[:10].tolist()
+                shown = ", ".join(f"{i} ({float(error[i]):.3g})" for i in sites)
+                limits = " and ".join(f"{name} {value:.4g}" for name, value in
+                                      (("RMSE threshold", self.threshold), ("site threshold", self.site_threshold))
+                                      if value is not None)
+                warnings.warn(UncertaintyWarning(
+                    f"step {step}: the committee's predicted RMSE of B is {float(u.rmse_field.max()):.4g}, its "
+                    f"largest site error {float(u.max_field.max()):.4g} ({limits}: the range seen in training); "
+                    f"sites of largest predicted error: {shown}; the model is extrapolating"
+                    + ("; stopping here (the configuration is the last snapshot)" if halt else "")), stacklevel=2)
+            if halt:
+                raise _Uncertain(step, spins, energy)
+        return callback
+
+    def summary(self, trajectory, stopped: bool) -> dict:
+        rms = trajectory.extra.get("predicted_field_error")
+        top = trajectory.extra.get("predicted_field_error_max")
+        if rms is None or not len(rms):
+            return {"threshold": self.threshold, "site_threshold": self.site_threshold}
+        over = np.zeros(len(rms), dtype=bool)
+        if self.threshold is not None:
+            over |= rms.reshape(len(rms), -1).max(-1) > self.threshold
+        if self.site_threshold is not None:
+            over |= top.reshape(len(top), -1).max(-1) > self.site_threshold
+        over = np.nonzero(over)[0]
+        return {"last_rmse_field": float(np.max(rms[-1])), "max_rmse_field": float(np.max(rms)),
+                "max_site_error": float(np.max(top)), "threshold": self.threshold,
+                "site_threshold": self.site_threshold,
+                "first_uncertain_step": int(trajectory.step[over[0]]) if len(over) else None,
+                "stopped_uncertain": bool(stopped)}
 
 
 def _refuse_generator_runs(path: Path) -> None:

@@ -20,7 +20,8 @@ __all__ = ["scan", "parse_values", "COLUMNS", "PARAMETERS"]
 
 PARAMETERS = ("hz", "temperature")
 COLUMNS = ("hz", "temperature", "skyrmion_number_per_cell", "abs_skyrmion_number_per_cell", "abs_mz",
-           "energy_per_site", "skyrmion_number", "cell_sites", "step", "wall_time", "folder", "status")
+           "energy_per_site", "skyrmion_number", "cell_sites", "step", "wall_time", "folder", "status",
+           "predicted_rmse_field_max", "first_uncertain_step")  # the last two: committee providers
 
 
 def parse_values(tokens: Sequence[str] | str, name: str = "Hz") -> list[float]:
@@ -111,11 +112,14 @@ def _point(run, parameter: str, value: float, folder: Path) -> dict:
         row.update({parameter: value, "folder": str(folder), "status": str(err)})
         return row
     nsk = result.skyrmion_number_per_cell
-    return {"hz": result.hz, "temperature": result.temperature, "skyrmion_number_per_cell": nsk,
+    u = getattr(result, "uncertainty", None) or {}
+    status = (f"stopped: uncertain at step {u['first_uncertain_step']}" if u.get("stopped_uncertain") else "ok")
+    return {"predicted_rmse_field_max": u.get("max_rmse_field"), "first_uncertain_step": u.get("first_uncertain_step"),
+            "hz": result.hz, "temperature": result.temperature, "skyrmion_number_per_cell": nsk,
             "abs_skyrmion_number_per_cell": None if nsk is None else abs(nsk), "abs_mz": result.abs_mz,
             "energy_per_site": result.energy_per_site, "skyrmion_number": result.skyrmion_number,
             "cell_sites": result.cell_sites, "step": result.step, "wall_time": result.wall_time,
-            "folder": str(folder), "status": "ok"}
+            "folder": str(folder), "status": status}
 
 
 def write_csv(path, rows: list[dict]) -> None:

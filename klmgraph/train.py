@@ -59,10 +59,23 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """[model]: ``type`` = "ecnn" (default) or "ifnn"; every other key is a hyper-parameter of
-    that model (see :class:`klmgraph.ECNN` and :class:`klmgraph.nn.IFNN`; defaults: published)."""
+    that model (see :class:`klmgraph.ECNN` and :class:`klmgraph.nn.IFNN`; defaults: published),
+    except two that make a committee (:class:`klmgraph.nn.committee.Committee`):
+
+    Attributes:
+        committee: number of members M (default 1: one network). Members differ in their
+            initial weights, shuffling and augmentation; all train together in one batched loop.
+        bootstrap: each member trains on its own resampling (with replacement) of the training
+            set (default false).
+        threshold_margin: the committee's uncertainty thresholds are this factor times the largest
+            predicted RMSE of B of a training configuration, and of a site (default 1.1).
+    """
 
     type: str = "ecnn"
     params: dict = field(default_factory=dict)
+    committee: int = 1
+    bootstrap: bool = False
+    threshold_margin: float = 1.1
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,9 @@ class TrainingConfig:
             other jobs share, 1 is often several times faster than competing for every core.
         deterministic: sums without atomic additions, so a run on a GPU is bit-identical when
             repeated (ECNN on lattice graphs; refused with a message elsewhere). Default false.
+        init: a model file whose weights start the run (fine-tuning; default "": fresh weights
+            from ``seed``). It must be the configured model: same type, hyper-parameters and
+            committee size.
     """
 
     out: str = "klmgraph-run"
@@ -118,6 +134,7 @@ class TrainingConfig:
     seed: int = 0
     threads: int = 0
     deterministic: bool = False
+    init: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,15 @@ class RunConfig:
             raise ValueError("[data] train: a training data set is required")
         if not 0.0 <= self.data.validation_fraction < 1.0:
             raise ValueError(f"[data] validation_fraction must lie in [0, 1), got {self.data.validation_fraction}")
+        m = self.model
+        if isinstance(m.committee, bool) or not isinstance(m.committee, int) or m.committee < 1:
+            raise ValueError(f"[model] committee must be an integer >= 1 (members), got {m.committee!r}")
+        if not isinstance(m.bootstrap, bool):
+            raise ValueError(f"[model] bootstrap must be true or false, got {m.bootstrap!r}")
+        if m.bootstrap and m.committee == 1:
+            raise ValueError("[model] bootstrap needs committee >= 2 (it resamples the data per member)")
+        if not m.threshold_margin >= 1.0:
+            raise ValueError(f"[model] threshold_margin must be >= 1, got {m.threshold_margin}")
         if self.model.type not in _MODEL_TYPES:
             raise ValueError(f"[model] type must be one of {sorted(_MODEL_TYPES)}, got {self.model.type!r}")
         if self.optimizer.name not in ("adagrad", "adam"):
@@ -150,11 +176,16 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["model"] = {"type": self.model.type, **self.model.params}
+        # committee keys only where set: checkpoints written before them still resume
+        for key, default in _COMMITTEE_KEYS.items():
+            if getattr(self.model, key) != default:
+                d["model"][key] = getattr(self.model, key)
         return d
 
 
 _SECTIONS = {"data": DataConfig, "optimizer": OptimizerConfig, "training": TrainingConfig}
 _MODEL_TYPES = ("ecnn", "ifnn")
+_COMMITTEE_KEYS = {"committee": 1, "bootstrap": False, "threshold_margin": 1.1}
 
 
 def config_from_dict(raw: dict) -> RunConfig:
@@ -172,9 +203,10 @@ def config_from_dict(raw: dict) -> RunConfig:
         parts[name] = cls(**section)
     model = dict(raw.get("model", {}))
     model_type = model.pop("type", "ecnn")
+    committee = {key: model.pop(key) for key in _COMMITTEE_KEYS if key in model}
     if model_type in _MODEL_TYPES:
         _check_model_params(model_type, model)
-    parts["model"] = ModelConfig(model_type, model)
+    parts["model"] = ModelConfig(model_type, model, **committee)
     return RunConfig(**parts)
 
 
@@ -190,8 +222,8 @@ def _check_model_params(model_type: str, params: dict) -> None:
                          f"{sorted(allowed)}")
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    """Read a TOML run configuration (see the dataclasses of this module for every key)."""
+def read_toml(path: str | Path) -> dict:
+    """The nested dicts of a TOML file; a missing or malformed file is a ValueError naming it."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python < 3.11
@@ -199,19 +231,25 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
 
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read a TOML run configuration (see the dataclasses of this module for every key)."""
+    path = Path(path)
+    raw = read_toml(path)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
         raw.setdefault(section, {})[key] = value
     # relative data paths are relative to the config file
-    for key in ("train", "validation"):
-        value = raw.get("data", {}).get(key)
+    for section, key in (("data", "train"), ("data", "validation"), ("training", "init")):
+        value = raw.get(section, {}).get(key)
         if value and not Path(value).is_absolute():
-            raw["data"][key] = str(path.parent / value)
+            raw[section][key] = str(path.parent / value)
     return config_from_dict(raw)
 
 
@@ -312,25 +350,30 @@ class StackedData:
 
     def batches(self, indices, batch_size, generator=None, augment_data=False):
         """StackedBatch per ``batch_size`` indices; with ``augment_data`` each configuration gets
-        the rotation g drawn from ``generator`` (CPU) exactly as :func:`augment` draws it."""
+        the rotation g drawn from ``generator`` (CPU) exactly as :func:`augment` draws it.
+
+        ``indices`` (M, n), one row per committee member, gives batches of (M, B, N, 3)."""
         indices = torch.as_tensor(indices)
         on_device = indices.to(self.spins.device)
-        for start in range(0, len(indices), batch_size):
-            rows = on_device[start:start + batch_size]
+        for start in range(0, indices.shape[-1], batch_size):
+            rows = on_device[..., start:start + batch_size]
             spins, field, energy = self.spins[rows], self.field[rows], self.energy[rows]
             if augment_data and self.num_symmetries:
                 g = torch.tensor([int(torch.randint(self.num_symmetries, (1,), generator=generator))
-                                  for _ in range(len(rows))])  # CPU draws, as augment() makes them
-                gather = self.inverse[g.to(self.inverse.device)][..., None].expand(-1, -1, 3)  # (B, N, 3)
-                spins, field = spins.gather(1, gather), field.gather(1, gather)
+                                  for _ in range(rows.numel())])  # CPU draws, as augment() makes them
+                gather = self.inverse[g.to(self.inverse.device)][..., None].expand(-1, -1, 3)  # (B', N, 3)
+                gather = gather.reshape(*rows.shape, *gather.shape[1:])
+                spins, field = spins.gather(-2, gather), field.gather(-2, gather)
             yield StackedBatch(spins, field, energy)
 
 
-def predict_stacked(model, prepared, batch: StackedBatch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Energies (B,) and fields (B, N, 3) of configurations sharing one graph's table."""
+def predict_stacked(model, prepared, batch: StackedBatch, training: bool,
+                    members: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energies (B,) and fields (B, N, 3) of configurations sharing one graph's table; with
+    ``members`` (a committee) member m on batch.spins[m]: (M, B) and (M, B, N, 3)."""
     spins = batch.spins.detach().requires_grad_(True)
     with torch.enable_grad():
-        energy = model.energy(spins, prepared)
+        energy = model.member_energies(spins, prepared) if members else model.energy(spins, prepared)
         field = compute_field(energy, spins, training=training)
     return energy, field
 
@@ -388,6 +431,52 @@ def evaluate(model: torch.nn.Module, dataset: SpinDataset, batch_size: int = 4, 
 
 # ------------------------------------------------------------------------------------- trainer
 
+# --------------------------------------------------------------------------- committee calibration
+
+@torch.no_grad()
+def committee_spread(committee, dataset: SpinDataset, indices=None, batch_size: int = 4) -> dict:
+    """The committee's mean field and uncalibrated site spread on (part of) a data set.
+
+    Returns:
+        dict with ``spread`` (M', N) (:func:`~klmgraph.nn.committee.raw_spread`), ``error``
+        (M', N, 3) mean field minus the data set's field, float64 CPU tensors.
+    """
+    from .nn.committee import raw_spread
+
+    indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
+    bound = committee.bind(dataset.graph)
+    p = next(committee.parameters())
+    spread, error = [], []
+    for start in range(0, len(indices), batch_size):
+        rows = indices[start:start + batch_size]
+        _, fields = bound.member_energies_and_fields(dataset.spins[rows].to(p))
+        spread.append(raw_spread(fields).double().cpu())
+        error.append((fields.mean(0).double().cpu() - dataset.field[rows].double()))
+    return {"spread": torch.cat(spread), "error": torch.cat(error)}
+
+
+def calibrate_file(path, train_set, train_idx, val_set, val_idx, margin: float = 1.1, batch_size: int = 4):
+    """Fit a committee file's calibration factor on held-out data and set its threshold.
+
+    The factor makes the predicted RMSE of B equal the measured one on the validation
+    configurations (on the training ones when there are none: then the prediction is
+    optimistic). The thresholds are ``margin`` times the largest calibrated RMSE of B predicted
+    for a training configuration, and the largest for a site: the range seen in training.
+    """
+    from .io import load_model
+    from .nn.committee import calibration_factor
+
+    committee = load_model(path)
+    held_out = (val_set, val_idx) if len(val_idx) else (train_set, train_idx)
+    measured = committee_spread(committee, *held_out, batch_size=batch_size)
+    committee.calibration = calibration_factor(measured["spread"], measured["error"])
+    seen = committee.calibration * committee_spread(committee, train_set, train_idx, batch_size=batch_size)["spread"]
+    committee.threshold = float(margin * seen.pow(2).mean(-1).sqrt().max())
+    committee.site_threshold = float(margin * seen.max())
+    committee.save(path)
+    return committee
+
+
 def _make_optimizer(params, cfg: OptimizerConfig):
     if cfg.name == "adagrad":
         return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -407,9 +496,39 @@ def _make_scheduler(optimizer, cfg: OptimizerConfig, epochs: int, steps_per_epoc
 
 
 def build(config: RunConfig, dataset: SpinDataset) -> torch.nn.Module:
-    """The model named in ``config.model`` for the data set's graph and Hamiltonian."""
+    """The model named in ``config.model`` for the data set's graph and Hamiltonian (a
+    :class:`~klmgraph.nn.committee.Committee` when ``committee`` > 1, member m initialised
+    from the seed ``training.seed + m``)."""
     cls = _model_class(config.model.type)
-    return cls.for_graph(dataset.graph, hamiltonian=dataset.hamiltonian, **config.model.params)
+
+    def one():
+        return cls.for_graph(dataset.graph, hamiltonian=dataset.hamiltonian, **config.model.params)
+
+    if config.model.committee == 1:
+        return one()
+    from .nn.committee import Committee
+
+    members = []
+    for m in range(config.model.committee):
+        torch.manual_seed(config.training.seed + m)
+        members.append(one())
+    return Committee(members)
+
+
+def _member_orders(config: RunConfig, train_idx: torch.Tensor, generator) -> torch.Tensor:
+    """The training order of an epoch: (n,) for one network; (M, n) for a committee, each
+    member with its own shuffling (and its own fixed bootstrap resampling of the data)."""
+    m = config.model.committee
+    if m == 1:
+        return train_idx[torch.randperm(len(train_idx), generator=generator)]
+    rows = []
+    for k in range(m):
+        idx = train_idx
+        if config.model.bootstrap:  # fixed per member over the run
+            draw = torch.Generator().manual_seed(config.training.seed * 7919 + k)
+            idx = train_idx[torch.randint(len(train_idx), (len(train_idx),), generator=draw)]
+        rows.append(idx[torch.randperm(len(idx), generator=generator)])
+    return torch.stack(rows)
 
 
 def _split(config: RunConfig, train_set: SpinDataset):
@@ -425,6 +544,21 @@ def _split(config: RunConfig, train_set: SpinDataset):
     return order[n_val:], train_set, order[:n_val]
 
 
+def _start_from(model: torch.nn.Module, path: str) -> None:
+    """Load the weights of the model file ``path`` into ``model`` ([training] init)."""
+    from .io import load_model
+
+    try:
+        start = load_model(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"[training] init: {err}") from None
+    fitted = {"calibration": 0, "threshold": 0, "site_threshold": 0}  # refitted after training
+    if type(start) is not type(model) or start.config | fitted != model.config | fitted:
+        raise ValueError(f"[training] init: {path} holds another model ({type(start).__name__}, "
+                         f"{start.config}) than the configured one ({type(model).__name__}, {model.config})")
+    model.load_state_dict(start.state_dict())
+
+
 def _without_budget(resolved: dict) -> dict:
     """The configuration less its budget, which a resumed run may enlarge: minutes always, epochs
     unless the learning-rate schedule is laid out over them (cosine, one-cycle)."""
@@ -433,6 +567,7 @@ def _without_budget(resolved: dict) -> dict:
     budget = budget + ("threads",)
     training = {k: v for k, v in resolved["training"].items() if k not in budget}
     training.setdefault("deterministic", False)  # checkpoints written before the setting
+    training.setdefault("init", "")
     return {**resolved, "training": training}
 
 
@@ -465,6 +600,8 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
 
     torch.manual_seed(t.seed)
     model = build(config, train_set).to(device=device, dtype=dtype)
+    if t.init:
+        _start_from(model, t.init)
     optimizer = _make_optimizer(model.parameters(), config.optimizer)
     steps = math.ceil(len(train_idx) / t.batch_size)
     scheduler = _make_scheduler(optimizer, config.optimizer, t.epochs, steps)
@@ -508,20 +645,24 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
     while state["epoch"] < t.epochs and not stopped:
         epoch = state["epoch"] + 1
         generator = torch.Generator().manual_seed(t.seed * 100_003 + epoch)  # resumable: no carried state
-        order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+        order = _member_orders(config, train_idx, generator)
+        members = config.model.committee > 1
         # the sums stay on the device: one host synchronisation per epoch, not two per step
         totals, count = torch.zeros(2, dtype=torch.float64, device=device), 0
         for batch in stacked.batches(order, t.batch_size, generator, config.data.augment):
-            energy, field_pred = predict_stacked(model, stacked.prepared, batch, training=True)
+            energy, field_pred = predict_stacked(model, stacked.prepared, batch, training=True, members=members)
             field_mse, energy_mse = stacked_loss_terms(energy, field_pred, batch)
             loss = field_mse + t.energy_weight * energy_mse
+            if members:  # the sum of the members' losses: each member's gradient is its own
+                loss = loss * config.model.committee
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if config.optimizer.schedule == "onecycle":
                 scheduler.step()
-            totals += torch.stack([loss.detach(), field_mse.detach()]).double() * batch.num_graphs
-            count += batch.num_graphs
+            totals += torch.stack([loss.detach() / config.model.committee,
+                                   field_mse.detach()]).double() * batch.energy.shape[-1]
+            count += batch.energy.shape[-1]
         total_loss, total_field = totals.tolist()
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total_loss / count,
                "train_rmse_field": math.sqrt(total_field / count)}
@@ -560,6 +701,10 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
             break
     bar.close()
     model.save(out / "final.pt")
+    if config.model.committee > 1:
+        for name in ("best.pt", "final.pt"):
+            calibrate_file(out / name, train_set, train_idx, val_set, val_idx, config.model.threshold_margin,
+                           t.batch_size)
     best = load_model(out / "best.pt")
     return {"model": best, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
             "history": history, "out": out}

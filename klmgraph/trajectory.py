@@ -15,6 +15,10 @@ dataset                     shape                  meaning
                             (M', B, N, 3)          (``spins_step`` holds their steps)
 ``rng_state``               (M', bytes) uint8      state of the noise generator at each snapshot
                                                    (only when the writer was given it)
+any other name              (M,) or (M, B)         extra observables passed to the writer, e.g.
+                                                   a committee's ``predicted_field_error``
+                                                   (RMS over sites) and
+                                                   ``predicted_field_error_max``
 ==========================  =====================  ==========================================
 
 Configurations of more than 4096 numbers are stored in chunks of one snapshot and at most 2^16
@@ -113,7 +117,8 @@ class TrajectoryWriter:
         self._settings = {"graph": json.dumps(graph.description, sort_keys=True),
                           "llg": json.dumps(_llg_settings(llg)), "metadata": json.dumps(metadata or {})}
         self._records = 0
-        self._pending = []  # records not yet in the file: (step, time, energy, magnetization, n_sk)
+        self._pending = []  # records not yet in the file: (step, time, energy, magnetization[, n_sk], *extra)
+        self._extra_names = None  # names of the extra observables, fixed by the first record
         self._triangles = None  # (T, 3) on the spins' device, made at the first record
         self._since_snapshot = 0
         self._skip_snapshot_at = None
@@ -184,7 +189,8 @@ class TrajectoryWriter:
         shapes = [tuple(o[0].shape) for o in observables]
         self._extend("step", np.asarray(steps, dtype=np.int64), np.int64)
         self._extend("time", np.asarray(times, dtype=np.float64), np.float64)
-        names = ["energy", "magnetization", "skyrmion_number"][:len(observables)]
+        names = (["energy", "magnetization", "skyrmion_number"][:2 + self.skyrmions]
+                 + list(self._extra_names or []))
         offset = 0
         for name, size, shape in zip(names, sizes, shapes):
             self._extend(name, flat[:, offset:offset + size].reshape(len(steps), *shape), np.float64)
@@ -222,8 +228,15 @@ class TrajectoryWriter:
         ds.resize(ds.shape[0] + len(values), axis=0)
         ds[-len(values):] = values
 
-    def __call__(self, step: int, spins: torch.Tensor, energy: torch.Tensor) -> None:
+    def __call__(self, step: int, spins: torch.Tensor, energy: torch.Tensor, extra: dict | None = None,
+                 snapshot: bool = False) -> None:
         """Write one record (the signature of :meth:`LLG.run`'s callback).
+
+        Args:
+            extra: further observables of this record, name -> tensor of energy's shape; every
+                record of a file must give the same names.
+            snapshot: store the spins now, whatever ``spins_every`` says (e.g. a run stopping
+                at this record).
 
         Shapes:
             spins: (N, 3) or (B, N, 3); energy: () or (B,)
@@ -241,7 +254,7 @@ class TrajectoryWriter:
             if self._triangles is None:
                 self._triangles = triangles_on(self.graph, spins.device)
             observables.append(solid_angle_sum(spins, self._triangles) / (4 * math.pi))
-        self._add(step, observables, spins)
+        self._add(step, observables, spins, extra, snapshot)
 
     def wants_spins(self, step: int) -> bool:
         """Whether the record of ``step`` (the next one) stores the configuration."""
@@ -275,10 +288,18 @@ class TrajectoryWriter:
             observables.append(torch.as_tensor(skyrmion_number))
         self._add(step, [o.detach().to(observables[0].device) for o in observables], spins)
 
-    def _add(self, step: int, observables: list, spins: torch.Tensor | None) -> None:
+    def _add(self, step: int, observables: list, spins: torch.Tensor | None, extra: dict | None = None,
+             snapshot: bool = False) -> None:
+        names = tuple(extra or ())
+        if self._extra_names is None:
+            self._extra_names = names
+        elif names != self._extra_names:
+            raise ValueError(f"record with extra observables {list(names)} after records with "
+                             f"{list(self._extra_names)} (every record must give the same)")
+        observables = observables + [torch.as_tensor(extra[k]).detach().to(observables[0].device) for k in names]
         self._pending.append((int(step), self.start_time + step * self.llg.dt, *observables))
         self._records += 1
-        if self._snapshot_due(step):
+        if snapshot or self._snapshot_due(step):
             if step != self._skip_snapshot_at:  # a resumed run starts on a stored snapshot
                 self._append("spins", spins.detach().cpu().numpy(), self.dtype)
                 self._append("spins_step", int(step), np.int64)
@@ -404,7 +425,8 @@ class Trajectory:
     Attributes:
         time, step, energy, magnetization, skyrmion_number (None if not stored),
         spins and spins_step (None if not stored), graph (description dict), llg (settings
-        dict), metadata (dict).
+        dict), metadata (dict), extra (dict name -> array of further observables, e.g. a
+        committee's ``predicted_field_error``).
     """
 
     time: np.ndarray
@@ -417,6 +439,7 @@ class Trajectory:
     graph: dict
     llg: dict
     metadata: dict
+    extra: dict = None
 
     @property
     def num_sites(self) -> int:
@@ -448,8 +471,11 @@ def read_trajectory(path) -> Trajectory:
                 return None
             return f[name][:snapshots] if name in ("spins", "spins_step") else f[name][:records]
 
+        standard = {"time", "step", "energy", "magnetization", "skyrmion_number", "spins", "spins_step",
+                    "rng_state"}
         return Trajectory(time=get("time"), step=get("step"), energy=get("energy"),
                           magnetization=get("magnetization"), skyrmion_number=get("skyrmion_number"),
                           spins=get("spins"), spins_step=get("spins_step"),
                           graph=json.loads(f.attrs["graph"]), llg=json.loads(f.attrs["llg"]),
-                          metadata=json.loads(f.attrs["metadata"]))
+                          metadata=json.loads(f.attrs["metadata"]),
+                          extra={name: get(name) for name in f if name not in standard})

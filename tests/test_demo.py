@@ -25,8 +25,9 @@ def demo_folder(tmp_path_factory):
 
 
 def test_demo_writes_its_results(demo_folder):
-    for name in ("summary.json", "summary.md", "parity.png", "parity_llg_state.png", "training/best.pt",
-                 "training/log.csv", "llg/trajectory.h5", "llg/spins.png", "llg/time_series.png"):
+    for name in ("summary.json", "summary.md", "parity.png", "parity_llg_state.png", "learn/iter000/model.pt",
+                 "learn/iter000/training/log.csv", "learn/iter001/model.pt", "learn/report.json",
+                 "learn/error_vs_iteration.png", "llg/trajectory.h5", "llg/spins.png", "llg/time_series.png"):
         assert (demo_folder / name).is_file(), name
 
 
@@ -40,11 +41,19 @@ def test_demo_model_learns_and_transfers_to_the_large_lattice(demo_folder):
     # the model's energy on the 16x larger lattice agrees with ED of the same state
     assert check["energy_per_site_ml"] == pytest.approx(check["energy_per_site_ed"], abs=0.05)
     assert summary["llg"]["lattice"].startswith("square 32x32")
+    # a committee, with its prediction of its own error on the large lattice before ED ran
+    assert training["committee"] == TINY.committee and len(training["finetune_epochs"]) == TINY.iterations
+    assert check["predicted_rmse_field"] > 0
+    assert check["predicted_over_true"] == pytest.approx(check["predicted_rmse_field"] / check["rmse_field"])
+    learning = summary["learning"]["iterations"]
+    assert [e["iteration"] for e in learning] == list(range(TINY.iterations + 1))
+    assert learning[1]["labels"] == learning[0]["labels"] + TINY.labels + TINY.holdout
 
 
 def test_demo_dynamics_is_damped(demo_folder):
-    energy = read_trajectory(demo_folder / "llg" / "trajectory.h5").energy
-    assert len(energy) == 61
+    trajectory = read_trajectory(demo_folder / "llg" / "trajectory.h5")
+    energy = trajectory.energy
+    assert len(energy) == 31 and trajectory.extra["predicted_field_error"].shape == (31,)  # every 2nd step
     # T = 0 with alpha = 1: the model's energy decreases (up to float32 rounding)
     assert np.all(np.diff(energy) <= 1e-5 * np.abs(energy[:-1]))
     assert energy[-1] < energy[0]
@@ -70,3 +79,5 @@ def test_demo_settings_are_checked():
         DemoSettings(size=0)
     with pytest.raises(ValueError, match="dt and minutes must be positive"):
         DemoSettings(dt=-1.0)
+    with pytest.raises(ValueError, match="committee must be at least 2"):
+        DemoSettings(committee=1)

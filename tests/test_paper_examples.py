@@ -78,6 +78,35 @@ def test_triangular_training_pipeline(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("val_rmse_field=")
 
 
+def test_triangular_training_by_the_learning_loop(tmp_path, capsys, one_thread):
+    """--learn: the loop (a tiny configuration with a k-grid) feeds the scan its committee."""
+    config = tmp_path / "learn.toml"
+    config.write_text("\n".join([
+        "[system]", 'lattice = "triangular"', "size = [6, 6]", "t3 = -0.85", "J = -1.0", "mu = -3.5",
+        "k_grid = [2, 1]",
+        "[initial]", "train_samples = 4", "validation_samples = 2",
+        "[model]", "committee = 2", "channels = 2", "num_interactions = 1",
+        "[training]", "epochs = 2", "batch_size = 2", "energy_weight = 1.0",
+        "[finetune]", "epochs = 1",
+        "[explore]", "conditions = [{hz = 0.005, T = 0.0}, {hz = 0.005, T = 0.005}]", "runs = 1", "steps = 4",
+        "dt = 5.0", "snapshot_every = 2",
+        "[select]", "labels = 2", "holdout = 1", "min_gap = 0",
+        "[loop]", "iterations = 1", ""]))
+    summary = load_example("triangular_training").main([
+        "--learn-config", str(config), "--scan-size", "12", "--scan-steps", "2", "--quiet", "--out", str(tmp_path)])
+    folder = tmp_path / "learn"
+    report = json.loads((folder / "learn" / "report.json").read_text())
+    assert [e["iteration"] for e in report["iterations"]] == [0, 1] and report["solver"] == "ED, k-grid 2x1"
+    assert summary["model"] == str(folder / "learn" / "iter001" / "model.pt")
+    assert sorted(summary["n_sk_per_cell"]) == [0.002, 0.005, 0.008]
+    # the labels are k-grid ED's, and the scan recorded the committee's predicted error
+    labels = klmgraph.load_dataset(folder / "learn" / "iter000" / "labels.h5")
+    ed = klmgraph.ExactDiagonalization(klmgraph.triangular(6, 6, t1=1.0, t3=-0.85), J=-1.0, mu=-3.5, k_grid=(2, 1))
+    torch.testing.assert_close(labels.field[0], ed.energy_and_field(labels.spins[0])[1], rtol=0, atol=1e-10)
+    traj = klmgraph.read_trajectory(folder / "scan" / "hz=0.005" / "trajectory.h5")
+    assert "predicted_field_error" in traj.extra
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["square_accuracy", "triangular_training", "time_reversal"])
 def test_quick_settings(tmp_path, name):

@@ -1,0 +1,303 @@
+"""The configuration of ``klmgraph learn``: one frozen dataclass per section of learn.toml.
+
+Every key is optional except the lattice and Hamiltonian of ``[system]``; an unknown section or
+key is an error naming it, and so is a setting the loop cannot run (docs/learning.md lists
+every key). ``[model]``, ``[optimizer]`` and ``[training]`` are those of ``klmgraph train``
+(docs/training.md); ``[quick]`` holds dotted overrides (``"explore.steps" = 60``) applied by
+``--quick``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .. import lattice as lattices
+from ..electrons import ExactDiagonalization
+
+__all__ = ["SystemConfig", "InitialConfig", "FinetuneConfig", "Condition", "ExploreConfig", "SelectConfig",
+           "LoopConfig", "LearnConfig", "load_learn_config", "learn_config_from_dict"]
+
+_LATTICES = ("square", "triangular", "honeycomb", "kagome", "cubic")
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """[system]: the ED-sized lattice the loop labels and explores on, and its Hamiltonian.
+
+    Attributes:
+        lattice: "square", "triangular", "honeycomb", "kagome" or "cubic". Required.
+        size: cells per direction (e.g. [12, 12]). Required.
+        t1, t2, t3: hoppings (default 1, 0, 0; t2, t3 where the lattice has them).
+        J: Kondo coupling. Required.
+        filling: canonical ensemble; mu: grand canonical (exactly one of the two).
+        temperature: electronic temperature (default 0).
+        k_grid: ED labels on this k-grid of twisted boundary conditions (default []: Gamma only).
+    """
+
+    lattice: str = ""
+    size: list = field(default_factory=list)
+    t1: float = 1.0
+    t2: float = 0.0
+    t3: float = 0.0
+    J: float | None = None
+    filling: float | None = None
+    mu: float | None = None
+    temperature: float = 0.0
+    k_grid: list = field(default_factory=list)
+
+    def solver(self) -> ExactDiagonalization:
+        """The ED solver of the labels on the configured lattice."""
+        builder = getattr(lattices, f"{self.lattice}_lattice")
+        import inspect
+        names = inspect.signature(builder).parameters
+        hoppings = {k: getattr(self, k) for k in ("t1", "t2", "t3") if k in names}
+        graph = builder(**hoppings).graph(list(self.size))
+        return ExactDiagonalization(graph, J=self.J, filling=self.filling, mu=self.mu,
+                                    temperature=self.temperature, k_grid=list(self.k_grid) or None)
+
+
+@dataclass(frozen=True)
+class InitialConfig:
+    """[initial]: the random configurations labelled before the loop.
+
+    Attributes:
+        train_samples: random configurations to train on (default 40).
+        validation_samples: random configurations to validate on (default 20).
+        seed: seed of the configurations (the validation set uses seed + 1; default 0).
+    """
+
+    train_samples: int = 40
+    validation_samples: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """[finetune]: each iteration continues the newest committee on random + explored data.
+
+    Attributes:
+        epochs: epochs per iteration (default 100).
+        minutes: wall-clock cap per iteration (default 2).
+        lr: learning rate (default 0: the [optimizer] lr).
+    """
+
+    epochs: int = 100
+    minutes: float = 2.0
+    lr: float = 0.0
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition of the exploration (an entry of [explore] conditions).
+
+    Attributes:
+        hz: field along z (default 0); T: temperature of the LLG noise (default 0);
+        alpha: damping (default: [explore] alpha); init: initial state "random" (default),
+        "ferromagnet" or "ansatz" (triple-Q skyrmion crystal, |Q| = pi/3).
+    """
+
+    hz: float = 0.0
+    T: float = 0.0
+    alpha: float | None = None
+    init: str = "random"
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ExploreConfig:
+    """[explore]: committee-driven ML-LLG on the ED-sized lattice.
+
+    Attributes:
+        conditions: list of tables {hz, T, alpha, init} (default: one, Hz = 0, T = 0).
+        runs: independent runs per condition, integrated as one batch (default 4).
+        steps: LLG steps per run (default 200); dt: time step (default 1); alpha: damping
+            (default 1); integrator: "heun" (default) or "midpoint".
+        snapshot_every: candidate states every this many steps (default 10).
+        first_step: candidates from this step on (default 0).
+    """
+
+    conditions: list = field(default_factory=lambda: [Condition()])
+    runs: int = 4
+    steps: int = 200
+    dt: float = 1.0
+    alpha: float = 1.0
+    integrator: str = "heun"
+    snapshot_every: int = 10
+    first_step: int = 0
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """[select]: which explored states are labelled.
+
+    Attributes:
+        labels: states labelled per iteration and added to the training data, highest committee
+            spread first (default 20).
+        holdout: further states per iteration, drawn at random among the rest, labelled to measure
+            the true error and never trained on (default 8).
+        min_gap: two selected states of one run are at least this many steps apart (default 20).
+    """
+
+    labels: int = 20
+    holdout: int = 8
+    min_gap: int = 20
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """[loop]: when the loop stops.
+
+    Attributes:
+        iterations: fine-tunings at most (default 3); the committee after the last one explores
+            once more, to measure it.
+        target_rmse_field: stop when the committee's predicted RMSE of B on the explored states
+            is below this (default 0: never).
+        ed_budget: stop before ED would label more configurations than this in total, random
+            ones included (default 0: no limit).
+        seed: seed of the exploration noise, initial states and the hold-out draw (default 0).
+    """
+
+    iterations: int = 3
+    target_rmse_field: float = 0.0
+    ed_budget: int = 0
+    seed: int = 0
+
+
+_SECTIONS = {"system": SystemConfig, "initial": InitialConfig, "finetune": FinetuneConfig,
+             "explore": ExploreConfig, "select": SelectConfig, "loop": LoopConfig}
+_TRAIN_SECTIONS = ("model", "optimizer", "training")
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """The whole learn.toml (see the section classes)."""
+
+    system: SystemConfig
+    initial: InitialConfig = field(default_factory=InitialConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    train: dict = field(default_factory=dict)  # [model], [optimizer], [training] of klmgraph train
+
+    def to_dict(self) -> dict:
+        d = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        d.update(self.train)
+        return d
+
+
+def _positive_int(section: str, key: str, value, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"[{section}] {key} must be an integer >= {low}, got {value!r}")
+
+
+def _check(config: LearnConfig) -> None:
+    s = config.system
+    if s.lattice not in _LATTICES:
+        raise ValueError(f"[system] lattice must be one of {list(_LATTICES)}, got {s.lattice!r}")
+    if not s.size or not all(isinstance(x, int) and x >= 1 for x in s.size):
+        raise ValueError(f"[system] size must be a list of positive integers (cells per direction), got {s.size!r}")
+    if s.J is None:
+        raise ValueError("[system] J (the Kondo coupling) is required")
+    if (s.filling is None) == (s.mu is None):
+        raise ValueError("[system] give exactly one of filling (canonical) and mu (grand canonical)")
+    i = config.initial
+    _positive_int("initial", "train_samples", i.train_samples)
+    _positive_int("initial", "validation_samples", i.validation_samples)
+    f = config.finetune
+    _positive_int("finetune", "epochs", f.epochs)
+    if f.minutes <= 0 or f.lr < 0:
+        raise ValueError(f"[finetune] minutes must be > 0 and lr >= 0, got {f.minutes} and {f.lr}")
+    e = config.explore
+    if not e.conditions:
+        raise ValueError("[explore] conditions must list at least one condition")
+    for key in ("runs", "steps", "snapshot_every"):
+        _positive_int("explore", key, getattr(e, key))
+    _positive_int("explore", "first_step", e.first_step, low=0)
+    if e.first_step > e.steps:
+        raise ValueError(f"[explore] first_step ({e.first_step}) is after the last step ({e.steps}): no candidates")
+    if e.dt <= 0 or e.alpha < 0:
+        raise ValueError(f"[explore] dt must be > 0 and alpha >= 0, got {e.dt} and {e.alpha}")
+    for k, c in enumerate(e.conditions):
+        if c.init not in ("random", "ferromagnet", "ansatz"):
+            raise ValueError(f"[explore] conditions[{k}].init must be random, ferromagnet or ansatz, got {c.init!r}")
+        if c.T < 0 or (c.T > 0 and (c.alpha if c.alpha is not None else e.alpha) <= 0):
+            raise ValueError(f"[explore] conditions[{k}]: T must be >= 0, and T > 0 needs alpha > 0")
+    candidates = e.runs * len(range(e.first_step, e.steps + 1, e.snapshot_every)) * len(e.conditions)
+    sel = config.select
+    _positive_int("select", "labels", sel.labels)
+    _positive_int("select", "holdout", sel.holdout)
+    _positive_int("select", "min_gap", sel.min_gap, low=0)
+    if sel.labels + sel.holdout > candidates:
+        raise ValueError(f"[select] labels + holdout = {sel.labels + sel.holdout} but [explore] yields only "
+                         f"{candidates} candidate states per iteration (runs x snapshots x conditions)")
+    lp = config.loop
+    _positive_int("loop", "iterations", lp.iterations, low=0)
+    _positive_int("loop", "ed_budget", lp.ed_budget, low=0)
+    if lp.target_rmse_field < 0:
+        raise ValueError(f"[loop] target_rmse_field must be >= 0, got {lp.target_rmse_field}")
+    first = i.train_samples + i.validation_samples + sel.labels + sel.holdout
+    if lp.ed_budget and lp.ed_budget < first:
+        raise ValueError(f"[loop] ed_budget = {lp.ed_budget} is less than one iteration needs ({first}: "
+                         "[initial] train_samples + validation_samples + [select] labels + holdout)")
+    training = config.train.get("training", {})
+    for key in ("out", "init"):
+        if key in training:
+            raise ValueError(f"[training] {key} is set by klmgraph learn (run folders inside --out); remove it")
+
+
+def learn_config_from_dict(raw: dict, quick: bool = False) -> LearnConfig:
+    """A LearnConfig from nested dicts (as read from TOML); ``quick`` applies ``[quick]``.
+
+    Raises:
+        ValueError: naming the section or key of an unknown or impossible setting.
+    """
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    overrides = raw.pop("quick", {})
+    unknown = set(raw) - set(_SECTIONS) - set(_TRAIN_SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS) + list(_TRAIN_SECTIONS) + ['quick']}")
+    if quick:
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if not key or (section not in _SECTIONS and section not in _TRAIN_SECTIONS):
+                raise ValueError(f"[quick] {dotted!r}: keys are 'section.key' of a known section")
+            raw.setdefault(section, {})[key] = value
+    parts = {}
+    for name, cls in _SECTIONS.items():
+        section = dict(raw.get(name, {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = set(section) - known
+        if bad:
+            raise ValueError(f"unknown key(s) {sorted(bad)} in [{name}]; known keys: {sorted(known)}")
+        if name == "explore" and "conditions" in section:
+            conditions = []
+            for k, c in enumerate(section["conditions"]):
+                bad = set(c) - {f.name for f in dataclasses.fields(Condition)}
+                if bad:
+                    raise ValueError(f"unknown key(s) {sorted(bad)} in [explore] conditions[{k}]; known: "
+                                     "hz, T, alpha, init")
+                conditions.append(Condition(**c))
+            section["conditions"] = conditions
+        try:
+            parts[name] = cls(**section)
+        except TypeError as err:
+            raise ValueError(f"[{name}]: {err}") from None
+    train = {name: dict(raw.get(name, {})) for name in _TRAIN_SECTIONS}
+    train["model"].setdefault("committee", 4)
+    config = LearnConfig(**parts, train=train)
+    _check(config)
+    # the training sections are checked by klmgraph train's own parser (a placeholder data path)
+    from ..train import config_from_dict
+    if config_from_dict({**train, "data": {"train": "-"}}).model.committee < 2:
+        raise ValueError("[model] committee must be >= 2: the loop selects states by the committee's spread")
+    return config
+
+
+def load_learn_config(path, quick: bool = False) -> LearnConfig:
+    """Read learn.toml (see :func:`learn_config_from_dict`)."""
+    from ..train import read_toml
+
+    return learn_config_from_dict(read_toml(path), quick=quick)

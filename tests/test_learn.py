@@ -1,0 +1,172 @@
+"""The active-learning loop: selection, provenance, configuration errors, and resuming after a
+kill at every stage without relabelling or retraining."""
+import json
+
+import pytest
+import torch
+
+import klmgraph
+from klmgraph.cli import main
+from klmgraph.electrons import ExactDiagonalization
+from klmgraph.learn import STAGES, learn_config_from_dict, run_learning, select_by_spread
+from klmgraph.learn import loop as loop_module
+
+TINY = {
+    "system": {"lattice": "square", "size": [4, 4], "J": 7.0, "filling": 0.48},
+    "initial": {"train_samples": 6, "validation_samples": 3},
+    "model": {"committee": 2, "channels": 2, "num_interactions": 1},
+    "optimizer": {"name": "adam", "lr": 0.02},
+    "training": {"epochs": 3, "batch_size": 3, "energy_weight": 1.0},
+    "finetune": {"epochs": 2},
+    "explore": {"conditions": [{"hz": 0.0, "T": 0.0}, {"hz": 0.3, "T": 0.05}], "runs": 2, "steps": 8, "dt": 0.5,
+                "snapshot_every": 2},
+    "select": {"labels": 3, "holdout": 2, "min_gap": 2},
+    "loop": {"iterations": 1},
+}
+
+
+def test_selection_takes_the_highest_spread_first():
+    spread = torch.tensor([0.1, 0.9, 0.5, 0.8, 0.3, 0.7])
+    run = torch.tensor([0, 0, 1, 1, 2, 2])
+    step = torch.tensor([0, 10, 0, 10, 0, 10])
+    one = torch.zeros(6, dtype=torch.long)
+    assert select_by_spread(spread, run, step, one, 3).tolist() == [1, 3, 5]
+    # within min_gap of a chosen state of the same run: skipped while others are left
+    close = torch.tensor([0, 1, 0, 1, 0, 1])
+    assert select_by_spread(spread, run, close, one, 3, min_gap=5).tolist() == [1, 3, 5]
+    one_run, steps = torch.zeros(6, dtype=torch.long), torch.tensor([0, 10, 20, 30, 40, 50])
+    assert select_by_spread(spread, one_run, steps, one, 3, min_gap=15).tolist() == [1, 3, 5]
+    # too close everywhere: the best far-enough state (step 50), then the rest fills up by spread
+    assert select_by_spread(spread, one_run, steps, one, 3, min_gap=25).tolist() == [1, 5, 3]
+    # every condition gets its share before a second pass by spread
+    condition = torch.tensor([0, 0, 0, 0, 1, 1])
+    assert select_by_spread(spread, run, step, condition, 2).tolist() == [1, 5]
+    with pytest.raises(ValueError, match="cannot select 7"):
+        select_by_spread(spread, run, step, one, 7)
+
+
+def test_provenance_round_trips_through_hdf5(tmp_path):
+    ed = ExactDiagonalization(klmgraph.square(4, 4), J=7.0, filling=0.48)
+    a = klmgraph.generate_dataset(tmp_path / "a.h5", ed, num_samples=2, seed=0, progress=False)
+    b = klmgraph.generate_dataset(tmp_path / "b.h5", ed, spins=klmgraph.random_spins(ed.graph, batch=3, seed=5),
+                                  progress=False)
+    prov = {"iteration": [1, 1, 2], "condition": [0, 1, 1], "step": [20, 40, 60]}
+    merged = klmgraph.data.merge_datasets(tmp_path / "m.h5", [(a, None), (b, prov)], conditions=[{"hz": 0}, {"hz": 1}])
+    data = klmgraph.load_dataset(merged)
+    assert data.provenance["iteration"].tolist() == [-1, -1, 1, 1, 2]
+    assert data.provenance["condition"].tolist() == [-1, -1, 0, 1, 1]
+    assert data.provenance["step"].tolist() == [-1, -1, 20, 40, 60]
+    assert data.provenance["conditions"] == [{"hz": 0}, {"hz": 1}]
+    both = [klmgraph.load_dataset(a), klmgraph.load_dataset(b)]
+    assert torch.equal(data.spins, torch.cat([d.spins for d in both]))
+    assert torch.equal(data.field, torch.cat([d.field for d in both]))
+    again = klmgraph.data.merge_datasets(tmp_path / "m2.h5", [(merged, "stored")], conditions=[])
+    assert klmgraph.load_dataset(again).provenance["step"].tolist() == [-1, -1, 20, 40, 60]
+    assert klmgraph.load_dataset(a).provenance is None
+    with pytest.raises(ValueError, match="provenance step"):
+        klmgraph.data.merge_datasets(tmp_path / "bad.h5", [(b, {**prov, "step": [1]})])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"explore": {"bogus": 1}}, r"unknown key\(s\) \['bogus'\] in \[explore\]"),
+    ({"select": {"labels": 30}}, r"\[select\] labels \+ holdout = 32 but \[explore\] yields only 20"),
+    ({"system": {"lattice": "hexagon"}}, r"\[system\] lattice must be one of"),
+    ({"system": {"mu": -1.0}}, r"\[system\] give exactly one of filling"),
+    ({"model": {"committee": 1}}, r"\[model\] committee must be >= 2"),
+    ({"loop": {"ed_budget": 10}}, r"\[loop\] ed_budget = 10 is less than one iteration needs \(14"),
+    ({"training": {"out": "x"}}, r"\[training\] out is set by klmgraph learn"),
+    ({"optimizer": {"name": "sgd"}}, r"\[optimizer\] name must be"),
+    ({"explore": {"conditions": [{"hz": 0, "B": 1}]}}, r"\[explore\] conditions\[0\]"),
+    ({"what": {}}, r"unknown section\(s\) \['what'\]"),
+])
+def test_config_errors_name_the_key(change, message):
+    raw = {k: dict(v) for k, v in TINY.items()}
+    for section, values in change.items():
+        raw.setdefault(section, {}).update(values)
+    with pytest.raises(ValueError, match=message):
+        learn_config_from_dict(raw)
+
+
+def test_quick_overrides_apply_only_with_quick():
+    raw = {**TINY, "quick": {"explore.steps": 4, "loop.iterations": 0}}
+    assert learn_config_from_dict(raw).explore.steps == 8
+    quick = learn_config_from_dict(raw, quick=True)
+    assert quick.explore.steps == 4 and quick.loop.iterations == 0
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_loop_resumes_after_a_kill_at_every_stage(tmp_path, monkeypatch, one_thread):
+    """Killed right after every stage (each once), then rerun: ED labels every configuration
+    once, trains every committee once, and ends where an uninterrupted loop ends."""
+    config = learn_config_from_dict(TINY)
+    labelled, trained = [], []
+    ed_call = ExactDiagonalization.energy_and_field
+    monkeypatch.setattr(ExactDiagonalization, "energy_and_field",
+                        lambda self, spins: labelled.append(spins.reshape(-1, spins.shape[-2], 3).shape[0])
+                        or ed_call(self, spins))
+    train_call = loop_module.train
+    monkeypatch.setattr(loop_module, "train", lambda *a, **k: trained.append(1) or train_call(*a, **k))
+
+    reference = run_learning(config, tmp_path / "straight", progress=False, log=lambda line: None)
+    labels_straight, trainings_straight = sum(labelled), len(trained)
+    labelled.clear(), trained.clear()
+
+    seen, kills = set(), []
+
+    def kill(name, k):
+        if (name, k) not in seen:
+            seen.add((name, k))
+            kills.append(name)
+            raise _Killed(name)
+
+    while True:
+        try:
+            result = run_learning(config, tmp_path / "killed", progress=False, log=lambda line: None, on_stage=kill)
+            break
+        except _Killed:
+            continue
+    assert set(kills) == set(STAGES)  # every stage was interrupted at least once
+    assert sum(labelled) == labels_straight == result["iterations"][-1]["labels"]
+    assert len(trained) == trainings_straight == 2
+    for a, b in zip(reference["iterations"], result["iterations"]):
+        for key in ("labels", "explored_rmse_field", "predicted_rmse_field", "val_rmse_field"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    report = json.loads((tmp_path / "killed" / "report.json").read_text())
+    assert [e["iteration"] for e in report["iterations"]] == [0, 1]
+    assert report["stopped"] == "1 iteration(s) done"
+    for name in ("report.md", "error_vs_iteration.png", "true_vs_predicted.png"):
+        assert (tmp_path / "killed" / name).is_file()
+    # the explored labels carry their provenance into the next iteration's training set
+    data = klmgraph.load_dataset(tmp_path / "killed" / "iter001" / "train.h5")
+    prov = data.provenance
+    assert (prov["iteration"] == -1).sum() == 6 and (prov["iteration"] == 0).sum() == 3
+    explored = prov["iteration"] == 0
+    assert set(prov["condition"][explored].tolist()) <= {0, 1} and (prov["step"][explored] >= 0).all()
+    # and a finished loop run again does nothing more
+    labelled.clear(), trained.clear()
+    run_learning(config, tmp_path / "killed", progress=False, log=lambda line: None)
+    assert not labelled and not trained
+
+
+def test_cli_learn_names_a_bad_key(tmp_path, capsys):
+    path = tmp_path / "learn.toml"
+    path.write_text('[system]\nlattice = "square"\nsize = [4, 4]\nJ = 7.0\nfilling = 0.48\n'
+                    '[select]\nlabel = 3\n')
+    assert main(["learn", "--config", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "unknown key(s) ['label'] in [select]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_examples_configurations_are_valid():
+    from pathlib import Path
+
+    from klmgraph.learn import load_learn_config
+
+    examples = Path(__file__).parent.parent / "examples"
+    for name in ("learn_square.toml", "learn_triangular.toml"):
+        for quick in (False, True):
+            config = load_learn_config(examples / name, quick=quick)
+            assert config.train["model"]["committee"] >= 2
