@@ -17,6 +17,7 @@ from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
 from .nn import ECNN, compute_field
 from .compat import load_ecnn4klm
 from .io import load_model
+from .pretrained import model_card, pretrained
 from .simulation import SimulationResult, simulate
 from .sweep import scan
 
@@ -35,6 +36,6 @@ __all__ = [
     "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
     "structure_factor", "magnetic_cell_sites", "locality",
     "TrajectoryWriter", "Trajectory", "read_trajectory",
-    "ECNN", "compute_field", "load_ecnn4klm", "load_model",
+    "ECNN", "compute_field", "load_ecnn4klm", "load_model", "pretrained", "model_card",
     "simulate", "SimulationResult", "scan",
 ]
