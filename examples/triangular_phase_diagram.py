@@ -23,8 +23,8 @@ grid-convergence error that every reported number carries. Boundaries: the field
 lowest state of one |n_sk| class crosses the lowest of the next (linear interpolation between
 neighbouring fields), with the uncertainty that the grid error gives through the slope.
 
-    python examples/triangular_phase_diagram.py --quick      # 4 fields, coarse grids (<= 15 min on 2 cores)
-    nice -n 10 python examples/triangular_phase_diagram.py   # 19 fields, finer grids: hours, resumable
+    python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 28, 32 (<= 15 min, 2 cores)
+    nice -n 10 python examples/triangular_phase_diagram.py           # 19 fields, grids 28 / 32, 64: hours, resumable
 
 Every (branch, field) is a JSON record under ``--out``/records, written atomically; running the
 same command again skips what is done. Writes ``phase_diagram.csv``, ``energies.png`` (E(Hz) of
@@ -69,9 +69,14 @@ class Settings:
     states: tuple
 
 
-QUICK = Settings(fields=(0.002, 0.004, 0.006, 0.008), relax_grid=10, energy_grids=(16, 20), dt=30.0,
+# k-grids are n x n on the 48-site cell (48 n^2 sites tiled), never multiples of 3 (their twists
+# hit the K points, where levels of the triple-Q states cross mu: docs/electrons.md). Energies
+# of relaxed states scatter by ~3e-5 per site between grids 16 and 20 and ~5e-6 between 28 and
+# 32 (measured on the ansatz states), and a state relaxed on a coarse grid sits off the
+# fine grid's minimum, so the relaxation grid is not much coarser than the energy grids.
+QUICK = Settings(fields=(0.002, 0.004, 0.006, 0.008), relax_grid=16, energy_grids=(28, 32), dt=30.0,
                  tol=1e-9, max_steps=150, chunk=5, states=STATES)
-FULL = Settings(fields=tuple(round(0.0005 * k, 4) for k in range(2, 21)), relax_grid=20, energy_grids=(32, 64),
+FULL = Settings(fields=tuple(round(0.0005 * k, 4) for k in range(2, 21)), relax_grid=28, energy_grids=(32, 64),
                 dt=30.0, tol=1e-10, max_steps=400, chunk=5, states=STATES)
 
 
@@ -212,7 +217,7 @@ def crossing(rows: list[dict], fields, low: int, high: int, grids) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="4 fields, relax grid 10, energy grids 16 and 20")
+    p.add_argument("--quick", action="store_true", help="4 fields, relax grid 16, energy grids 28 and 32")
     p.add_argument("--hz", type=float, nargs="+", help="fields (default: the setting's)")
     p.add_argument("--relax-grid", type=int, help="k-grid n (n x n) of the relaxation")
     p.add_argument("--energy-grids", type=int, nargs=2, metavar=("COARSE", "FINE"),
