@@ -335,7 +335,7 @@ def plot(rows, s: Settings, ground, summary, out: Path):
     ax.set_xlabel("$H_z$")
     ax.set_ylabel("E/N minus the lowest at that field (1e-5)")
     ax.set_title(f"triangular model, ED k-grid {s.energy_grids[1]}x{s.energy_grids[1]} on the 48-site cell; "
-                 "labels |n_sk| per cell", fontsize=8)
+                 "labels |n_sk| per cell;\nsolid: followed up in field, dashed: down", fontsize=8)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "energies.png", dpi=130)
@@ -343,7 +343,7 @@ def plot(rows, s: Settings, ground, summary, out: Path):
 
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
     hz = [g["hz"] for g in ground]
-    a1.plot(hz, [abs(g["n_sk_per_cell"]) for g in ground], "o-", color="C0")
+    a1.plot(hz, [abs(g["n_sk_per_cell"]) for g in ground], "o-", color="C0", drawstyle="steps-mid")
     a1.set_ylabel("|n_sk| per cell")
     a2.plot(hz, [g["mz"] for g in ground], "s-", color="C1")
     a2.set_ylabel("$M^z$ per site")
