@@ -67,6 +67,12 @@ def test_shipped_models_have_cards_and_load(capsys):
         assert card["name"] == name
         model = klmgraph.pretrained(name)
         assert isinstance(model, torch.nn.Module)
+    # the model of the paper's square setting is shipped, and its card says what it reached
+    assert "square-paper" in shipped
+    card = klmgraph.model_card("square-paper")
+    assert card["hamiltonian"]["J"] == 7.0 and card["metrics"]["test"]["configurations"] == 50
+    assert card["target"]["met"] == (card["metrics"]["test"]["rmse_field"] <= card["target"]["test_rmse_field"])
+    assert klmgraph.pretrained("square-paper", graph=klmgraph.square(6, 6)).hamiltonian["J"] == 7.0
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     for name in names:
