@@ -7,7 +7,8 @@ from .graph import from_networkx
 from .checks import check_spins
 from .electrons import KPM, ExactDiagonalization
 from .data import SpinDataset, generate_dataset, load_dataset, read_spins
-from .spins import ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral, tile_spins, triple_q_vectors
+from .spins import (double_skyrmion_crystal, ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral,
+                    tile_spins, triple_q_vectors)
 from .providers import Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
 from .dynamics import LLG, DivergenceError
 from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
@@ -16,6 +17,7 @@ from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
 from .nn import ECNN, compute_field
 from .compat import load_ecnn4klm
 from .io import load_model
+from .pretrained import model_card, pretrained
 from .simulation import SimulationResult, simulate
 from .sweep import scan
 from .distributed import simulate_distributed
@@ -32,12 +34,13 @@ __all__ = [
     "graph_from_description", "site_permutation", "from_networkx",
     "ExactDiagonalization", "KPM", "check_spins",
     "generate_dataset", "load_dataset", "SpinDataset", "read_spins",
-    "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "tile_spins",
+    "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "double_skyrmion_crystal",
+    "tile_spins",
     "LLG", "DivergenceError", "Provider", "as_provider", "Zeeman", "SingleIonAnisotropy", "Heisenberg",
     "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
     "structure_factor", "magnetic_cell_sites", "locality",
     "TrajectoryWriter", "Trajectory", "read_trajectory",
-    "ECNN", "compute_field", "load_ecnn4klm", "load_model",
+    "ECNN", "compute_field", "load_ecnn4klm", "load_model", "pretrained", "model_card",
     "simulate", "SimulationResult", "scan", "simulate_distributed", "export_snapshot",
     "Committee", "run_learning", "load_learn_config",
 ]

@@ -493,6 +493,19 @@ def _info(args: argparse.Namespace) -> None:
     print(f"Hamiltonian: {json.dumps(data.hamiltonian)}")
 
 
+def _models(args: argparse.Namespace) -> None:
+    from .pretrained import describe, model_card, model_folders, pretrained
+
+    if args.name:
+        print(json.dumps(model_card(args.name), indent=2))
+        return
+    names = pretrained()
+    if not names:
+        print("no shipped models found (searched: " + (", ".join(map(str, model_folders())) or "nothing") + ")")
+    for name in names:
+        print(describe(name))
+
+
 def _train(args: argparse.Namespace) -> None:
     from .train import load_config, train
 
@@ -645,6 +658,14 @@ def make_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="summarise a data set")
     info.add_argument("path")
     info.set_defaults(func=_info)
+
+    # -- models shipped in data/models (issue 14) --
+    models = sub.add_parser("models", help="list the trained models shipped with klmgraph and their cards",
+                            description="List the models that klmgraph.pretrained(name) loads, with the key "
+                                        "facts of each card (lattice, Hamiltonian, solver, metrics, date); "
+                                        "with NAME, that model's full card (JSON).")
+    models.add_argument("name", nargs="?", help="print this model's whole card")
+    models.set_defaults(func=_models)
     return parser
 
 

@@ -267,6 +267,57 @@ class BravaisLattice:
             perm[np.arange(len(cells)) * nb + i] = (new_cells @ strides) * nb + target_basis[i]
         return perm
 
+    def supercell(self, matrix, name: str | None = None) -> "BravaisLattice":
+        """The same lattice with a larger unit cell A_k = sum_l matrix[k, l] a_l.
+
+        Its basis holds every site of the new cell and its hoppings are this lattice's bonds
+        between them (each once), so ``supercell(M).graph(size)`` is this lattice's graph with
+        sites renumbered, and any non-diagonal cell (a magnetic unit cell, e.g. the 48-site cell
+        of the triangular skyrmion crystal, M = [[8, 4], [4, 8]]) becomes a lattice on which
+        k-grid ED reaches the thermodynamic limit at the cost of that cell.
+
+        Args:
+            matrix: (d, d) integers with non-zero determinant.
+            name: the new lattice's name (default: this name with the matrix).
+
+        Raises:
+            ValueError: for a matrix of the wrong shape, non-integer entries or determinant 0.
+        """
+        m = np.asarray(matrix, dtype=float)
+        if m.shape != (self.dim, self.dim) or not _is_integer(m):
+            raise ValueError(f"supercell matrix must be {self.dim}x{self.dim} integers, got {matrix!r}")
+        m = np.rint(m).astype(np.int64)
+        det = int(round(np.linalg.det(m)))
+        if det == 0:
+            raise ValueError(f"supercell matrix {m.tolist()} has determinant 0")
+        inverse = np.linalg.inv(m)
+        # the lattice points n (integer coordinates) inside the new cell: fractional n M^-1 in [0, 1)
+        corners = np.array(list(itertools.product(*[(0, 1)] * self.dim))) @ m
+        box = [range(int(corners[:, k].min()), int(corners[:, k].max()) + 1) for k in range(self.dim)]
+        points = np.array(list(itertools.product(*box)), dtype=np.int64)
+        frac = points @ inverse
+        inside = np.all((frac > -1e-9) & (frac < 1 - 1e-9), axis=1)
+        points = points[inside]
+        if len(points) != abs(det):  # a bug guard: the cell holds |det| lattice points
+            raise RuntimeError(f"found {len(points)} lattice points in a cell of volume {abs(det)}")
+        index = {tuple(p): k for k, p in enumerate(points)}
+        vectors = np.asarray(self.vectors)
+        basis = np.asarray(self.basis)
+        new_basis, where = [], {}
+        for k, p in enumerate(points):
+            for b in range(self.num_basis):
+                where[(k, b)] = len(new_basis)
+                new_basis.append(p @ vectors + basis[b])
+        hoppings = []
+        for k, p in enumerate(points):
+            for h in self.hoppings:
+                target = p + np.asarray(h.offset)
+                cell = np.floor(target @ inverse + 1e-9).astype(np.int64)
+                home = tuple(target - cell @ m)
+                hoppings.append(Hopping(where[(k, h.i)], where[(index[home], h.j)], tuple(int(c) for c in cell), h.t))
+        return BravaisLattice(m @ vectors, new_basis, hoppings, name or f"{self.name} supercell {m.tolist()}",
+                              dict(self._params, supercell=m.tolist()))
+
     def description(self, size: Sequence[int], periodic: Sequence[bool]) -> dict:
         """JSON-able description of this lattice at a given size (see :func:`graph_from_description`)."""
         return {

@@ -13,7 +13,7 @@ import torch
 
 from .graph import HoppingGraph, vector3
 
-__all__ = ["random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "tile_spins"]
+__all__ = ["random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "double_skyrmion_crystal", "tile_spins"]
 
 
 def _num_sites(graph_or_n) -> int:
@@ -151,6 +151,38 @@ def skyrmion_crystal(graph: HoppingGraph, qs: Sequence | None = None, q: float =
         e = qk / qk.norm()
         e = math.cos(helicity) * e + math.sin(helicity) * torch.linalg.cross(z, e)
         planes.append((-z, e))
+    return multi_q(graph, qs, planes=planes, phases=phases, uniform=(0.0, 0.0, m_z), dtype=dtype, device=device)
+
+
+def double_skyrmion_crystal(graph: HoppingGraph, qs: Sequence | None = None, q: float = math.pi / 3,
+                            m_z: float = 0.0, phases: Sequence[float] | None = None,
+                            dtype=torch.float64, device=None) -> torch.Tensor:
+    """Triple-Q crystal with two skyrmions per magnetic unit cell (|n_sk| = 2):
+
+        S_r ~ R (cos(Q_1 . r + phi_1), cos(Q_2 . r + phi_2), cos(Q_3 . r + phi_3)) + m_z z,
+
+    each helix along its own axis of a spin-space frame, R the rotation that takes (1, 1, 1) / sqrt(3)
+    to z. It is the n_sk = 2 skyrmion crystal of the triangular Kondo lattice model at low field
+    (R. Ozawa, S. Hayami and Y. Motome, Phys. Rev. Lett. 118, 147205 (2017)). |n_sk| = 2 per
+    magnetic cell for |m_z| below about 1 (tests/test_spins.py); larger offsets unwind it to a
+    topologically trivial triple-Q state.
+
+    Args:
+        graph: graph with positions (a 2D lattice).
+        qs: the three ordering vectors (default: :func:`triple_q_vectors` of length ``q``).
+        m_z: uniform offset along z (in units of one helix amplitude).
+        phases: phi_k (default 0).
+
+    Returns:
+        (N, 3) unit vectors.
+    """
+    qs = triple_q_vectors(q) if qs is None else [vector3(x, "Q", allow_2d=True) for x in qs]
+    if len(qs) != 3:
+        raise ValueError(f"a triple-Q crystal needs three ordering vectors, got {len(qs)}")
+    s2, s3, s6 = math.sqrt(2.0), math.sqrt(3.0), math.sqrt(6.0)
+    # the columns of R: the images of the spin-space axes x, y, z
+    axes = [(1 / s2, 1 / s6, 1 / s3), (-1 / s2, 1 / s6, 1 / s3), (0.0, -2 / s6, 1 / s3)]
+    planes = [(axis, (0.0, 0.0, 0.0)) for axis in axes]
     return multi_q(graph, qs, planes=planes, phases=phases, uniform=(0.0, 0.0, m_z), dtype=dtype, device=device)
 
 

@@ -178,3 +178,30 @@ def test_from_networkx_classes_positions_and_errors():
         klmgraph.from_networkx(D)
     with pytest.raises(ValueError, match="multigraph"):
         klmgraph.from_networkx(nx.MultiGraph([(0, 1), (0, 1)]))
+
+
+def test_supercell_is_the_same_lattice_renumbered():
+    """The 48-site magnetic cell of the triangular model: one cell twisted at the three twists
+    that the 12 x 12 lattice (three such cells) allows has the 12 x 12 lattice's spectrum."""
+    lattice = klmgraph.triangular_lattice(1.0, 0.0, -0.85)
+    cell = lattice.supercell([[8, 4], [4, 8]])
+    assert cell.num_basis == 48
+    g48, g12 = cell.graph((1, 1)), klmgraph.triangular(12, 12, t1=1.0, t3=-0.85)
+    # every site keeps its 12 neighbours (6 at distance 1, 6 at distance 2)
+    lengths = g48.edge_vec.norm(dim=-1)
+    assert int((lengths > 0).sum()) == 48 * 12
+    assert int(((lengths - 1).abs() < 1e-9).sum()) == int(((lengths - 2).abs() < 1e-9).sum()) == 48 * 6
+    s48 = klmgraph.skyrmion_crystal(g48, m_z=0.3)
+    s12 = klmgraph.skyrmion_crystal(g12, m_z=0.3)
+    ed48 = klmgraph.ExactDiagonalization(g48, J=-1.0, mu=-3.5)
+    ed12 = klmgraph.ExactDiagonalization(g12, J=-1.0, mu=-3.5)
+    twists = [(0.0, 0.0), (2 * math.pi / 3, 4 * math.pi / 3), (4 * math.pi / 3, 2 * math.pi / 3)]
+    levels = torch.cat([torch.linalg.eigvalsh(ed48.hamiltonian(s48, twist=t)) for t in twists]).sort().values
+    torch.testing.assert_close(levels, torch.linalg.eigvalsh(ed12.hamiltonian(s12)), atol=1e-12, rtol=0)
+    # a diagonal supercell is the larger lattice itself, up to site order
+    sq = klmgraph.square_lattice(1.0).supercell([[2, 0], [0, 3]]).graph((2, 2))
+    assert sq.num_nodes == 24 and int((sq.edge_vec.norm(dim=-1) > 0).sum()) == 24 * 4
+    for bad, message in (([[1, 2]], "2x2 integers"), ([[1, 2], [2, 4]], "determinant 0"),
+                         ([[1.5, 0], [0, 1]], "integers")):
+        with pytest.raises(ValueError, match=message):
+            lattice.supercell(bad)

@@ -134,3 +134,54 @@ def test_triangular_phase_boundaries_runs(tmp_path, capsys):
     assert all(abs(r["energy_ed"] - r["energy_model"]) < 0.01 for r in rows)
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("lowest: 0.002=")
     assert (tmp_path / "branches.png").exists() and (tmp_path / "branches.csv").exists()
+
+
+PHASE_LINE = re.compile(r"^hz_2_1=(nan|[0-9.]+) hz_1_0=(nan|[0-9.]+)$")
+
+
+def test_triangular_phase_diagram_smoke(tmp_path, capsys):
+    """Two fields, tiny k-grids, a few LLG steps: the pipeline, its records and its resumption."""
+    example = load_example("triangular_phase_diagram")
+    argv = ["--quick", "--hz", "0.003", "0.007", "--relax-grid", "2", "--energy-grids", "2", "4",
+            "--max-steps", "10", "--states", "sk2", "sk1", "fm", "--out", str(tmp_path)]
+    summary = example.main(argv)
+    assert PHASE_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])
+    with open(tmp_path / "phase_diagram.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["branch", "state", "direction", "hz", "n_sk_per_cell", "mz", "energy_start",
+                             "energy_relax", "energy_k2", "energy_k4", "minus_lowest", "max_torque", "steps",
+                             "dt", "seconds"]
+    # sk2 and sk1 followed up and down, the ferromagnet once: 5 branches x 2 fields
+    assert sorted({r["branch"] for r in rows}) == ["fm_up", "sk1_down", "sk1_up", "sk2_down", "sk2_up"]
+    assert len(rows) == 10
+    for r in rows:
+        # damped LLG never raises the energy; the relaxation grid's energy is the k2 column
+        assert float(r["energy_relax"]) <= float(r["energy_start"]) + 1e-12
+        assert float(r["energy_relax"]) == pytest.approx(float(r["energy_k2"]), abs=1e-12)
+        assert float(r["minus_lowest"]) >= 0
+        n_sk = float(r["n_sk_per_cell"])
+        assert abs(n_sk - round(n_sk)) < 1e-6  # integer per magnetic cell on the periodic lattice
+    fm = [r for r in rows if r["state"] == "fm"]
+    assert all(float(r["mz"]) == pytest.approx(1.0) and float(r["max_torque"]) < 1e-10 for r in fm)
+    # the ansatz starts: two skyrmions per cell in sk2's first record, one in sk1's
+    first = {r["branch"]: r for r in rows if (r["direction"] == "up") == (float(r["hz"]) == 0.003)}
+    assert abs(round(float(first["sk2_up"]["n_sk_per_cell"]))) == 2
+    assert abs(round(float(first["sk1_down"]["n_sk_per_cell"]))) == 1
+    # a rerun reads the records instead of relaxing again, and other settings are refused
+    records = sorted((tmp_path / "records").rglob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in records]
+    again = example.main(argv)
+    assert [p.stat().st_mtime_ns for p in records] == stamps
+    for key in ("hz_2_1", "hz_1_0"):  # (json: nan == nan)
+        assert json.dumps(again[key]) == json.dumps(summary[key])
+    with pytest.raises(SystemExit, match="other settings"):
+        example.main(argv[:-2] + ["--tol", "1e-6", "--out", str(tmp_path)])
+    assert (tmp_path / "energies.png").stat().st_size > 10_000
+    assert (tmp_path / "phase_diagram.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_triangular_phase_diagram_quick(tmp_path, capsys):
+    """The documented --quick setting (about 15 minutes on 2 idle cores)."""
+    load_example("triangular_phase_diagram").main(["--quick", "--workers", "2", "--out", str(tmp_path)])
+    assert PHASE_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])

@@ -66,3 +66,24 @@ def test_spirals_need_positions():
 
     with pytest.raises(ValueError, match="no site positions"):
         klmgraph.spiral(klmgraph.from_networkx(nx.path_graph(4)), (1.0, 0.0))
+
+
+@pytest.mark.parametrize("size", [12, 24])
+def test_double_skyrmion_crystal_has_two_skyrmions_per_cell(size):
+    graph = klmgraph.triangular(size, size)
+    cells = graph.num_nodes / 48
+    for m_z in (0.0, 0.3, 0.6):
+        s = klmgraph.double_skyrmion_crystal(graph, m_z=m_z)
+        torch.testing.assert_close(s.norm(dim=-1), torch.ones(graph.num_nodes, dtype=torch.float64))
+        assert abs(float(klmgraph.skyrmion_number(graph, s)) / cells) == pytest.approx(2.0, abs=1e-9)
+    # a large offset unwinds it (a trivial triple-Q state), while the one-skyrmion ansatz has 1
+    assert float(klmgraph.skyrmion_number(graph, klmgraph.double_skyrmion_crystal(graph, m_z=1.2))) == \
+        pytest.approx(0.0, abs=1e-9)
+    one = klmgraph.skyrmion_crystal(graph, m_z=0.3)
+    assert abs(float(klmgraph.skyrmion_number(graph, one)) / cells) == pytest.approx(1.0, abs=1e-9)
+    # periodic on the 48-site magnetic cell, like the one-skyrmion crystal
+    s = klmgraph.double_skyrmion_crystal(graph, m_z=0.3)
+    perm = klmgraph.site_permutation(graph, translation=(6.0, 2 * math.sqrt(3)))
+    torch.testing.assert_close(s[perm], s)
+    with pytest.raises(ValueError, match="three ordering vectors"):
+        klmgraph.double_skyrmion_crystal(graph, qs=[(1.0, 0.0), (0.0, 1.0)])
