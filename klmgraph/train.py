@@ -188,6 +188,14 @@ _MODEL_TYPES = ("ecnn", "ifnn")
 _COMMITTEE_KEYS = {"committee": 1, "bootstrap": False, "threshold_margin": 1.1}
 
 
+def check_section_keys(name: str, cls, section: dict) -> None:
+    """Raise ValueError naming the keys of the TOML section ``[name]`` that the dataclass ``cls`` lacks."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    bad = set(section) - known
+    if bad:
+        raise ValueError(f"unknown key(s) {sorted(bad)} in [{name}]; known keys: {sorted(known)}")
+
+
 def config_from_dict(raw: dict) -> RunConfig:
     """A RunConfig from nested dicts (as read from TOML); unknown sections or keys raise ValueError."""
     unknown = set(raw) - set(_SECTIONS) - {"model"}
@@ -196,10 +204,7 @@ def config_from_dict(raw: dict) -> RunConfig:
     parts = {}
     for name, cls in _SECTIONS.items():
         section = dict(raw.get(name, {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = set(section) - known
-        if bad:
-            raise ValueError(f"unknown key(s) {sorted(bad)} in [{name}]; known keys: {sorted(known)}")
+        check_section_keys(name, cls, section)
         parts[name] = cls(**section)
     model = dict(raw.get("model", {}))
     model_type = model.pop("type", "ecnn")

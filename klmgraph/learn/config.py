@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .. import lattice as lattices
 from ..electrons import ExactDiagonalization
+from ..train import check_section_keys, config_from_dict
 
 __all__ = ["SystemConfig", "InitialConfig", "FinetuneConfig", "Condition", "ExploreConfig", "SelectConfig",
            "LoopConfig", "LearnConfig", "load_learn_config", "learn_config_from_dict"]
@@ -268,10 +269,7 @@ def learn_config_from_dict(raw: dict, quick: bool = False) -> LearnConfig:
     parts = {}
     for name, cls in _SECTIONS.items():
         section = dict(raw.get(name, {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = set(section) - known
-        if bad:
-            raise ValueError(f"unknown key(s) {sorted(bad)} in [{name}]; known keys: {sorted(known)}")
+        check_section_keys(name, cls, section)
         if name == "explore" and "conditions" in section:
             conditions = []
             for k, c in enumerate(section["conditions"]):
@@ -290,7 +288,6 @@ def learn_config_from_dict(raw: dict, quick: bool = False) -> LearnConfig:
     config = LearnConfig(**parts, train=train)
     _check(config)
     # the training sections are checked by klmgraph train's own parser (a placeholder data path)
-    from ..train import config_from_dict
     if config_from_dict({**train, "data": {"train": "-"}}).model.committee < 2:
         raise ValueError("[model] committee must be >= 2: the loop selects states by the committee's spread")
     return config
