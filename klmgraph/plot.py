@@ -159,10 +159,13 @@ def plot_time_series(trajectory, keys=("energy", "mz", "skyrmion_number"), axes=
         ax.set_ylabel(label)
         if key == "predicted_field_error":
             labels = ["RMS over sites", "largest site"]
-            threshold = (getattr(trajectory, "metadata", None) or {}).get("uncertainty_threshold")
-            if threshold is not None:
-                ax.axhline(threshold, color="k", ls="--", lw=0.8)
-                labels.append("RMS threshold (training range)")
+            metadata = getattr(trajectory, "metadata", None) or {}
+            # each curve is judged against its own threshold: draw both, in matching styles
+            for name, style, text in (("uncertainty_threshold", dict(color="k", ls="--"), "RMS threshold"),
+                                      ("uncertainty_site_threshold", dict(color="C1", ls=":"), "site threshold")):
+                if metadata.get(name) is not None:
+                    ax.axhline(metadata[name], lw=0.8, **style)
+                    labels.append(f"{text} (training range)")
             ax.legend(labels, fontsize=7)
     axes[-1].set_xlabel("t")
     return axes

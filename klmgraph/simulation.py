@@ -154,8 +154,9 @@ def simulate(llg: LLG, graph: HoppingGraph, spins: torch.Tensor, steps: int, out
     if monitor is None and (stop_when_uncertain or uncertainty_threshold is not None):
         raise ValueError("stop_when_uncertain and uncertainty_threshold need a committee provider "
                          f"(one with an uncertainty method), not {type(llg.provider).__name__}")
-    if monitor is not None and monitor.threshold is not None:
-        metadata = {**(metadata or {}), "uncertainty_threshold": monitor.threshold}  # drawn in the time series
+    if monitor is not None:  # the thresholds are drawn in the time series
+        drawn = {"uncertainty_threshold": monitor.threshold, "uncertainty_site_threshold": monitor.site_threshold}
+        metadata = {**(metadata or {}), **{k: v for k, v in drawn.items() if v is not None}}
     run = open_run(llg, graph, spins, steps, out, snapshot_every, record_every, seed, cell_sites, metadata, overwrite)
     writer, start, spins, steps = run.writer, run.start, run.spins, run.steps
     callback = writer if monitor is None else monitor.wrap(writer)

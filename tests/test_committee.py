@@ -171,6 +171,9 @@ def test_uncertainty_warns_far_from_the_data_and_not_on_the_validation_set(train
     traj = klmgraph.read_trajectory(trained["folder"] / "sim-val" / "trajectory.h5")
     assert traj.extra["predicted_field_error"].shape == (7,) and np.all(traj.extra["predicted_field_error_max"]
                                                                         >= traj.extra["predicted_field_error"])
+    # both thresholds travel with the run, for the time-series panel
+    assert traj.metadata["uncertainty_threshold"] == bound.model.threshold
+    assert traj.metadata["uncertainty_site_threshold"] == bound.model.site_threshold
     summary = json.loads((trained["folder"] / "sim-val" / "summary.json").read_text())
     assert summary["uncertainty"]["max_rmse_field"] == pytest.approx(float(traj.extra["predicted_field_error"].max()))
 
