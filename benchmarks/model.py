@@ -284,6 +284,7 @@ def training_step(kind: str, lattice: str, size: int, batch: int):
         params = list(net.parameters())
     else:
         model = published_model(lattice, graph)
+        model.fused = kind == "kernel"
         prepared = model.prepare(graph)
 
         def predict():  # the trainer's path (klmgraph.train.predict_stacked)
@@ -307,7 +308,7 @@ def training_table(args) -> list:
     rows = []
     for lattice in args.lattices:
         size, batch = args.train_size[lattice], args.train_batch
-        fns = {k: training_step(k, lattice, size, batch) for k in ("klmgraph", "ecnn4klm")}
+        fns = {k: training_step(k, lattice, size, batch) for k in ("kernel", "eager", "ecnn4klm")}
         fns = {k: v for k, v in fns.items() if v is not None}
         best = interleaved(fns, max(2, args.rounds // 2), budget=args.budget)
         for kind, (wall, cpu) in best.items():
@@ -425,10 +426,13 @@ def markdown(info: dict, res: dict) -> str:
         out += [f"| {r['lattice']} | {r['batch']} x {r['size']}x{r['size']} | {r['us_per_site']:.2f} | "
                 f"{r['cpu_us_per_site']:.2f} |" for r in res["batch"]]
     if res.get("training"):
-        out += ["", "| training step (1 thread) | batch | implementation | s (wall) | CPU s | us / site |",
-                "|---|---|---|---|---|---|"]
-        out += [f"| {r['lattice']} {r['size']}x{r['size']} | {r['batch']} | {r['implementation']} | {r['seconds']:.3f} | "
-                f"{r['cpu_seconds']:.3f} | {r['us_per_site']:.1f} |" for r in res["training"]]
+        out += ["", "| training step (1 thread) | batch | implementation | s (wall) | CPU s | us / site | x ecnn4klm |",
+                "|---|---|---|---|---|---|---|"]
+        for r in res["training"]:
+            peer = [q for q in res["training"] if q["lattice"] == r["lattice"] and q["implementation"] == "ecnn4klm"]
+            ratio = f"{peer[0]['cpu_seconds'] / r['cpu_seconds']:.1f}x" if peer else ""
+            out.append(f"| {r['lattice']} {r['size']}x{r['size']} | {r['batch']} | {r['implementation']} | "
+                       f"{r['seconds']:.3f} | {r['cpu_seconds']:.3f} | {r['us_per_site']:.1f} | {ratio} |")
     if res.get("llg"):
         out += ["", f"| LLG step, triangular {res['llg'][0]['size']}x{res['llg'][0]['size']}, published model, 1 thread | ms / step | in the provider | outside |",
                 "|---|---|---|---|"]

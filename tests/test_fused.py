@@ -100,6 +100,23 @@ def test_threads_give_identical_numbers():
     assert torch.equal(e1, e3) and torch.equal(b1, b3)
 
 
+def test_training_gradients_identical_for_any_thread_count():
+    """Parameter gradients are summed over fixed groups of sites: bit-identical for any thread count."""
+    graph = klmgraph.triangular(12, 12, 1.0, 0.0, -0.85)
+    model = ECNN.for_graph(graph)
+    spins = klmgraph.random_spins(graph, batch=2, seed=4, dtype=torch.float32)
+    field_ref, energy_ref = torch.randn_like(spins), torch.randn(2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = loss_gradients(model, graph, spins, field_ref, energy_ref)
+        torch.set_num_threads(3)
+        three = loss_gradients(model, graph, spins, field_ref, energy_ref)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, three))
+
+
 def test_weights_changed_in_place_are_seen():
     graph = GRAPHS["square"]()
     model = random_model(graph)
@@ -146,3 +163,86 @@ def test_no_compiler_warns_once_and_uses_eager(monkeypatch):
         model.bind(graph).energy_and_field(spins)  # no second warning
     torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=0)
     torch.testing.assert_close(got[1], expected[1], rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- training through the kernel
+def loss_gradients(model, graph, spins, field_ref, energy_ref):
+    """The trainer's path (model.energy + compute_field(training=True)), energy + force loss:
+    energy, field, the parameters' gradients and the spins' gradient."""
+    model.zero_grad()
+    s = spins.detach().clone().requires_grad_(True)
+    energy = model.energy(s, model.prepare(graph))
+    field = compute_field(energy, s, training=True)
+    loss = ((field - field_ref) ** 2).mean() + ((energy - energy_ref) ** 2).mean()
+    loss.backward()
+    return [energy.detach(), field.detach(), s.grad] + [p.grad.clone() for p in model.parameters()]
+
+
+def count_kernel_calls(monkeypatch):
+    calls = []
+    run = fused._Call.run
+    monkeypatch.setattr(fused._Call, "run", lambda self, *a, **k: calls.append(k.get("mode", 0)) or run(self, *a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("graph_name", list(GRAPHS))
+@pytest.mark.parametrize("time_reversal", [False, True])
+def test_training_gradients_equal_eager_float64(graph_name, time_reversal, monkeypatch):
+    graph = GRAPHS[graph_name]()
+    model = random_model(graph, time_reversal=time_reversal)
+    spins = klmgraph.random_spins(graph, batch=2, seed=1, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    field_ref = torch.randn(spins.shape, dtype=torch.float64, generator=gen)
+    energy_ref = torch.randn(2, dtype=torch.float64, generator=gen)
+    calls = count_kernel_calls(monkeypatch)
+    kernel = loss_gradients(model, graph, spins, field_ref, energy_ref)
+    # forward, field (dE/dx only), energy loss (dE/dparams), force loss (dual numbers: dE/dparams and dE/dx)
+    assert calls == [0, fused._GRAD_X, fused._GRAD_P | fused._GRAD_X, fused._GRAD_P | fused._GRAD_X]
+    model.fused = False
+    eager = loss_gradients(model, graph, spins, field_ref, energy_ref)
+    assert len(calls) == 4  # the eager path does not touch the kernel
+    for got, want in zip(kernel, eager):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("graph_name", ["triangular", "square"])
+def test_training_gradients_published_size_float32(graph_name):
+    graph = GRAPHS[graph_name]()
+    model = ECNN.for_graph(graph)
+    spins = klmgraph.random_spins(graph, batch=2, seed=3, dtype=torch.float32)
+    field_ref, energy_ref = torch.randn_like(spins), torch.randn(2)
+    kernel = loss_gradients(model, graph, spins, field_ref, energy_ref)
+    model.fused = False
+    eager = loss_gradients(model, graph, spins, field_ref, energy_ref)
+    for got, want in zip(kernel, eager):
+        assert (got - want).abs().max() <= 2e-5 * want.abs().max()
+
+
+def test_gradcheck_and_gradgradcheck_of_the_kernel():
+    """The site energies as a function of (flat parameters, x0, filter): first and second
+    derivatives against finite differences, every input at once."""
+    graph = klmgraph.square(3, 3)
+    model = random_model(graph, channels=2, num_interactions=2, readout_channels=2)
+    spins = klmgraph.random_spins(graph, seed=4, dtype=torch.float64)
+    neighbours = model.prepare(graph)
+    meta, params, eps2 = fused._pack(model, torch.float64)
+    x0, filt = fused._inputs(model, spins)
+    call = fused._Call(fused._library(), meta, eps2, neighbours, x0.shape[:-1])
+    inputs = tuple(t.detach().clone().requires_grad_(True) for t in (params, x0, filt))
+
+    def site_energies(p, x, f):
+        return fused._SiteEnergies.apply(p, x, f, call)
+
+    assert torch.autograd.gradcheck(site_energies, inputs)
+    assert torch.autograd.gradgradcheck(site_energies, inputs)
+
+
+def test_third_derivative_raises():
+    graph = GRAPHS["square"]()
+    model = random_model(graph)
+    s = klmgraph.random_spins(graph, seed=5, dtype=torch.float64).requires_grad_(True)
+    field = compute_field(model.energy(s, model.prepare(graph)), s, training=True)
+    (g,) = torch.autograd.grad(field.pow(2).sum(), s, create_graph=True)
+    with pytest.raises(RuntimeError, match="third derivatives.*model.fused = False"):
+        torch.autograd.grad(g.sum(), s)

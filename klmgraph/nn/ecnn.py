@@ -24,7 +24,7 @@ from e3nn import o3
 from .binding import BoundModel
 from .blocks import InteractionBlock, OutputBlock
 from .conv import IMPLEMENTATIONS, SpinConvolution, TypedNeighbours, filter_irreps
-from .fused import fused_energy_and_field
+from .fused import fused_energy_and_field, fused_site_energies
 from .modelfile import save_model
 
 __all__ = ["ECNN", "BoundModel"]
@@ -47,9 +47,10 @@ class ECNN(nn.Module):
         sh_normalization: e3nn normalisation of the spherical harmonics (the published models
             use e3nn's default, ``"integral"``; verified against ED by the import tests).
         implementation: ``"fast"`` (default) or ``"reference"`` convolutions (same weights). With
-            ``"fast"``, ``bind(graph).energy_and_field`` runs the whole network in one compiled
-            CPU kernel where it applies (attribute ``fused``, default True; see
-            :meth:`fused_energy_and_field`); training and other devices use PyTorch ops.
+            ``"fast"``, ``bind(graph).energy_and_field`` and ``energy``/``site_energies`` (the
+            trainer's path, twice differentiable: field and force loss) run the whole network
+            in one compiled CPU kernel where it applies (attribute ``fused``, default True; see
+            :mod:`klmgraph.nn.fused`); other devices and vmapped committees use PyTorch ops.
         time_reversal: symmetrise the site energies, e(S) -> (e(S) + e(-S)) / 2, so that
             E(-S) = E(S) exactly (true for real hoppings without a Zeeman term).
         edge_classes: names of the K classes (checked against graphs in :meth:`bind`).
@@ -104,8 +105,8 @@ class ECNN(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.output = OutputBlock(irreps, self.num_classes, int(filter_lmax), int(readout_channels),
                                   readout_hidden, implementation)
-        # bind(graph).energy_and_field uses the compiled CPU kernel where it applies (nn/fused.py);
-        # a runtime switch, not a hyper-parameter: False forces the eager PyTorch path
+        # energy, site_energies and bind(graph).energy_and_field use the compiled CPU kernel where it
+        # applies (nn/fused.py); a runtime switch, not a hyper-parameter: False forces the eager path
         self.fused = True
 
     @classmethod
@@ -149,6 +150,10 @@ class ECNN(nn.Module):
         Shapes:
             spins: (..., N, 3) -> (..., N)
         """
+        if self.fused and self.implementation == "fast":
+            e = fused_site_energies(self, spins, neighbours)  # time reversal included
+            if e is not None:
+                return e
         if self.time_reversal:
             both = torch.stack([spins, -spins])  # (2, ..., N, 3)
             e = self._site_energies(both, neighbours)

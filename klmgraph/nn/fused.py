@@ -1,16 +1,26 @@
-"""Energy and field of an ECNN in one compiled kernel (CPU): the fast path of ``bind(graph)``.
+"""Energy and field of an ECNN in one compiled kernel (CPU), for dynamics and for training.
 
-:func:`fused_energy_and_field` packs the model (mixing matrices, Clebsch-Gordan tables, read-out
-matrices) into flat arrays once per weight version and calls the C++ kernel of
-:mod:`klmgraph.nn.fused_source`, which runs the whole network forward and its backward to the
-input features (weights frozen) without materialising gathered neighbour buffers. The spherical
-harmonics of the spins and their derivative stay in PyTorch (autograd), so B = -dE/dS is exactly
-the eager path's field up to float rounding (tests/test_fused.py).
+:func:`fused_energy_and_field` (``bind(graph).energy_and_field``) packs the model (mixing
+matrices, Clebsch-Gordan tables, read-out matrices) into one flat parameter vector once per
+weight version and calls the C++ kernel of :mod:`klmgraph.nn.fused_source`, which runs the
+whole network forward and its backward to the input features without materialising gathered
+neighbour buffers. The spherical harmonics of the spins and their derivative stay in PyTorch
+(autograd), so B = -dE/dS is exactly the eager path's field up to float rounding
+(tests/test_fused.py).
 
-It answers None where it does not apply, and the caller takes the eager PyTorch path: devices
-other than the CPU, dtypes other than float32/float64, graphs whose classes repeat at a site
-(irregular graphs: scatter-add), inputs wrapped by torch.func transforms (vmap, grad), or no C++
-compiler. Training (double backward) always uses the eager path.
+:func:`fused_site_energies` (``model.energy``/``site_energies``, the trainer's path) returns
+site energies that autograd differentiates twice: the first backward (:class:`_Gradients`,
+the field) is the kernel's reverse to the inputs and, where a loss needs it, to the flat
+parameters; the second (:class:`_Curvature`, the parameter gradient of a loss on the field)
+is a Hessian-vector product, computed forward-over-reverse by the same kernel instantiated
+with dual numbers. The flat parameter vector is built from the model's parameters with
+autograd on, so its gradient reaches them through the packing. A third derivative raises.
+
+Both answer None where the kernel does not apply, and the caller takes the eager PyTorch
+path: devices other than the CPU, dtypes other than float32/float64 (or spins in another
+dtype than the model's), graphs whose classes repeat at a site (irregular graphs:
+scatter-add), inputs or weights wrapped by torch.func transforms (vmap: a committee, grad),
+or no C++ compiler.
 """
 from __future__ import annotations
 
@@ -22,18 +32,23 @@ import torch
 from . import native
 from .fused_source import SOURCE
 
-__all__ = ["fused_energy_and_field", "available"]
+__all__ = ["fused_energy_and_field", "fused_site_energies", "available"]
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 
 
+_ENTRIES = ("klm_ecnn_f32", "klm_ecnn_f64", "klm_ecnn_dual_f32", "klm_ecnn_dual_f64")
+_GRAD_X, _GRAD_P = 1, 2  # the kernel's mode bits (fused_source: KLM_GRAD_X, KLM_GRAD_P)
+
+
 def _library():
     lib = native.load("klmgraph_ecnn", SOURCE)
     if lib is not None and not hasattr(lib, "_klm_typed"):
-        for name in ("klm_ecnn_energy_and_grads_f32", "klm_ecnn_energy_and_grads_f64"):
+        for name in _ENTRIES:
             fn = getattr(lib, name)
-            fn.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, ctypes.c_double, ctypes.c_int, _P, _P, _P, _P]
+            fn.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, ctypes.c_double, ctypes.c_int, _P, ctypes.c_int,
+                           _P, _P, _P, _P, _P]
             fn.restype = None
         lib.klm_ecnn_workspace.argtypes = [_P, _I]
         lib.klm_ecnn_workspace.restype = _I
@@ -47,40 +62,39 @@ def available() -> bool:
 
 
 def _linear_matrix(linear, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) matrix and bias of an e3nn o3.Linear on scalars (its normalisation folded in)."""
+    """(out, in) matrix and bias of an e3nn o3.Linear on scalars (its normalisation folded in;
+    differentiable with respect to its weights where autograd is on)."""
     n = linear.irreps_in.dim
-    with torch.no_grad():
-        zero = torch.zeros(1, n, dtype=dtype, device=linear.weight.device)
-        bias = linear(zero)[0]
-        matrix = (linear(torch.eye(n, dtype=dtype, device=linear.weight.device)) - bias).T
+    zero = torch.zeros(1, n, dtype=dtype, device=linear.weight.device)
+    bias = linear(zero)[0]
+    matrix = (linear(torch.eye(n, dtype=dtype, device=linear.weight.device)) - bias).T
     return matrix.contiguous(), bias
 
 
 def _pack(model, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(meta int64, params, eps^2): the network as the kernel's flat description (see fused_source)."""
+    """(meta int64, params, eps^2): the network as the kernel's flat description (see
+    fused_source). ``params`` is a function of the model's parameters that autograd follows
+    where it is on (training); the Clebsch-Gordan coefficients in it are constants."""
     convs = [(b.conv, bool(b.residual), True) for b in model.blocks] + [(model.output.conv, False, False)]
     meta, chunks = [], []
     offset = 0
 
     def put(t: torch.Tensor) -> int:
         nonlocal offset
-        t = t.detach().to(dtype).reshape(-1)
+        t = t.to(dtype).reshape(-1)
         chunks.append(t)
         start, offset = offset, offset + t.numel()
         return start
 
     j_dim = model.filter_irreps.dim
-    meta += [len(convs), model.num_classes, j_dim, len(model.output.linears)]
+    meta += [len(convs), model.num_classes, j_dim, len(model.output.linears), 0]  # [4]: the size of params
     for conv, residual, act in convs:
-        k = conv.num_classes
         mats = conv.mixing_matrices()
         in_slices, out_slices = conv.irreps_in.slices(), conv.irreps_out.slices()
         ins, z_offset = [], 0
         for a, (mul, ir) in enumerate(conv.irreps_in):
             q = mats[a].shape[1]
-            w = mats[a]  # (K * mul, Q), rows k * mul + u
-            wt = w.reshape(k, mul, q).transpose(1, 2).contiguous()  # (K, Q, mul)
-            ins.append([mul, ir.dim, in_slices[a].start, q, put(w), put(wt), z_offset])
+            ins.append([mul, ir.dim, in_slices[a].start, q, put(mats[a]), z_offset])  # (K * mul, Q), rows k * mul + u
             z_offset += ir.dim * q
         outs, entries = [], []
         for c, (mul, ir) in enumerate(conv.irreps_out):
@@ -89,25 +103,29 @@ def _pack(model, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
             cg = conv._cg_matrix(c, torch.float64, "cpu").view(-1, j_dim, ir.dim)  # (I_c, J, d_c)
             outs.append([mul, ir.dim, out_slices[c].start, cg.shape[0], 0, len(pieces)]
                         + [v for p in pieces for v in p])
-            rows = [ins[a][6] + i * ins[a][3] + col for a, col, d in pieces for i in range(d)]  # z offset of row r
-            for r, j, kk in cg.nonzero().tolist():
-                entries.append([c, rows[r], j, kk, put(cg[r, j, kk].reshape(1))])
+            rows = [ins[a][5] + i * ins[a][3] + col for a, col, d in pieces for i in range(d)]  # z offset of row r
+            nonzero = cg.nonzero()
+            first = put(cg[tuple(nonzero.T)])
+            entries += [[c, rows[r], j, kk, first + e] for e, (r, j, kk) in enumerate(nonzero.tolist())]
         meta += [conv.irreps_in.dim, conv.irreps_out.dim, int(residual), int(act), z_offset, len(ins), len(outs)]
         meta += [v for i in ins for v in i] + [v for o in outs for v in o] + [len(entries)]
         meta += [v for e in entries for v in e]
     for linear in model.output.linears:
         matrix, bias = _linear_matrix(linear, dtype)
         meta += [matrix.shape[1], matrix.shape[0], put(matrix), put(bias)]
+    meta[4] = offset
     eps2 = float(model.blocks[0].act._eps_squared)
     return torch.tensor(meta, dtype=torch.int64), torch.cat(chunks).contiguous(), eps2
 
 
 def _packed(model, dtype):
-    """:func:`_pack`, cached on the model until a parameter changes (in place or replaced)."""
+    """:func:`_pack` without autograd, cached on the model until a parameter changes (in place
+    or replaced)."""
     key = (dtype, tuple((p.data_ptr(), p._version) for p in model.parameters()))
     cache = model.__dict__.get("_fused_pack")
     if cache is None or cache[0] != key:
-        cache = (key, _pack(model, dtype))
+        with torch.no_grad():
+            cache = (key, _pack(model, dtype))
         model.__dict__["_fused_pack"] = cache
     return cache[1]
 
@@ -129,17 +147,162 @@ def _fits(model) -> bool:
     return model.filter_irreps.dim <= 16 and all(len(c.irreps_out) <= 16 for c in convs)
 
 
-def _applies(spins: torch.Tensor, neighbours) -> bool:
+def _applies(model, spins: torch.Tensor, neighbours) -> bool:
     from torch._C._functorch import is_functorch_wrapped_tensor
 
+    reference = next(model.parameters())
     return (spins.device.type == "cpu" and spins.dtype in (torch.float32, torch.float64)
+            and reference.dtype == spins.dtype and reference.device.type == "cpu"
             and getattr(neighbours, "table", None) is not None and getattr(neighbours, "inverse", None) is not None
-            and not is_functorch_wrapped_tensor(spins))
+            and not is_functorch_wrapped_tensor(spins) and not is_functorch_wrapped_tensor(reference)
+            and _fits(model))
+
+
+def _inputs(model, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's inputs: x0 = Y^(0..input_lmax)(S) and the filter Y^(0..filter_lmax)(S), with
+    -S stacked in front of S when the model is time-reversal symmetrised (autograd as set)."""
+    from e3nn import o3
+
+    inp = torch.stack([spins, -spins]) if model.time_reversal else spins
+    x0 = o3.spherical_harmonics(model.irreps_in, inp, normalize=False, normalization=model.sh_normalization)
+    filt = o3.spherical_harmonics(model.filter_irreps, inp, normalize=False, normalization=model.sh_normalization)
+    return x0, filt
+
+
+class _Call:
+    """One kernel call's fixed description: the packed network and the graph's tables.
+
+    :meth:`run` evaluates the site energies and, by ``mode``, the seed-weighted gradients with
+    respect to x0, the filter and the flat parameters; with ``tangents`` every input carries a
+    direction (dual numbers) and each result comes back as (value, derivative along it)."""
+
+    def __init__(self, lib, meta: torch.Tensor, eps2: float, neighbours, shape: torch.Size):
+        self.lib, self.meta, self.eps2, self.neighbours = lib, meta, eps2, neighbours
+        self.lead, self.n = shape[:-1], shape[-1]
+        self.batch = math.prod(self.lead)
+        self.nparams = int(meta[4])
+
+    def run(self, params, x0, filt, seed=None, mode: int = 0, tangents=None):
+        dual = tangents is not None
+        if dual:  # interleaved (value, derivative) pairs: the kernel's Dual<T> layout
+            pair = (lambda t, d: torch.stack([t.detach(), torch.zeros_like(t) if d is None else d.detach()], -1)
+                    .contiguous())
+            params, x0, filt = (pair(t, d) for t, d in zip((params, x0, filt), tangents))
+            seed = None if seed is None else pair(seed, None)
+        else:
+            params, x0, filt = (t.detach().contiguous() for t in (params, x0, filt))
+            seed = None if seed is None else seed.detach().contiguous()
+        dtype, tail = params.dtype, (2,) if dual else ()
+        energy = torch.empty(self.lead + (self.n,) + tail, dtype=dtype)
+        gx0 = torch.empty_like(x0) if mode & _GRAD_X else None
+        gfilt = torch.empty_like(filt) if mode & _GRAD_X else None
+        gparams = torch.empty_like(params) if mode & _GRAD_P else None
+        table, inverse = self.neighbours.table.contiguous(), self.neighbours.inverse.contiguous()
+        size = self.lib.klm_ecnn_workspace(self.meta.data_ptr(), self.batch * self.n) * (2 if dual else 1)
+        work = _workspace(self.neighbours, size, dtype)
+        name = ("klm_ecnn_dual_" if dual else "klm_ecnn_") + ("f32" if dtype == torch.float32 else "f64")
+        ptr = (lambda t: None if t is None else t.data_ptr())
+        getattr(self.lib, name)(self.meta.data_ptr(), params.data_ptr(), x0.data_ptr(), filt.data_ptr(),
+                                table.data_ptr(), inverse.data_ptr(), self.batch, self.n, self.eps2,
+                                torch.get_num_threads(), ptr(seed), mode, energy.data_ptr(), ptr(gx0),
+                                ptr(gfilt), ptr(gparams), ptr(work))
+        return energy, gx0, gfilt, gparams
+
+
+def _will_be_used(t: torch.Tensor) -> bool:
+    """Whether the running backward pass will use a gradient for ``t`` (autograd.grad with
+    ``inputs`` skips the rest of the graph: the field of training needs no dE/dparams)."""
+    try:
+        return bool(torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(t).node))
+    except (RuntimeError, AttributeError):  # not inside a backward pass, or an older torch
+        return True
+
+
+class _SiteEnergies(torch.autograd.Function):
+    """Site energies e(params, x0, filt); backward: :class:`_Gradients` (differentiable again)."""
+
+    @staticmethod
+    def forward(ctx, params, x0, filt, call):
+        ctx.call = call
+        ctx.save_for_backward(params, x0, filt)
+        return call.run(params, x0, filt)[0]
+
+    @staticmethod
+    def backward(ctx, seed):
+        params, x0, filt = ctx.saved_tensors
+        want = [ctx.needs_input_grad[i] and _will_be_used(t) for i, t in enumerate((params, x0, filt))]
+        mode = (_GRAD_P if want[0] else 0) | (_GRAD_X if want[1] or want[2] else 0)
+        if not mode:
+            return None, None, None, None
+        gparams, gx0, gfilt = _Gradients.apply(seed, params, x0, filt, ctx.call, mode)
+        return gparams, gx0, gfilt, None
+
+
+class _Gradients(torch.autograd.Function):
+    """(dF/dparams, dF/dx0, dF/dfilt) of F = sum_g seed_g e_g; backward: :class:`_Curvature`."""
+
+    @staticmethod
+    def forward(ctx, seed, params, x0, filt, call, mode):
+        ctx.set_materialize_grads(False)
+        ctx.call, ctx.mode = call, mode
+        ctx.save_for_backward(seed, params, x0, filt)
+        _, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed, mode=mode)
+        return gparams, gx0, gfilt
+
+    @staticmethod
+    def backward(ctx, v_params, v_x0, v_filt):
+        seed, params, x0, filt = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mode = (_GRAD_P if need[1] else 0) | (_GRAD_X if need[2] or need[3] else 0)
+        out = _Curvature.apply(seed, params, x0, filt, v_params, v_x0, v_filt, ctx.call, mode)
+        return (out[0] if need[0] else None, *out[1:], None, None)
+
+
+class _Curvature(torch.autograd.Function):
+    """The backward of :class:`_Gradients` along the direction v = (v_params, v_x0, v_filt):
+    the Hessian of F times v by forward-over-reverse (the kernel in dual numbers: the
+    derivatives of the gradients along v), and for the seed the derivatives of the e_g along v.
+    Not differentiable again: a third derivative raises (rather than dropping this term, as
+    ``once_differentiable`` does for ``autograd.grad``)."""
+
+    @staticmethod
+    def forward(ctx, seed, params, x0, filt, v_params, v_x0, v_filt, call, mode):
+        energy, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed, mode=mode,
+                                               tangents=(v_params, v_x0, v_filt))
+        return tuple(None if t is None else t[..., 1].contiguous() for t in (energy, gparams, gx0, gfilt))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("third derivatives through the compiled ECNN kernel are not implemented; set "
+                           "model.fused = False to take the eager PyTorch path")
+
+
+def fused_site_energies(model, spins: torch.Tensor, neighbours) -> torch.Tensor | None:
+    """Site energies of ``model`` (an ECNN) from the compiled kernel, differentiable twice with
+    respect to the spins and the parameters (the field, and a loss on the field during
+    training); a third derivative raises. None where the kernel does not apply (see the module
+    docstring); the caller then takes the eager path.
+
+    Shapes:
+        spins: (..., N, 3) -> (..., N) (time-reversal symmetrised if the model is)
+    """
+    if not _applies(model, spins, neighbours):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    grad = torch.is_grad_enabled() and (spins.requires_grad or any(p.requires_grad for p in model.parameters()))
+    meta, params, eps2 = _pack(model, spins.dtype) if grad else _packed(model, spins.dtype)
+    x0, filt = _inputs(model, spins)
+    call = _Call(lib, meta, eps2, neighbours, x0.shape[:-1])
+    e = _SiteEnergies.apply(params, x0, filt, call) if grad else call.run(params, x0, filt)[0]
+    return 0.5 * (e[0] + e[1]) if model.time_reversal else e
 
 
 def fused_energy_and_field(model, spins: torch.Tensor, neighbours) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Energy and field B = -dE/dS of ``model`` (an ECNN) with the compiled kernel, or None
-    where it does not apply (see the module docstring).
+    """Energy and field B = -dE/dS of ``model`` (an ECNN) with the compiled kernel, weights
+    frozen and no autograd graph kept, or None where it does not apply (see the module
+    docstring).
 
     Args:
         model: the ECNN; spins must be in its dtype and on its device.
@@ -149,31 +312,17 @@ def fused_energy_and_field(model, spins: torch.Tensor, neighbours) -> tuple[torc
     Shapes:
         spins: (..., N, 3) -> energy (...), field (..., N, 3)
     """
-    if not _applies(spins, neighbours) or not _fits(model):
+    if not _applies(model, spins, neighbours):
         return None
     lib = _library()
     if lib is None:
         return None
-    from e3nn import o3
-
-    dtype, n = spins.dtype, spins.shape[-2]
-    meta, params, eps2 = _packed(model, dtype)
+    meta, params, eps2 = _packed(model, spins.dtype)
     s = spins.detach().requires_grad_(True)
     with torch.enable_grad():
-        inp = torch.stack([s, -s]) if model.time_reversal else s
-        x0 = o3.spherical_harmonics(model.irreps_in, inp, normalize=False, normalization=model.sh_normalization)
-        filt = o3.spherical_harmonics(model.filter_irreps, inp, normalize=False,
-                                      normalization=model.sh_normalization)
-    lead = x0.shape[:-2]
-    batch = math.prod(lead)
-    x0c, filtc = x0.detach().contiguous(), filt.detach().contiguous()
-    energy = torch.empty(lead + (n,), dtype=dtype)
-    gx0, gfilt = torch.empty_like(x0c), torch.empty_like(filtc)
-    table, inverse = neighbours.table.contiguous(), neighbours.inverse.contiguous()
-    work = _workspace(neighbours, lib.klm_ecnn_workspace(meta.data_ptr(), batch * n), dtype)
-    fn = lib.klm_ecnn_energy_and_grads_f32 if dtype == torch.float32 else lib.klm_ecnn_energy_and_grads_f64
-    fn(meta.data_ptr(), params.data_ptr(), x0c.data_ptr(), filtc.data_ptr(), table.data_ptr(), inverse.data_ptr(),
-       batch, n, eps2, torch.get_num_threads(), energy.data_ptr(), gx0.data_ptr(), gfilt.data_ptr(), work.data_ptr())
+        x0, filt = _inputs(model, s)
+    call = _Call(lib, meta, eps2, neighbours, x0.shape[:-1])
+    energy, gx0, gfilt, _ = call.run(params, x0, filt, mode=_GRAD_X)
     scale = 0.5 if model.time_reversal else 1.0
     (grad,) = torch.autograd.grad([x0, filt], s, [gx0 * scale, gfilt * scale])
     if model.time_reversal:

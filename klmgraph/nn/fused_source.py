@@ -1,14 +1,21 @@
 """C++ source of the fused ECNN energy + field kernel (compiled at first use by
 :mod:`klmgraph.nn.native`; the Python side is :mod:`klmgraph.nn.fused`).
 
+One template, four instantiations: float and double, and Dual<float>, Dual<double> (every
+input, parameters included, carries a direction; the results come back with their derivative
+along it: forward-over-reverse for the second derivatives of training). A call computes the
+site energies and, by its mode, the seed-weighted gradients with respect to the input features
+(x0 and the filter Y) and to the flat parameters.
+
 Why one kernel for the whole network: the eager fast path costs a few hundred small torch ops
 per call and writes a gathered (N, 2l+1, K x mul) buffer per layer (DESIGN.md section 3). Here
 every pass reads each site's K neighbours straight from the previous pass's per-site output
 (in cache), mixes channels with register-blocked multiply-adds, applies the Clebsch-Gordan
 product with the centre filter, the residual and the norm activation, and writes one row per
-site. The backward (dE/dx0 and dE/dY for B = -dE/dS, weights frozen) is hand-written: the
-convolution is bilinear, so its input gradient is the same gather-mix with the transposed
-weights read through the inverse neighbour table.
+site. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
+bilinear, so its input gradient is the same gather-mix with the transposed weights read through
+the inverse neighbour table, and its weight gradient the outer product of the gathered inputs
+with dE/dz (a last pass over sites, summed per fixed group of tiles in its own buffer).
 
 Passes (L convolutions, the last one the output convolution followed by the scalar read-out):
   F_0 .. F_{L-2}: z_l = mix(gather(x_l)), h_l = CG(z_l, Y) [+ x_l], x_{l+1} = act(h_l)
@@ -23,7 +30,9 @@ counter (dynamic scheduling: a thread the OS deschedules holds up one tile, not 
 Layouts: features per site in e3nn order (irrep blocks, mul-major: x[off + u * d + i]);
 z_l per site and input irrep a: [i][q] (d_a x Q_a), Q_a the output channels of all paths
 leaving a; mixing weights W_a: (K * mul_a, Q_a) rows k * mul_a + u; transposed copies
-WT_a: (K * Q_a, mul_a); Clebsch-Gordan tables CG_c: (I_c, J * d_c), rows (piece, i).
+WT_a: (K * Q_a, mul_a), made by the kernel at each call after the caller's parameters (so
+that every entry of the flat parameter vector is an independent variable); one coefficient
+per nonzero Clebsch-Gordan entry; the read-out matrices (out, in) and biases.
 """
 
 SOURCE = r"""
@@ -36,6 +45,7 @@ SOURCE = r"""
 #include <functional>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 typedef int64_t i64;
@@ -43,6 +53,41 @@ template <typename T> using Buf = std::unique_ptr<T[]>;
 template <typename T> Buf<T> alloc(i64 n) { return Buf<T>(new T[n]); }  // uninitialised: every entry is written
 
 namespace {
+
+// ---------------------------------------------------------------- dual numbers
+// a + eps b with eps^2 = 0: the kernel instantiated with Dual<R> carries a directional derivative
+// through every operation (forward mode). Running the reverse (the gradients) in dual numbers is
+// forward-over-reverse: the eps parts of the gradients are Hessian-vector products (training).
+template <typename R> struct Dual {
+  R a, b;
+  constexpr Dual(R x = 0, R y = 0) : a(x), b(y) {}
+  Dual& operator+=(const Dual& o) { a += o.a; b += o.b; return *this; }
+  Dual& operator-=(const Dual& o) { a -= o.a; b -= o.b; return *this; }
+  Dual& operator*=(const Dual& o) { b = b * o.a + a * o.b; a *= o.a; return *this; }
+};
+template <typename R> inline Dual<R> operator+(Dual<R> x, const Dual<R>& y) { return x += y; }
+template <typename R> inline Dual<R> operator-(Dual<R> x, const Dual<R>& y) { return x -= y; }
+template <typename R> inline Dual<R> operator-(const Dual<R>& x) { return Dual<R>(-x.a, -x.b); }
+template <typename R> inline Dual<R> operator*(const Dual<R>& x, const Dual<R>& y) {
+  return Dual<R>(x.a * y.a, x.b * y.a + x.a * y.b);
+}
+template <typename R> inline Dual<R> operator/(const Dual<R>& x, const Dual<R>& y) {
+  const R q = x.a / y.a;
+  return Dual<R>(q, (x.b - q * y.b) / y.a);
+}
+template <typename R> inline bool operator<(const Dual<R>& x, const Dual<R>& y) { return x.a < y.a; }
+template <typename R> inline Dual<R> ksqrt(const Dual<R>& x) {
+  const R r = std::sqrt(x.a);
+  return Dual<R>(r, x.b / (R(2) * r));
+}
+template <typename R> inline Dual<R> kexp(const Dual<R>& x) {
+  const R e = std::exp(x.a);
+  return Dual<R>(e, e * x.b);
+}
+inline float ksqrt(float x) { return std::sqrt(x); }
+inline double ksqrt(double x) { return std::sqrt(x); }
+inline float kexp(float x) { return std::exp(x); }
+inline double kexp(double x) { return std::exp(x); }
 
 struct InIrrep { i64 mul, d, off, Q, w, wt, z; };
 struct Piece { i64 a, col, d; };
@@ -58,6 +103,8 @@ struct Layer {
 struct Linear { i64 nin, nout, w, b; };
 struct Net {
   i64 L, K, J;
+  i64 nparams;  // the caller's parameters; the transposed mixing copies WT follow them (built per call)
+  i64 nwt = 0;
   std::vector<Layer> layers;
   std::vector<Linear> mlp;
 };
@@ -67,13 +114,16 @@ Net parse(const i64* m) {
   i64 p = 0;
   net.L = m[p++]; net.K = m[p++]; net.J = m[p++];
   i64 nmlp = m[p++];
+  net.nparams = m[p++];
   for (i64 l = 0; l < net.L; ++l) {
     Layer ly;
     ly.din = m[p++]; ly.dout = m[p++]; ly.residual = m[p++]; ly.act = m[p++]; ly.zsize = m[p++];
     i64 nin = m[p++], nout = m[p++];
     for (i64 a = 0; a < nin; ++a) {
       InIrrep ir;
-      ir.mul = m[p++]; ir.d = m[p++]; ir.off = m[p++]; ir.Q = m[p++]; ir.w = m[p++]; ir.wt = m[p++]; ir.z = m[p++];
+      ir.mul = m[p++]; ir.d = m[p++]; ir.off = m[p++]; ir.Q = m[p++]; ir.w = m[p++]; ir.z = m[p++];
+      ir.wt = net.nparams + net.nwt;
+      net.nwt += net.K * ir.mul * ir.Q;
       ly.in.push_back(ir);
     }
     for (i64 c = 0; c < nout; ++c) {
@@ -110,6 +160,11 @@ template <typename T> inline typename Vec8<T>::type splat(T x) {
 // sum_u a[u] b[u] with 8-lane partial sums (a float reduction is not vectorised without -ffast-math)
 template <typename T>
 inline T dot(const T* __restrict a, const T* __restrict b, i64 n) {
+  if constexpr (!std::is_floating_point<T>::value) {
+    T s = T(0);
+    for (i64 u = 0; u < n; ++u) s += a[u] * b[u];
+    return s;
+  } else {
   typedef typename Vec8<T>::type V;
   V acc = V{};
   i64 u = 0;
@@ -123,6 +178,7 @@ inline T dot(const T* __restrict a, const T* __restrict b, i64 n) {
   for (int e = 0; e < 8; ++e) s += acc[e];
   for (; u < n; ++u) s += a[u] * b[u];
   return s;
+  }
 }
 
 // Register-blocked: D x (Q / 8) vector accumulators, one W row load per (k, u) shared by the D
@@ -159,7 +215,7 @@ template <typename T>
 inline void mix_generic(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr,
                         i64 base, i64 K, i64 N, const T* W, T* out, i64 ostride_i, i64 ostride_q, i64 D, i64 Q,
                         T* scratch) {
-  for (i64 j = 0; j < D * Q; ++j) scratch[j] = 0;
+  for (i64 j = 0; j < D * Q; ++j) scratch[j] = T(0);
   for (i64 k = 0; k < K; ++k) {
     i64 s = nbr[k];
     if (s == N) continue;
@@ -186,14 +242,16 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
     mix_fixed<T, DD, QQ>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, W, out, ostride_i, ostride_q); \
     return; \
   }
+  if constexpr (std::is_floating_point<T>::value) {
   // the shapes of the published architecture (8 channels, l <= 2, filter l <= 1), both directions
   KLM_MIX(1, 8) KLM_MIX(1, 16) KLM_MIX(1, 24) KLM_MIX(1, 32)
   KLM_MIX(3, 8) KLM_MIX(3, 16) KLM_MIX(3, 24) KLM_MIX(3, 32)
   KLM_MIX(5, 8) KLM_MIX(5, 16) KLM_MIX(5, 24) KLM_MIX(5, 32)
+  }
 #undef KLM_MIX
   if (Q == 1 && ustride == 1) {  // one output channel (mul = 1 transposed): dot products over u
     for (i64 i = 0; i < D; ++i) {
-      T acc = 0;
+      T acc = T(0);
       for (i64 k = 0; k < K; ++k) {
         i64 s = nbr[k];
         if (s == N) continue;
@@ -211,7 +269,7 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
 #ifdef KLM_FAKE
 template <typename T> inline T sigmoid(T t) { return T(0.5) + T(0.2) * t; }
 #else
-template <typename T> inline T sigmoid(T t) { return T(1) / (T(1) + std::exp(-t)); }
+template <typename T> inline T sigmoid(T t) { return T(1) / (T(1) + kexp(-t)); }
 #endif
 
 // norm activation V -> SiLU(|V|) V / |V| per (mul, d) block, |V| clamped below at eps
@@ -222,7 +280,7 @@ inline void act_forward(const T* h, T* y, const Layer& ly, T eps2) {
       const T* v = h + o.off + u * o.d;
       T sq = 0;
       for (i64 i = 0; i < o.d; ++i) sq += v[i] * v[i];
-      T nrm = std::sqrt(sq < eps2 ? eps2 : sq);
+      T nrm = ksqrt(sq < eps2 ? eps2 : sq);
       T f = sigmoid(nrm);  // silu(n) / n
       for (i64 i = 0; i < o.d; ++i) y[o.off + u * o.d + i] = v[i] * f;
     }
@@ -238,10 +296,10 @@ inline void act_backward(const T* h, const T* g, T* gh, const Layer& ly, T eps2)
       T sq = 0, vg = 0;
       for (i64 i = 0; i < o.d; ++i) { sq += v[i] * v[i]; vg += v[i] * gv[i]; }
       if (sq < eps2) {
-        T f = sigmoid(std::sqrt(eps2));
+        T f = sigmoid(ksqrt(eps2));
         for (i64 i = 0; i < o.d; ++i) out[i] = f * gv[i];
       } else {
-        T nrm = std::sqrt(sq);
+        T nrm = ksqrt(sq);
         T s = sigmoid(nrm);                              // f = silu(n) / n = sigmoid(n)
         T df = s * (T(1) - s);                           // d sigmoid / dn
         T c = df * vg / nrm;
@@ -390,12 +448,83 @@ struct Layout {
   }
 };
 
+// read-out MLP of one site: a_0 = h, y_m = A_m a_m + b_m, a_{m+1} = act(y_m) (no act after the
+// last); returns the site energy and leaves seed * dE/dh in grad. With gp, adds seed * dE/dA_m
+// and seed * dE/db_m to gp (scratch: as, ys of (nmlp + 1) * dmax, gnext of dmax).
 template <typename T>
-void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y, const i64* table,
-                      const i64* inverse, i64 B, i64 N, T eps2, int threads, T* energy, T* gx0, T* gY, T* work) {
+inline T readout(const Net& net, const T* params, const T* h, i64 dh, T seed, T eps2, i64 dmax, T* as, T* ys,
+                 T* grad, T* gnext, T* gp) {
+  const i64 nmlp = (i64)net.mlp.size();
+  const T f0 = sigmoid(ksqrt(eps2));
+  for (i64 j = 0; j < dh; ++j) as[j] = h[j];
+  for (i64 m = 0; m < nmlp; ++m) {
+    const Linear& li = net.mlp[m];
+    const T* a = as + m * dmax;
+    T* y = ys + m * dmax;
+    T* an = as + (m + 1) * dmax;
+    for (i64 o = 0; o < li.nout; ++o) {
+      T sum = params[li.b + o];
+      for (i64 i = 0; i < li.nin; ++i) sum += params[li.w + o * li.nin + i] * a[i];
+      y[o] = sum;
+      T sq = sum * sum;
+      an[o] = m + 1 < nmlp ? sum * sigmoid(ksqrt(sq < eps2 ? eps2 : sq)) : sum;
+    }
+  }
+  grad[0] = seed;
+  for (i64 m = nmlp; m-- > 0;) {
+    const Linear& li = net.mlp[m];
+    const T* y = ys + m * dmax;
+    if (m + 1 < nmlp)
+      for (i64 o = 0; o < li.nout; ++o) {
+        T sq = y[o] * y[o];
+        if (sq < eps2) {
+          grad[o] *= f0;
+        } else {
+          T sg = sigmoid(ksqrt(sq));
+          grad[o] = sg * grad[o] + sg * (T(1) - sg) * ksqrt(sq) * grad[o];
+        }
+      }
+    if (gp) {
+      const T* a = as + m * dmax;
+      for (i64 o = 0; o < li.nout; ++o) {
+        gp[li.b + o] += grad[o];
+        for (i64 i = 0; i < li.nin; ++i) gp[li.w + o * li.nin + i] += grad[o] * a[i];
+      }
+    }
+    for (i64 i = 0; i < li.nin; ++i) gnext[i] = T(0);
+    for (i64 o = 0; o < li.nout; ++o)
+      for (i64 i = 0; i < li.nin; ++i) gnext[i] += params[li.w + o * li.nin + i] * grad[o];
+    for (i64 i = 0; i < li.nin; ++i) grad[i] = gnext[i];
+  }
+  return as[nmlp * dmax];
+}
+
+// What a call computes (bits of `mode`): site energies always; KLM_GRAD_X: seed-weighted
+// dE/dx0 and dE/dY; KLM_GRAD_P: seed-weighted dE/dparams.
+constexpr int KLM_GRAD_X = 1, KLM_GRAD_P = 2;
+
+// Groups of tiles whose parameter gradients are summed in their own buffer: a fixed number, so
+// that the sum's rounding is the same for any number of threads.
+constexpr i64 KLM_GROUPS = 8;
+
+template <typename T>
+void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const T* Y, const i64* table,
+                      const i64* inverse, i64 B, i64 N, T eps2, int threads, const T* seed, int mode, T* energy,
+                      T* gx0, T* gY, T* gparams, T* work) {
   const Net net = parse(meta);
   const i64 L = net.L, K = net.K, J = net.J, S = B * N;
   const Layout lay(net, S);
+  // the caller's parameters followed by the transposed mixing matrices (the backward's layout)
+  std::vector<T> pstore(net.nparams + net.nwt);
+  std::copy(user_params, user_params + net.nparams, pstore.begin());
+  for (const Layer& ly : net.layers)
+    for (const InIrrep& ir : ly.in)
+      for (i64 k = 0; k < K; ++k)
+        for (i64 u = 0; u < ir.mul; ++u)
+          for (i64 q = 0; q < ir.Q; ++q)
+            pstore[ir.wt + (k * ir.Q + q) * ir.mul + u] = pstore[ir.w + (k * ir.mul + u) * ir.Q + q];
+  const T* params = pstore.data();
+  const bool want_x = mode & KLM_GRAD_X, want_p = mode & KLM_GRAD_P;
   std::vector<T*> xs(L), hs(L), zs(L);
   for (i64 l = 0; l < L; ++l) { xs[l] = work + lay.xs[l]; hs[l] = work + lay.hs[l]; zs[l] = work + lay.zs[l]; }
   std::vector<T*> gz(L), gh(L), gyl(L);
@@ -404,6 +533,7 @@ void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y,
   const i64 nmlp = (i64)net.mlp.size();
   const i64 per_thread = scratch + zmax + (6 + 2 * nmlp) * dmax + 64;
   auto xin = [&](i64 l) -> const T* { return l == 0 ? x0 : xs[l]; };
+  auto seed_of = [&](i64 g) -> T { return seed ? seed[g] : T(1); };
 
   // forward of layer l at site g: z_l, h_l
   auto conv_site = [&](i64 l, i64 g, T* tmp, T* scr) {
@@ -436,57 +566,23 @@ void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y,
     const Layer& ly = net.layers[l];
     T* scr = buf.get();
     T* tmp = scr + scratch;
-    T* grad = tmp + dmax;          // dE/d(activation) of the current level
+    T* grad = tmp + dmax;            // dE/d(activation) of the current level
     T* gnext = grad + dmax;
-    T* as = gnext + dmax;          // activations a_0 .. a_nmlp, dmax each
+    T* as = gnext + dmax;            // activations a_0 .. a_nmlp, dmax each
     T* ys = as + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
     T* gzs = ys + nmlp * dmax;       // dE/dz of one site
-    const T f0 = T(1) / (T(1) + std::exp(-std::sqrt(eps2)));
     for (i64 g = lo; g < hi; ++g) {
       conv_site(l, g, tmp, scr);
-      const T* h = hs[l] + g * ly.dout;
-      // read-out: a_0 = h, y_m = A_m a_m + b_m, a_{m+1} = act(y_m) (no act after the last)
-      for (i64 j = 0; j < ly.dout; ++j) as[j] = h[j];
-      for (i64 m = 0; m < nmlp; ++m) {
-        const Linear& li = net.mlp[m];
-        const T* a = as + m * dmax;
-        T* y = ys + m * dmax;
-        T* an = as + (m + 1) * dmax;
-        for (i64 o = 0; o < li.nout; ++o) {
-          T sum = params[li.b + o];
-          for (i64 i = 0; i < li.nin; ++i) sum += params[li.w + o * li.nin + i] * a[i];
-          y[o] = sum;
-          T sq = sum * sum;
-          an[o] = m + 1 < nmlp ? sum * sigmoid(std::sqrt(sq < eps2 ? eps2 : sq)) : sum;
-        }
-      }
-      energy[g] = as[nmlp * dmax];
-      grad[0] = T(1);
-      for (i64 m = nmlp; m-- > 0;) {
-        const Linear& li = net.mlp[m];
-        const T* y = ys + m * dmax;
-        if (m + 1 < nmlp)
-          for (i64 o = 0; o < li.nout; ++o) {
-            T sq = y[o] * y[o];
-            if (sq < eps2) {
-              grad[o] *= f0;
-            } else {
-              T sg = sigmoid(std::sqrt(sq));
-              grad[o] = sg * grad[o] + sg * (T(1) - sg) * std::sqrt(sq) * grad[o];
-            }
-          }
-        for (i64 i = 0; i < li.nin; ++i) gnext[i] = 0;
-        for (i64 o = 0; o < li.nout; ++o)
-          for (i64 i = 0; i < li.nin; ++i) gnext[i] += params[li.w + o * li.nin + i] * grad[o];
-        for (i64 i = 0; i < li.nin; ++i) grad[i] = gnext[i];
-      }
+      energy[g] = readout<T>(net, params, hs[l] + g * ly.dout, ly.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext,
+                             nullptr);
+      if (!want_x && !want_p) continue;
       cg_backward<T>(ly, zs[l] + g * ly.zsize, Y + g * J, J, params, grad, gz[l] + g * ly.zsize, nullptr,
                      gyl[l] + g * J, tmp, gzs);
       for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = grad[j];
     }
   });
   // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward
-  for (i64 l = L - 2; l >= -1; --l)
+  for (i64 l = L - 2; l >= (want_x ? -1 : 0) && (want_x || want_p); --l)
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
       Buf<T> buf = alloc<T>(per_thread);
       const Layer& up = net.layers[l + 1];
@@ -500,7 +596,7 @@ void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y,
         const i64 n = g % N, base = g - n;
         for (const InIrrep& ir : up.in) {
           if (ir.Q == 0) {
-            for (i64 u = 0; u < ir.mul * ir.d; ++u) gx[ir.off + u] = 0;
+            for (i64 u = 0; u < ir.mul * ir.d; ++u) gx[ir.off + u] = T(0);
             continue;
           }
           // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
@@ -521,22 +617,101 @@ void energy_and_grads(const i64* meta, const T* params, const T* x0, const T* Y,
         for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = ghl[j];
       }
     });
-  passes.run(S, 32, threads);
+  const i64 tile = 32;
+  passes.run(S, tile, threads);
+  if (!want_p) return;
+
+  // dE/dparams: per site, the outer products of the gathered inputs with dE/dz (mixing weights),
+  // the Clebsch-Gordan products with dE/dh (coefficients) and the read-out's weight gradient.
+  // Each group of tiles sums into its own buffer, taken by exactly one thread (no redo: sums).
+  const i64 ntiles = (S + tile - 1) / tile, G = std::min<i64>(KLM_GROUPS, ntiles);
+  std::vector<T> sums(G * net.nparams, T(0));
+  std::atomic<i64> next_group(0);
+  auto group_work = [&]() {
+    Buf<T> buf = alloc<T>(per_thread);
+    T* tmp = buf.get();
+    T* grad = tmp + dmax;
+    T* gnext = grad + dmax;
+    T* as = gnext + dmax;
+    T* ys = as + (nmlp + 1) * dmax;
+    for (;;) {
+      const i64 grp = next_group.fetch_add(1);
+      if (grp >= G) break;
+      T* gp = sums.data() + grp * net.nparams;
+      const i64 lo = std::min(S, ntiles * grp / G * tile), hi = std::min(S, ntiles * (grp + 1) / G * tile);
+      for (i64 g = lo; g < hi; ++g) {
+        const i64 n = g % N, base = g - n;
+        for (i64 l = 0; l < L; ++l) {
+          const Layer& ly = net.layers[l];
+          const T* x = xin(l);
+          const T* gzg = gz[l] + g * ly.zsize;
+          for (const InIrrep& ir : ly.in) {
+            for (i64 k = 0; k < K; ++k) {
+              const i64 s = table[n * K + k];
+              if (s == N) continue;
+              const T* xs_ = x + (base + s) * ly.din + ir.off;
+              T* gw = gp + ir.w + k * ir.mul * ir.Q;
+              for (i64 u = 0; u < ir.mul; ++u) {
+                T* row = gw + u * ir.Q;
+                for (i64 i = 0; i < ir.d; ++i) {
+                  const T xv = xs_[u * ir.d + i];
+                  const T* gzi = gzg + ir.z + i * ir.Q;
+                  for (i64 q = 0; q < ir.Q; ++q) row[q] += xv * gzi[q];
+                }
+              }
+            }
+          }
+          // coefficient e: out_c[w][k] += coef * Y[j] * z[zb + w], so dE/dcoef = Y[j] sum_w z[zb + w] gout_c[w][k]
+          i64 toff[16], off = 0;
+          const T* gout = gh[l] + g * ly.dout;
+          for (size_t c = 0; c < ly.out.size(); ++c) {
+            const OutIrrep& o = ly.out[c];
+            toff[c] = off;
+            for (i64 w = 0; w < o.mul; ++w)
+              for (i64 kk = 0; kk < o.d; ++kk) tmp[off + kk * o.mul + w] = gout[o.off + w * o.d + kk];
+            off += o.mul * o.d;
+          }
+          const T* z = zs[l] + g * ly.zsize;
+          for (const CGEntry& e : ly.cg) {
+            const i64 mul = ly.out[e.c].mul;
+            gp[e.p] += Y[g * J + e.j] * dot<T>(z + e.zb, tmp + toff[e.c] + e.k * mul, mul);
+          }
+        }
+        const Layer& last = net.layers[L - 1];
+        readout<T>(net, params, hs[L - 1] + g * last.dout, last.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext,
+                   gp);
+      }
+    }
+  };
+  {
+    const int R = (int)std::max<i64>(1, std::min<i64>(threads, G));
+    std::vector<std::thread> pool;
+    for (int r = 1; r < R; ++r) pool.emplace_back(group_work);
+    group_work();
+    for (auto& th : pool) th.join();
+  }
+  for (i64 j = 0; j < net.nparams; ++j) {
+    T total = T(0);
+    for (i64 grp = 0; grp < G; ++grp) total += sums[grp * net.nparams + j];
+    gparams[j] = total;
+  }
 }
 
 }  // namespace
 
 extern "C" {
 i64 klm_ecnn_workspace(const i64* meta, i64 sites) { return Layout(parse(meta), sites).total; }
-void klm_ecnn_energy_and_grads_f32(const i64* meta, const float* params, const float* x0, const float* Y,
-                                   const i64* table, const i64* inverse, i64 B, i64 N, double eps2, int threads,
-                                   float* energy, float* gx0, float* gY, float* work) {
-  energy_and_grads<float>(meta, params, x0, Y, table, inverse, B, N, (float)eps2, threads, energy, gx0, gY, work);
-}
-void klm_ecnn_energy_and_grads_f64(const i64* meta, const double* params, const double* x0, const double* Y,
-                                   const i64* table, const i64* inverse, i64 B, i64 N, double eps2, int threads,
-                                   double* energy, double* gx0, double* gY, double* work) {
-  energy_and_grads<double>(meta, params, x0, Y, table, inverse, B, N, eps2, threads, energy, gx0, gY, work);
-}
+#define KLM_ENTRY(NAME, T, R)                                                                                    \
+  void NAME(const i64* meta, const T* params, const T* x0, const T* Y, const i64* table, const i64* inverse,     \
+            i64 B, i64 N, double eps2, int threads, const T* seed, int mode, T* energy, T* gx0, T* gY,          \
+            T* gparams, T* work) {                                                                               \
+    energy_and_grads<T>(meta, params, x0, Y, table, inverse, B, N, T((R)eps2), threads, seed, mode, energy, gx0, \
+                        gY, gparams, work);                                                                      \
+  }
+KLM_ENTRY(klm_ecnn_f32, float, float)
+KLM_ENTRY(klm_ecnn_f64, double, double)
+KLM_ENTRY(klm_ecnn_dual_f32, Dual<float>, float)
+KLM_ENTRY(klm_ecnn_dual_f64, Dual<double>, double)
+#undef KLM_ENTRY
 }
 """
