@@ -265,6 +265,157 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
                  scratch);
 }
 
+// ---------------------------------------------------------------- dual-number micro-kernels
+template <typename T> struct Scalar { typedef T real; static constexpr bool dual = false; };
+template <typename R> struct Scalar<Dual<R>> { typedef R real; static constexpr bool dual = true; };
+
+// mix_fixed for dual features with the weights split into real parts Wa and derivatives Wb (with
+// wtan false, Wb is zero and skipped): value and derivative in separate vector accumulators.
+template <typename R, int D, int Q>
+inline void mix_dual_fixed(const Dual<R>* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
+                           const i64* __restrict nbr, i64 base, i64 K, i64 N, const R* __restrict Wa,
+                           const R* __restrict Wb, bool wtan, Dual<R>* __restrict out, i64 ostride_i,
+                           i64 ostride_q) {
+  typedef typename Vec8<R>::type V;
+  constexpr int NV = Q / 8;
+  V acc[D][NV], dac[D][NV];
+  for (int i = 0; i < D; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = dac[i][v] = V{};
+  for (i64 k = 0; k < K; ++k) {
+    i64 s = nbr[k];
+    if (s == N) continue;
+    const Dual<R>* xs = src + (base + s) * rowlen + off;
+    for (i64 u = 0; u < U; ++u) {
+      V w[NV];
+      const i64 row = (k * U + u) * Q;
+      for (int v = 0; v < NV; ++v) __builtin_memcpy(&w[v], Wa + row + 8 * v, sizeof(V));
+      for (int i = 0; i < D; ++i) {
+        const Dual<R> x = xs[u * ustride + i * istride];
+        const V xa = splat<R>(x.a), xb = splat<R>(x.b);
+        for (int v = 0; v < NV; ++v) { acc[i][v] += xa * w[v]; dac[i][v] += xb * w[v]; }
+      }
+      if (wtan) {
+        for (int v = 0; v < NV; ++v) __builtin_memcpy(&w[v], Wb + row + 8 * v, sizeof(V));
+        for (int i = 0; i < D; ++i) {
+          const V xa = splat<R>(xs[u * ustride + i * istride].a);
+          for (int v = 0; v < NV; ++v) dac[i][v] += xa * w[v];
+        }
+      }
+    }
+  }
+  for (int i = 0; i < D; ++i)
+    for (int v = 0; v < NV; ++v)
+      for (int e = 0; e < 8; ++e) out[i * ostride_i + (8 * v + e) * ostride_q] = Dual<R>(acc[i][v][e], dac[i][v][e]);
+}
+
+template <typename R>
+inline bool mix_dual(const Dual<R>* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr,
+                     i64 base, i64 K, i64 N, const R* Wa, const R* Wb, bool wtan, Dual<R>* out, i64 ostride_i,
+                     i64 ostride_q, i64 D, i64 Q) {
+#define KLM_MIX(DD, QQ) \
+  if (D == DD && Q == QQ) { \
+    mix_dual_fixed<R, DD, QQ>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, Wa, Wb, wtan, out, ostride_i, \
+                              ostride_q); \
+    return true; \
+  }
+  KLM_MIX(1, 8) KLM_MIX(1, 16) KLM_MIX(1, 24) KLM_MIX(1, 32)
+  KLM_MIX(3, 8) KLM_MIX(3, 16) KLM_MIX(3, 24) KLM_MIX(3, 32)
+  KLM_MIX(5, 8) KLM_MIX(5, 16) KLM_MIX(5, 24) KLM_MIX(5, 32)
+#undef KLM_MIX
+  return false;
+}
+
+// gW[(k * U + u) * Q + q] += sum_i x[nb_k][u * ustride + i] gz[i * Q + q]: the mixing weights'
+// gradient at one site, the sum over i in vector registers (gW is read and written once per
+// (k, u)). Dual numbers: gz split into values ga and derivatives gb first, and the sums go to the
+// split rows gWa (values), gWb (derivatives).
+template <typename R, int D, int Q, bool DUAL>
+inline void outer_fixed(const void* src_, i64 rowlen, i64 off, i64 ustride, i64 U, const i64* __restrict nbr,
+                        i64 base, i64 K, i64 N, const R* __restrict ga, const R* __restrict gb, void* gW_,
+                        R* __restrict gWa, R* __restrict gWb) {
+  typedef typename Vec8<R>::type V;
+  typedef typename std::conditional<DUAL, Dual<R>, R>::type T;
+  const T* src = (const T*)src_;
+  T* gW = (T*)gW_;
+  constexpr int NV = Q / 8;
+  V a[D][NV], b[D][NV];
+  for (int i = 0; i < D; ++i)
+    for (int v = 0; v < NV; ++v) {
+      __builtin_memcpy(&a[i][v], ga + i * Q + 8 * v, sizeof(V));
+      if (DUAL) __builtin_memcpy(&b[i][v], gb + i * Q + 8 * v, sizeof(V));
+    }
+  for (i64 k = 0; k < K; ++k) {
+    const i64 s = nbr[k];
+    if (s == N) continue;
+    const T* xs = src + (base + s) * rowlen + off;
+    for (i64 u = 0; u < U; ++u) {
+      V acc[NV], dac[NV];
+      for (int v = 0; v < NV; ++v) acc[v] = dac[v] = V{};
+      for (int i = 0; i < D; ++i) {
+        if constexpr (DUAL) {
+          const Dual<R> x = xs[u * ustride + i];
+          const V xa = splat<R>(x.a), xb = splat<R>(x.b);
+          for (int v = 0; v < NV; ++v) { acc[v] += xa * a[i][v]; dac[v] += xb * a[i][v] + xa * b[i][v]; }
+        } else {
+          const V xa = splat<R>(xs[u * ustride + i]);
+          for (int v = 0; v < NV; ++v) acc[v] += xa * a[i][v];
+        }
+      }
+      auto add = [](R* row, const V& x) {
+        V r;
+        __builtin_memcpy(&r, row, sizeof(V));
+        r += x;
+        __builtin_memcpy(row, &r, sizeof(V));
+      };
+      const i64 at = (k * U + u) * Q;
+      for (int v = 0; v < NV; ++v) {
+        if constexpr (DUAL) {
+          add(gWa + at + 8 * v, acc[v]);
+          add(gWb + at + 8 * v, dac[v]);
+        } else {
+          add((R*)(gW + at) + 8 * v, acc[v]);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+inline void outer(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, const i64* nbr, i64 base, i64 K, i64 N,
+                  const T* gz, i64 D, i64 Q, T* gW, typename Scalar<T>::real* gWa,
+                  typename Scalar<T>::real* gWb) {
+  typedef typename Scalar<T>::real R;
+  constexpr bool dual = Scalar<T>::dual;
+  if (D * Q <= 5 * 32 && Q % 8 == 0) {
+    R ga[5 * 32], gb[5 * 32];
+    for (i64 j = 0; j < D * Q; ++j) {
+      if constexpr (dual) { ga[j] = gz[j].a; gb[j] = gz[j].b; } else { ga[j] = gz[j]; }
+    }
+#define KLM_OUTER(DD, QQ) \
+    if (D == DD && Q == QQ) { \
+      outer_fixed<R, DD, QQ, dual>(src, rowlen, off, ustride, U, nbr, base, K, N, ga, gb, gW, gWa, gWb); \
+      return; \
+    }
+    KLM_OUTER(1, 8) KLM_OUTER(1, 16) KLM_OUTER(1, 24) KLM_OUTER(1, 32)
+    KLM_OUTER(3, 8) KLM_OUTER(3, 16) KLM_OUTER(3, 24) KLM_OUTER(3, 32)
+    KLM_OUTER(5, 8) KLM_OUTER(5, 16) KLM_OUTER(5, 24) KLM_OUTER(5, 32)
+#undef KLM_OUTER
+  }
+  for (i64 k = 0; k < K; ++k) {
+    const i64 s = nbr[k];
+    if (s == N) continue;
+    const T* xs = src + (base + s) * rowlen + off;
+    for (i64 u = 0; u < U; ++u) {
+      T* row = gW + (k * U + u) * Q;
+      for (i64 i = 0; i < D; ++i) {
+        const T xv = xs[u * ustride + i];
+        const T* g = gz + i * Q;
+        for (i64 q = 0; q < Q; ++q) row[q] += xv * g[q];
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- per-site pieces
 #ifdef KLM_FAKE
 template <typename T> inline T sigmoid(T t) { return T(0.5) + T(0.2) * t; }
@@ -524,6 +675,26 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           for (i64 q = 0; q < ir.Q; ++q)
             pstore[ir.wt + (k * ir.Q + q) * ir.mul + u] = pstore[ir.w + (k * ir.mul + u) * ir.Q + q];
   const T* params = pstore.data();
+  // dual numbers: the parameters' values and derivatives apart, for the vectorised mixing
+  typedef typename Scalar<T>::real R;
+  std::vector<R> pa, pb;
+  bool wtan = false;
+  if constexpr (Scalar<T>::dual) {
+    pa.resize(pstore.size());
+    pb.resize(pstore.size());
+    for (size_t j = 0; j < pstore.size(); ++j) { pa[j] = pstore[j].a; pb[j] = pstore[j].b; wtan |= pb[j] != R(0); }
+  }
+  // out = mix(gather(src)) with the weights at params + woff (see mix)
+  auto mixp = [&](const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr, i64 base,
+                  i64 woff, T* out, i64 ostride_i, i64 ostride_q, i64 D, i64 Q, T* scr) {
+    if constexpr (Scalar<T>::dual) {
+      if (mix_dual<R>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, pa.data() + woff, pb.data() + woff,
+                      wtan, out, ostride_i, ostride_q, D, Q))
+        return;
+    }
+    mix<T>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, params + woff, out, ostride_i, ostride_q, D, Q,
+           scr);
+  };
   const bool want_x = mode & KLM_GRAD_X, want_p = mode & KLM_GRAD_P;
   std::vector<T*> xs(L), hs(L), zs(L);
   for (i64 l = 0; l < L; ++l) { xs[l] = work + lay.xs[l]; hs[l] = work + lay.hs[l]; zs[l] = work + lay.zs[l]; }
@@ -543,8 +714,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* z = zs[l] + g * ly.zsize;
     for (const InIrrep& ir : ly.in) {
       if (ir.Q == 0) continue;
-      mix<T>(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, base, K, N, params + ir.w, z + ir.z, ir.Q, 1,
-             ir.d, ir.Q, scr);
+      mixp(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, base, ir.w, z + ir.z, ir.Q, 1, ir.d, ir.Q, scr);
     }
     cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? x + g * ly.din : nullptr, tmp, hs[l] + g * ly.dout);
   };
@@ -600,8 +770,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
             continue;
           }
           // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
-          mix<T>(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, base, K, N, params + ir.wt, gx + ir.off, 1,
-                 ir.d, ir.d, ir.mul, scr);
+          mixp(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, base, ir.wt, gx + ir.off, 1, ir.d, ir.d, ir.mul,
+               scr);
         }
         if (up.residual)
           for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * up.dout + j];
@@ -626,6 +796,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // Each group of tiles sums into its own buffer, taken by exactly one thread (no redo: sums).
   const i64 ntiles = (S + tile - 1) / tile, G = std::min<i64>(KLM_GROUPS, ntiles);
   std::vector<T> sums(G * net.nparams, T(0));
+  std::vector<R> split(Scalar<T>::dual ? 2 * G * net.nparams : 0, R(0));  // dual: mixing weights' sums
   std::atomic<i64> next_group(0);
   auto group_work = [&]() {
     Buf<T> buf = alloc<T>(per_thread);
@@ -638,6 +809,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       const i64 grp = next_group.fetch_add(1);
       if (grp >= G) break;
       T* gp = sums.data() + grp * net.nparams;
+      R* gpa = Scalar<T>::dual ? split.data() + grp * net.nparams : nullptr;
+      R* gpb = Scalar<T>::dual ? split.data() + (G + grp) * net.nparams : nullptr;
       const i64 lo = std::min(S, ntiles * grp / G * tile), hi = std::min(S, ntiles * (grp + 1) / G * tile);
       for (i64 g = lo; g < hi; ++g) {
         const i64 n = g % N, base = g - n;
@@ -645,22 +818,9 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           const Layer& ly = net.layers[l];
           const T* x = xin(l);
           const T* gzg = gz[l] + g * ly.zsize;
-          for (const InIrrep& ir : ly.in) {
-            for (i64 k = 0; k < K; ++k) {
-              const i64 s = table[n * K + k];
-              if (s == N) continue;
-              const T* xs_ = x + (base + s) * ly.din + ir.off;
-              T* gw = gp + ir.w + k * ir.mul * ir.Q;
-              for (i64 u = 0; u < ir.mul; ++u) {
-                T* row = gw + u * ir.Q;
-                for (i64 i = 0; i < ir.d; ++i) {
-                  const T xv = xs_[u * ir.d + i];
-                  const T* gzi = gzg + ir.z + i * ir.Q;
-                  for (i64 q = 0; q < ir.Q; ++q) row[q] += xv * gzi[q];
-                }
-              }
-            }
-          }
+          for (const InIrrep& ir : ly.in)
+            outer<T>(x, ly.din, ir.off, ir.d, ir.mul, table + n * K, base, K, N, gzg + ir.z, ir.d, ir.Q, gp + ir.w,
+                     gpa ? gpa + ir.w : nullptr, gpb ? gpb + ir.w : nullptr);
           // coefficient e: out_c[w][k] += coef * Y[j] * z[zb + w], so dE/dcoef = Y[j] sum_w z[zb + w] gout_c[w][k]
           i64 toff[16], off = 0;
           const T* gout = gh[l] + g * ly.dout;
@@ -693,6 +853,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   for (i64 j = 0; j < net.nparams; ++j) {
     T total = T(0);
     for (i64 grp = 0; grp < G; ++grp) total += sums[grp * net.nparams + j];
+    if constexpr (Scalar<T>::dual)
+      for (i64 grp = 0; grp < G; ++grp) total += T(split[grp * net.nparams + j], split[(G + grp) * net.nparams + j]);
     gparams[j] = total;
   }
 }
