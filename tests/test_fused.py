@@ -196,11 +196,12 @@ def test_training_gradients_equal_eager_float64(graph_name, time_reversal, monke
     energy_ref = torch.randn(2, dtype=torch.float64, generator=gen)
     calls = count_kernel_calls(monkeypatch)
     kernel = loss_gradients(model, graph, spins, field_ref, energy_ref)
-    # forward, field (dE/dx only), energy loss (dE/dparams), force loss (dual numbers: dE/dparams and dE/dx)
-    assert calls == [0, fused._GRAD_X, fused._GRAD_P | fused._GRAD_X, fused._GRAD_P | fused._GRAD_X]
+    # forward, field (dE/dx only), force loss (dual numbers: Hessian products, and the first derivatives per
+    # configuration that the energy loss then uses without a call of its own)
+    assert calls == [0, fused._GRAD_X, fused._GRAD_P | fused._GRAD_X | fused._PER_CONFIG]
     model.fused = False
     eager = loss_gradients(model, graph, spins, field_ref, energy_ref)
-    assert len(calls) == 4  # the eager path does not touch the kernel
+    assert len(calls) == 3  # the eager path does not touch the kernel
     for got, want in zip(kernel, eager):
         assert want.abs().max() > 0
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10 * want.abs().max().item())
@@ -217,6 +218,26 @@ def test_training_gradients_published_size_float32(graph_name):
     eager = loss_gradients(model, graph, spins, field_ref, energy_ref)
     for got, want in zip(kernel, eager):
         assert (got - want).abs().max() <= 2e-5 * want.abs().max()
+
+
+def test_site_energy_loss_takes_its_own_call():
+    """A loss on the site energies (a seed that differs between sites) cannot use the force
+    loss's first derivatives: its own kernel call, same gradients as eager."""
+    graph = GRAPHS["kagome"]()
+    model = random_model(graph)
+    spins = klmgraph.random_spins(graph, batch=2, seed=6, dtype=torch.float64)
+    weights = torch.rand(spins.shape[:-1], dtype=torch.float64)
+    grads = []
+    for fused_path in (True, False):
+        model.fused = fused_path
+        model.zero_grad()
+        s = spins.clone().requires_grad_(True)
+        e = model.site_energies(s, model.prepare(graph))
+        field = compute_field(e.sum(-1), s, training=True)
+        ((e * weights).sum() + field.pow(2).sum()).backward()
+        grads.append([s.grad] + [p.grad.clone() for p in model.parameters()])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10 * want.abs().max().item())
 
 
 def test_gradcheck_and_gradgradcheck_of_the_kernel():

@@ -39,7 +39,7 @@ _I = ctypes.c_int64
 
 
 _ENTRIES = ("klm_ecnn_f32", "klm_ecnn_f64", "klm_ecnn_dual_f32", "klm_ecnn_dual_f64")
-_GRAD_X, _GRAD_P = 1, 2  # the kernel's mode bits (fused_source: KLM_GRAD_X, KLM_GRAD_P)
+_GRAD_X, _GRAD_P, _PER_CONFIG = 1, 2, 4  # the kernel's mode bits (fused_source: KLM_GRAD_X, ...)
 
 
 def _library():
@@ -181,6 +181,9 @@ class _Call:
         self.lead, self.n = shape[:-1], shape[-1]
         self.batch = math.prod(self.lead)
         self.nparams = int(meta[4])
+        # (dE_b/dparams per configuration, dE/dx0, dE/dfilt), left by the force loss's backward
+        # (_Curvature) for the energy loss's (_SiteEnergies.backward): see there
+        self.first_derivatives = None
 
     def run(self, params, x0, filt, seed=None, mode: int = 0, tangents=None):
         dual = tangents is not None
@@ -196,7 +199,9 @@ class _Call:
         energy = torch.empty(self.lead + (self.n,) + tail, dtype=dtype)
         gx0 = torch.empty_like(x0) if mode & _GRAD_X else None
         gfilt = torch.empty_like(filt) if mode & _GRAD_X else None
-        gparams = torch.empty_like(params) if mode & _GRAD_P else None
+        gparams = None
+        if mode & _GRAD_P:
+            gparams = torch.empty(((self.batch,) if mode & _PER_CONFIG else ()) + params.shape, dtype=dtype)
         table, inverse = self.neighbours.table.contiguous(), self.neighbours.inverse.contiguous()
         size = self.lib.klm_ecnn_workspace(self.meta.data_ptr(), self.batch * self.n) * (2 if dual else 1)
         work = _workspace(self.neighbours, size, dtype)
@@ -234,6 +239,18 @@ class _SiteEnergies(torch.autograd.Function):
         mode = (_GRAD_P if want[0] else 0) | (_GRAD_X if want[1] or want[2] else 0)
         if not mode:
             return None, None, None, None
+        # The energy loss of training: its backward runs after the force loss's (autograd runs
+        # the later-made node first), whose dual-number call has left the first derivatives per
+        # configuration; a seed constant over each configuration's sites (a loss on E = sum e)
+        # scales them, saving a kernel call. They are a function of the saved inputs only.
+        cached = ctx.call.first_derivatives
+        if cached is not None and not torch.is_grad_enabled() and (cached[1] is not None or not mode & _GRAD_X):
+            c = seed.reshape(ctx.call.batch, ctx.call.n)
+            if bool((c == c[:, :1]).all()):
+                per_config = c[:, 0]
+                scale = per_config.reshape(ctx.call.lead + (1, 1))
+                return ((per_config[:, None] * cached[0]).sum(0) if want[0] else None,
+                        scale * cached[1] if want[1] else None, scale * cached[2] if want[2] else None, None)
         gparams, gx0, gfilt = _Gradients.apply(seed, params, x0, filt, ctx.call, mode)
         return gparams, gx0, gfilt, None
 
@@ -267,8 +284,17 @@ class _Curvature(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, seed, params, x0, filt, v_params, v_x0, v_filt, call, mode):
-        energy, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed, mode=mode,
+        per_config = mode & _GRAD_P and mode & _GRAD_X
+        energy, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed, mode=mode | (_PER_CONFIG if per_config else 0),
                                                tangents=(v_params, v_x0, v_filt))
+        if per_config:
+            s = seed.reshape(call.batch, call.n)[:, :1]
+            if bool((seed.reshape(call.batch, call.n) == s).all() and (s != 0).all()):
+                # the field's seed, constant over each configuration: the values are s_b dE_b/d(.)
+                shape = call.lead + (1, 1)
+                call.first_derivatives = (gparams[..., 0] / s, gx0[..., 0] / s.reshape(shape),
+                                          gfilt[..., 0] / s.reshape(shape))
+            gparams = gparams.sum(0)
         return tuple(None if t is None else t[..., 1].contiguous() for t in (energy, gparams, gx0, gfilt))
 
     @staticmethod

@@ -651,8 +651,9 @@ inline T readout(const Net& net, const T* params, const T* h, i64 dh, T seed, T 
 }
 
 // What a call computes (bits of `mode`): site energies always; KLM_GRAD_X: seed-weighted
-// dE/dx0 and dE/dY; KLM_GRAD_P: seed-weighted dE/dparams.
-constexpr int KLM_GRAD_X = 1, KLM_GRAD_P = 2;
+// dE/dx0 and dE/dY; KLM_GRAD_P: seed-weighted dE/dparams, summed over all configurations, or
+// one sum per configuration (B x nparams) with KLM_PER_CONFIG.
+constexpr int KLM_GRAD_X = 1, KLM_GRAD_P = 2, KLM_PER_CONFIG = 4;
 
 // Groups of tiles whose parameter gradients are summed in their own buffer: a fixed number, so
 // that the sum's rounding is the same for any number of threads.
@@ -794,7 +795,19 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // dE/dparams: per site, the outer products of the gathered inputs with dE/dz (mixing weights),
   // the Clebsch-Gordan products with dE/dh (coefficients) and the read-out's weight gradient.
   // Each group of tiles sums into its own buffer, taken by exactly one thread (no redo: sums).
-  const i64 ntiles = (S + tile - 1) / tile, G = std::min<i64>(KLM_GROUPS, ntiles);
+  // groups: [lo, hi) ranges of whole tiles, within one configuration with KLM_PER_CONFIG
+  std::vector<i64> glo, ghi, gconf;
+  const bool per_config = mode & KLM_PER_CONFIG;
+  for (i64 b = 0; b < (per_config ? B : 1); ++b) {
+    const i64 first = per_config ? b * N : 0, count = per_config ? N : S;
+    const i64 nt = (count + tile - 1) / tile, ng = std::min<i64>(KLM_GROUPS, nt);
+    for (i64 q = 0; q < ng; ++q) {
+      glo.push_back(first + std::min(count, nt * q / ng * tile));
+      ghi.push_back(first + std::min(count, nt * (q + 1) / ng * tile));
+      gconf.push_back(b);
+    }
+  }
+  const i64 G = (i64)glo.size();
   std::vector<T> sums(G * net.nparams, T(0));
   std::vector<R> split(Scalar<T>::dual ? 2 * G * net.nparams : 0, R(0));  // dual: mixing weights' sums
   std::atomic<i64> next_group(0);
@@ -811,7 +824,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* gp = sums.data() + grp * net.nparams;
       R* gpa = Scalar<T>::dual ? split.data() + grp * net.nparams : nullptr;
       R* gpb = Scalar<T>::dual ? split.data() + (G + grp) * net.nparams : nullptr;
-      const i64 lo = std::min(S, ntiles * grp / G * tile), hi = std::min(S, ntiles * (grp + 1) / G * tile);
+      const i64 lo = glo[grp], hi = ghi[grp];
       for (i64 g = lo; g < hi; ++g) {
         const i64 n = g % N, base = g - n;
         for (i64 l = 0; l < L; ++l) {
@@ -850,13 +863,16 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     group_work();
     for (auto& th : pool) th.join();
   }
-  for (i64 j = 0; j < net.nparams; ++j) {
-    T total = T(0);
-    for (i64 grp = 0; grp < G; ++grp) total += sums[grp * net.nparams + j];
-    if constexpr (Scalar<T>::dual)
-      for (i64 grp = 0; grp < G; ++grp) total += T(split[grp * net.nparams + j], split[(G + grp) * net.nparams + j]);
-    gparams[j] = total;
-  }
+  for (i64 b = 0; b < (per_config ? B : 1); ++b)
+    for (i64 j = 0; j < net.nparams; ++j) {
+      T total = T(0);
+      for (i64 grp = 0; grp < G; ++grp) {
+        if (gconf[grp] != b) continue;
+        total += sums[grp * net.nparams + j];
+        if constexpr (Scalar<T>::dual) total += T(split[grp * net.nparams + j], split[(G + grp) * net.nparams + j]);
+      }
+      gparams[b * net.nparams + j] = total;
+    }
 }
 
 }  // namespace
