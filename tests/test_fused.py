@@ -196,12 +196,12 @@ def test_training_gradients_equal_eager_float64(graph_name, time_reversal, monke
     energy_ref = torch.randn(2, dtype=torch.float64, generator=gen)
     calls = count_kernel_calls(monkeypatch)
     kernel = loss_gradients(model, graph, spins, field_ref, energy_ref)
-    # forward, field (dE/dx only), force loss (dual numbers: Hessian products, and the first derivatives per
-    # configuration that the energy loss then uses without a call of its own)
-    assert calls == [0, fused._GRAD_X, fused._GRAD_P | fused._GRAD_X | fused._PER_CONFIG]
+    # forward with dE/dx (the field scales it), force loss (dual numbers: Hessian products, and the first
+    # derivatives per configuration that the energy loss then uses without a call of its own)
+    assert calls == [fused._GRAD_X, fused._GRAD_P | fused._GRAD_X | fused._PER_CONFIG]
     model.fused = False
     eager = loss_gradients(model, graph, spins, field_ref, energy_ref)
-    assert len(calls) == 3  # the eager path does not touch the kernel
+    assert len(calls) == 2  # the eager path does not touch the kernel
     for got, want in zip(kernel, eager):
         assert want.abs().max() > 0
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10 * want.abs().max().item())
