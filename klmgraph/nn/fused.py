@@ -232,9 +232,11 @@ class _SiteEnergies(torch.autograd.Function):
     def forward(ctx, params, x0, filt, call):
         ctx.call = call
         ctx.save_for_backward(params, x0, filt)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            # spins that require grad: the field will be asked for, and its reverse pass costs
-            # less in the same call than in a call of its own (which repeats the forward)
+        if ctx.needs_input_grad[0] and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            # training (parameters and spins require grad): the field will be asked for, and its
+            # reverse pass costs less in this call than in one of its own (which repeats the
+            # forward). Frozen weights (chunked evaluation: seeds that differ between owned and
+            # halo sites) skip it.
             energy, gx0, gfilt, _ = call.run(params, x0, filt, mode=_GRAD_X)
             call.field_derivatives = (gx0, gfilt)
             return energy
