@@ -483,13 +483,11 @@ inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restri
   }
 }
 
-// per-site backward of out = CG(z, Y): gz and gY = gY_in + dE/dY (gY_in may be null). Sums run in
-// thread-local scratch (gzs) and are stored once, so that a tile computed twice stays correct.
+// dE/dout of one site from e3nn layout (gout[off + w * d + k]) to the Clebsch-Gordan sums' layout:
+// per output irrep c, tmp[toff[c] + k * mul + w]
 template <typename T>
-inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restrict Y, i64 J,
-                        const T* __restrict params, const T* __restrict gout, T* __restrict gz_out,
-                        const T* __restrict gY_in, T* __restrict gY, T* __restrict tmp, T* __restrict gz) {
-  i64 toff[16], base = 0;
+inline void to_cg_layout(const Layer& ly, const T* __restrict gout, T* __restrict tmp, i64* toff) {
+  i64 base = 0;
   for (size_t c = 0; c < ly.out.size(); ++c) {
     const OutIrrep& o = ly.out[c];
     toff[c] = base;
@@ -497,6 +495,16 @@ inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restr
       for (i64 k = 0; k < o.d; ++k) tmp[base + k * o.mul + w] = gout[o.off + w * o.d + k];
     base += o.mul * o.d;
   }
+}
+
+// per-site backward of out = CG(z, Y): gz and gY = gY_in + dE/dY (gY_in may be null). Sums run in
+// thread-local scratch (gzs) and are stored once, so that a tile computed twice stays correct.
+template <typename T>
+inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restrict Y, i64 J,
+                        const T* __restrict params, const T* __restrict gout, T* __restrict gz_out,
+                        const T* __restrict gY_in, T* __restrict gY, T* __restrict tmp, T* __restrict gz) {
+  i64 toff[16];
+  to_cg_layout<T>(ly, gout, tmp, toff);
   for (i64 j = 0; j < ly.zsize; ++j) gz[j] = 0;
   T gy[16] = {0};
   for (const CGEntry& e : ly.cg) {
@@ -835,15 +843,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
             outer<T>(x, ly.din, ir.off, ir.d, ir.mul, table + n * K, base, K, N, gzg + ir.z, ir.d, ir.Q, gp + ir.w,
                      gpa ? gpa + ir.w : nullptr, gpb ? gpb + ir.w : nullptr);
           // coefficient e: out_c[w][k] += coef * Y[j] * z[zb + w], so dE/dcoef = Y[j] sum_w z[zb + w] gout_c[w][k]
-          i64 toff[16], off = 0;
-          const T* gout = gh[l] + g * ly.dout;
-          for (size_t c = 0; c < ly.out.size(); ++c) {
-            const OutIrrep& o = ly.out[c];
-            toff[c] = off;
-            for (i64 w = 0; w < o.mul; ++w)
-              for (i64 kk = 0; kk < o.d; ++kk) tmp[off + kk * o.mul + w] = gout[o.off + w * o.d + kk];
-            off += o.mul * o.d;
-          }
+          i64 toff[16];
+          to_cg_layout<T>(ly, gh[l] + g * ly.dout, tmp, toff);
           const T* z = zs[l] + g * ly.zsize;
           for (const CGEntry& e : ly.cg) {
             const i64 mul = ly.out[e.c].mul;
