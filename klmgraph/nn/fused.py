@@ -180,7 +180,6 @@ class _Call:
         self.lib, self.meta, self.eps2, self.neighbours = lib, meta, eps2, neighbours
         self.lead, self.n = shape[:-1], shape[-1]
         self.batch = math.prod(self.lead)
-        self.nparams = int(meta[4])
         # (dE_b/dparams per configuration, dE/dx0, dE/dfilt), left by the force loss's backward
         # (_Curvature) for the energy loss's (_SiteEnergies.backward): see there
         self.first_derivatives = None
