@@ -299,8 +299,9 @@ class _Curvature(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, seed, params, x0, filt, v_params, v_x0, v_filt, call, mode):
-        per_config = mode & _GRAD_P and mode & _GRAD_X
-        energy, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed, mode=mode | (_PER_CONFIG if per_config else 0),
+        per_config = bool(mode & _GRAD_P and mode & _GRAD_X)
+        energy, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed,
+                                               mode=mode | (_PER_CONFIG if per_config else 0),
                                                tangents=(v_params, v_x0, v_filt))
         if per_config:
             s = seed.reshape(call.batch, call.n)[:, :1]
