@@ -7,7 +7,7 @@ import torch
 from test_ecnn import irregular_graph
 
 import klmgraph
-from klmgraph.nn import ECNN, compute_field, fused, native
+from klmgraph.nn import ECNN, ThreadChoice, compute_field, fused, native
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="no C++ compiler: the kernel falls back to eager")
 
@@ -98,6 +98,42 @@ def test_threads_give_identical_numbers():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(e1, e3) and torch.equal(b1, b3)
+
+
+def test_bound_thread_choice_reaches_the_kernel_and_keeps_the_numbers(monkeypatch):
+    """bind(threads=k) runs the kernel with k threads whatever torch's count; "auto" (the
+    default) falls back to 1 thread when a fake clock makes 2 threads slower, returns to 2 when
+    they become faster, and every call gives the same numbers."""
+    graph = klmgraph.triangular(8, 8, 1.0, 0.0, -0.85)
+    model = ECNN.for_graph(graph)
+    spins = klmgraph.random_spins(graph, seed=5, dtype=torch.float32)
+    now, slow_two, counts = [0.0], [True], []
+    run = fused._Call.run
+
+    def timed_run(self, *args, **kwargs):
+        counts.append(self.threads)
+        now[0] += {1: 1.0, 2: 3.0 if slow_two[0] else 0.2}.get(self.threads, 0.0)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(fused._Call, "run", timed_run)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        e3, b3 = model.bind(graph, threads=3).energy_and_field(spins)
+        assert counts == [3]
+        torch.set_num_threads(2)
+        bound = model.bind(graph)
+        bound.threads = ThreadChoice("auto", probe_every=4, clock=lambda: now[0])
+        results = [bound.energy_and_field(spins) for _ in range(12)]
+        assert counts[1:10] == [2, 2, 1, 1, 2, 1, 1, 1, 2]  # warm-up, one each, probes every 4
+        slow_two[0] = False
+        results += [bound.energy_and_field(spins) for _ in range(12)]
+        assert counts[-3:] == [2, 2, 2] and bound.threads.chosen() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(e, e3) and torch.equal(b, b3) for e, b in results)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        model.bind(graph, threads=0)
 
 
 def test_training_gradients_identical_for_any_thread_count():

@@ -23,6 +23,7 @@ from torch import nn
 from ..checks import check_spins
 from ..domains import Domain, check_halo, decompose, domain_of, partition
 from .forces import compute_field
+from .threads import ThreadChoice
 
 __all__ = ["BoundModel", "DomainModel", "check_graph", "receptive_hops", "SIZE_KEYS"]
 
@@ -167,16 +168,23 @@ class BoundModel:
             it and retries.
         halo_hops: halo width of the chunks (default: the model's receptive field; narrower is
             refused).
+        threads: threads of a compiled kernel the model offers (the ECNN's, on the CPU): a
+            positive count, used as given, or ``"auto"`` (default): the faster of 1 thread and
+            ``torch.get_num_threads()``, judged by timing this object's own calls, so a loaded
+            machine falls back to 1 thread and an idle one keeps the others
+            (:class:`~klmgraph.nn.threads.ThreadChoice`). Results do not depend on it.
 
     Raises:
         ValueError: if the graph's neighbour classes do not match the model's, ``deterministic``
             is asked of a model or graph that has no such path, ``chunk_sites`` is not a positive
-            integer or "auto", or the halo is narrower than the receptive field.
+            integer or "auto", the halo is narrower than the receptive field, or ``threads`` is
+            neither a positive integer nor "auto".
     """
 
     def __init__(self, model: nn.Module, graph, deterministic: bool = False, chunk_sites: int | str | None = None,
-                 halo_hops: int | None = None):
+                 halo_hops: int | None = None, threads: int | str = "auto"):
         check_graph(model, graph)
+        self.threads = ThreadChoice(threads)
         self.model = model
         self.graph = graph
         self.num_sites = graph.num_nodes
@@ -284,9 +292,12 @@ class BoundModel:
     def _evaluate(self, s: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.chunks is None:
             # a model may offer a compiled path (ECNN: nn/fused.py); None where it does not apply
-            # (it needs the whole graph's table, so chunks take the autograd path)
+            # (it needs the whole graph's table, so chunks take the autograd path); its thread
+            # count chosen by timing (self.threads)
             fused = getattr(self.model, "fused_energy_and_field", None)
-            result = fused(s, self.neighbours(device)) if fused is not None else None
+            neighbours = self.neighbours(device)
+            result = None if fused is None else self.threads.run(
+                lambda count: fused(s, neighbours, threads=count), work=s.numel() // 3)
             if result is not None:
                 return result
             s = s.requires_grad_(True)

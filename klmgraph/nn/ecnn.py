@@ -168,18 +168,19 @@ class ECNN(nn.Module):
             x = block(x, filt, neighbours)
         return self.output(x, filt, neighbours)
 
-    def fused_energy_and_field(self, spins: torch.Tensor, neighbours: TypedNeighbours):
+    def fused_energy_and_field(self, spins: torch.Tensor, neighbours: TypedNeighbours, threads: int | None = None):
         """Energy and field B = -dE/dS from the compiled CPU kernel (:mod:`klmgraph.nn.fused`), or
         None where it does not apply (``fused`` off, ``reference`` convolutions, another device or
         dtype, graphs with repeated classes at a site, torch.func transforms, no compiler); the
         caller (:class:`BoundModel`) then takes the eager path. No autograd graph is kept.
+        ``threads``: the kernel's threads (default torch's count); results do not depend on it.
 
         Shapes:
             spins: (..., N, 3) -> energy (...), field (..., N, 3)
         """
         if not self.fused or self.implementation != "fast":
             return None
-        return fused_energy_and_field(self, spins, neighbours)
+        return fused_energy_and_field(self, spins, neighbours, threads)
 
     def energy(self, spins: torch.Tensor, neighbours: TypedNeighbours) -> torch.Tensor:
         """Total energy of configurations sharing one graph. Shapes: (..., N, 3) -> (...)."""
@@ -209,12 +210,13 @@ class ECNN(nn.Module):
         return save_model(self, path)
 
     def bind(self, graph, deterministic: bool = False, chunk_sites: int | str | None = None,
-             halo_hops: int | None = None) -> "BoundModel":
+             halo_hops: int | None = None, threads: int | str = "auto") -> "BoundModel":
         """A force provider ``energy_and_field(spins)`` of this model on ``graph``
         (``deterministic``: no atomic additions, bit-identical reruns on a GPU; ``chunk_sites``:
-        evaluate the lattice in chunks of that many sites with halos, or "auto"; see
-        :class:`~klmgraph.nn.BoundModel`)."""
-        return BoundModel(self, graph, deterministic, chunk_sites, halo_hops)
+        evaluate the lattice in chunks of that many sites with halos, or "auto"; ``threads``:
+        the compiled kernel's threads, a count or "auto", the faster of 1 and torch's count by
+        timing; see :class:`~klmgraph.nn.BoundModel`)."""
+        return BoundModel(self, graph, deterministic, chunk_sites, halo_hops, threads)
 
     def receptive_hops(self, graph=None) -> int:
         """Hops over the graph's edges that a site energy reads: one per convolution (the

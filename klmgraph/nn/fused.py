@@ -176,8 +176,10 @@ class _Call:
     respect to x0, the filter and the flat parameters; with ``tangents`` every input carries a
     direction (dual numbers) and each result comes back as (value, derivative along it)."""
 
-    def __init__(self, lib, meta: torch.Tensor, eps2: float, neighbours, shape: torch.Size):
+    def __init__(self, lib, meta: torch.Tensor, eps2: float, neighbours, shape: torch.Size,
+                 threads: int | None = None):
         self.lib, self.meta, self.eps2, self.neighbours = lib, meta, eps2, neighbours
+        self.threads = threads  # None: torch's count at the time of the call
         self.lead, self.n = shape[:-1], shape[-1]
         self.batch = math.prod(self.lead)
         # (dE_b/dparams per configuration, dE/dx0, dE/dfilt), left by the force loss's backward
@@ -210,7 +212,7 @@ class _Call:
         ptr = (lambda t: None if t is None else t.data_ptr())
         getattr(self.lib, name)(self.meta.data_ptr(), params.data_ptr(), x0.data_ptr(), filt.data_ptr(),
                                 table.data_ptr(), inverse.data_ptr(), self.batch, self.n, self.eps2,
-                                torch.get_num_threads(), ptr(seed), mode, energy.data_ptr(), ptr(gx0),
+                                self.threads or torch.get_num_threads(), ptr(seed), mode, energy.data_ptr(), ptr(gx0),
                                 ptr(gfilt), ptr(gparams), ptr(work))
         return energy, gx0, gfilt, gparams
 
@@ -341,7 +343,8 @@ def fused_site_energies(model, spins: torch.Tensor, neighbours) -> torch.Tensor 
     return 0.5 * (e[0] + e[1]) if model.time_reversal else e
 
 
-def fused_energy_and_field(model, spins: torch.Tensor, neighbours) -> tuple[torch.Tensor, torch.Tensor] | None:
+def fused_energy_and_field(model, spins: torch.Tensor, neighbours,
+                           threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Energy and field B = -dE/dS of ``model`` (an ECNN) with the compiled kernel, weights
     frozen and no autograd graph kept, or None where it does not apply (see the module
     docstring).
@@ -350,6 +353,8 @@ def fused_energy_and_field(model, spins: torch.Tensor, neighbours) -> tuple[torc
         model: the ECNN; spins must be in its dtype and on its device.
         spins: (..., N, 3) configurations sharing one graph.
         neighbours: the graph's :class:`~klmgraph.nn.conv.TypedNeighbours` (on the CPU).
+        threads: the kernel's threads (default torch's count; a bound model chooses it, see
+            :class:`~klmgraph.nn.threads.ThreadChoice`). Results do not depend on it.
 
     Shapes:
         spins: (..., N, 3) -> energy (...), field (..., N, 3)
@@ -363,7 +368,7 @@ def fused_energy_and_field(model, spins: torch.Tensor, neighbours) -> tuple[torc
     s = spins.detach().requires_grad_(True)
     with torch.enable_grad():
         x0, filt = _inputs(model, s)
-    call = _Call(lib, meta, eps2, neighbours, x0.shape[:-1])
+    call = _Call(lib, meta, eps2, neighbours, x0.shape[:-1], threads)
     energy, gx0, gfilt, _ = call.run(params, x0, filt, mode=_GRAD_X)
     scale = 0.5 if model.time_reversal else 1.0
     (grad,) = torch.autograd.grad([x0, filt], s, [gx0 * scale, gfilt * scale])
