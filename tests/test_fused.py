@@ -103,7 +103,8 @@ def test_threads_give_identical_numbers():
 def test_bound_thread_choice_reaches_the_kernel_and_keeps_the_numbers(monkeypatch):
     """bind(threads=k) runs the kernel with k threads whatever torch's count; "auto" (the
     default) falls back to 1 thread when a fake clock makes 2 threads slower, returns to 2 when
-    they become faster, and every call gives the same numbers."""
+    they become faster, and every call gives the same numbers; torch's thread count is left as
+    it was."""
     graph = klmgraph.triangular(8, 8, 1.0, 0.0, -0.85)
     model = ECNN.for_graph(graph)
     spins = klmgraph.random_spins(graph, seed=5, dtype=torch.float32)
@@ -129,6 +130,7 @@ def test_bound_thread_choice_reaches_the_kernel_and_keeps_the_numbers(monkeypatc
         slow_two[0] = False
         results += [bound.energy_and_field(spins) for _ in range(12)]
         assert counts[-3:] == [2, 2, 2] and bound.threads.chosen() == 2
+        assert torch.get_num_threads() == 2  # torch's part ran on one thread, its count restored
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(e, e3) and torch.equal(b, b3) for e, b in results)
