@@ -23,7 +23,7 @@ from torch import nn
 from ..checks import check_spins
 from ..domains import Domain, check_halo, decompose, domain_of, partition
 from .forces import compute_field
-from .threads import ThreadChoice
+from .threads import ThreadChoice, one_torch_thread
 
 __all__ = ["BoundModel", "DomainModel", "check_graph", "receptive_hops", "SIZE_KEYS"]
 
@@ -185,6 +185,7 @@ class BoundModel:
                  halo_hops: int | None = None, threads: int | str = "auto"):
         check_graph(model, graph)
         self.threads = ThreadChoice(threads)
+        self._kernel = False  # whether the last call went through a compiled kernel
         self.model = model
         self.graph = graph
         self.num_sites = graph.num_nodes
@@ -270,7 +271,10 @@ class BoundModel:
         Shapes:
             spins: (N, 3) or (B, N, 3) unit vectors -> E: () or (B,), B: spins' shape.
         """
-        return self.energy_and_field_unchecked(check_spins(spins, self.num_sites))
+        # beside a compiled kernel's threads torch's part runs on one (see one_torch_thread)
+        with one_torch_thread() if self._kernel else contextlib.nullcontext():
+            spins = check_spins(spins, self.num_sites)
+        return self.energy_and_field_unchecked(spins)
 
     def energy_and_field_unchecked(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`energy_and_field` for spins the caller has validated (the integrator's hot
@@ -298,6 +302,7 @@ class BoundModel:
             neighbours = self.neighbours(device)
             result = None if fused is None else self.threads.run(
                 lambda count: fused(s, neighbours, threads=count), work=s.numel() // 3)
+            self._kernel = result is not None
             if result is not None:
                 return result
             s = s.requires_grad_(True)

@@ -24,7 +24,6 @@ or no C++ compiler.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import math
 
@@ -32,6 +31,7 @@ import torch
 
 from . import native
 from .fused_source import SOURCE
+from .threads import one_torch_thread
 
 __all__ = ["fused_energy_and_field", "fused_site_energies", "available"]
 
@@ -322,24 +322,6 @@ class _Curvature(torch.autograd.Function):
                            "model.fused = False to take the eager PyTorch path")
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    """torch's own work of an energy + field call (spherical harmonics and their derivative,
-    about 1% of the call) on one thread, restored afterwards: torch's OpenMP workers, once woken,
-    spin waiting for the next parallel region and take cores from the kernel's threads, and on
-    a loaded machine a parallel region waits for a descheduled worker (measured at 96x96 under
-    load: 0.12 us/site on one thread, 7.8 with two)."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def fused_site_energies(model, spins: torch.Tensor, neighbours) -> torch.Tensor | None:
     """Site energies of ``model`` (an ECNN) from the compiled kernel, differentiable twice with
     respect to the spins and the parameters (the field, and a loss on the field during
@@ -385,7 +367,7 @@ def fused_energy_and_field(model, spins: torch.Tensor, neighbours,
         return None
     meta, params, eps2 = _packed(model, spins.dtype)
     threads = threads or torch.get_num_threads()
-    with _one_torch_thread():
+    with one_torch_thread():  # torch's part (about 1% of the call) beside the kernel's threads
         s = spins.detach().requires_grad_(True)
         with torch.enable_grad():
             x0, filt = _inputs(model, s)
