@@ -10,7 +10,8 @@ Writes the tables of docs/benchmarks.md (markdown on stdout, raw rows with ``--j
    (measured on one core in the same run) that the kernel reaches;
 2. per-site time and memory against lattice size (16x16 to 512x512), each in a fresh process
    (memory: increase of the peak resident set size during the calls);
-3. threads: 1 and 2 pinned and the default "auto", continuous runs in alternating blocks, 4. batches of configurations, 5. the training step of the
+3. threads: 1 and 2 pinned and the default "auto", continuous runs in alternating blocks,
+   4. batches of configurations, 5. the training step of the
    trainer's path (``model.energy(spins, model.prepare(graph))`` + ``compute_field(...,
    training=True)``, energy + force loss, double backward) through the kernel and the eager
    path against the same step of the ecnn4klm code, 6. the time an LLG step spends outside the
@@ -456,7 +457,7 @@ def markdown(info: dict, res: dict) -> str:
                        f"{r['us_per_site']:.2f} | {r['cpu_us_per_site']:.2f} {mem}")
     if res.get("threads"):
         out += ["", "| lattice | size | implementation | threads | calls | us / site, mean (wall) | x 1 thread | "
-                "best | CPU us / site, mean | 2 threads chosen | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "best | CPU us / site, mean | 2 threads chosen | load |", "|---" * 11 + "|"]
         for r in res["threads"]:
             one = [q for q in res["threads"] if q["lattice"] == r["lattice"] and q["size"] == r["size"]
                    and q["implementation"] == r["implementation"] and q["threads"] == 1][0]
