@@ -9,7 +9,7 @@ import torch
 
 import klmgraph
 from klmgraph.cli import main
-from klmgraph.nn.committee import Committee, calibration_factor, raw_spread
+from klmgraph.nn.committee import Committee, calibration_factor, cross_fitted_rmse, raw_spread
 from klmgraph.simulation import UncertaintyWarning
 from klmgraph.train import calibrate_file, config_from_dict, train
 
@@ -68,6 +68,14 @@ def test_calibration_factor_on_synthetic_errors():
     assert calibration_factor(spread, error) == pytest.approx(2.5, rel=0.03)
     # and exactly: RMSE(error) / RMS(spread)
     assert calibration_factor(torch.full((4, 2), 0.5), torch.full((4, 2, 3), -3.0)) == pytest.approx(6.0)
+    # leave one out: each configuration's prediction is the factor of the others times its own spread
+    loo = cross_fitted_rmse(spread[:5], error[:5])
+    for j in range(5):
+        others = [i for i in range(5) if i != j]
+        c = calibration_factor(spread[others], error[others])
+        assert float(loo[j]) == pytest.approx(c * float(spread[j].pow(2).mean().sqrt()), rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2 configurations"):
+        cross_fitted_rmse(spread[:1], error[:1])
     fields = torch.tensor([[[1.0, 0, 0]], [[3.0, 0, 0]]])  # two members, one site
     assert raw_spread(fields) == pytest.approx(torch.tensor([(2.0 / 3) ** 0.5]))
 

@@ -10,6 +10,7 @@ from klmgraph.cli import main
 from klmgraph.electrons import ExactDiagonalization
 from klmgraph.learn import STAGES, learn_config_from_dict, run_learning, select_by_spread
 from klmgraph.learn import loop as loop_module
+from klmgraph.nn.committee import calibration_factor
 
 TINY = {
     "system": {"lattice": "square", "size": [4, 4], "J": 7.0, "filling": 0.48},
@@ -145,6 +146,20 @@ def test_loop_resumes_after_a_kill_at_every_stage(tmp_path, monkeypatch, one_thr
     assert (prov["iteration"] == -1).sum() == 6 and (prov["iteration"] == 0).sum() == 3
     explored = prov["iteration"] == 0
     assert set(prov["condition"][explored].tolist()) <= {0, 1} and (prov["step"][explored] >= 0).all()
+    # the first committee, calibrated on random data, is refitted on iteration 0's explored hold-out
+    # states; each state's prediction uses the factor of the others (leave one out)
+    first = reference["iterations"][0]
+    assert first["calibration_source"].startswith("these hold-out states, leave one out")
+    assert reference["iterations"][1]["calibration_source"] == "explored hold-out states of earlier iterations"
+    committee = klmgraph.load_model(tmp_path / "straight" / "iter000" / "model.pt").double()
+    held = klmgraph.load_dataset(tmp_path / "straight" / "iter000" / "holdout.h5")
+    u = committee.bind(held.graph).uncertainty(held.spins)
+    spread, error = u.field_error / committee.calibration, u.field - held.field
+    assert committee.calibration == pytest.approx(calibration_factor(spread, error), rel=1e-4) == first["calibration"]
+    for j in range(len(held)):
+        others = [i for i in range(len(held)) if i != j]
+        c = calibration_factor(spread[others], error[others])
+        assert first["holdout_predicted"][j] == pytest.approx(c * float(spread[j].pow(2).mean().sqrt()), rel=1e-4)
     # and a finished loop run again does nothing more
     labelled.clear(), trained.clear()
     run_learning(config, tmp_path / "killed", progress=False, log=lambda line: None)

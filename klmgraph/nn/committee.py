@@ -36,7 +36,7 @@ from ..checks import check_spins
 from .binding import BoundModel
 from .modelfile import save_model
 
-__all__ = ["Committee", "BoundCommittee", "Uncertainty", "calibration_factor", "raw_spread"]
+__all__ = ["Committee", "BoundCommittee", "Uncertainty", "calibration_factor", "cross_fitted_rmse", "raw_spread"]
 
 
 class _MemberEnergy(nn.Module):
@@ -308,6 +308,34 @@ def calibration_factor(spread: torch.Tensor, error: torch.Tensor) -> float:
         raise ValueError("the committee's spread is zero on the calibration data (identical members?): "
                          "no calibration factor can be fitted")
     return float(error.double().pow(2).mean().sqrt()) / spread_rms
+
+
+def cross_fitted_rmse(spread: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """Predicted RMSE of B of each configuration with the calibration factor fitted on the others
+    (leave one out): an estimate of the error that never saw that configuration's own error, for
+    a calibration set that is also the measurement set.
+
+        predicted_j = c_(-j) * sqrt(mean_r spread_jr^2),  c_(-j) = calibration_factor(all but j)
+
+    Args:
+        spread: (K, N) uncalibrated site spreads of K >= 2 configurations.
+        error: (K, N, 3) committee-mean field minus the reference field.
+
+    Returns:
+        (K,) float64.
+
+    Raises:
+        ValueError: for fewer than two configurations, or a spread that is zero on the others.
+    """
+    if spread.shape[0] < 2:
+        raise ValueError(f"leave-one-out calibration needs at least 2 configurations, got {spread.shape[0]}")
+    spread2 = spread.double().pow(2).mean(-1)  # (K,)
+    error2 = error.double().pow(2).mean((-1, -2))  # (K,)
+    others_spread, others_error = spread2.sum() - spread2, error2.sum() - error2
+    if not bool((others_spread > 0).all()):
+        raise ValueError("the committee's spread is zero on the calibration data (identical members?): "
+                         "no calibration factor can be fitted")
+    return (others_error / others_spread).sqrt() * spread2.sqrt()
 
 
 class BoundCommittee(BoundModel):
