@@ -216,9 +216,10 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
     field_scale = float(metrics["field_true"].std())
     entries = learned["iterations"]
     summary["training"] = {"epochs": first["epochs"], "best_epoch": first["best_epoch"],
-                           "seconds": first["seconds"], "committee": s.committee,
+                           "seconds": first["seconds"], "ended_by": first["ended_by"], "committee": s.committee,
                            "finetune_epochs": [t["epochs"] for t in tuned],
                            "finetune_seconds": [t["seconds"] for t in tuned],
+                           "finetune_ended_by": [t["ended_by"] for t in tuned],
                            "val_rmse_field": rmse, "val_rmse_energy_per_site": metrics["rmse_energy_per_site"],
                            "field_component_std": field_scale, "model": learned["model"]}
     summary["learning"] = {"seconds": learn_seconds, "stopped": learned["stopped"], "iterations": [
@@ -278,15 +279,25 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
 
 
 def _training_log(folder: Path) -> dict:
-    """Epochs, best epoch and seconds of a finished training run folder (its log.csv)."""
+    """Epochs, best epoch, seconds and what ended a finished training run (its log.csv and config.json):
+    ``ended_by`` is "epochs" (the epoch budget), "minutes" (the wall-clock cap) or "early stopping"."""
     import csv
 
     with open(folder / "log.csv") as f:
         rows = list(csv.DictReader(f))
     monitored = [float(r["val_rmse_field"]) for r in rows]
     best = min(range(len(rows)), key=monitored.__getitem__) if rows else -1
+    config = json.loads((folder / "config.json").read_text())
+    seconds = float(rows[-1]["elapsed_s"]) if rows else 0.0
+    budget, minutes = config["training"]["epochs"], config["training"]["minutes"]
+    ended_by = ("epochs" if len(rows) >= budget else "minutes" if minutes and seconds > 60 * minutes
+                else "early stopping")
     return {"epochs": len(rows), "best_epoch": int(rows[best]["epoch"]) if rows else 0,
-            "seconds": float(rows[-1]["elapsed_s"]) if rows else None}
+            "seconds": seconds if rows else None, "ended_by": ended_by}
+
+
+_ENDED = {"epochs": "its epoch budget", "minutes": "the wall-clock cap (a busy machine: fewer epochs than planned)",
+          "early stopping": "early stopping"}
 
 
 def _markdown(summary: dict) -> str:
@@ -306,8 +317,9 @@ def _markdown(summary: dict) -> str:
         "",
         "| quantity | value |",
         "|---|---|",
-        f"| first training: epochs (best) | {t['epochs']} ({t['best_epoch']}) |",
-        f"| fine-tuning epochs per iteration | {', '.join(map(str, t['finetune_epochs'])) or 'none'} |",
+        f"| first training: epochs (best), ended by | {t['epochs']} ({t['best_epoch']}), {_ENDED[t['ended_by']]} |",
+        f"| fine-tuning epochs per iteration, ended by | "
+        f"{', '.join(f'{n} ({_ENDED[e]})' for n, e in zip(t['finetune_epochs'], t['finetune_ended_by'])) or 'none'} |",
         *rows,
         f"| random validation RMSE of B (components), final committee | {t['val_rmse_field']:.4f} |",
         f"| spread (std) of the ED field components | {t['field_component_std']:.4f} |",

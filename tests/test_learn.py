@@ -18,7 +18,7 @@ TINY = {
     "model": {"committee": 2, "channels": 2, "num_interactions": 1},
     "optimizer": {"name": "adam", "lr": 0.02},
     "training": {"epochs": 3, "batch_size": 3, "energy_weight": 1.0},
-    "finetune": {"epochs": 2},
+    "finetune": {"epochs": 2, "energy_weight": 5.0},
     "explore": {"conditions": [{"hz": 0.0, "T": 0.0}, {"hz": 0.3, "T": 0.05}], "runs": 2, "steps": 8, "dt": 0.5,
                 "snapshot_every": 2},
     "select": {"labels": 3, "holdout": 2, "min_gap": 2},
@@ -79,6 +79,7 @@ def test_provenance_round_trips_through_hdf5(tmp_path):
     ({"optimizer": {"name": "sgd"}}, r"\[optimizer\] name must be"),
     ({"explore": {"conditions": [{"hz": 0, "B": 1}]}}, r"\[explore\] conditions\[0\]"),
     ({"what": {}}, r"unknown section\(s\) \['what'\]"),
+    ({"finetune": {"energy_weight": -1.0}}, r"\[finetune\] energy_weight must be a number >= 0"),
 ])
 def test_config_errors_name_the_key(change, message):
     raw = {k: dict(v) for k, v in TINY.items()}
@@ -146,6 +147,10 @@ def test_loop_resumes_after_a_kill_at_every_stage(tmp_path, monkeypatch, one_thr
     assert (prov["iteration"] == -1).sum() == 6 and (prov["iteration"] == 0).sum() == 3
     explored = prov["iteration"] == 0
     assert set(prov["condition"][explored].tolist()) <= {0, 1} and (prov["step"][explored] >= 0).all()
+    # the fine-tuning has its own energy weight
+    for k, weight in ((0, 1.0), (1, 5.0)):
+        run_config = json.loads((tmp_path / "straight" / f"iter{k:03d}" / "training" / "config.json").read_text())
+        assert run_config["training"]["energy_weight"] == weight
     # the first committee, calibrated on random data, is refitted on iteration 0's explored hold-out
     # states; each state's prediction uses the factor of the others (leave one out)
     first = reference["iterations"][0]

@@ -80,11 +80,16 @@ class FinetuneConfig:
         epochs: epochs per iteration (default 100).
         minutes: wall-clock cap per iteration (default 2).
         lr: learning rate (default 0: the [optimizer] lr).
+        energy_weight: lambda of the fine-tuning's loss (default: [training] energy_weight). The
+            energy of a relaxed state is off by much more than a random one's (an error of the
+            field integrated along the relaxation), and with lambda = 1 its term weighs little
+            beside the field's; a larger lambda here fixes E/N on the explored states.
     """
 
     epochs: int = 100
     minutes: float = 2.0
     lr: float = 0.0
+    energy_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,8 @@ class LearnConfig:
 
     def to_dict(self) -> dict:
         d = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        if d["finetune"]["energy_weight"] is None:  # unset: loops stored before the key still resume
+            del d["finetune"]["energy_weight"]
         d.update(self.train)
         return d
 
@@ -211,6 +218,8 @@ def _check(config: LearnConfig) -> None:
     _positive_int("finetune", "epochs", f.epochs)
     if f.minutes <= 0 or f.lr < 0:
         raise ValueError(f"[finetune] minutes must be > 0 and lr >= 0, got {f.minutes} and {f.lr}")
+    if f.energy_weight is not None and not (isinstance(f.energy_weight, (int, float)) and f.energy_weight >= 0):
+        raise ValueError(f"[finetune] energy_weight must be a number >= 0, got {f.energy_weight!r}")
     e = config.explore
     if not e.conditions:
         raise ValueError("[explore] conditions must list at least one condition")

@@ -120,6 +120,8 @@ class _Loop:
                                    minutes=self.c.finetune.minutes)
             if self.c.finetune.lr:
                 raw["optimizer"]["lr"] = self.c.finetune.lr
+            if self.c.finetune.energy_weight is not None:
+                raw["training"]["energy_weight"] = self.c.finetune.energy_weight
             what = f"fine-tuning iteration {k - 1}'s committee on random + explored data"
         raw["training"].setdefault("device", self.device)
         self.log(f"[iteration {k}] {what}")
