@@ -79,6 +79,7 @@ def test_provenance_round_trips_through_hdf5(tmp_path):
     ({"optimizer": {"name": "sgd"}}, r"\[optimizer\] name must be"),
     ({"explore": {"conditions": [{"hz": 0, "B": 1}]}}, r"\[explore\] conditions\[0\]"),
     ({"what": {}}, r"unknown section\(s\) \['what'\]"),
+    ({"select": {"by": "energy"}}, r"\[select\] by must be one of \['rmse_field', 'max_site_error'\]"),
     ({"finetune": {"energy_weight": -1.0}}, r"\[finetune\] energy_weight must be a number >= 0"),
 ])
 def test_config_errors_name_the_key(change, message):
@@ -190,3 +191,22 @@ def test_the_examples_configurations_are_valid():
         for quick in (False, True):
             config = load_learn_config(examples / name, quick=quick)
             assert config.train["model"]["committee"] >= 2
+
+
+@pytest.mark.parametrize("by, key", [("rmse_field", "predicted_rmse_field"), ("max_site_error", "max_site_error")])
+def test_select_ranks_by_the_configured_spread(tmp_path, by, key):
+    import numpy as np
+
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["select"] = {"labels": 3, "holdout": 2, "min_gap": 0, "by": by}
+    loop = loop_module._Loop(learn_config_from_dict(raw), tmp_path, "cpu", False, lambda line: None, None)
+    loop.it(0).mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    n = 20
+    rmse, largest = torch.rand(n, generator=gen, dtype=torch.float64), torch.rand(n, generator=gen, dtype=torch.float64)
+    np.savez(loop.it(0) / "explore.npz", spins=np.zeros((n, 16, 3)), run=np.arange(n), step=np.zeros(n, dtype=int),
+             condition=np.zeros(n, dtype=int), predicted_rmse_field=rmse.numpy(), max_site_error=largest.numpy())
+    loop.select(0)
+    chosen = json.loads((loop.it(0) / "selection.json").read_text())["labels"]
+    ranking = {"predicted_rmse_field": rmse, "max_site_error": largest}[key]
+    assert chosen == torch.argsort(ranking, descending=True)[:3].tolist()

@@ -144,11 +144,16 @@ class SelectConfig:
         holdout: further states per iteration, drawn at random among the rest, labelled to measure
             the true error and never trained on (default 8).
         min_gap: two selected states of one run are at least this many steps apart (default 20).
+        by: the spread that ranks the candidates: "rmse_field" (default: the predicted RMSE of B
+            over the sites) or "max_site_error" (the largest predicted site error: a state whose
+            uncertainty sits on a few sites, such as a domain wall or vortex in an ordered
+            background, ranks by those sites instead of being averaged away).
     """
 
     labels: int = 20
     holdout: int = 8
     min_gap: int = 20
+    by: str = "rmse_field"
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,7 @@ class LoopConfig:
     seed: int = 0
 
 
+_SELECT_BY = {"rmse_field": "predicted_rmse_field", "max_site_error": "max_site_error"}  # -> explore.npz key
 _SECTIONS = {"system": SystemConfig, "initial": InitialConfig, "finetune": FinetuneConfig,
              "explore": ExploreConfig, "select": SelectConfig, "loop": LoopConfig}
 _TRAIN_SECTIONS = ("model", "optimizer", "training")
@@ -190,6 +196,8 @@ class LearnConfig:
 
     def to_dict(self) -> dict:
         d = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        if d["select"]["by"] == "rmse_field":  # the default: loops stored before the key still resume
+            del d["select"]["by"]
         if d["finetune"]["energy_weight"] is None:  # unset: loops stored before the key still resume
             del d["finetune"]["energy_weight"]
         d.update(self.train)
@@ -240,6 +248,8 @@ def _check(config: LearnConfig) -> None:
     _positive_int("select", "labels", sel.labels)
     _positive_int("select", "holdout", sel.holdout)
     _positive_int("select", "min_gap", sel.min_gap, low=0)
+    if sel.by not in _SELECT_BY:
+        raise ValueError(f"[select] by must be one of {list(_SELECT_BY)}, got {sel.by!r}")
     if sel.labels + sel.holdout > candidates:
         raise ValueError(f"[select] labels + holdout = {sel.labels + sel.holdout} but [explore] yields only "
                          f"{candidates} candidate states per iteration (runs x snapshots x conditions)")
