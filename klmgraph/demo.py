@@ -52,6 +52,9 @@ class DemoSettings:
         explore_runs, explore_steps: damped committee-LLG runs per iteration and their length.
         labels, holdout: explored states labelled per iteration to train on, and to measure.
         finetune_epochs, finetune_minutes: budget of each fine-tuning.
+        finetune_energy_weight: lambda of the fine-tunings' loss (the first training's is 1).
+        select_by: the committee spread that ranks the explored states, "rmse_field" or
+            "max_site_error" (:class:`klmgraph.learn.SelectConfig`).
         scale: the LLG lattice is (scale * size) per side: scale**2 times more sites.
         steps, dt: LLG length and time step (damped, alpha = 1, T = 0, Hz = 0), in the learning
             iterations and on the large lattice.
@@ -72,6 +75,8 @@ class DemoSettings:
     holdout: int = 8
     finetune_epochs: int = 50
     finetune_minutes: float = 1.5
+    finetune_energy_weight: float = 1.0
+    select_by: str = "rmse_field"
     scale: int = 4
     steps: int = 200
     dt: float = 1.0
@@ -87,6 +92,10 @@ class DemoSettings:
             raise ValueError(f"demo setting committee must be at least 2, got {self.committee}")
         if self.iterations < 0:
             raise ValueError(f"demo setting iterations must be >= 0, got {self.iterations}")
+        if self.select_by not in ("rmse_field", "max_site_error"):
+            raise ValueError(f"demo setting select_by must be 'rmse_field' or 'max_site_error', got {self.select_by!r}")
+        if not self.finetune_energy_weight >= 0:
+            raise ValueError(f"demo setting finetune_energy_weight must be >= 0, got {self.finetune_energy_weight}")
         if self.dt <= 0 or self.minutes <= 0 or self.finetune_minutes <= 0:
             raise ValueError(f"demo settings dt and minutes must be positive, got {self.dt} and {self.minutes}")
 
@@ -155,11 +164,13 @@ def learning_config(s: DemoSettings, device: str = "cpu") -> dict:
         "training": {"epochs": s.epochs, "minutes": s.minutes, "batch_size": 4, "energy_weight": 1.0,
                      "dtype": "float32", "device": device, "seed": s.seed},
         # a smaller rate than the first training's: continue from the committee, do not restart it
-        "finetune": {"epochs": s.finetune_epochs, "minutes": s.finetune_minutes, "lr": 0.003},
+        "finetune": {"epochs": s.finetune_epochs, "minutes": s.finetune_minutes, "lr": 0.003,
+                     "energy_weight": s.finetune_energy_weight},
         "explore": {"conditions": [{"hz": 0.0, "T": 0.0}], "runs": s.explore_runs, "steps": s.explore_steps,
                     "dt": s.dt, "alpha": 1.0, "snapshot_every": max(1, s.explore_steps // 15),
                     "first_step": max(1, s.explore_steps // 15)},
-        "select": {"labels": s.labels, "holdout": s.holdout, "min_gap": max(1, s.explore_steps // 5)},
+        "select": {"labels": s.labels, "holdout": s.holdout, "min_gap": max(1, s.explore_steps // 5),
+                   "by": s.select_by},
         "loop": {"iterations": s.iterations, "seed": s.seed},
     }
 

@@ -83,3 +83,7 @@ def test_demo_settings_are_checked():
         DemoSettings(dt=-1.0)
     with pytest.raises(ValueError, match="committee must be at least 2"):
         DemoSettings(committee=1)
+    with pytest.raises(ValueError, match="select_by must be 'rmse_field' or 'max_site_error'"):
+        DemoSettings(select_by="energy")
+    with pytest.raises(ValueError, match="finetune_energy_weight must be >= 0"):
+        DemoSettings(finetune_energy_weight=-1.0)
