@@ -16,7 +16,7 @@ from ..electrons import ExactDiagonalization
 from ..train import check_section_keys, config_from_dict
 
 __all__ = ["SystemConfig", "InitialConfig", "FinetuneConfig", "Condition", "ExploreConfig", "SelectConfig",
-           "LoopConfig", "LearnConfig", "load_learn_config", "learn_config_from_dict"]
+           "LoopConfig", "LearnConfig", "SELECT_BY", "load_learn_config", "learn_config_from_dict"]
 
 _LATTICES = ("square", "triangular", "honeycomb", "kagome", "cubic")
 
@@ -176,7 +176,8 @@ class LoopConfig:
     seed: int = 0
 
 
-_SELECT_BY = {"rmse_field": "predicted_rmse_field", "max_site_error": "max_site_error"}  # -> explore.npz key
+# [select] by -> the key of explore.npz that ranks the candidates
+SELECT_BY = {"rmse_field": "predicted_rmse_field", "max_site_error": "max_site_error"}
 _SECTIONS = {"system": SystemConfig, "initial": InitialConfig, "finetune": FinetuneConfig,
              "explore": ExploreConfig, "select": SelectConfig, "loop": LoopConfig}
 _TRAIN_SECTIONS = ("model", "optimizer", "training")
@@ -248,8 +249,8 @@ def _check(config: LearnConfig) -> None:
     _positive_int("select", "labels", sel.labels)
     _positive_int("select", "holdout", sel.holdout)
     _positive_int("select", "min_gap", sel.min_gap, low=0)
-    if sel.by not in _SELECT_BY:
-        raise ValueError(f"[select] by must be one of {list(_SELECT_BY)}, got {sel.by!r}")
+    if sel.by not in SELECT_BY:
+        raise ValueError(f"[select] by must be one of {list(SELECT_BY)}, got {sel.by!r}")
     if sel.labels + sel.holdout > candidates:
         raise ValueError(f"[select] labels + holdout = {sel.labels + sel.holdout} but [explore] yields only "
                          f"{candidates} candidate states per iteration (runs x snapshots x conditions)")

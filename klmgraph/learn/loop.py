@@ -50,7 +50,7 @@ from ..io import load_model
 from ..nn.committee import cross_fitted_rmse
 from ..spins import ferromagnet, random_spins, skyrmion_crystal
 from ..train import calibrate_file, config_from_dict, evaluate, train
-from .config import _SELECT_BY, LearnConfig
+from .config import SELECT_BY, LearnConfig
 from .report import write_report
 from .selection import draw_holdout, select_by_spread
 
@@ -197,7 +197,7 @@ class _Loop:
         if target.exists():
             return
         cand, sel = self.candidates(k), self.c.select
-        chosen = select_by_spread(cand[_SELECT_BY[sel.by]], cand["run"], cand["step"], cand["condition"],
+        chosen = select_by_spread(cand[SELECT_BY[sel.by]], cand["run"], cand["step"], cand["condition"],
                                   sel.labels, sel.min_gap)
         holdout = draw_holdout(len(cand["run"]), chosen, sel.holdout, seed=self.c.loop.seed * 31 + k)
         _write_json(target, {"labels": chosen.tolist(), "holdout": holdout.tolist(),
