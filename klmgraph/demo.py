@@ -181,7 +181,7 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
 
     Args:
         out: output folder (created; an existing demo folder is continued).
-        settings: :data:`DEFAULT` (10 to 15 minutes on a 2-core CPU), :data:`TINY` (a few)
+        settings: :data:`DEFAULT` (about 6 minutes on an idle 2-core CPU), :data:`TINY` (a few)
             or your own :class:`DemoSettings`.
         device: torch device of the training and the LLG runs.
         progress: show progress bars.
