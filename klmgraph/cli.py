@@ -593,7 +593,7 @@ def make_parser() -> argparse.ArgumentParser:
                                       "0.48): ED data on 12x12, a committee of ECNNs, one active-learning "
                                       "iteration on the states of its own dynamics, damped ML-LLG on 48x48 with "
                                       "the committee's predicted error, and ED of the final state to check the "
-                                      "model and the prediction. 10 to 15 minutes on a 2-core CPU; --tiny runs "
+                                      "model and the prediction. About 6 minutes on an idle 2-core CPU; --tiny runs "
                                       "8x8 -> 32x32 in a few. Rerunning continues an interrupted demo.")
     demo.add_argument("--tiny", action="store_true", help="smaller and shorter (a few minutes)")
     demo.add_argument("--out", default="klmgraph-demo", help="output folder (default klmgraph-demo)")

@@ -52,6 +52,9 @@ class DemoSettings:
         explore_runs, explore_steps: damped committee-LLG runs per iteration and their length.
         labels, holdout: explored states labelled per iteration to train on, and to measure.
         finetune_epochs, finetune_minutes: budget of each fine-tuning.
+        finetune_energy_weight: lambda of the fine-tunings' loss (the first training's is 1).
+        select_by: the committee spread that ranks the explored states, "rmse_field" or
+            "max_site_error" (:class:`klmgraph.learn.SelectConfig`).
         scale: the LLG lattice is (scale * size) per side: scale**2 times more sites.
         steps, dt: LLG length and time step (damped, alpha = 1, T = 0, Hz = 0), in the learning
             iterations and on the large lattice.
@@ -62,16 +65,18 @@ class DemoSettings:
     size: int = 12
     train_samples: int = 40
     val_samples: int = 20
-    epochs: int = 100
-    minutes: float = 3.0
+    epochs: int = 60
+    minutes: float = 15.0
     committee: int = 4
     iterations: int = 1
     explore_runs: int = 8
-    explore_steps: int = 150
+    explore_steps: int = 200
     labels: int = 40
     holdout: int = 8
-    finetune_epochs: int = 50
-    finetune_minutes: float = 1.5
+    finetune_epochs: int = 35
+    finetune_minutes: float = 10.0
+    finetune_energy_weight: float = 30.0
+    select_by: str = "rmse_field"
     scale: int = 4
     steps: int = 200
     dt: float = 1.0
@@ -87,6 +92,10 @@ class DemoSettings:
             raise ValueError(f"demo setting committee must be at least 2, got {self.committee}")
         if self.iterations < 0:
             raise ValueError(f"demo setting iterations must be >= 0, got {self.iterations}")
+        if self.select_by not in ("rmse_field", "max_site_error"):
+            raise ValueError(f"demo setting select_by must be 'rmse_field' or 'max_site_error', got {self.select_by!r}")
+        if not self.finetune_energy_weight >= 0:
+            raise ValueError(f"demo setting finetune_energy_weight must be >= 0, got {self.finetune_energy_weight}")
         if self.dt <= 0 or self.minutes <= 0 or self.finetune_minutes <= 0:
             raise ValueError(f"demo settings dt and minutes must be positive, got {self.dt} and {self.minutes}")
 
@@ -155,11 +164,13 @@ def learning_config(s: DemoSettings, device: str = "cpu") -> dict:
         "training": {"epochs": s.epochs, "minutes": s.minutes, "batch_size": 4, "energy_weight": 1.0,
                      "dtype": "float32", "device": device, "seed": s.seed},
         # a smaller rate than the first training's: continue from the committee, do not restart it
-        "finetune": {"epochs": s.finetune_epochs, "minutes": s.finetune_minutes, "lr": 0.003},
+        "finetune": {"epochs": s.finetune_epochs, "minutes": s.finetune_minutes, "lr": 0.003,
+                     "energy_weight": s.finetune_energy_weight},
         "explore": {"conditions": [{"hz": 0.0, "T": 0.0}], "runs": s.explore_runs, "steps": s.explore_steps,
                     "dt": s.dt, "alpha": 1.0, "snapshot_every": max(1, s.explore_steps // 15),
                     "first_step": max(1, s.explore_steps // 15)},
-        "select": {"labels": s.labels, "holdout": s.holdout, "min_gap": max(1, s.explore_steps // 5)},
+        "select": {"labels": s.labels, "holdout": s.holdout, "min_gap": max(1, s.explore_steps // 5),
+                   "by": s.select_by},
         "loop": {"iterations": s.iterations, "seed": s.seed},
     }
 
@@ -170,7 +181,7 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
 
     Args:
         out: output folder (created; an existing demo folder is continued).
-        settings: :data:`DEFAULT` (10 to 15 minutes on a 2-core CPU), :data:`TINY` (a few)
+        settings: :data:`DEFAULT` (about 6 minutes on an idle 2-core CPU), :data:`TINY` (a few)
             or your own :class:`DemoSettings`.
         device: torch device of the training and the LLG runs.
         progress: show progress bars.
@@ -216,9 +227,10 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
     field_scale = float(metrics["field_true"].std())
     entries = learned["iterations"]
     summary["training"] = {"epochs": first["epochs"], "best_epoch": first["best_epoch"],
-                           "seconds": first["seconds"], "committee": s.committee,
+                           "seconds": first["seconds"], "ended_by": first["ended_by"], "committee": s.committee,
                            "finetune_epochs": [t["epochs"] for t in tuned],
                            "finetune_seconds": [t["seconds"] for t in tuned],
+                           "finetune_ended_by": [t["ended_by"] for t in tuned],
                            "val_rmse_field": rmse, "val_rmse_energy_per_site": metrics["rmse_energy_per_site"],
                            "field_component_std": field_scale, "model": learned["model"]}
     summary["learning"] = {"seconds": learn_seconds, "stopped": learned["stopped"], "iterations": [
@@ -278,15 +290,25 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
 
 
 def _training_log(folder: Path) -> dict:
-    """Epochs, best epoch and seconds of a finished training run folder (its log.csv)."""
+    """Epochs, best epoch, seconds and what ended a finished training run (its log.csv and config.json):
+    ``ended_by`` is "epochs" (the epoch budget), "minutes" (the wall-clock cap) or "early stopping"."""
     import csv
 
     with open(folder / "log.csv") as f:
         rows = list(csv.DictReader(f))
     monitored = [float(r["val_rmse_field"]) for r in rows]
     best = min(range(len(rows)), key=monitored.__getitem__) if rows else -1
+    config = json.loads((folder / "config.json").read_text())
+    seconds = float(rows[-1]["elapsed_s"]) if rows else 0.0
+    budget, minutes = config["training"]["epochs"], config["training"]["minutes"]
+    ended_by = ("epochs" if len(rows) >= budget else "minutes" if minutes and seconds > 60 * minutes
+                else "early stopping")
     return {"epochs": len(rows), "best_epoch": int(rows[best]["epoch"]) if rows else 0,
-            "seconds": float(rows[-1]["elapsed_s"]) if rows else None}
+            "seconds": seconds if rows else None, "ended_by": ended_by}
+
+
+_ENDED = {"epochs": "its epoch budget", "minutes": "the wall-clock cap (a busy machine: fewer epochs than planned)",
+          "early stopping": "early stopping"}
 
 
 def _markdown(summary: dict) -> str:
@@ -306,8 +328,9 @@ def _markdown(summary: dict) -> str:
         "",
         "| quantity | value |",
         "|---|---|",
-        f"| first training: epochs (best) | {t['epochs']} ({t['best_epoch']}) |",
-        f"| fine-tuning epochs per iteration | {', '.join(map(str, t['finetune_epochs'])) or 'none'} |",
+        f"| first training: epochs (best), ended by | {t['epochs']} ({t['best_epoch']}), {_ENDED[t['ended_by']]} |",
+        f"| fine-tuning epochs per iteration, ended by | "
+        f"{', '.join(f'{n} ({_ENDED[e]})' for n, e in zip(t['finetune_epochs'], t['finetune_ended_by'])) or 'none'} |",
         *rows,
         f"| random validation RMSE of B (components), final committee | {t['val_rmse_field']:.4f} |",
         f"| spread (std) of the ED field components | {t['field_component_std']:.4f} |",

@@ -9,7 +9,7 @@ import torch
 
 import klmgraph
 from klmgraph.cli import main
-from klmgraph.nn.committee import Committee, calibration_factor, raw_spread
+from klmgraph.nn.committee import Committee, calibration_factor, cross_fitted_rmse, raw_spread
 from klmgraph.simulation import UncertaintyWarning
 from klmgraph.train import calibrate_file, config_from_dict, train
 
@@ -68,8 +68,44 @@ def test_calibration_factor_on_synthetic_errors():
     assert calibration_factor(spread, error) == pytest.approx(2.5, rel=0.03)
     # and exactly: RMSE(error) / RMS(spread)
     assert calibration_factor(torch.full((4, 2), 0.5), torch.full((4, 2, 3), -3.0)) == pytest.approx(6.0)
+    # leave one out: each configuration's prediction is the factor of the others times its own spread
+    loo = cross_fitted_rmse(spread[:5], error[:5])
+    for j in range(5):
+        others = [i for i in range(5) if i != j]
+        c = calibration_factor(spread[others], error[others])
+        assert float(loo[j]) == pytest.approx(c * float(spread[j].pow(2).mean().sqrt()), rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2 configurations"):
+        cross_fitted_rmse(spread[:1], error[:1])
     fields = torch.tensor([[[1.0, 0, 0]], [[3.0, 0, 0]]])  # two members, one site
     assert raw_spread(fields) == pytest.approx(torch.tensor([(2.0 / 3) ** 0.5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_members_equal_the_vmapped_path(dtype, one_thread):
+    from klmgraph.nn import fused
+
+    if not fused.available():
+        pytest.skip("no C++ compiler: the committee takes the vmapped path only")
+    graph = klmgraph.square(6, 6)
+    committee = Committee(_members(graph), calibration=1.4).to(dtype)
+    bound = committee.bind(graph)
+    spins = klmgraph.random_spins(graph, batch=2, seed=5, dtype=dtype)
+    tol = {"atol": 1e-4, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-10, "rtol": 1e-10}
+    committee.fused = False
+    e_ref, b_ref = bound.energy_and_field(spins)
+    u_ref = bound.uncertainty(spins)
+    committee.fused = True
+    e, b = bound.energy_and_field(spins)
+    u = bound.uncertainty(spins)
+    assert torch.allclose(e, e_ref, **tol) and torch.allclose(b, b_ref, **tol)
+    assert torch.allclose(u.field_error, u_ref.field_error, **tol)
+    assert torch.allclose(u.energy_per_site_error, u_ref.energy_per_site_error, **tol)
+    # the kernel's member copies follow the weights: a changed weight changes the prediction
+    with torch.no_grad():
+        next(iter(committee.weights.values()))[0].mul_(1.5)
+    e_new, _ = bound.energy_and_field(spins)
+    committee.fused = False
+    assert not torch.allclose(e_new, e) and torch.allclose(e_new, bound.energy_and_field(spins)[0], **tol)
 
 
 def test_committee_file_round_trip_and_checks(tmp_path, one_thread):

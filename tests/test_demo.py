@@ -34,8 +34,10 @@ def test_demo_writes_its_results(demo_folder):
 def test_demo_model_learns_and_transfers_to_the_large_lattice(demo_folder):
     summary = json.loads((demo_folder / "summary.json").read_text())
     training, check = summary["training"], summary["check_on_large_lattice"]
-    # bounded by epochs, not by minutes: the same model on a loaded machine
-    assert training["epochs"] == TINY.epochs
+    # bounded by epochs, not by minutes: the same model on a loaded machine; the summary says so
+    assert training["epochs"] == TINY.epochs and training["ended_by"] == "epochs"
+    assert training["finetune_ended_by"] == ["epochs"] * TINY.iterations
+    assert "its epoch budget" in (demo_folder / "summary.md").read_text()
     # trained: far below the spread of the field components that a constant prediction would give
     assert training["val_rmse_field"] < 0.2 * training["field_component_std"]
     # the model's energy on the 16x larger lattice agrees with ED of the same state
@@ -81,3 +83,7 @@ def test_demo_settings_are_checked():
         DemoSettings(dt=-1.0)
     with pytest.raises(ValueError, match="committee must be at least 2"):
         DemoSettings(committee=1)
+    with pytest.raises(ValueError, match="select_by must be 'rmse_field' or 'max_site_error'"):
+        DemoSettings(select_by="energy")
+    with pytest.raises(ValueError, match="finetune_energy_weight must be >= 0"):
+        DemoSettings(finetune_energy_weight=-1.0)

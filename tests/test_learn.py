@@ -10,6 +10,7 @@ from klmgraph.cli import main
 from klmgraph.electrons import ExactDiagonalization
 from klmgraph.learn import STAGES, learn_config_from_dict, run_learning, select_by_spread
 from klmgraph.learn import loop as loop_module
+from klmgraph.nn.committee import calibration_factor
 
 TINY = {
     "system": {"lattice": "square", "size": [4, 4], "J": 7.0, "filling": 0.48},
@@ -17,7 +18,7 @@ TINY = {
     "model": {"committee": 2, "channels": 2, "num_interactions": 1},
     "optimizer": {"name": "adam", "lr": 0.02},
     "training": {"epochs": 3, "batch_size": 3, "energy_weight": 1.0},
-    "finetune": {"epochs": 2},
+    "finetune": {"epochs": 2, "energy_weight": 5.0},
     "explore": {"conditions": [{"hz": 0.0, "T": 0.0}, {"hz": 0.3, "T": 0.05}], "runs": 2, "steps": 8, "dt": 0.5,
                 "snapshot_every": 2},
     "select": {"labels": 3, "holdout": 2, "min_gap": 2},
@@ -78,6 +79,8 @@ def test_provenance_round_trips_through_hdf5(tmp_path):
     ({"optimizer": {"name": "sgd"}}, r"\[optimizer\] name must be"),
     ({"explore": {"conditions": [{"hz": 0, "B": 1}]}}, r"\[explore\] conditions\[0\]"),
     ({"what": {}}, r"unknown section\(s\) \['what'\]"),
+    ({"select": {"by": "energy"}}, r"\[select\] by must be one of \['rmse_field', 'max_site_error'\]"),
+    ({"finetune": {"energy_weight": -1.0}}, r"\[finetune\] energy_weight must be a number >= 0"),
 ])
 def test_config_errors_name_the_key(change, message):
     raw = {k: dict(v) for k, v in TINY.items()}
@@ -145,6 +148,24 @@ def test_loop_resumes_after_a_kill_at_every_stage(tmp_path, monkeypatch, one_thr
     assert (prov["iteration"] == -1).sum() == 6 and (prov["iteration"] == 0).sum() == 3
     explored = prov["iteration"] == 0
     assert set(prov["condition"][explored].tolist()) <= {0, 1} and (prov["step"][explored] >= 0).all()
+    # the fine-tuning has its own energy weight
+    for k, weight in ((0, 1.0), (1, 5.0)):
+        run_config = json.loads((tmp_path / "straight" / f"iter{k:03d}" / "training" / "config.json").read_text())
+        assert run_config["training"]["energy_weight"] == weight
+    # every committee is refitted on its own exploration's hold-out states (the first one was
+    # calibrated on random data); each state's prediction uses the factor of the others (leave one out)
+    first = reference["iterations"][0]
+    assert first["calibration_source"].startswith("these hold-out states, leave one out")
+    assert reference["iterations"][1]["calibration_source"] == first["calibration_source"]
+    committee = klmgraph.load_model(tmp_path / "straight" / "iter000" / "model.pt").double()
+    held = klmgraph.load_dataset(tmp_path / "straight" / "iter000" / "holdout.h5")
+    u = committee.bind(held.graph).uncertainty(held.spins)
+    spread, error = u.field_error / committee.calibration, u.field - held.field
+    assert committee.calibration == pytest.approx(calibration_factor(spread, error), rel=1e-4) == first["calibration"]
+    for j in range(len(held)):
+        others = [i for i in range(len(held)) if i != j]
+        c = calibration_factor(spread[others], error[others])
+        assert first["holdout_predicted"][j] == pytest.approx(c * float(spread[j].pow(2).mean().sqrt()), rel=1e-4)
     # and a finished loop run again does nothing more
     labelled.clear(), trained.clear()
     run_learning(config, tmp_path / "killed", progress=False, log=lambda line: None)
@@ -170,3 +191,22 @@ def test_the_examples_configurations_are_valid():
         for quick in (False, True):
             config = load_learn_config(examples / name, quick=quick)
             assert config.train["model"]["committee"] >= 2
+
+
+@pytest.mark.parametrize("by, key", [("rmse_field", "predicted_rmse_field"), ("max_site_error", "max_site_error")])
+def test_select_ranks_by_the_configured_spread(tmp_path, by, key):
+    import numpy as np
+
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["select"] = {"labels": 3, "holdout": 2, "min_gap": 0, "by": by}
+    loop = loop_module._Loop(learn_config_from_dict(raw), tmp_path, "cpu", False, lambda line: None, None)
+    loop.it(0).mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    n = 20
+    rmse, largest = torch.rand(n, generator=gen, dtype=torch.float64), torch.rand(n, generator=gen, dtype=torch.float64)
+    np.savez(loop.it(0) / "explore.npz", spins=np.zeros((n, 16, 3)), run=np.arange(n), step=np.zeros(n, dtype=int),
+             condition=np.zeros(n, dtype=int), predicted_rmse_field=rmse.numpy(), max_site_error=largest.numpy())
+    loop.select(0)
+    chosen = json.loads((loop.it(0) / "selection.json").read_text())["labels"]
+    ranking = {"predicted_rmse_field": rmse, "max_site_error": largest}[key]
+    assert chosen == torch.argsort(ranking, descending=True)[:3].tolist()

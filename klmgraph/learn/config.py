@@ -16,7 +16,7 @@ from ..electrons import ExactDiagonalization
 from ..train import check_section_keys, config_from_dict
 
 __all__ = ["SystemConfig", "InitialConfig", "FinetuneConfig", "Condition", "ExploreConfig", "SelectConfig",
-           "LoopConfig", "LearnConfig", "load_learn_config", "learn_config_from_dict"]
+           "LoopConfig", "LearnConfig", "SELECT_BY", "load_learn_config", "learn_config_from_dict"]
 
 _LATTICES = ("square", "triangular", "honeycomb", "kagome", "cubic")
 
@@ -80,11 +80,16 @@ class FinetuneConfig:
         epochs: epochs per iteration (default 100).
         minutes: wall-clock cap per iteration (default 2).
         lr: learning rate (default 0: the [optimizer] lr).
+        energy_weight: lambda of the fine-tuning's loss (default: [training] energy_weight). The
+            energy of a relaxed state is off by much more than a random one's (an error of the
+            field integrated along the relaxation), and with lambda = 1 its term weighs little
+            beside the field's; a larger lambda here fixes E/N on the explored states.
     """
 
     epochs: int = 100
     minutes: float = 2.0
     lr: float = 0.0
+    energy_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,11 +144,16 @@ class SelectConfig:
         holdout: further states per iteration, drawn at random among the rest, labelled to measure
             the true error and never trained on (default 8).
         min_gap: two selected states of one run are at least this many steps apart (default 20).
+        by: the spread that ranks the candidates: "rmse_field" (default: the predicted RMSE of B
+            over the sites) or "max_site_error" (the largest predicted site error: a state whose
+            uncertainty sits on a few sites, such as a domain wall or vortex in an ordered
+            background, ranks by those sites instead of being averaged away).
     """
 
     labels: int = 20
     holdout: int = 8
     min_gap: int = 20
+    by: str = "rmse_field"
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,8 @@ class LoopConfig:
     seed: int = 0
 
 
+# [select] by -> the key of explore.npz that ranks the candidates
+SELECT_BY = {"rmse_field": "predicted_rmse_field", "max_site_error": "max_site_error"}
 _SECTIONS = {"system": SystemConfig, "initial": InitialConfig, "finetune": FinetuneConfig,
              "explore": ExploreConfig, "select": SelectConfig, "loop": LoopConfig}
 _TRAIN_SECTIONS = ("model", "optimizer", "training")
@@ -185,6 +197,10 @@ class LearnConfig:
 
     def to_dict(self) -> dict:
         d = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        if d["select"]["by"] == "rmse_field":  # the default: loops stored before the key still resume
+            del d["select"]["by"]
+        if d["finetune"]["energy_weight"] is None:  # unset: loops stored before the key still resume
+            del d["finetune"]["energy_weight"]
         d.update(self.train)
         return d
 
@@ -211,6 +227,8 @@ def _check(config: LearnConfig) -> None:
     _positive_int("finetune", "epochs", f.epochs)
     if f.minutes <= 0 or f.lr < 0:
         raise ValueError(f"[finetune] minutes must be > 0 and lr >= 0, got {f.minutes} and {f.lr}")
+    if f.energy_weight is not None and not (isinstance(f.energy_weight, (int, float)) and f.energy_weight >= 0):
+        raise ValueError(f"[finetune] energy_weight must be a number >= 0, got {f.energy_weight!r}")
     e = config.explore
     if not e.conditions:
         raise ValueError("[explore] conditions must list at least one condition")
@@ -231,6 +249,8 @@ def _check(config: LearnConfig) -> None:
     _positive_int("select", "labels", sel.labels)
     _positive_int("select", "holdout", sel.holdout)
     _positive_int("select", "min_gap", sel.min_gap, low=0)
+    if sel.by not in SELECT_BY:
+        raise ValueError(f"[select] by must be one of {list(SELECT_BY)}, got {sel.by!r}")
     if sel.labels + sel.holdout > candidates:
         raise ValueError(f"[select] labels + holdout = {sel.labels + sel.holdout} but [explore] yields only "
                          f"{candidates} candidate states per iteration (runs x snapshots x conditions)")

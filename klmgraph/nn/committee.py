@@ -14,6 +14,11 @@ is applied to all of them at once with ``torch.func.vmap`` + ``functional_call``
 mixing becomes one batched matmul and the neighbour gathers one gather, so M members cost
 less than M networks called one after another (benchmarks/committee.py measures it).
 
+Where the members' compiled CPU kernel applies (:mod:`klmgraph.nn.fused`: an ECNN on the CPU,
+no autograd wanted), a bound committee evaluates each member with it instead
+(:meth:`Committee.fused_member_energies_and_fields`): M kernel calls cost less than the vmapped
+autograd path, which stays the path of training and of every case the kernel refuses.
+
 Layering: this module imports the models' protocol and :mod:`klmgraph.nn.binding` only;
 :mod:`klmgraph.io` rebuilds a committee from its file, never the other way round.
 """
@@ -31,7 +36,7 @@ from ..checks import check_spins
 from .binding import BoundModel
 from .modelfile import save_model
 
-__all__ = ["Committee", "BoundCommittee", "Uncertainty", "calibration_factor", "raw_spread"]
+__all__ = ["Committee", "BoundCommittee", "Uncertainty", "calibration_factor", "cross_fitted_rmse", "raw_spread"]
 
 
 class _MemberEnergy(nn.Module):
@@ -98,6 +103,10 @@ class Committee(nn.Module):
         template = members[0]
         self._shell = [_MemberEnergy(template)]
         self.member_architecture = type(template).__name__
+        # bind(graph) evaluates the members with their compiled kernel where it applies; a runtime
+        # switch as ECNN.fused (False: always the vmapped autograd path)
+        self.fused = True
+        self._member_cache = None  # (weight versions, separate member networks) for the kernel
 
     # ------------------------------------------------------------------ the members' protocol
     @property
@@ -166,6 +175,46 @@ class Committee(nn.Module):
             spins: (..., N, 3) -> (...)
         """
         return self.member_energies(spins.expand(self.size, *spins.shape), prepared).mean(0)
+
+    def _kernel_members(self) -> list[nn.Module]:
+        """:meth:`members`, kept until a stacked weight changes (in place or replaced)."""
+        key = tuple((v.data_ptr(), v._version, v.dtype, v.device) for v in self.weights.values())
+        if self._member_cache is None or self._member_cache[0] != key:
+            with torch.no_grad():
+                nets = self.members()
+            for net in nets:
+                net.requires_grad_(False)
+            self._member_cache = (key, nets)
+        return self._member_cache[1]
+
+    def fused_member_energies_and_fields(self, spins: torch.Tensor, prepared):
+        """Every member's energy and field B = -dE/dS with the members' compiled kernel, or None
+        where it does not apply (``fused`` off, members without a kernel, another device or
+        dtype, torch.func transforms; see :mod:`klmgraph.nn.fused`). No autograd graph is kept.
+
+        Shapes:
+            spins: (..., N, 3) -> E (M, ...), B (M, ..., N, 3)
+        """
+        if not self.fused or not callable(getattr(self.template, "fused_energy_and_field", None)):
+            return None
+        energies, fields = [], []
+        for net in self._kernel_members():
+            result = net.fused_energy_and_field(spins, prepared)
+            if result is None:
+                return None
+            energies.append(result[0])
+            fields.append(result[1])
+        return torch.stack(energies), torch.stack(fields)
+
+    def fused_energy_and_field(self, spins: torch.Tensor, prepared):
+        """The committee mean of :meth:`fused_member_energies_and_fields` (None where that is
+        None): the fast path of ``bind(graph).energy_and_field``.
+
+        Shapes:
+            spins: (..., N, 3) -> E (...), B (..., N, 3)
+        """
+        result = self.fused_member_energies_and_fields(spins, prepared)
+        return None if result is None else (result[0].mean(0), result[1].mean(0))
 
     def members(self) -> list[nn.Module]:
         """The M networks as separate modules (copies of the weights)."""
@@ -261,6 +310,34 @@ def calibration_factor(spread: torch.Tensor, error: torch.Tensor) -> float:
     return float(error.double().pow(2).mean().sqrt()) / spread_rms
 
 
+def cross_fitted_rmse(spread: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """Predicted RMSE of B of each configuration with the calibration factor fitted on the others
+    (leave one out): an estimate of the error that never saw that configuration's own error, for
+    a calibration set that is also the measurement set.
+
+        predicted_j = c_(-j) * sqrt(mean_r spread_jr^2),  c_(-j) = calibration_factor(all but j)
+
+    Args:
+        spread: (K, N) uncalibrated site spreads of K >= 2 configurations.
+        error: (K, N, 3) committee-mean field minus the reference field.
+
+    Returns:
+        (K,) float64.
+
+    Raises:
+        ValueError: for fewer than two configurations, or a spread that is zero on the others.
+    """
+    if spread.shape[0] < 2:
+        raise ValueError(f"leave-one-out calibration needs at least 2 configurations, got {spread.shape[0]}")
+    spread2 = spread.double().pow(2).mean(-1)  # (K,)
+    error2 = error.double().pow(2).mean((-1, -2))  # (K,)
+    others_spread, others_error = spread2.sum() - spread2, error2.sum() - error2
+    if not bool((others_spread > 0).all()):
+        raise ValueError("the committee's spread is zero on the calibration data (identical members?): "
+                         "no calibration factor can be fitted")
+    return (others_error / others_spread).sqrt() * spread2.sqrt()
+
+
 class BoundCommittee(BoundModel):
     """A :class:`Committee` on one graph: ``energy_and_field`` is the committee mean (one
     vmapped call; the integrator's hot path), :meth:`uncertainty` adds the spread."""
@@ -274,6 +351,9 @@ class BoundCommittee(BoundModel):
         spins = check_spins(spins, self.num_sites)
         self._check_shape(spins)
         p = self._reference_param()
+        fused = self.model.fused_member_energies_and_fields(spins.detach().to(p), self.neighbours(p.device))
+        if fused is not None:
+            return fused[0].to(spins), fused[1].to(spins)
         m = self.model.size
         s = spins.detach().to(p).unsqueeze(0).expand(m, *spins.shape).clone().requires_grad_(True)
         with torch.enable_grad():
