@@ -136,7 +136,7 @@ def test_triangular_phase_boundaries_runs(tmp_path, capsys):
     assert (tmp_path / "branches.png").exists() and (tmp_path / "branches.csv").exists()
 
 
-PHASE_LINE = re.compile(r"^hz_2_1=(nan|[0-9.]+) hz_1_0=(nan|[0-9.]+)$")
+PHASE_LINE = re.compile(r"^hz_2_1=(nan|[<>]?[0-9.]+) hz_1_0=(nan|[<>]?[0-9.]+)$")
 
 
 def test_triangular_phase_diagram_smoke(tmp_path, capsys):
@@ -154,6 +154,12 @@ def test_triangular_phase_diagram_smoke(tmp_path, capsys):
     # sk2 and sk1 followed up and down, the ferromagnet once: 5 branches x 2 fields
     assert sorted({r["branch"] for r in rows}) == ["fm_up", "sk1_down", "sk1_up", "sk2_down", "sk2_up"]
     assert len(rows) == 10
+    # the down sweep starts from the state the up sweep reached at the top field
+    by = {(r["branch"], float(r["hz"])): r for r in rows}
+    for state in ("sk2", "sk1"):
+        assert by[(f"{state}_down", 0.007)]["energy_k4"] == by[(f"{state}_up", 0.007)]["energy_k4"]
+    assert sorted(p.name for p in (tmp_path / "records" / "sk2_down").iterdir()) == ["0.00300.json"]
+    assert [g["grid"] for g in summary["grid_ladder"]] == [2]
     for r in rows:
         # damped LLG never raises the energy; the relaxation grid's energy is the k2 column
         assert float(r["energy_relax"]) <= float(r["energy_start"]) + 1e-12
@@ -178,6 +184,31 @@ def test_triangular_phase_diagram_smoke(tmp_path, capsys):
         example.main(argv[:-2] + ["--tol", "1e-6", "--out", str(tmp_path)])
     assert (tmp_path / "energies.png").stat().st_size > 10_000
     assert (tmp_path / "phase_diagram.png").stat().st_size > 10_000
+
+
+def test_triangular_phase_diagram_boundaries_and_bounds():
+    """Crossings are interpolated; without one in the range the boundary is a bound, not nan."""
+    crossing = load_example("triangular_phase_diagram").crossing
+    boundary = load_example("triangular_phase_diagram").boundary_text
+
+    def rows(gaps):  # E(n_sk = 1) - E(n_sk = 0) per field; the coarse grid 1e-6 off
+        out = []
+        for hz, gap in gaps.items():
+            out += [{"hz": hz, "n_sk_per_cell": -1.0, "energy_k2": 0.0, "energy_k4": 0.0},
+                    {"hz": hz, "n_sk_per_cell": 0.0, "energy_k2": -gap + 1e-6, "energy_k4": -gap}]
+        return out
+
+    fields = [0.002, 0.004, 0.006]
+    c = crossing(rows({0.002: -3e-5, 0.004: -1e-5, 0.006: 1e-5}), fields, 1, 0, (2, 4))
+    assert c["hz"] == pytest.approx(0.005) and c["bracket"] == [0.004, 0.006] and c["bound"] is None
+    assert c["grid_uncertainty"] == pytest.approx(1e-6 / (2e-5 / 0.002))
+    assert boundary(c) == "0.00500"
+    above = crossing(rows({0.002: -3e-5, 0.004: -2e-5, 0.006: -1e-6}), fields, 1, 0, (2, 4))
+    assert (above["bound"], above["hz"], boundary(above)) == (">", 0.006, ">0.00600")
+    below = crossing(rows({0.002: 3e-5, 0.004: 2e-5, 0.006: 1e-6}), fields, 1, 0, (2, 4))
+    assert boundary(below) == "<0.00200"
+    missing = crossing(rows({0.002: 3e-5})[:1], [0.002], 1, 0, (2, 4))  # no n_sk = 0 state at all
+    assert boundary(missing) == "nan"
 
 
 @pytest.mark.slow
