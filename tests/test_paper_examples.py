@@ -119,7 +119,48 @@ def test_triangular_skyrmions_quick(tmp_path):
     if not (ECNN4KLM / "triangle_param.cpt").is_file():
         pytest.skip(f"the published checkpoint is not at {ECNN4KLM}")
     rows = load_example("triangular_skyrmions").main(["--quick", "--jobs", "2", "--out", str(tmp_path)])
-    assert [row["hz"] for row in rows] == [0.002, 0.005, 0.008]
+    assert [(row["run"], row["hz"]) for row in rows] == [(f"seed{s}", h) for s in (0, 1) for h in (0.002, 0.005, 0.008)]
+
+
+def test_triangular_skyrmions_stopping_rule_anneal_and_resume(tmp_path, capsys):
+    """Fig. 4a's pipeline, tiny: runs stop when E/N settles (or at the step limit), the annealed
+    run cools through its stages, and a rerun resumes instead of integrating again."""
+    if not (ECNN4KLM / "triangle_param.cpt").is_file():
+        pytest.skip(f"the published checkpoint is not at {ECNN4KLM}")
+    example = load_example("triangular_skyrmions")
+    argv = ["--size", "12", "--steps", "200", "--window", "20", "--converge", "2e-4", "--hz", "0.008",
+            "--seed", "0", "1", "--anneal", "0.004", "--anneal-stages", "2", "--anneal-steps", "10",
+            "--check", "none", "--quiet", "--threads", "1", "--out", str(tmp_path)]
+    table = example.main(argv)
+    assert [(e["run"], e["hz"]) for e in table] == [("seed0", 0.008), ("seed1", 0.008), ("anneal", 0.008)]
+    for e in table:
+        traj = klmgraph.read_trajectory(Path(e["folder"]) / "trajectory.h5")
+        last = int(traj.step[-1])
+        assert last == e["step"] and last % 20 == 0
+        change = abs(traj.energy[-1] - traj.energy[traj.step == last - 20][-1]) / 144
+        if e["stopped"].startswith("converged"):  # the rule held at the end and not one window earlier
+            assert change < 2e-4 and last < 200
+            before = traj.energy[traj.step == last - 20][-1] - traj.energy[traj.step == last - 40][-1]
+            assert last == 20 or abs(before) / 144 >= 2e-4
+        else:
+            assert e["stopped"] == "step limit 200" and last == 200
+        assert e["phase"] == example.phase_of(e["skyrmion_number_per_cell"])
+    stages = sorted(p.name for p in (tmp_path / "anneal" / "hz=0.008").iterdir())
+    assert stages == ["final", "stage0_T0.004", "stage1_T0.002"]
+    stage = klmgraph.read_trajectory(tmp_path / "anneal" / "hz=0.008" / "stage1_T0.002" / "trajectory.h5")
+    assert stage.llg["temperature"] == 0.002 and int(stage.step[-1]) == 10
+    with open(tmp_path / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert (tmp_path / "fig4a.png").stat().st_size > 10_000
+    def stored():
+        return [(len(t.step), int(t.step[-1]), float(t.energy[-1])) for t in
+                map(klmgraph.read_trajectory, sorted(tmp_path.rglob("trajectory.h5")))]
+
+    before = stored()
+    again = example.main(argv)  # everything stopped already: nothing is integrated again
+    assert stored() == before
+    assert [e["energy_per_site"] for e in again] == [e["energy_per_site"] for e in table]
+    assert [e["step"] for e in again] == [e["step"] for e in table]
 
 
 def test_triangular_phase_boundaries_runs(tmp_path, capsys):
