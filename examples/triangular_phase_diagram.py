@@ -265,18 +265,19 @@ def class_gaps(rows: list[dict], fields, low: int, high: int, key: str) -> list[
     return gaps
 
 
-def crossing(rows: list[dict], fields, low: int, high: int, grids) -> dict:
-    """Where the lowest |n_sk| = low state stops being below the lowest |n_sk| = high one.
+def crossing(rows: list[dict], fields, low: int, high: int, fine: str, coarse: str | None = None) -> dict:
+    """Where the lowest |n_sk| = low state stops being below the lowest |n_sk| = high one, by the
+    energies under the key ``fine`` (and ``coarse``, a coarser solver, for the uncertainty).
 
     Returns the crossing field ``hz`` (interpolated) with its bracket and grid uncertainty, or,
     where the gap keeps one sign over the fields, a bound: ``bound`` ">" (the low class is lowest
     up to the top field) or "<" (the high class is lowest from the bottom field), and ``hz`` the
-    field that bounds it. ``gaps`` (fine grid) and ``grid_error`` (fine minus the next grid) per
-    field go with it.
+    field that bounds it. ``gaps`` (fine) and ``grid_error`` (fine minus coarse) per field go
+    with it.
     """
-    fine, coarse = (f"energy_k{g}" for g in grids[:-3:-1])
     d = class_gaps(rows, fields, low, high, fine)
-    err = [abs(a - b) for a, b in zip(d, class_gaps(rows, fields, low, high, coarse))]
+    err = ([abs(a - b) for a, b in zip(d, class_gaps(rows, fields, low, high, coarse))] if coarse
+           else [math.nan] * len(d))
     out = {"gaps": d, "grid_error": err, "bracket": None, "grid_uncertainty": math.nan, "bound": None}
     known = [(h, g, e) for h, g, e in zip(fields, d, err) if math.isfinite(g)]
     if not known:
@@ -294,7 +295,7 @@ def crossing(rows: list[dict], fields, low: int, high: int, grids) -> dict:
 
 def boundary_text(c: dict) -> str:
     """A crossing as it appears in the result line: 0.00503, >0.00800 (a bound) or nan."""
-    return f"{c['bound'] or ''}{c['hz']:.5f}" if math.isfinite(c["hz"]) else "nan"
+    return f"{c.get('bound') or ''}{c['hz']:.5f}" if math.isfinite(c["hz"]) else "nan"
 
 
 def main(argv=None):
@@ -398,8 +399,8 @@ def report(rows: list[dict], s: Settings, out: Path, seconds: float) -> dict:
     summary = {
         "settings": asdict(s), "solver": f"ED, k-grid {s.relax_grid}x{s.relax_grid} (relaxation), "
                                          + ", ".join(f"{g}x{g}" for g in s.energy_grids) + " (energies), 48-site cell",
-        "hz_2_1": crossing(rows, s.fields, 2, 1, s.energy_grids),
-        "hz_1_0": crossing(rows, s.fields, 1, 0, s.energy_grids),
+        "hz_2_1": crossing(rows, s.fields, 2, 1, grids[-1], grids[-2]),
+        "hz_1_0": crossing(rows, s.fields, 1, 0, grids[-1], grids[-2]),
         "paper": PAPER,
         "grid_ladder": ladder,
         "grid_error_energy_max": ladder[-1]["energy_max"],

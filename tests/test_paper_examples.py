@@ -240,16 +240,44 @@ def test_triangular_phase_diagram_boundaries_and_bounds():
         return out
 
     fields = [0.002, 0.004, 0.006]
-    c = crossing(rows({0.002: -3e-5, 0.004: -1e-5, 0.006: 1e-5}), fields, 1, 0, (2, 4))
+    c = crossing(rows({0.002: -3e-5, 0.004: -1e-5, 0.006: 1e-5}), fields, 1, 0, "energy_k4", "energy_k2")
     assert c["hz"] == pytest.approx(0.005) and c["bracket"] == [0.004, 0.006] and c["bound"] is None
     assert c["grid_uncertainty"] == pytest.approx(1e-6 / (2e-5 / 0.002))
     assert boundary(c) == "0.00500"
-    above = crossing(rows({0.002: -3e-5, 0.004: -2e-5, 0.006: -1e-6}), fields, 1, 0, (2, 4))
+    above = crossing(rows({0.002: -3e-5, 0.004: -2e-5, 0.006: -1e-6}), fields, 1, 0, "energy_k4", "energy_k2")
     assert (above["bound"], above["hz"], boundary(above)) == (">", 0.006, ">0.00600")
-    below = crossing(rows({0.002: 3e-5, 0.004: 2e-5, 0.006: 1e-6}), fields, 1, 0, (2, 4))
+    below = crossing(rows({0.002: 3e-5, 0.004: 2e-5, 0.006: 1e-6}), fields, 1, 0, "energy_k4", "energy_k2")
     assert boundary(below) == "<0.00200"
-    missing = crossing(rows({0.002: 3e-5})[:1], [0.002], 1, 0, (2, 4))  # no n_sk = 0 state at all
+    missing = crossing(rows({0.002: 3e-5})[:1], [0.002], 1, 0, "energy_k4", "energy_k2")  # no n_sk = 0 state at all
     assert boundary(missing) == "nan"
+
+
+def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
+    """Item 3's pipeline, tiny: the candidates on a periodic lattice relaxed with the published
+    model, up and down, the boundaries set beside an ED summary, and resumption."""
+    if not (ECNN4KLM / "triangle_param.cpt").is_file():
+        pytest.skip(f"the published checkpoint is not at {ECNN4KLM}")
+    example = load_example("triangular_model_phase_diagram")
+    ed = {"solver": "ED, k-grid 2x2", "hz_2_1": {"hz": 0.005, "bound": None}, "hz_1_0": {"hz": 0.008, "bound": ">"},
+          "ground_states": []}
+    (tmp_path / "ed.json").write_text(json.dumps(ed))
+    argv = ["--size", "12", "--hz", "0.004", "0.008", "--states", "sk1", "tq0", "fm", "--max-steps", "10",
+            "--phase-diagram", str(tmp_path / "ed.json"), "--out", str(tmp_path / "run")]
+    summary = example.main(argv)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert PHASE_LINE.match(out[-1]) and "k-grid ED (ED, k-grid 2x2): >0.00800" in "\n".join(out)
+    with open(tmp_path / "run" / "model_phase_diagram.csv") as f:
+        rows = list(csv.DictReader(f))
+    # sk1 and tq0 up and down, fm once; the topology is that of the seeded state after 10 steps
+    assert sorted({r["branch"] for r in rows}) == ["fm_up", "sk1_down", "sk1_up", "tq0_down", "tq0_up"]
+    assert {round(abs(float(r["n_sk_per_cell"]))) for r in rows if r["state"] == "sk1"} == {1}
+    assert {round(abs(float(r["n_sk_per_cell"]))) for r in rows if r["state"] != "sk1"} == {0}
+    assert all(float(r["energy_model"]) <= float(r["energy_start"]) + 1e-12 for r in rows)
+    assert summary["ed"]["hz_1_0"]["bound"] == ">"
+    records = sorted((tmp_path / "run" / "records").rglob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in records]
+    assert example.main(argv)["ground_states"] == summary["ground_states"]
+    assert [p.stat().st_mtime_ns for p in records] == stamps
 
 
 @pytest.mark.slow
