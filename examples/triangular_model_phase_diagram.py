@@ -31,7 +31,7 @@ import torch
 import klmgraph
 from klmgraph.files import atomic_path
 from triangular_phase_diagram import (HAMILTONIAN, PAPER, QUICK, STATES, ansatz, boundary_text, cell_graph,
-                                      crossing, relax, to_lattice)
+                                      crossing, follow, relax)
 from triangular_skyrmions import DEFAULT_CHECKPOINT, load_provider_model
 
 # the ED script's relaxation, with the model's stable step (dt 30 is halved to it anyway) and
@@ -40,35 +40,18 @@ MODEL = replace(QUICK, dt=10.0, max_steps=400, tol=1e-10, states=("sk2", "sk1", 
 
 
 def run_state(state: str, s, size: int, settings: dict, out: Path) -> list[dict]:
-    """One state up through the fields, then down from the top (records resumed or written)."""
+    """One state relaxed with the model along the field sweeps (records resumed or written)."""
     lattice = klmgraph.triangular(size, size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
     provider = load_provider_model(settings, lattice).double().bind(lattice)
     cells = lattice.num_nodes // cell_graph().num_nodes
-    sweeps = [("up", list(s.fields))] + ([] if state == "fm" else [("down", list(s.fields)[::-1][1:])])
-    spins, rows = ansatz(state, lattice).double(), []
-    for direction, fields in sweeps:
-        folder = out / "records" / f"{state}_{direction}"
-        folder.mkdir(parents=True, exist_ok=True)
-        if direction == "down":
-            rows.append({**rows[-1], "branch": f"{state}_down", "direction": "down", "seconds": 0.0})
-        for hz in fields:
-            path = folder / f"{hz:.5f}.json"
-            if path.exists():
-                row = json.loads(path.read_text())
-                spins = torch.tensor(row.pop("spins"), dtype=torch.float64)
-                rows.append(row)
-                continue
-            t0 = time.perf_counter()
-            r = relax(provider, spins, hz, s)
-            spins = r.pop("spins")
-            row = {"branch": f"{state}_{direction}", "state": state, "direction": direction, "hz": hz,
-                   "n_sk_per_cell": float(klmgraph.skyrmion_number(lattice, spins)) / cells,
-                   "mz": float(spins[:, 2].mean()), "energy_model": r["energy_relax"], **r,
-                   "seconds": time.perf_counter() - t0}
-            with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps({**row, "spins": spins.tolist()}))
-            rows.append(row)
-    return rows
+
+    def step(spins, hz):
+        r = relax(provider, spins, hz, s)
+        spins = r.pop("spins")
+        return spins, {"n_sk_per_cell": float(klmgraph.skyrmion_number(lattice, spins)) / cells,
+                       "mz": float(spins[:, 2].mean()), "energy_model": r["energy_relax"], **r}
+
+    return follow(state, ansatz(state, lattice).double(), s.fields, out, step)
 
 
 def main(argv=None):

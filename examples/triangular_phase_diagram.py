@@ -208,9 +208,38 @@ def relax(provider, spins: torch.Tensor, hz: float, s: Settings) -> dict:
             "dt": dt, "max_torque": torque}
 
 
+def follow(state: str, spins: torch.Tensor, fields, out, step) -> list[dict]:
+    """Follow one state up through ``fields`` from ``spins``, then back down from the state
+    reached at the top (the down sweep's top field is the up sweep's record; the ferromagnet is
+    followed once). ``step(spins, hz)`` relaxes and measures: (spins, row values). Every record is
+    a JSON file under ``out``/records, read back instead of computed again."""
+    up = list(fields)
+    sweeps = [("up", up)] + ([] if state == "fm" or len(up) < 2 else [("down", up[::-1][1:])])
+    rows = []
+    for direction, sweep in sweeps:
+        folder = Path(out) / "records" / f"{state}_{direction}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if direction == "down":
+            rows.append({**rows[-1], "branch": f"{state}_down", "direction": "down", "seconds": 0.0})
+        for hz in sweep:
+            path = folder / f"{hz:.5f}.json"
+            if path.exists():
+                row = json.loads(path.read_text())
+                spins = torch.tensor(row.pop("spins"), dtype=torch.float64)
+                rows.append(row)
+                continue
+            t0 = time.perf_counter()
+            spins, values = step(spins, hz)
+            row = {"branch": f"{state}_{direction}", "state": state, "direction": direction, "hz": hz, **values,
+                   "seconds": time.perf_counter() - t0}
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps({**row, "spins": spins.tolist()}))
+            rows.append(row)
+    return rows
+
+
 def run_state(args: tuple) -> list[dict]:
-    """Follow one state up through the fields, then back down from the top; records are resumed
-    or written (the down sweep's top field is the up sweep's record)."""
+    """One state relaxed with k-grid ED along the field sweeps (module level: for the workers)."""
     state, s_dict, out = args
     torch.set_num_threads(1)
     s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s_dict.items()})
@@ -219,36 +248,18 @@ def run_state(args: tuple) -> list[dict]:
     index = to_lattice(cell, lattice)
     relax_ed = solver(cell, s.relax_grid)
     energy_eds = [solver(cell, g) for g in s.energy_grids]
-    up = list(s.fields)
-    # the ferromagnet is one state at every field: followed once
-    sweeps = [("up", up)] + ([] if state == "fm" or len(up) < 2 else [("down", up[::-1][1:])])
-    spins, rows = ansatz(state, cell), []
-    for direction, fields in sweeps:
-        folder = Path(out) / "records" / f"{state}_{direction}"
-        folder.mkdir(parents=True, exist_ok=True)
-        if direction == "down":  # the top field's state, shared with the up sweep
-            rows.append({**rows[-1], "branch": f"{state}_down", "direction": "down", "seconds": 0.0})
-        for hz in fields:
-            path = folder / f"{hz:.5f}.json"
-            if path.exists():
-                row = json.loads(path.read_text())
-                spins = torch.tensor(row.pop("spins"), dtype=torch.float64)
-                rows.append(row)
-                continue
-            t0 = time.perf_counter()
-            r = relax(relax_ed, spins, hz, s)
-            spins = r.pop("spins")
-            big = spins[index]  # the 12 x 12 lattice (3 magnetic cells) for the topology
-            row = {"branch": f"{state}_{direction}", "state": state, "direction": direction, "hz": hz,
-                   "n_sk_per_cell": float(klmgraph.skyrmion_number(lattice, big)) / 3,
-                   "mz": float(spins[:, 2].mean()), **r}
-            for grid, ed in zip(s.energy_grids, energy_eds):
-                row[f"energy_k{grid}"] = float(ed.energy(spins)) / spins.shape[0] - hz * row["mz"]
-            row["seconds"] = time.perf_counter() - t0
-            with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps({**row, "spins": spins.tolist()}))
-            rows.append(row)
-    return rows
+
+    def step(spins, hz):
+        r = relax(relax_ed, spins, hz, s)
+        spins = r.pop("spins")
+        big = spins[index]  # the 12 x 12 lattice (3 magnetic cells) for the topology
+        row = {"n_sk_per_cell": float(klmgraph.skyrmion_number(lattice, big)) / 3, "mz": float(spins[:, 2].mean()),
+               **r}
+        for grid, ed in zip(s.energy_grids, energy_eds):
+            row[f"energy_k{grid}"] = float(ed.energy(spins)) / spins.shape[0] - hz * row["mz"]
+        return spins, row
+
+    return follow(state, ansatz(state, cell), s.fields, out, step)
 
 
 def class_gaps(rows: list[dict], fields, low: int, high: int, key: str) -> list[float]:
