@@ -321,6 +321,9 @@ def main(argv=None):
     p.add_argument("--tol", type=float, help="stop when E/N falls by less than this per step")
     p.add_argument("--workers", type=int, default=1, help="processes (one state each at a time)")
     p.add_argument("--out", default=None, help="default klmgraph-output/triangular_phase_diagram/{quick,full}")
+    p.add_argument("--grid-check", type=int, nargs="+", metavar="N", default=[],
+                   help="afterwards, E/N of the lowest state of each |n_sk| class at each field on these "
+                        "further grids too (grid_check.csv): how the class gaps converge")
     p.add_argument("--make-tq0-start", action="store_true",
                    help=f"regenerate {TQ0_START.relative_to(TQ0_START.parents[2])} with the published model and stop")
     p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm"
@@ -372,8 +375,46 @@ def main(argv=None):
                 rows += run_state(task)
                 bar.update(1)
     summary = report(rows, s, out, time.perf_counter() - start)
+    if args.grid_check:
+        summary["grid_check"] = grid_check(rows, s, args.grid_check, out)
     print(f"hz_2_1={boundary_text(summary['hz_2_1'])} hz_1_0={boundary_text(summary['hz_1_0'])}")
     return summary
+
+
+def grid_check(rows: list[dict], s: Settings, grids, out: Path) -> list[dict]:
+    """E/N of the lowest state of each |n_sk| class at each field on further k-grids, and the
+    gaps between neighbouring classes per grid (grid_check.csv; printed)."""
+    fine = f"energy_k{s.energy_grids[-1]}"
+    cell = cell_graph()
+    eds = {g: solver(cell, g) for g in grids}
+    table, keys = [], [f"energy_k{g}" for g in (*s.energy_grids, *grids)]
+    for hz in s.fields:
+        best = {}
+        for r in rows:
+            k = round(abs(r["n_sk_per_cell"]))
+            if r["hz"] == hz and r[fine] < best.get(k, {fine: math.inf})[fine]:
+                best[k] = r
+        for k, r in sorted(best.items()):
+            path = out / "records" / r["branch"] / f"{hz:.5f}.json"
+            if not path.exists():  # the down sweep's top field: the up sweep's record
+                path = out / "records" / f"{r['state']}_up" / f"{hz:.5f}.json"
+            spins = torch.tensor(json.loads(path.read_text())["spins"], dtype=torch.float64)
+            entry = {"hz": hz, "abs_n_sk": k, "branch": r["branch"], "mz": r["mz"],
+                     **{key: r[key] for key in keys if key in r}}
+            for g in grids:
+                entry[f"energy_k{g}"] = float(eds[g].energy(spins)) / spins.shape[0] - hz * r["mz"]
+            table.append(entry)
+    with atomic_path(out / "grid_check.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["hz", "abs_n_sk", "branch", "mz", *keys])
+        writer.writeheader()
+        writer.writerows(table)
+    for hz in s.fields:
+        mine = {e["abs_n_sk"]: e for e in table if e["hz"] == hz}
+        for low, high in ((2, 1), (1, 0)):
+            if low in mine and high in mine:
+                gaps = ", ".join(f"{key[8:]}: {mine[low][key] - mine[high][key]:+.2e}" for key in keys)
+                print(f"Hz = {hz:g}: E(|n_sk|={low}) - E(|n_sk|={high}) on k-grids {gaps}")
+    return table
 
 
 def grid_ladder(rows: list[dict], s: Settings) -> list[dict]:

@@ -184,8 +184,14 @@ def test_triangular_phase_diagram_smoke(tmp_path, capsys):
     """Two fields, tiny k-grids, a few LLG steps: the pipeline, its records and its resumption."""
     example = load_example("triangular_phase_diagram")
     argv = ["--quick", "--hz", "0.003", "0.007", "--relax-grid", "2", "--energy-grids", "2", "4",
-            "--max-steps", "10", "--states", "sk2", "sk1", "fm", "--out", str(tmp_path)]
+            "--max-steps", "10", "--states", "sk2", "sk1", "fm", "--grid-check", "5", "--out", str(tmp_path)]
     summary = example.main(argv)
+    # the grid check: the lowest state of each class at each field, on the ladder and grid 5
+    with open(tmp_path / "grid_check.csv") as f:
+        check = list(csv.DictReader(f))
+    assert sorted((float(r["hz"]), int(r["abs_n_sk"])) for r in check) == [(0.003, 0), (0.003, 1), (0.003, 2),
+                                                                          (0.007, 0), (0.007, 1), (0.007, 2)]
+    assert all(r["energy_k5"] and r["energy_k4"] for r in check)
     assert PHASE_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])
     with open(tmp_path / "phase_diagram.csv") as f:
         rows = list(csv.DictReader(f))
