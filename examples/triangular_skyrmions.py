@@ -335,7 +335,7 @@ def plot_fig4a(table: list[dict], path: Path, title: str) -> None:
     names = sorted({e["run"] for e in table})
     for k, name in enumerate(names):
         mine = [e for e in table if e["run"] == name and e["phase"] != "failed"]
-        x = [e["hz"] + (k - (len(names) - 1) / 2) * 1.5e-5 for e in mine]  # side by side
+        x = [e["hz"] + (k - (len(names) - 1) / 2) * 8e-5 for e in mine]  # side by side
         a1.plot(x, [e["abs_skyrmion_number_per_cell"] for e in mine], "os^vD"[k % 5], color=f"C{k}", label=name)
         a2.plot(x, [e["abs_mz"] for e in mine], "os^vD"[k % 5], color=f"C{k}", label=name)
     a1.plot(sorted(PAPER), [PAPER[h] for h in sorted(PAPER)], "k_", ms=20, mew=2, label="paper (96x96)")
