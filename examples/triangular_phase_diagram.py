@@ -6,9 +6,11 @@ magnetic unit cell (ordering vectors |Q| = pi/3):
 
 * ``sk2``: the n_sk = 2 triple-Q skyrmion crystal (:func:`klmgraph.double_skyrmion_crystal`);
 * ``sk1``: the n_sk = 1 skyrmion crystal (:func:`klmgraph.skyrmion_crystal`);
+* ``sk1r``: the n_sk = 1 crystal as random starts reach it at Hz = 0.008 (24 x 24, the published
+  model; data/states/triangular_sk1_hz0.008.json);
 * ``tq0``: the topologically trivial (n_sk = 0) triple-Q state that random starts reach at
   Hz = 0.008 (three Q's of unequal amplitude, M^z ~ 0.35): seeded from one such start, stored in
-  data/states/triangular_tq0_hz0.008.json (``--make-tq0-start`` regenerates it with the
+  data/states/triangular_tq0_hz0.008.json (``--make-starts`` regenerates both with the
   published model);
 * ``tq0z``: another n_sk = 0 triple-Q state (the n_sk = 2 ansatz with a large offset m_z = 1.2,
   which unwinds its skyrmions);
@@ -32,7 +34,7 @@ between neighbouring fields), with the uncertainty that the grid error gives thr
 where no crossing lies inside the field range the boundary is given as a bound
 (``hz_1_0>0.008``: the lower class stays lowest up to the top field).
 
-    python examples/triangular_phase_diagram.py --quick --workers 2  # 5 fields, grids 16 / 16, 32, 64 (<= 15 min, 2 cores)
+    python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 16, 32, 64 (<= 15 min, 2 cores)
     nice -n 10 python examples/triangular_phase_diagram.py           # 23 fields, grids 32 / 32, 64, 128: hours, resumable
 
 Every (branch, field) is a JSON record under ``--out``/records, written atomically; running the
@@ -62,8 +64,11 @@ from klmgraph.files import atomic_path
 PAPER = {"hz_2_1": 0.00325, "hz_1_0": 0.0065}  # Miyazaki 2023, ML-LLG at T = 0 on 96 x 96
 MAGNETIC_CELL = ((8, 4), (4, 8))  # A1 = 8 a1 + 4 a2, A2 = 4 a1 + 8 a2: 48 sites
 HAMILTONIAN = {"t1": 1.0, "t3": -0.85, "J": -1.0, "mu": -3.5}
-STATES = ("sk2", "sk1", "tq0", "tq0z", "1q", "fm")
-TQ0_START = Path(__file__).resolve().parents[1] / "data" / "states" / "triangular_tq0_hz0.008.json"
+STATES = ("sk2", "sk1", "sk1r", "tq0", "tq0z", "1q", "fm")
+_STATES_DIR = Path(__file__).resolve().parents[1] / "data" / "states"
+# states that random starts reach at Hz = 0.008 on 24 x 24 with the published model: file, seed, |n_sk|
+RANDOM_STARTS = {"tq0": (_STATES_DIR / "triangular_tq0_hz0.008.json", 7, 0),
+                 "sk1r": (_STATES_DIR / "triangular_sk1_hz0.008.json", 2, 1)}
 PROTOCOL = "up from the ansatz, then down from the top field's state"
 
 
@@ -87,9 +92,10 @@ class Settings:
 # relaxed on a coarse grid sits off the fine grid's minimum: the n_sk = 1 crystal at Hz = 0.006,
 # relaxed on 16x16 and then further on 8x8 or 12x12, rises by 2.6e-5 or 3.7e-6 per site on the
 # 64x64 grid, so the relaxation grid is 16 (quick) and the energies come from finer grids.
-# Quick: the candidates that compete (the unwound tq0z lies 3e-4 above) and one field above 0.008.
-QUICK = Settings(fields=(0.002, 0.004, 0.006, 0.008, 0.010), relax_grid=16, energy_grids=(16, 32, 64), dt=30.0,
-                 tol=1e-9, max_steps=60, chunk=5, states=("sk2", "sk1", "tq0", "1q", "fm"))
+# Quick: the candidates that compete (the unwound tq0z and the conical 1q lie 3e-4 and 6e-4
+# above at every field: docs/results.md), four fields.
+QUICK = Settings(fields=(0.002, 0.004, 0.006, 0.008), relax_grid=16, energy_grids=(16, 32, 64), dt=30.0,
+                 tol=1e-9, max_steps=100, chunk=5, states=("sk2", "sk1", "sk1r", "tq0", "fm"))
 FULL = Settings(fields=tuple(round(0.0005 * k, 4) for k in range(2, 25)), relax_grid=32,
                 energy_grids=(32, 64, 128), dt=30.0, tol=1e-10, max_steps=400, chunk=5, states=STATES)
 
@@ -118,8 +124,8 @@ def ansatz(name: str, graph) -> torch.Tensor:
         return klmgraph.double_skyrmion_crystal(graph, m_z=0.3)
     if name == "sk1":
         return klmgraph.skyrmion_crystal(graph, m_z=0.3)
-    if name == "tq0":
-        return tq0_start(graph)
+    if name in RANDOM_STARTS:
+        return random_start(name, graph)
     if name == "tq0z":
         return klmgraph.double_skyrmion_crystal(graph, m_z=1.2)
     if name == "1q":
@@ -129,18 +135,20 @@ def ansatz(name: str, graph) -> torch.Tensor:
     raise ValueError(f"unknown state {name!r}; known: {list(STATES)}")
 
 
-def tq0_start(graph) -> torch.Tensor:
-    """The stored random-start n_sk = 0 state on ``graph`` (the 48-site cell or a lattice of them)."""
-    if not TQ0_START.is_file():
-        raise SystemExit(f"no {TQ0_START}: run with --make-tq0-start (needs the published checkpoint)")
-    spins = torch.tensor(json.loads(TQ0_START.read_text())["spins"], dtype=torch.float64)
+def random_start(name: str, graph) -> torch.Tensor:
+    """A stored random-start state (RANDOM_STARTS) on ``graph`` (the 48-site cell or a lattice of them)."""
+    path = RANDOM_STARTS[name][0]
+    if not path.is_file():
+        raise SystemExit(f"no {path}: run with --make-starts (needs the published checkpoint)")
+    spins = torch.tensor(json.loads(path.read_text())["spins"], dtype=torch.float64)
     cell = cell_graph()
     return spins if graph.num_nodes == cell.num_nodes else spins[to_lattice(cell, graph)]
 
 
-def make_tq0_start(checkpoint: Path, seed: int = 7, steps: int = 600) -> dict:
+def make_random_start(name: str, checkpoint: Path, steps: int = 600) -> dict:
     """Damped ML-LLG from random spins at Hz = 0.008 on 24 x 24 with the published model (the
-    issue's experiment), folded onto the 48-site cell; written to TQ0_START."""
+    issue's experiment), folded onto the 48-site cell; written to RANDOM_STARTS[name]'s file."""
+    path, seed, expected = RANDOM_STARTS[name]
     lattice = klmgraph.triangular(24, 24, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
     provider = klmgraph.load_ecnn4klm(checkpoint, lattice).bind(lattice)
     llg = klmgraph.LLG(provider, dt=5.0, alpha=1.0, field=(0.0, 0.0, 0.008), integrator="heun")
@@ -151,24 +159,23 @@ def make_tq0_start(checkpoint: Path, seed: int = 7, steps: int = 600) -> dict:
     mean = mean / mean.norm(dim=-1, keepdim=True)
     spread = float((spins - mean[index]).norm(dim=-1).max())
     n_sk = float(klmgraph.skyrmion_number(lattice, spins)) / (lattice.num_nodes / cell.num_nodes)
-    if spread > 0.05 or abs(round(n_sk)) != 0:
-        raise SystemExit(f"seed {seed} ended in n_sk = {n_sk:.2f} per cell with copies differing by {spread:.3f}: "
-                         "not a periodic n_sk = 0 state; try another --tq0-seed")
+    if spread > 0.05 or abs(round(n_sk)) != expected:
+        raise SystemExit(f"{name}: seed {seed} ended in n_sk = {n_sk:.2f} per cell with copies differing by "
+                         f"{spread:.3f}, not a periodic |n_sk| = {expected} state")
     record = {"description": (
-        f"An n_sk = 0 triple-Q state of the triangular model (t1 = 1, t3 = -0.85, J = -1, mu = -3.5) at Hz = 0.008, "
-        f"reached from klmgraph.random_spins(seed={seed}) on 24 x 24 by damped ML-LLG with the published ecnn4klm "
-        f"model (Heun, dt = 5, alpha = 1, T = 0, {steps} steps), averaged over the 12 copies of the 48-site magnetic "
-        f"cell (they differed by at most {spread:.1e}) and normalised; sites in the order of "
+        f"An |n_sk| = {expected} triple-Q state of the triangular model (t1 = 1, t3 = -0.85, J = -1, mu = -3.5) at "
+        f"Hz = 0.008, reached from klmgraph.random_spins(seed={seed}) on 24 x 24 by damped ML-LLG with the published "
+        f"ecnn4klm model (Heun, dt = 5, alpha = 1, T = 0, {steps} steps), averaged over the 12 copies of the 48-site "
+        f"magnetic cell (they differed by at most {spread:.1e}) and normalised; sites in the order of "
         "triangular_lattice(1, 0, -0.85).supercell([[8, 4], [4, 8]]).graph((1, 1)). Written by "
-        "examples/triangular_phase_diagram.py --make-tq0-start."),
-        "hz": 0.008, "n_sk_per_cell": n_sk, "mz": float(spins[:, 2].mean()), "spread": spread,
-        "spins": [[round(x, 10) for x in row] for row in mean.tolist()]}
-    TQ0_START.parent.mkdir(parents=True, exist_ok=True)
-    spins_rows = record["spins"]
-    with atomic_path(TQ0_START) as tmp:
-        rows = ",\n".join("  " + json.dumps(row) for row in record.pop("spins"))
-        tmp.write_text(json.dumps(record, indent=1)[:-2] + ',\n "spins": [\n' + rows + "\n ]\n}\n")
-    return {**record, "spins": spins_rows}
+        "examples/triangular_phase_diagram.py --make-starts."),
+        "hz": 0.008, "seed": seed, "n_sk_per_cell": n_sk, "mz": float(spins[:, 2].mean()), "spread": spread}
+    rows = [[round(x, 10) for x in row] for row in mean.tolist()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        lines = ",\n".join("  " + json.dumps(row) for row in rows)
+        tmp.write_text(json.dumps(record, indent=1)[:-2] + ',\n "spins": [\n' + lines + "\n ]\n}\n")
+    return {**record, "spins": rows}
 
 
 def solver(graph, grid: int):
@@ -182,7 +189,7 @@ def relax(provider, spins: torch.Tensor, hz: float, s: Settings) -> dict:
     is discarded): the largest stable step without a stability analysis.
     """
     n = spins.shape[0]
-    dt, steps = s.dt, 0
+    dt, steps, drop, converged = s.dt, 0, math.inf, False
     llg = klmgraph.LLG(provider, dt=dt, alpha=1.0, field=(0.0, 0.0, hz))
     energy = float(llg.energy_and_field(spins)[0]) / n
     start = energy
@@ -201,11 +208,13 @@ def relax(provider, spins: torch.Tensor, hz: float, s: Settings) -> dict:
         steps += s.chunk
         spins, drop, energy = run.spins, energy - new, new
         if drop < s.tol * s.chunk:
+            converged = True
             break
     total, field = llg.energy_and_field(spins)
     torque = float(torch.linalg.cross(spins, field, dim=-1).norm(dim=-1).max())
+    # not converged: the step limit came first; the last chunk's fall per step says how far off
     return {"spins": spins, "energy_start": start, "energy_relax": float(total) / n, "steps": steps,
-            "dt": dt, "max_torque": torque}
+            "dt": dt, "max_torque": torque, "converged": converged, "last_drop_per_step": drop / s.chunk}
 
 
 def follow(state: str, spins: torch.Tensor, fields, out, step) -> list[dict]:
@@ -220,7 +229,8 @@ def follow(state: str, spins: torch.Tensor, fields, out, step) -> list[dict]:
         folder = Path(out) / "records" / f"{state}_{direction}"
         folder.mkdir(parents=True, exist_ok=True)
         if direction == "down":
-            rows.append({**rows[-1], "branch": f"{state}_down", "direction": "down", "seconds": 0.0})
+            rows.append({**rows[-1], "branch": f"{state}_down", "direction": "down", "seconds": 0.0,
+                         "cpu_seconds": 0.0})
         for hz in sweep:
             path = folder / f"{hz:.5f}.json"
             if path.exists():
@@ -228,10 +238,11 @@ def follow(state: str, spins: torch.Tensor, fields, out, step) -> list[dict]:
                 spins = torch.tensor(row.pop("spins"), dtype=torch.float64)
                 rows.append(row)
                 continue
-            t0 = time.perf_counter()
+            t0, cpu = time.perf_counter(), time.process_time()
             spins, values = step(spins, hz)
+            # CPU time as well: on a shared machine the wall time says little about the cost
             row = {"branch": f"{state}_{direction}", "state": state, "direction": direction, "hz": hz, **values,
-                   "seconds": time.perf_counter() - t0}
+                   "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu}
             with atomic_path(path) as tmp:
                 tmp.write_text(json.dumps({**row, "spins": spins.tolist()}))
             rows.append(row)
@@ -304,6 +315,14 @@ def crossing(rows: list[dict], fields, low: int, high: int, fine: str, coarse: s
     return {**out, "hz": math.nan}  # re-entrant: the table tells
 
 
+def transitions(rows: list[dict], fields, ground: list[dict], fine: str, coarse: str) -> list[dict]:
+    """Where the |n_sk| class of the lowest state changes between neighbouring fields: the
+    crossing of the two classes there (which may skip a class, e.g. 2 -> 0)."""
+    classes = [round(abs(g["n_sk_per_cell"])) for g in ground]
+    return [{"from": a, "to": b, **crossing(rows, fields[i:i + 2], a, b, fine, coarse)}
+            for i, (a, b) in enumerate(zip(classes, classes[1:])) if a != b]
+
+
 def boundary_text(c: dict) -> str:
     """A crossing as it appears in the result line: 0.00503, >0.00800 (a bound) or nan."""
     return f"{c.get('bound') or ''}{c['hz']:.5f}" if math.isfinite(c["hz"]) else "nan"
@@ -311,7 +330,7 @@ def boundary_text(c: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="5 fields, relax grid 16, energy grids 16, 32, 64")
+    p.add_argument("--quick", action="store_true", help="4 fields, relax grid 16, energy grids 16, 32, 64")
     p.add_argument("--hz", type=float, nargs="+", help="fields (default: the setting's)")
     p.add_argument("--relax-grid", type=int, help="k-grid n (n x n) of the relaxation")
     p.add_argument("--energy-grids", type=int, nargs="+", metavar="N",
@@ -324,19 +343,19 @@ def main(argv=None):
     p.add_argument("--grid-check", type=int, nargs="+", metavar="N", default=[],
                    help="afterwards, E/N of the lowest state of each |n_sk| class at each field on these "
                         "further grids too (grid_check.csv): how the class gaps converge")
-    p.add_argument("--make-tq0-start", action="store_true",
-                   help=f"regenerate {TQ0_START.relative_to(TQ0_START.parents[2])} with the published model and stop")
+    p.add_argument("--make-starts", action="store_true",
+                   help="regenerate the random-start states in data/states with the published model and stop")
     p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm"
-                                              / "triangle_param.cpt"), help="for --make-tq0-start")
-    p.add_argument("--tq0-seed", type=int, default=7, help="random start of --make-tq0-start (default 7)")
+                                              / "triangle_param.cpt"), help="for --make-starts")
     args = p.parse_args(argv)
-    if args.make_tq0_start:
+    if args.make_starts:
         if not Path(args.checkpoint).is_file():
-            raise SystemExit(f"--make-tq0-start: no checkpoint at {args.checkpoint}")
-        record = make_tq0_start(Path(args.checkpoint), seed=args.tq0_seed)
-        print(f"{TQ0_START}: n_sk per cell {record['n_sk_per_cell']:.2f}, Mz {record['mz']:.3f}, "
-              f"copies within {record['spread']:.1e}")
-        return record
+            raise SystemExit(f"--make-starts: no checkpoint at {args.checkpoint}")
+        records = {name: make_random_start(name, Path(args.checkpoint)) for name in RANDOM_STARTS}
+        for name, record in records.items():
+            print(f"{RANDOM_STARTS[name][0]}: n_sk per cell {record['n_sk_per_cell']:.2f}, Mz {record['mz']:.3f}, "
+                  f"copies within {record['spread']:.1e}")
+        return records
     base = QUICK if args.quick else FULL
     s = Settings(fields=tuple(sorted(args.hz)) if args.hz else base.fields,
                  relax_grid=args.relax_grid or base.relax_grid,
@@ -440,7 +459,7 @@ def report(rows: list[dict], s: Settings, out: Path, seconds: float) -> dict:
     fine = grids[-1]
     lowest = {h: min(r[fine] for r in rows if r["hz"] == h) for h in s.fields}
     columns = ["branch", "state", "direction", "hz", "n_sk_per_cell", "mz", "energy_start", "energy_relax",
-               *grids, "minus_lowest", "max_torque", "steps", "dt", "seconds"]
+               *grids, "minus_lowest", "max_torque", "steps", "converged", "last_drop_per_step", "dt", "seconds", "cpu_seconds"]
     with atomic_path(out / "phase_diagram.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -453,6 +472,7 @@ def report(rows: list[dict], s: Settings, out: Path, seconds: float) -> dict:
                                          + ", ".join(f"{g}x{g}" for g in s.energy_grids) + " (energies), 48-site cell",
         "hz_2_1": crossing(rows, s.fields, 2, 1, grids[-1], grids[-2]),
         "hz_1_0": crossing(rows, s.fields, 1, 0, grids[-1], grids[-2]),
+        "transitions": transitions(rows, s.fields, ground, grids[-1], grids[-2]),
         "paper": PAPER,
         "grid_ladder": ladder,
         "grid_error_energy_max": ladder[-1]["energy_max"],
@@ -460,7 +480,7 @@ def report(rows: list[dict], s: Settings, out: Path, seconds: float) -> dict:
         "ground_states": [{"hz": g["hz"], "branch": g["branch"], "n_sk_per_cell": g["n_sk_per_cell"],
                            "mz": g["mz"]} for g in ground],
         "max_torque": max(r["max_torque"] for r in rows),
-        "seconds": seconds,
+        "seconds": seconds, "cpu_seconds": sum(r.get("cpu_seconds", math.nan) for r in rows),
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=float))
@@ -471,11 +491,16 @@ def report(rows: list[dict], s: Settings, out: Path, seconds: float) -> dict:
     for step in ladder:
         print(f"grid {step['grid']}x{step['grid']} against {step['against']}x{step['against']}: E/N within "
               f"{step['energy_max']:.1e}, E/N minus the lowest within {step['relative_max']:.1e}")
+    for t in summary["transitions"]:
+        print(f"lowest state: |n_sk| = {t['from']} -> {t['to']} at Hz = {t['hz']:.5f} +- {t['grid_uncertainty']:.5f} "
+              f"(grid), between {t['bracket'][0]:g} and {t['bracket'][1]:g}")
     for key, (low, high) in (("hz_2_1", (2, 1)), ("hz_1_0", (1, 0))):
         c = summary[key]
         gaps = ", ".join(f"{h:g}: {g:+.1e} +- {e:.0e}" for h, g, e in zip(s.fields, c["gaps"], c["grid_error"]))
         print(f"{key}: {boundary_text(c)} +- {c['grid_uncertainty']:.5f} (grid), bracket {c['bracket']}; "
               f"paper {PAPER[key]}; E(|n_sk|={low}) - E(|n_sk|={high}) per field: {gaps}")
+    print(f"{summary['cpu_seconds']:.0f} CPU seconds over the records ({summary['cpu_seconds'] / 120:.1f} min on 2 "
+          f"cores), {seconds:.0f} s of wall time")
     print(f"table {out / 'phase_diagram.csv'}, plots {out / 'energies.png'}, {out / 'phase_diagram.png'}")
     return summary
 
@@ -489,7 +514,7 @@ def plot(rows, s: Settings, ground, summary, out: Path):
     lowest = {g["hz"]: g[fine] for g in (min((r for r in rows if r["hz"] == h), key=lambda r: r[fine])
                                          for h in s.fields)}
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"sk2": "o", "sk1": "s", "tq0": "^", "tq0z": "<", "1q": "v", "fm": "D"}
+    markers = {"sk2": "o", "sk1": "s", "sk1r": "P", "tq0": "^", "tq0z": "<", "1q": "v", "fm": "D"}
     for k, branch in enumerate(sorted({r["branch"] for r in rows})):
         mine = sorted((r for r in rows if r["branch"] == branch), key=lambda r: r["hz"])
         x = [r["hz"] for r in mine]
