@@ -197,7 +197,7 @@ def test_triangular_phase_diagram_smoke(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["branch", "state", "direction", "hz", "n_sk_per_cell", "mz", "energy_start",
                              "energy_relax", "energy_k2", "energy_k4", "minus_lowest", "max_torque", "steps",
-                             "dt", "seconds"]
+                             "converged", "last_drop_per_step", "dt", "seconds", "cpu_seconds"]
     # sk2 and sk1 followed up and down, the ferromagnet once: 5 branches x 2 fields
     assert sorted({r["branch"] for r in rows}) == ["fm_up", "sk1_down", "sk1_up", "sk2_down", "sk2_up"]
     assert len(rows) == 10
@@ -210,6 +210,8 @@ def test_triangular_phase_diagram_smoke(tmp_path, capsys):
     for r in rows:
         # damped LLG never raises the energy; the relaxation grid's energy is the k2 column
         assert float(r["energy_relax"]) <= float(r["energy_start"]) + 1e-12
+        # 10 steps at most: stopped by the limit, or earlier because the fall per step was below --tol
+        assert (r["converged"] == "True") == (int(r["steps"]) < 10) or float(r["last_drop_per_step"]) < 1e-9
         assert float(r["energy_relax"]) == pytest.approx(float(r["energy_k2"]), abs=1e-12)
         assert float(r["minus_lowest"]) >= 0
         n_sk = float(r["n_sk_per_cell"])
