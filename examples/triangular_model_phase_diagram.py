@@ -36,7 +36,7 @@ from triangular_skyrmions import DEFAULT_CHECKPOINT, load_provider_model
 
 # the ED script's relaxation, with the model's stable step (dt 30 is halved to it anyway) and
 # more steps: an ML step costs little on these lattices
-MODEL = replace(QUICK, dt=10.0, max_steps=400, tol=1e-10, states=("sk2", "sk1", "tq0", "1q", "fm"))
+MODEL = replace(QUICK, dt=10.0, max_steps=400, tol=1e-10)
 
 
 def run_state(state: str, s, size: int, settings: dict, out: Path) -> list[dict]:
