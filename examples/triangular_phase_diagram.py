@@ -19,8 +19,9 @@ magnetic unit cell (ordering vectors |Q| = pi/3):
 
 Each is relaxed at every field by damped LLG (alpha = 1, Heun, dt halved whenever the energy
 rises, stopped when the energy falls by less than ``--tol`` per site and step) with k-grid ED
-forces, and followed up in field from the lowest field, then back down from the state the up
-sweep reached at the highest (each field starts from the state relaxed at the previous one, so
+forces, and followed in field: an ansatz up from the lowest field, then back down from the state
+the up sweep reached at the highest; a random-start state (found at Hz = 0.008) down from the
+top field first, then back up (each field starts from the state relaxed at the previous one, so
 the sweeps show hysteresis, and the warm starts need few steps). The supercell is the 48-site magnetic cell
 itself (``BravaisLattice.supercell([[8, 4], [4, 8]])``: a third of the 12 x 12 lattice, whose
 k-grid ED is the thermodynamic limit of the periodic state at a ninth of the 12 x 12 cost), so a
@@ -69,7 +70,7 @@ _STATES_DIR = Path(__file__).resolve().parents[1] / "data" / "states"
 # states that random starts reach at Hz = 0.008 on 24 x 24 with the published model: file, seed, |n_sk|
 RANDOM_STARTS = {"tq0": (_STATES_DIR / "triangular_tq0_hz0.008.json", 7, 0),
                  "sk1r": (_STATES_DIR / "triangular_sk1_hz0.008.json", 2, 1)}
-PROTOCOL = "up from the ansatz, then down from the top field's state"
+PROTOCOL = "ansatz: up, then down from the top; random starts: down from the top, then up"
 
 
 @dataclass(frozen=True)
@@ -218,18 +219,21 @@ def relax(provider, spins: torch.Tensor, hz: float, s: Settings) -> dict:
 
 
 def follow(state: str, spins: torch.Tensor, fields, out, step) -> list[dict]:
-    """Follow one state up through ``fields`` from ``spins``, then back down from the state
-    reached at the top (the down sweep's top field is the up sweep's record; the ferromagnet is
-    followed once). ``step(spins, hz)`` relaxes and measures: (spins, row values). Every record is
-    a JSON file under ``out``/records, read back instead of computed again."""
+    """Follow one state through ``fields`` from ``spins`` and back: an ansatz up from the lowest
+    field, then down from the state reached at the top; a random-start state (RANDOM_STARTS,
+    found at the top field) down from the top first, then back up. The return sweep's first
+    field is the first sweep's last record; the ferromagnet is followed once, up.
+    ``step(spins, hz)`` relaxes and measures: (spins, row values). Every record is a JSON file
+    under ``out``/records, read back instead of computed again."""
     up = list(fields)
-    sweeps = [("up", up)] + ([] if state == "fm" or len(up) < 2 else [("down", up[::-1][1:])])
+    first, back = (("down", up[::-1]), ("up", up)) if state in RANDOM_STARTS else (("up", up), ("down", up[::-1]))
+    sweeps = [first] + ([] if state == "fm" or len(up) < 2 else [(back[0], back[1][1:])])
     rows = []
-    for direction, sweep in sweeps:
+    for k, (direction, sweep) in enumerate(sweeps):
         folder = Path(out) / "records" / f"{state}_{direction}"
         folder.mkdir(parents=True, exist_ok=True)
-        if direction == "down":
-            rows.append({**rows[-1], "branch": f"{state}_down", "direction": "down", "seconds": 0.0,
+        if k:
+            rows.append({**rows[-1], "branch": f"{state}_{direction}", "direction": direction, "seconds": 0.0,
                          "cpu_seconds": 0.0})
         for hz in sweep:
             path = folder / f"{hz:.5f}.json"

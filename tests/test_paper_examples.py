@@ -282,6 +282,9 @@ def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
     assert {round(abs(float(r["n_sk_per_cell"]))) for r in rows if r["state"] != "sk1"} == {0}
     assert all(float(r["energy_model"]) <= float(r["energy_start"]) + 1e-12 for r in rows)
     assert summary["ed"]["hz_1_0"]["bound"] == ">"
+    # an ansatz is followed up first, a random-start state (found at the top field) down first
+    names = {b: sorted(p.name for p in (tmp_path / "run" / "records" / b).iterdir()) for b in ("sk1_down", "tq0_up")}
+    assert names == {"sk1_down": ["0.00400.json"], "tq0_up": ["0.00400.json"]}
     records = sorted((tmp_path / "run" / "records").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in records]
     assert example.main(argv)["ground_states"] == summary["ground_states"]
