@@ -284,7 +284,7 @@ def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
     assert summary["ed"]["hz_1_0"]["bound"] == ">"
     # an ansatz is followed up first, a random-start state (found at the top field) down first
     names = {b: sorted(p.name for p in (tmp_path / "run" / "records" / b).iterdir()) for b in ("sk1_down", "tq0_up")}
-    assert names == {"sk1_down": ["0.00400.json"], "tq0_up": ["0.00400.json"]}
+    assert names == {"sk1_down": ["0.00400.json"], "tq0_up": ["0.00800.json"]}
     records = sorted((tmp_path / "run" / "records").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in records]
     assert example.main(argv)["ground_states"] == summary["ground_states"]
