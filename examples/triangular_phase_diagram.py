@@ -514,7 +514,7 @@ def plot(rows, s: Settings, ground, summary, out: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fine = f"energy_k{s.energy_grids[1]}"
+    fine = f"energy_k{s.energy_grids[-1]}"
     lowest = {g["hz"]: g[fine] for g in (min((r for r in rows if r["hz"] == h), key=lambda r: r[fine])
                                          for h in s.fields)}
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -531,7 +531,7 @@ def plot(rows, s: Settings, ground, summary, out: Path):
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("$H_z$")
     ax.set_ylabel("E/N minus the lowest at that field (1e-5)")
-    ax.set_title(f"triangular model, ED k-grid {s.energy_grids[1]}x{s.energy_grids[1]} on the 48-site cell; "
+    ax.set_title(f"triangular model, ED k-grid {s.energy_grids[-1]}x{s.energy_grids[-1]} on the 48-site cell; "
                  "labels |n_sk| per cell;\nsolid: followed up in field, dashed: down", fontsize=8)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -546,12 +546,14 @@ def plot(rows, s: Settings, ground, summary, out: Path):
     a2.set_ylabel("$M^z$ per site")
     a2.set_xlabel("$H_z$")
     for a in (a1, a2):
+        for t in summary["transitions"]:  # where the lowest state's class changes
+            if math.isfinite(t["hz"]):
+                a.axvline(t["hz"], color="k", lw=1)
+                a.axvspan(t["hz"] - t["grid_uncertainty"], t["hz"] + t["grid_uncertainty"], color="k", alpha=0.15)
         for key, colour in (("hz_2_1", "C2"), ("hz_1_0", "C3")):
-            c = summary[key]
-            if math.isfinite(c["hz"]) and c["bound"] is None:
-                a.axvline(c["hz"], color=colour, lw=1)
             a.axvline(PAPER[key], color=colour, ls=":", lw=1)
-    a1.set_title("lowest state (solid lines: ED boundaries; dotted: the paper's 96x96 ML-LLG)", fontsize=8)
+    a1.set_title("lowest state; black: where its |n_sk| changes (k-grid ED; band: grid error);\n"
+                 "dotted: the paper's 96x96 ML-LLG, 2->1 green, 1->0 red", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "phase_diagram.png", dpi=130)
     plt.close(fig)
