@@ -73,7 +73,7 @@ def test_triangular_training_pipeline(tmp_path, capsys):
     torch.testing.assert_close(val.field[0].to(torch.float64), field, rtol=0, atol=1e-10)
     # the scan ran with the model trained here, at the paper's three fields
     assert sorted(summary["n_sk_per_cell"]) == [0.002, 0.005, 0.008]
-    meta = klmgraph.read_trajectory(folder / "scan" / "hz=0.005" / "trajectory.h5").metadata
+    meta = klmgraph.read_trajectory(folder / "scan" / "seed0" / "hz=0.005" / "trajectory.h5").metadata
     assert meta["model"] == "best.pt"
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("val_rmse_field=")
 
@@ -103,7 +103,7 @@ def test_triangular_training_by_the_learning_loop(tmp_path, capsys, one_thread):
     labels = klmgraph.load_dataset(folder / "learn" / "iter000" / "labels.h5")
     ed = klmgraph.ExactDiagonalization(klmgraph.triangular(6, 6, t1=1.0, t3=-0.85), J=-1.0, mu=-3.5, k_grid=(2, 1))
     torch.testing.assert_close(labels.field[0], ed.energy_and_field(labels.spins[0])[1], rtol=0, atol=1e-10)
-    traj = klmgraph.read_trajectory(folder / "scan" / "hz=0.005" / "trajectory.h5")
+    traj = klmgraph.read_trajectory(folder / "scan" / "seed0" / "hz=0.005" / "trajectory.h5")
     assert "predicted_field_error" in traj.extra
 
 
