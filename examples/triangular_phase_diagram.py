@@ -6,31 +6,44 @@ magnetic unit cell (ordering vectors |Q| = pi/3):
 
 * ``sk2``: the n_sk = 2 triple-Q skyrmion crystal (:func:`klmgraph.double_skyrmion_crystal`);
 * ``sk1``: the n_sk = 1 skyrmion crystal (:func:`klmgraph.skyrmion_crystal`);
-* ``tq0``: a topologically trivial (n_sk = 0) triple-Q state (the n_sk = 2 ansatz with a large
-  offset m_z = 1.2, which unwinds its skyrmions);
+* ``sk1r``: the n_sk = 1 crystal as random starts reach it at Hz = 0.008 (24 x 24, the published
+  model; data/states/triangular_sk1_hz0.008.json);
+* ``tq0``: the topologically trivial (n_sk = 0) triple-Q state that random starts reach at
+  Hz = 0.008 (three Q's of unequal amplitude, M^z ~ 0.35): seeded from one such start, stored in
+  data/states/triangular_tq0_hz0.008.json (``--make-starts`` regenerates both with the
+  published model);
+* ``tq0z``: another n_sk = 0 triple-Q state (the n_sk = 2 ansatz with a large offset m_z = 1.2,
+  which unwinds its skyrmions);
 * ``1q``: a single-Q conical state (xy spiral along Q_1 canted towards z);
 * ``fm``: the ferromagnet along z.
 
 Each is relaxed at every field by damped LLG (alpha = 1, Heun, dt halved whenever the energy
 rises, stopped when the energy falls by less than ``--tol`` per site and step) with k-grid ED
-forces, and followed up in field from the lowest field and down from the highest (each field
-starts from the state relaxed at the previous one). The supercell is the 48-site magnetic cell
+forces, and followed in field: an ansatz up from the lowest field, then back down from the state
+the up sweep reached at the highest; a random-start state (found at Hz = 0.008) down from the
+top field first, then back up (each field starts from the state relaxed at the previous one, so
+the sweeps show hysteresis, and the warm starts need few steps). The supercell is the 48-site magnetic cell
 itself (``BravaisLattice.supercell([[8, 4], [4, 8]])``: a third of the 12 x 12 lattice, whose
 k-grid ED is the thermodynamic limit of the periodic state at a ninth of the 12 x 12 cost), so a
 k-grid n x n stands for a tiled lattice of 48 n^2 sites. Energies per site (E_el / N - Hz M^z)
-of the relaxed states are then computed on two finer grids; the difference between them is the
-grid-convergence error that every reported number carries. Boundaries: the fields where the
-lowest state of one |n_sk| class crosses the lowest of the next (linear interpolation between
-neighbouring fields), with the uncertainty that the grid error gives through the slope.
+of the relaxed states are then computed on a ladder of finer grids (eigenvalues only); the
+change between the two finest is the grid-convergence error that every reported number
+carries, and summary.json lists the error of every grid of the ladder against the finest (T = 0
+in a metal: the error falls slowly and not monotonically with the grid). Boundaries: the fields
+where the lowest state of one |n_sk| class crosses the lowest of the next (linear interpolation
+between neighbouring fields), with the uncertainty that the grid error gives through the slope;
+where no crossing lies inside the field range the boundary is given as a bound
+(``hz_1_0>0.008``: the lower class stays lowest up to the top field).
 
-    python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 28, 32 (<= 15 min, 2 cores)
-    nice -n 10 python examples/triangular_phase_diagram.py           # 19 fields, grids 28 / 32, 64: hours, resumable
+    python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 16, 32, 64 (<= 15 min, 2 cores)
+    nice -n 10 python examples/triangular_phase_diagram.py           # 23 fields, grids 32 / 32, 64, 128: hours, resumable
 
 Every (branch, field) is a JSON record under ``--out``/records, written atomically; running the
 same command again skips what is done. Writes ``phase_diagram.csv``, ``energies.png`` (E(Hz) of
 every branch minus the lowest), ``phase_diagram.png`` (|n_sk| and M^z of the lowest state) and
-``summary.json``, and ends with the line ``hz_2_1=<value> hz_1_0=<value>`` (nan where no
-crossing lies inside the field range).
+``summary.json``, and ends with the line ``hz_2_1=<value> hz_1_0=<value>`` (a value is a
+crossing, ``>hz`` or ``<hz`` a bound where none lies inside the field range, nan where a class
+has no candidate).
 """
 from __future__ import annotations
 
@@ -52,7 +65,12 @@ from klmgraph.files import atomic_path
 PAPER = {"hz_2_1": 0.00325, "hz_1_0": 0.0065}  # Miyazaki 2023, ML-LLG at T = 0 on 96 x 96
 MAGNETIC_CELL = ((8, 4), (4, 8))  # A1 = 8 a1 + 4 a2, A2 = 4 a1 + 8 a2: 48 sites
 HAMILTONIAN = {"t1": 1.0, "t3": -0.85, "J": -1.0, "mu": -3.5}
-STATES = ("sk2", "sk1", "tq0", "1q", "fm")
+STATES = ("sk2", "sk1", "sk1r", "tq0", "tq0z", "1q", "fm")
+_STATES_DIR = Path(__file__).resolve().parents[1] / "data" / "states"
+# states that random starts reach at Hz = 0.008 on 24 x 24 with the published model: file, seed, |n_sk|
+RANDOM_STARTS = {"tq0": (_STATES_DIR / "triangular_tq0_hz0.008.json", 7, 0),
+                 "sk1r": (_STATES_DIR / "triangular_sk1_hz0.008.json", 2, 1)}
+PROTOCOL = "ansatz: up, then down from the top; random starts: down from the top, then up"
 
 
 @dataclass(frozen=True)
@@ -67,17 +85,20 @@ class Settings:
     max_steps: int
     chunk: int
     states: tuple
+    protocol: str = PROTOCOL
 
 
 # k-grids are n x n on the 48-site cell (48 n^2 sites tiled), never multiples of 3 (their twists
-# hit the K points, where levels of the triple-Q states cross mu: docs/electrons.md). Energies
-# of relaxed states scatter by ~3e-5 per site between grids 16 and 20 and ~5e-6 between 28 and
-# 32 (measured on the ansatz states), and a state relaxed on a coarse grid sits off the
-# fine grid's minimum, so the relaxation grid is not much coarser than the energy grids.
-QUICK = Settings(fields=(0.002, 0.004, 0.006, 0.008), relax_grid=16, energy_grids=(28, 32), dt=30.0,
-                 tol=1e-9, max_steps=150, chunk=5, states=STATES)
-FULL = Settings(fields=tuple(round(0.0005 * k, 4) for k in range(2, 21)), relax_grid=28, energy_grids=(32, 64),
-                dt=30.0, tol=1e-10, max_steps=400, chunk=5, states=STATES)
+# hit the K points, where levels of the triple-Q states cross mu: docs/electrons.md). A state
+# relaxed on a coarse grid sits off the fine grid's minimum: the n_sk = 1 crystal at Hz = 0.006,
+# relaxed on 16x16 and then further on 8x8 or 12x12, rises by 2.6e-5 or 3.7e-6 per site on the
+# 64x64 grid, so the relaxation grid is 16 (quick) and the energies come from finer grids.
+# Quick: the candidates that compete (the unwound tq0z and the conical 1q lie 3e-4 and 6e-4
+# above at every field: docs/results.md), four fields.
+QUICK = Settings(fields=(0.002, 0.004, 0.006, 0.008), relax_grid=16, energy_grids=(16, 32, 64), dt=30.0,
+                 tol=1e-9, max_steps=100, chunk=5, states=("sk2", "sk1", "sk1r", "tq0", "fm"))
+FULL = Settings(fields=tuple(round(0.0005 * k, 4) for k in range(2, 25)), relax_grid=32,
+                energy_grids=(32, 64, 128), dt=30.0, tol=1e-10, max_steps=400, chunk=5, states=STATES)
 
 
 def cell_graph():
@@ -104,13 +125,58 @@ def ansatz(name: str, graph) -> torch.Tensor:
         return klmgraph.double_skyrmion_crystal(graph, m_z=0.3)
     if name == "sk1":
         return klmgraph.skyrmion_crystal(graph, m_z=0.3)
-    if name == "tq0":
+    if name in RANDOM_STARTS:
+        return random_start(name, graph)
+    if name == "tq0z":
         return klmgraph.double_skyrmion_crystal(graph, m_z=1.2)
     if name == "1q":
         return klmgraph.multi_q(graph, [q[0]], planes=[((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))], uniform=(0.0, 0.0, 0.3))
     if name == "fm":
         return klmgraph.ferromagnet(graph)
     raise ValueError(f"unknown state {name!r}; known: {list(STATES)}")
+
+
+def random_start(name: str, graph) -> torch.Tensor:
+    """A stored random-start state (RANDOM_STARTS) on ``graph`` (the 48-site cell or a lattice of them)."""
+    path = RANDOM_STARTS[name][0]
+    if not path.is_file():
+        raise SystemExit(f"no {path}: run with --make-starts (needs the published checkpoint)")
+    spins = torch.tensor(json.loads(path.read_text())["spins"], dtype=torch.float64)
+    cell = cell_graph()
+    return spins if graph.num_nodes == cell.num_nodes else spins[to_lattice(cell, graph)]
+
+
+def make_random_start(name: str, checkpoint: Path, steps: int = 600) -> dict:
+    """Damped ML-LLG from random spins at Hz = 0.008 on 24 x 24 with the published model (the
+    issue's experiment), folded onto the 48-site cell; written to RANDOM_STARTS[name]'s file."""
+    path, seed, expected = RANDOM_STARTS[name]
+    lattice = klmgraph.triangular(24, 24, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
+    provider = klmgraph.load_ecnn4klm(checkpoint, lattice).bind(lattice)
+    llg = klmgraph.LLG(provider, dt=5.0, alpha=1.0, field=(0.0, 0.0, 0.008), integrator="heun")
+    spins = llg.run(klmgraph.random_spins(lattice, seed=seed), steps).spins.double()
+    cell = cell_graph()
+    index = to_lattice(cell, lattice)
+    mean = torch.zeros(cell.num_nodes, 3, dtype=torch.float64).index_add_(0, index, spins)
+    mean = mean / mean.norm(dim=-1, keepdim=True)
+    spread = float((spins - mean[index]).norm(dim=-1).max())
+    n_sk = float(klmgraph.skyrmion_number(lattice, spins)) / (lattice.num_nodes / cell.num_nodes)
+    if spread > 0.05 or abs(round(n_sk)) != expected:
+        raise SystemExit(f"{name}: seed {seed} ended in n_sk = {n_sk:.2f} per cell with copies differing by "
+                         f"{spread:.3f}, not a periodic |n_sk| = {expected} state")
+    record = {"description": (
+        f"An |n_sk| = {expected} triple-Q state of the triangular model (t1 = 1, t3 = -0.85, J = -1, mu = -3.5) at "
+        f"Hz = 0.008, reached from klmgraph.random_spins(seed={seed}) on 24 x 24 by damped ML-LLG with the published "
+        f"ecnn4klm model (Heun, dt = 5, alpha = 1, T = 0, {steps} steps), averaged over the 12 copies of the 48-site "
+        f"magnetic cell (they differed by at most {spread:.1e}) and normalised; sites in the order of "
+        "triangular_lattice(1, 0, -0.85).supercell([[8, 4], [4, 8]]).graph((1, 1)). Written by "
+        "examples/triangular_phase_diagram.py --make-starts."),
+        "hz": 0.008, "seed": seed, "n_sk_per_cell": n_sk, "mz": float(spins[:, 2].mean()), "spread": spread}
+    rows = [[round(x, 10) for x in row] for row in mean.tolist()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        lines = ",\n".join("  " + json.dumps(row) for row in rows)
+        tmp.write_text(json.dumps(record, indent=1)[:-2] + ',\n "spins": [\n' + lines + "\n ]\n}\n")
+    return {**record, "spins": rows}
 
 
 def solver(graph, grid: int):
@@ -124,7 +190,7 @@ def relax(provider, spins: torch.Tensor, hz: float, s: Settings) -> dict:
     is discarded): the largest stable step without a stability analysis.
     """
     n = spins.shape[0]
-    dt, steps = s.dt, 0
+    dt, steps, drop, converged = s.dt, 0, math.inf, False
     llg = klmgraph.LLG(provider, dt=dt, alpha=1.0, field=(0.0, 0.0, hz))
     energy = float(llg.energy_and_field(spins)[0]) / n
     start = energy
@@ -143,16 +209,53 @@ def relax(provider, spins: torch.Tensor, hz: float, s: Settings) -> dict:
         steps += s.chunk
         spins, drop, energy = run.spins, energy - new, new
         if drop < s.tol * s.chunk:
+            converged = True
             break
     total, field = llg.energy_and_field(spins)
     torque = float(torch.linalg.cross(spins, field, dim=-1).norm(dim=-1).max())
+    # not converged: the step limit came first; the last chunk's fall per step says how far off
     return {"spins": spins, "energy_start": start, "energy_relax": float(total) / n, "steps": steps,
-            "dt": dt, "max_torque": torque}
+            "dt": dt, "max_torque": torque, "converged": converged, "last_drop_per_step": drop / s.chunk}
 
 
-def run_branch(args: tuple) -> list[dict]:
-    """Follow one (state, direction) branch through the fields; records are resumed or written."""
-    state, direction, s_dict, out = args
+def follow(state: str, spins: torch.Tensor, fields, out, step) -> list[dict]:
+    """Follow one state through ``fields`` from ``spins`` and back: an ansatz up from the lowest
+    field, then down from the state reached at the top; a random-start state (RANDOM_STARTS,
+    found at the top field) down from the top first, then back up. The return sweep's first
+    field is the first sweep's last record; the ferromagnet is followed once, up.
+    ``step(spins, hz)`` relaxes and measures: (spins, row values). Every record is a JSON file
+    under ``out``/records, read back instead of computed again."""
+    up = list(fields)
+    first, back = (("down", up[::-1]), ("up", up)) if state in RANDOM_STARTS else (("up", up), ("down", up[::-1]))
+    sweeps = [first] + ([] if state == "fm" or len(up) < 2 else [(back[0], back[1][1:])])
+    rows = []
+    for k, (direction, sweep) in enumerate(sweeps):
+        folder = Path(out) / "records" / f"{state}_{direction}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if k:
+            rows.append({**rows[-1], "branch": f"{state}_{direction}", "direction": direction, "seconds": 0.0,
+                         "cpu_seconds": 0.0})
+        for hz in sweep:
+            path = folder / f"{hz:.5f}.json"
+            if path.exists():
+                row = json.loads(path.read_text())
+                spins = torch.tensor(row.pop("spins"), dtype=torch.float64)
+                rows.append(row)
+                continue
+            t0, cpu = time.perf_counter(), time.process_time()
+            spins, values = step(spins, hz)
+            # CPU time as well: on a shared machine the wall time says little about the cost
+            row = {"branch": f"{state}_{direction}", "state": state, "direction": direction, "hz": hz, **values,
+                   "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu}
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps({**row, "spins": spins.tolist()}))
+            rows.append(row)
+    return rows
+
+
+def run_state(args: tuple) -> list[dict]:
+    """One state relaxed with k-grid ED along the field sweeps (module level: for the workers)."""
+    state, s_dict, out = args
     torch.set_num_threads(1)
     s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s_dict.items()})
     cell = cell_graph()
@@ -160,74 +263,103 @@ def run_branch(args: tuple) -> list[dict]:
     index = to_lattice(cell, lattice)
     relax_ed = solver(cell, s.relax_grid)
     energy_eds = [solver(cell, g) for g in s.energy_grids]
-    fields = list(s.fields) if direction == "up" else list(s.fields)[::-1]
-    folder = Path(out) / "records" / f"{state}_{direction}"
-    folder.mkdir(parents=True, exist_ok=True)
-    spins, rows = ansatz(state, cell), []
-    for hz in fields:
-        path = folder / f"{hz:.5f}.json"
-        if path.exists():
-            row = json.loads(path.read_text())
-            spins = torch.tensor(row.pop("spins"), dtype=torch.float64)
-            rows.append(row)
-            continue
-        t0 = time.perf_counter()
+
+    def step(spins, hz):
         r = relax(relax_ed, spins, hz, s)
         spins = r.pop("spins")
         big = spins[index]  # the 12 x 12 lattice (3 magnetic cells) for the topology
-        row = {"branch": f"{state}_{direction}", "state": state, "direction": direction, "hz": hz,
-               "n_sk_per_cell": float(klmgraph.skyrmion_number(lattice, big)) / 3,
-               "mz": float(spins[:, 2].mean()), **r}
+        row = {"n_sk_per_cell": float(klmgraph.skyrmion_number(lattice, big)) / 3, "mz": float(spins[:, 2].mean()),
+               **r}
         for grid, ed in zip(s.energy_grids, energy_eds):
-            row[f"energy_k{grid}"] = float(ed(spins)[0]) / spins.shape[0] - hz * row["mz"]
-        row["seconds"] = time.perf_counter() - t0
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({**row, "spins": spins.tolist()}))
-        rows.append(row)
-    return rows
+            row[f"energy_k{grid}"] = float(ed.energy(spins)) / spins.shape[0] - hz * row["mz"]
+        return spins, row
+
+    return follow(state, ansatz(state, cell), s.fields, out, step)
 
 
-def branches(s: Settings) -> list[tuple[str, str]]:
-    # the ferromagnet is one state at every field: followed once
-    return [(state, d) for state in s.states for d in (("up",) if state == "fm" else ("up", "down"))]
-
-
-def crossing(rows: list[dict], fields, low: int, high: int, grids) -> dict:
-    """Where the lowest |n_sk| = low state stops being below the lowest |n_sk| = high one."""
-    fine, coarse = (f"energy_k{g}" for g in grids[::-1])
-
-    def gap(hz, key):
+def class_gaps(rows: list[dict], fields, low: int, high: int, key: str) -> list[float]:
+    """E of the lowest |n_sk| = low state minus the lowest |n_sk| = high one, per field (nan
+    where a class has no state)."""
+    gaps = []
+    for hz in fields:
         best = {}
         for r in rows:
             if r["hz"] == hz:
                 k = round(abs(r["n_sk_per_cell"]))
                 best[k] = min(best.get(k, math.inf), r[key])
-        return best.get(low, math.nan) - best.get(high, math.nan)
+        gaps.append(best.get(low, math.nan) - best.get(high, math.nan))
+    return gaps
 
-    d = [gap(h, fine) for h in fields]
-    err = [abs(gap(h, fine) - gap(h, coarse)) for h in fields]
-    for i in range(len(fields) - 1):
-        if d[i] < 0 <= d[i + 1]:
-            slope = (d[i + 1] - d[i]) / (fields[i + 1] - fields[i])
-            hz = fields[i] - d[i] / slope
-            return {"hz": hz, "bracket": [fields[i], fields[i + 1]],
-                    "grid_uncertainty": max(err[i], err[i + 1]) / slope}
-    return {"hz": math.nan, "bracket": None, "grid_uncertainty": math.nan, "gaps": d}
+
+def crossing(rows: list[dict], fields, low: int, high: int, fine: str, coarse: str | None = None) -> dict:
+    """Where the lowest |n_sk| = low state stops being below the lowest |n_sk| = high one, by the
+    energies under the key ``fine`` (and ``coarse``, a coarser solver, for the uncertainty).
+
+    Returns the crossing field ``hz`` (interpolated) with its bracket and grid uncertainty, or,
+    where the gap keeps one sign over the fields, a bound: ``bound`` ">" (the low class is lowest
+    up to the top field) or "<" (the high class is lowest from the bottom field), and ``hz`` the
+    field that bounds it. ``gaps`` (fine) and ``grid_error`` (fine minus coarse) per field go
+    with it.
+    """
+    d = class_gaps(rows, fields, low, high, fine)
+    err = ([abs(a - b) for a, b in zip(d, class_gaps(rows, fields, low, high, coarse))] if coarse
+           else [math.nan] * len(d))
+    out = {"gaps": d, "grid_error": err, "bracket": None, "grid_uncertainty": math.nan, "bound": None}
+    known = [(h, g, e) for h, g, e in zip(fields, d, err) if math.isfinite(g)]
+    if not known:
+        return {**out, "hz": math.nan}
+    for (h0, g0, e0), (h1, g1, e1) in zip(known, known[1:]):
+        if g0 < 0 <= g1:
+            slope = (g1 - g0) / (h1 - h0)
+            return {**out, "hz": h0 - g0 / slope, "bracket": [h0, h1], "grid_uncertainty": max(e0, e1) / slope}
+    if all(g < 0 for _, g, _ in known):
+        return {**out, "hz": known[-1][0], "bound": ">"}
+    if all(g >= 0 for _, g, _ in known):
+        return {**out, "hz": known[0][0], "bound": "<"}
+    return {**out, "hz": math.nan}  # re-entrant: the table tells
+
+
+def transitions(rows: list[dict], fields, ground: list[dict], fine: str, coarse: str) -> list[dict]:
+    """Where the |n_sk| class of the lowest state changes between neighbouring fields: the
+    crossing of the two classes there (which may skip a class, e.g. 2 -> 0)."""
+    classes = [round(abs(g["n_sk_per_cell"])) for g in ground]
+    return [{"from": a, "to": b, **crossing(rows, fields[i:i + 2], a, b, fine, coarse)}
+            for i, (a, b) in enumerate(zip(classes, classes[1:])) if a != b]
+
+
+def boundary_text(c: dict) -> str:
+    """A crossing as it appears in the result line: 0.00503, >0.00800 (a bound) or nan."""
+    return f"{c.get('bound') or ''}{c['hz']:.5f}" if math.isfinite(c["hz"]) else "nan"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="4 fields, relax grid 16, energy grids 28 and 32")
+    p.add_argument("--quick", action="store_true", help="4 fields, relax grid 16, energy grids 16, 32, 64")
     p.add_argument("--hz", type=float, nargs="+", help="fields (default: the setting's)")
     p.add_argument("--relax-grid", type=int, help="k-grid n (n x n) of the relaxation")
-    p.add_argument("--energy-grids", type=int, nargs=2, metavar=("COARSE", "FINE"),
-                   help="k-grids of the energies; their difference is the reported grid error")
+    p.add_argument("--energy-grids", type=int, nargs="+", metavar="N",
+                   help="k-grids of the energies, ascending (at least two): the two finest give the grid error")
     p.add_argument("--states", nargs="+", choices=STATES, help="candidate states (default: all)")
     p.add_argument("--max-steps", type=int, help="LLG steps per field at most")
     p.add_argument("--tol", type=float, help="stop when E/N falls by less than this per step")
-    p.add_argument("--workers", type=int, default=1, help="processes (one branch each at a time)")
+    p.add_argument("--workers", type=int, default=1, help="processes (one state each at a time)")
     p.add_argument("--out", default=None, help="default klmgraph-output/triangular_phase_diagram/{quick,full}")
+    p.add_argument("--grid-check", type=int, nargs="+", metavar="N", default=[],
+                   help="afterwards, E/N of the lowest state of each |n_sk| class at each field on these "
+                        "further grids too (grid_check.csv): how the class gaps converge")
+    p.add_argument("--make-starts", action="store_true",
+                   help="regenerate the random-start states in data/states with the published model and stop")
+    p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm"
+                                              / "triangle_param.cpt"), help="for --make-starts")
     args = p.parse_args(argv)
+    if args.make_starts:
+        if not Path(args.checkpoint).is_file():
+            raise SystemExit(f"--make-starts: no checkpoint at {args.checkpoint}")
+        records = {name: make_random_start(name, Path(args.checkpoint)) for name in RANDOM_STARTS}
+        for name, record in records.items():
+            print(f"{RANDOM_STARTS[name][0]}: n_sk per cell {record['n_sk_per_cell']:.2f}, Mz {record['mz']:.3f}, "
+                  f"copies within {record['spread']:.1e}")
+        return records
     base = QUICK if args.quick else FULL
     s = Settings(fields=tuple(sorted(args.hz)) if args.hz else base.fields,
                  relax_grid=args.relax_grid or base.relax_grid,
@@ -237,8 +369,8 @@ def main(argv=None):
     for name, grid in (("--relax-grid", s.relax_grid), *(("--energy-grids", g) for g in s.energy_grids)):
         if grid < 1:
             raise SystemExit(f"{name} must be positive, got {grid}")
-    if s.energy_grids[0] >= s.energy_grids[1]:
-        raise SystemExit(f"--energy-grids: COARSE must be smaller than FINE, got {list(s.energy_grids)}")
+    if len(s.energy_grids) < 2 or list(s.energy_grids) != sorted(set(s.energy_grids)):
+        raise SystemExit(f"--energy-grids: give at least two grids in ascending order, got {list(s.energy_grids)}")
     out = Path(args.out or f"klmgraph-output/triangular_phase_diagram/{'quick' if args.quick else 'full'}")
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / "settings.json"
@@ -249,52 +381,110 @@ def main(argv=None):
 
     from tqdm.auto import tqdm
 
-    todo = [(state, d, asdict(s), str(out)) for state, d in branches(s)]
-    print(f"{len(todo)} branches x {len(s.fields)} fields on the 48-site magnetic cell; relax with ED, k-grid "
-          f"{s.relax_grid}x{s.relax_grid} (tiled {48 * s.relax_grid ** 2} sites), energies on "
-          + " and ".join(f"{g}x{g}" for g in s.energy_grids), flush=True)
+    # the slowest states first, so that two workers finish together
+    todo = [(state, asdict(s), str(out)) for state in sorted(s.states, key=lambda x: x == "fm")]
+    print(f"{len(todo)} states x {len(s.fields)} fields (up, then down) on the 48-site magnetic cell; relax with "
+          f"ED, k-grid {s.relax_grid}x{s.relax_grid} (tiled {48 * s.relax_grid ** 2} sites), energies on "
+          + ", ".join(f"{g}x{g}" for g in s.energy_grids), flush=True)
     start, rows = time.perf_counter(), []
-    with tqdm(total=len(todo), desc="branches", unit="branch") as bar:
+    with tqdm(total=len(todo), desc="states", unit="state") as bar:
         if args.workers > 1:
             with ProcessPoolExecutor(args.workers) as pool:
-                for result in pool.map(run_branch, todo):
+                for result in pool.map(run_state, todo):
                     rows += result
                     bar.update(1)
         else:
             for task in todo:
-                rows += run_branch(task)
+                rows += run_state(task)
                 bar.update(1)
     summary = report(rows, s, out, time.perf_counter() - start)
-    print(f"hz_2_1={summary['hz_2_1']['hz']:.5f} hz_1_0={summary['hz_1_0']['hz']:.5f}")
+    if args.grid_check:
+        summary["grid_check"] = grid_check(rows, s, args.grid_check, out)
+    print(f"hz_2_1={boundary_text(summary['hz_2_1'])} hz_1_0={boundary_text(summary['hz_1_0'])}")
     return summary
 
 
+def grid_check(rows: list[dict], s: Settings, grids, out: Path) -> list[dict]:
+    """E/N of the lowest state of each |n_sk| class at each field on further k-grids, and the
+    gaps between neighbouring classes per grid (grid_check.csv; printed)."""
+    fine = f"energy_k{s.energy_grids[-1]}"
+    cell = cell_graph()
+    eds = {g: solver(cell, g) for g in grids}
+    table, keys = [], [f"energy_k{g}" for g in (*s.energy_grids, *grids)]
+    for hz in s.fields:
+        best = {}
+        for r in rows:
+            k = round(abs(r["n_sk_per_cell"]))
+            if r["hz"] == hz and r[fine] < best.get(k, {fine: math.inf})[fine]:
+                best[k] = r
+        for k, r in sorted(best.items()):
+            path = out / "records" / r["branch"] / f"{hz:.5f}.json"
+            if not path.exists():  # the down sweep's top field: the up sweep's record
+                path = out / "records" / f"{r['state']}_up" / f"{hz:.5f}.json"
+            spins = torch.tensor(json.loads(path.read_text())["spins"], dtype=torch.float64)
+            entry = {"hz": hz, "abs_n_sk": k, "branch": r["branch"], "mz": r["mz"],
+                     **{key: r[key] for key in keys if key in r}}
+            for g in grids:
+                entry[f"energy_k{g}"] = float(eds[g].energy(spins)) / spins.shape[0] - hz * r["mz"]
+            table.append(entry)
+    with atomic_path(out / "grid_check.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["hz", "abs_n_sk", "branch", "mz", *keys])
+        writer.writeheader()
+        writer.writerows(table)
+    for hz in s.fields:
+        mine = {e["abs_n_sk"]: e for e in table if e["hz"] == hz}
+        for low, high in ((2, 1), (1, 0)):
+            if low in mine and high in mine:
+                gaps = ", ".join(f"{key[8:]}: {mine[low][key] - mine[high][key]:+.2e}" for key in keys)
+                print(f"Hz = {hz:g}: E(|n_sk|={low}) - E(|n_sk|={high}) on k-grids {gaps}")
+    return table
+
+
+def grid_ladder(rows: list[dict], s: Settings) -> list[dict]:
+    """Every grid of the ladder against the finest: the largest change of E/N and of E/N minus
+    the lowest state at the same field."""
+    fine = f"energy_k{s.energy_grids[-1]}"
+
+    def relative(key):
+        low = {h: min(r[key] for r in rows if r["hz"] == h) for h in s.fields}
+        return [r[key] - low[r["hz"]] for r in rows]
+
+    ladder = []
+    for g in s.energy_grids[:-1]:
+        key = f"energy_k{g}"
+        ladder.append({"grid": g, "against": s.energy_grids[-1],
+                       "energy_max": max(abs(r[key] - r[fine]) for r in rows),
+                       "relative_max": max(abs(a - b) for a, b in zip(relative(key), relative(fine)))})
+    return ladder
+
+
 def report(rows: list[dict], s: Settings, out: Path, seconds: float) -> dict:
-    coarse, fine = (f"energy_k{g}" for g in s.energy_grids)
-    lowest = {h: min(fine_row[fine] for fine_row in rows if fine_row["hz"] == h) for h in s.fields}
+    grids = [f"energy_k{g}" for g in s.energy_grids]
+    fine = grids[-1]
+    lowest = {h: min(r[fine] for r in rows if r["hz"] == h) for h in s.fields}
     columns = ["branch", "state", "direction", "hz", "n_sk_per_cell", "mz", "energy_start", "energy_relax",
-               coarse, fine, "minus_lowest", "max_torque", "steps", "dt", "seconds"]
+               *grids, "minus_lowest", "max_torque", "steps", "converged", "last_drop_per_step", "dt", "seconds", "cpu_seconds"]
     with atomic_path(out / "phase_diagram.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for r in sorted(rows, key=lambda r: (r["branch"], r["hz"])):
             writer.writerow({**r, "minus_lowest": r[fine] - lowest[r["hz"]]})
     ground = [min((r for r in rows if r["hz"] == h), key=lambda r: r[fine]) for h in s.fields]
-    # grid error: absolute energies, and the energies relative to the lowest state at each field
-    rel = [abs((r[fine] - lowest[r["hz"]]) - (r[coarse] - min(x[coarse] for x in rows if x["hz"] == r["hz"])))
-           for r in rows]
+    ladder = grid_ladder(rows, s)
     summary = {
-        "settings": asdict(s), "solver": f"ED, k-grids {s.relax_grid} (relaxation), "
-                                         f"{s.energy_grids[0]} and {s.energy_grids[1]} (energies), 48-site cell",
-        "hz_2_1": crossing(rows, s.fields, 2, 1, s.energy_grids),
-        "hz_1_0": crossing(rows, s.fields, 1, 0, s.energy_grids),
+        "settings": asdict(s), "solver": f"ED, k-grid {s.relax_grid}x{s.relax_grid} (relaxation), "
+                                         + ", ".join(f"{g}x{g}" for g in s.energy_grids) + " (energies), 48-site cell",
+        "hz_2_1": crossing(rows, s.fields, 2, 1, grids[-1], grids[-2]),
+        "hz_1_0": crossing(rows, s.fields, 1, 0, grids[-1], grids[-2]),
+        "transitions": transitions(rows, s.fields, ground, grids[-1], grids[-2]),
         "paper": PAPER,
-        "grid_error_energy_max": max(abs(r[fine] - r[coarse]) for r in rows),
-        "grid_error_relative_max": max(rel),
+        "grid_ladder": ladder,
+        "grid_error_energy_max": ladder[-1]["energy_max"],
+        "grid_error_relative_max": ladder[-1]["relative_max"],
         "ground_states": [{"hz": g["hz"], "branch": g["branch"], "n_sk_per_cell": g["n_sk_per_cell"],
                            "mz": g["mz"]} for g in ground],
         "max_torque": max(r["max_torque"] for r in rows),
-        "seconds": seconds,
+        "seconds": seconds, "cpu_seconds": sum(r.get("cpu_seconds", math.nan) for r in rows),
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=float))
@@ -302,12 +492,19 @@ def report(rows: list[dict], s: Settings, out: Path, seconds: float) -> dict:
     for g in ground:
         print(f"Hz = {g['hz']:<7g} lowest: {g['branch']:9s} n_sk/cell = {g['n_sk_per_cell']:+.2f}  "
               f"Mz = {g['mz']:.3f}")
-    print(f"grid error ({s.energy_grids[0]} vs {s.energy_grids[1]}): E/N up to "
-          f"{summary['grid_error_energy_max']:.1e}, E/N minus the lowest up to {summary['grid_error_relative_max']:.1e}")
-    for key in ("hz_2_1", "hz_1_0"):
+    for step in ladder:
+        print(f"grid {step['grid']}x{step['grid']} against {step['against']}x{step['against']}: E/N within "
+              f"{step['energy_max']:.1e}, E/N minus the lowest within {step['relative_max']:.1e}")
+    for t in summary["transitions"]:
+        print(f"lowest state: |n_sk| = {t['from']} -> {t['to']} at Hz = {t['hz']:.5f} +- {t['grid_uncertainty']:.5f} "
+              f"(grid), between {t['bracket'][0]:g} and {t['bracket'][1]:g}")
+    for key, (low, high) in (("hz_2_1", (2, 1)), ("hz_1_0", (1, 0))):
         c = summary[key]
-        print(f"{key}: {c['hz']:.5f} +- {c['grid_uncertainty']:.5f} (grid), bracket {c['bracket']}; "
-              f"paper {PAPER[key]}")
+        gaps = ", ".join(f"{h:g}: {g:+.1e} +- {e:.0e}" for h, g, e in zip(s.fields, c["gaps"], c["grid_error"]))
+        print(f"{key}: {boundary_text(c)} +- {c['grid_uncertainty']:.5f} (grid), bracket {c['bracket']}; "
+              f"paper {PAPER[key]}; E(|n_sk|={low}) - E(|n_sk|={high}) per field: {gaps}")
+    print(f"{summary['cpu_seconds']:.0f} CPU seconds over the records ({summary['cpu_seconds'] / 120:.1f} min on 2 "
+          f"cores), {seconds:.0f} s of wall time")
     print(f"table {out / 'phase_diagram.csv'}, plots {out / 'energies.png'}, {out / 'phase_diagram.png'}")
     return summary
 
@@ -317,11 +514,11 @@ def plot(rows, s: Settings, ground, summary, out: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fine = f"energy_k{s.energy_grids[1]}"
+    fine = f"energy_k{s.energy_grids[-1]}"
     lowest = {g["hz"]: g[fine] for g in (min((r for r in rows if r["hz"] == h), key=lambda r: r[fine])
                                          for h in s.fields)}
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"sk2": "o", "sk1": "s", "tq0": "^", "1q": "v", "fm": "D"}
+    markers = {"sk2": "o", "sk1": "s", "sk1r": "P", "tq0": "^", "tq0z": "<", "1q": "v", "fm": "D"}
     for k, branch in enumerate(sorted({r["branch"] for r in rows})):
         mine = sorted((r for r in rows if r["branch"] == branch), key=lambda r: r["hz"])
         x = [r["hz"] for r in mine]
@@ -334,7 +531,7 @@ def plot(rows, s: Settings, ground, summary, out: Path):
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("$H_z$")
     ax.set_ylabel("E/N minus the lowest at that field (1e-5)")
-    ax.set_title(f"triangular model, ED k-grid {s.energy_grids[1]}x{s.energy_grids[1]} on the 48-site cell; "
+    ax.set_title(f"triangular model, ED k-grid {s.energy_grids[-1]}x{s.energy_grids[-1]} on the 48-site cell; "
                  "labels |n_sk| per cell;\nsolid: followed up in field, dashed: down", fontsize=8)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -349,12 +546,14 @@ def plot(rows, s: Settings, ground, summary, out: Path):
     a2.set_ylabel("$M^z$ per site")
     a2.set_xlabel("$H_z$")
     for a in (a1, a2):
+        for t in summary["transitions"]:  # where the lowest state's class changes
+            if math.isfinite(t["hz"]):
+                a.axvline(t["hz"], color="k", lw=1)
+                a.axvspan(t["hz"] - t["grid_uncertainty"], t["hz"] + t["grid_uncertainty"], color="k", alpha=0.15)
         for key, colour in (("hz_2_1", "C2"), ("hz_1_0", "C3")):
-            c = summary[key]
-            if math.isfinite(c["hz"]):
-                a.axvline(c["hz"], color=colour, lw=1)
             a.axvline(PAPER[key], color=colour, ls=":", lw=1)
-    a1.set_title("lowest state (solid lines: ED boundaries; dotted: the paper's 96x96 ML-LLG)", fontsize=8)
+    a1.set_title("lowest state; black: where its |n_sk| changes (k-grid ED; band: grid error);\n"
+                 "dotted: the paper's 96x96 ML-LLG, 2->1 green, 1->0 red", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "phase_diagram.png", dpi=130)
     plt.close(fig)

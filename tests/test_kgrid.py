@@ -131,3 +131,15 @@ def test_tile_spins_checks():
     with pytest.raises(ValueError, match="periodic Bravais"):
         g = klmgraph.square(3, 3, periodic=False)
         klmgraph.tile_spins(g, klmgraph.random_spins(g), (2, 2))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("gamma", [False, True])
+def test_energy_alone_equals_energy_and_field(case, gamma):
+    # eigenvalues only: the same energy as the full solve, both ensembles, T = 0 and T > 0
+    lattice, size, grid, params = CASES[case]
+    graph = lattice.graph(size)
+    spins = klmgraph.random_spins(graph, batch=2, seed=3)
+    ed = klmgraph.ExactDiagonalization(graph, k_grid=None if gamma else grid, max_batch_bytes=2 ** 20, **params)
+    torch.testing.assert_close(ed.energy(spins), ed.energy_and_field(spins)[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(ed.energy(spins[1]), ed.energy_and_field(spins[1])[0], rtol=0, atol=1e-10)

@@ -272,17 +272,17 @@ def test_triangular_example_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("triangular_skyrmions", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    example.main(["--size", "12", "--steps", "2", "--hz", "0.005", "--out", str(tmp_path)])
+    example.main(["--size", "12", "--steps", "2", "--hz", "0.005", "--seed", "0", "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "example.json").read_text())
-    assert summary["rows"][0]["cell_sites"] == 48 and summary["rows"][0]["step"] == 2
-    assert (tmp_path / "spins_hz0.005.png").exists() and (tmp_path / "scan.png").exists()
+    assert summary["rows"][0]["step"] == 2 and summary["rows"][0]["stopped"] == "step limit 2"
+    assert (tmp_path / "spins_seed0_hz0.005.png").exists() and (tmp_path / "seed0" / "scan.png").exists()
     # the final state checked against ED (auto: the lattice is small), the solver named
-    check = summary["rows"][0]["check"]
-    assert check["solver"] == "ED at Gamma" and 0 < check["rmse_field"] < 1
-    example.main(["--size", "12", "--steps", "2", "--hz", "0.005", "--out", str(tmp_path), "--check", "kpm",
-                  "--kpm-order", "32", "--kpm-probe-distance", "3"])
-    check = json.loads((tmp_path / "example.json").read_text())["rows"][0]["check"]
-    assert check["solver"] == "KPM, order 32, probe distance 3" and 0 < check["rmse_field"] < 1
+    row = summary["rows"][0]
+    assert row["check_solver"] == "ED at Gamma" and 0 < row["check_rmse_field"] < 1
+    example.main(["--size", "12", "--steps", "2", "--hz", "0.005", "--seed", "0", "--out", str(tmp_path),
+                  "--check", "kpm", "--kpm-order", "32", "--kpm-probe-distance", "3"])
+    row = json.loads((tmp_path / "example.json").read_text())["rows"][0]
+    assert row["check_solver"] == "KPM, order 32, probe distance 3" and 0 < row["check_rmse_field"] < 1
 
 
 def test_cli_deterministic_model_run_equals_default(tmp_path):

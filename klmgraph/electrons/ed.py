@@ -280,6 +280,29 @@ class ExactDiagonalization(EnsembleSolver):
         return (energy.reshape(spins.shape[:-2]).to(spins.dtype),
                 field.reshape(spins.shape).to(spins.dtype))
 
+    @torch.no_grad()
+    def energy(self, spins: torch.Tensor) -> torch.Tensor:
+        """The electronic energy alone: eigenvalues only (about half the cost of
+        :meth:`energy_and_field` on a fine k-grid), the same number.
+
+        Shapes:
+            spins: (N, 3) or (B, N, 3) unit vectors -> () or (B,), in the spins' dtype.
+        """
+        spins = check_spins(spins, self.num_sites)
+        flat = spins.reshape(-1, self.num_sites, 3)
+        if self.k_grid is None:
+            levels = torch.linalg.eigvalsh(self._assemble(flat))
+            energy = self.occupations(levels)[1]
+        elif self.num_electrons is not None:  # the Fermi level is set by all twists together
+            levels = torch.cat([torch.linalg.eigvalsh(h) for _, h in self._twisted_batches(flat)])
+            energy = self.occupations(levels.reshape(len(flat), -1).sort(-1).values)[1] / self.num_twists
+        else:
+            energy = torch.zeros(len(flat), dtype=torch.float64, device=flat.device)
+            for config, h in self._twisted_batches(flat):
+                levels = torch.linalg.eigvalsh(h)
+                energy.index_add_(0, config, self.occupations(levels)[1] / self.num_twists)
+        return energy.reshape(spins.shape[:-2]).to(spins.dtype)
+
     def _solve(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Energy (B,) and field (B, N, 3) of (B, N, 3) spins, float64, without input checks."""
         if self.k_grid is not None:

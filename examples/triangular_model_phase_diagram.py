@@ -1,0 +1,133 @@
+"""A model's phase diagram of the triangular Kondo lattice model: item 3 of the Fig. 4 issue.
+
+The candidate states of examples/triangular_phase_diagram.py (the n_sk = 2 and 1 skyrmion
+crystals, the random-start n_sk = 0 triple-Q state, ...) tiled over a large periodic lattice
+(L x L, L a multiple of 12) and relaxed at every field by damped LLG with a model as the force
+provider (the published ecnn4klm checkpoint, or ``--model`` a klmgraph model file), in float64,
+followed up in field and back down exactly as the ED version does (the same relaxation, the same
+crossing rule). The energies per site are the model's; the boundaries are set beside item 1's
+k-grid ED ones when ``--phase-diagram`` names that script's summary.json.
+
+    PYTHONPATH=. python examples/triangular_model_phase_diagram.py --quick   # 24 x 24, minutes
+    PYTHONPATH=. python examples/triangular_model_phase_diagram.py --size 48 --phase-diagram \
+        klmgraph-output/triangular_phase_diagram/full/summary.json
+
+Every (state, direction, field) is a JSON record under ``--out``/records (resumable). Writes
+``model_phase_diagram.csv``, ``summary.json`` and ends with ``hz_2_1=<value> hz_1_0=<value>``
+(as item 1: a bound ``>hz`` / ``<hz`` where no crossing lies in the field range).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+import klmgraph
+from klmgraph.files import atomic_path
+from triangular_phase_diagram import (HAMILTONIAN, PAPER, QUICK, STATES, ansatz, boundary_text, cell_graph,
+                                      crossing, follow, relax)
+from triangular_skyrmions import DEFAULT_CHECKPOINT, load_provider_model
+
+# the ED script's relaxation, with the model's stable step (dt 30 is halved to it anyway) and
+# more steps: an ML step costs little on these lattices
+MODEL = replace(QUICK, dt=10.0, max_steps=400, tol=1e-10)
+
+
+def run_state(state: str, s, size: int, settings: dict, out: Path) -> list[dict]:
+    """One state relaxed with the model along the field sweeps (records resumed or written)."""
+    lattice = klmgraph.triangular(size, size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
+    provider = load_provider_model(settings, lattice).double().bind(lattice)
+    cells = lattice.num_nodes // cell_graph().num_nodes
+
+    def step(spins, hz):
+        r = relax(provider, spins, hz, s)
+        spins = r.pop("spins")
+        return spins, {"n_sk_per_cell": float(klmgraph.skyrmion_number(lattice, spins)) / cells,
+                       "mz": float(spins[:, 2].mean()), "energy_model": r["energy_relax"], **r}
+
+    return follow(state, ansatz(state, lattice).double(), s.fields, out, step)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="24 x 24 (default 48 x 48)")
+    p.add_argument("--size", type=int, default=None, help="L of the L x L lattice, a multiple of 12")
+    p.add_argument("--hz", type=float, nargs="+", help=f"fields (default {list(MODEL.fields)})")
+    p.add_argument("--states", nargs="+", choices=STATES, help=f"candidates (default {list(MODEL.states)})")
+    p.add_argument("--max-steps", type=int, help=f"LLG steps per field at most (default {MODEL.max_steps})")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="triangle_param.cpt")
+    p.add_argument("--model", default=None, help="a klmgraph model file instead of the checkpoint")
+    p.add_argument("--phase-diagram", default=None, metavar="SUMMARY",
+                   help="examples/triangular_phase_diagram.py's summary.json: its boundaries beside the model's")
+    p.add_argument("--out", default=None, help="default klmgraph-output/triangular_model_phase_diagram/<model>-L")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    size = args.size or (24 if args.quick else 48)
+    if size % 12:
+        raise SystemExit(f"--size {size}: the 48-site magnetic cell needs L divisible by 12")
+    if args.model is None and not Path(args.checkpoint).is_file():
+        raise SystemExit(f"no checkpoint at {args.checkpoint} (see DESIGN.md section 4)")
+    if args.model is not None and not Path(args.model).is_file():
+        raise SystemExit(f"--model: no file at {args.model}")
+    if args.phase_diagram is not None and not Path(args.phase_diagram).is_file():
+        raise SystemExit(f"--phase-diagram: no file at {args.phase_diagram}")
+    s = replace(MODEL, fields=tuple(sorted(args.hz)) if args.hz else MODEL.fields,
+                states=tuple(args.states) if args.states else MODEL.states,
+                max_steps=args.max_steps or MODEL.max_steps)
+    name = Path(args.model or args.checkpoint).stem
+    out = Path(args.out or f"klmgraph-output/triangular_model_phase_diagram/{name}-{size}")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"checkpoint": args.checkpoint, "model": args.model, "device": "cpu"}
+    record = {"relaxation": {k: v for k, v in asdict(s).items() if k not in ("relax_grid", "energy_grids")},
+              "size": size, "model": name}
+    path = out / "settings.json"
+    if path.exists() and json.loads(path.read_text()) != json.loads(json.dumps(record)):
+        raise SystemExit(f"{out} holds a run with other settings ({path}); use another --out")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+
+    from tqdm.auto import tqdm
+
+    started, rows = time.perf_counter(), []
+    for state in tqdm(s.states, desc="states", unit="state"):
+        rows += run_state(state, s, size, settings, out)
+    lowest = {h: min(r["energy_model"] for r in rows if r["hz"] == h) for h in s.fields}
+    columns = ["branch", "state", "direction", "hz", "n_sk_per_cell", "mz", "energy_start", "energy_model",
+               "minus_lowest", "max_torque", "steps", "dt", "seconds"]
+    with atomic_path(out / "model_phase_diagram.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for r in sorted(rows, key=lambda r: (r["branch"], r["hz"])):
+            writer.writerow({**r, "minus_lowest": r["energy_model"] - lowest[r["hz"]]})
+    summary = {"model": name, "size": size, "solver": f"{name} on {size}x{size} (float64)",
+               "hz_2_1": crossing(rows, s.fields, 2, 1, "energy_model"),
+               "hz_1_0": crossing(rows, s.fields, 1, 0, "energy_model"), "paper": PAPER,
+               "ground_states": [min((r for r in rows if r["hz"] == h), key=lambda r: r["energy_model"])["branch"]
+                                 for h in s.fields],
+               "seconds": time.perf_counter() - started}
+    if args.phase_diagram:
+        ed = json.loads(Path(args.phase_diagram).read_text())
+        summary["ed"] = {"solver": ed["solver"], "hz_2_1": ed["hz_2_1"], "hz_1_0": ed["hz_1_0"]}
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=float))
+    for h, branch in zip(s.fields, summary["ground_states"]):
+        print(f"Hz = {h:<7g} lowest with {name}: {branch}")
+    for key in ("hz_2_1", "hz_1_0"):
+        c = summary[key]
+        gaps = ", ".join(f"{h:g}: {g:+.1e}" for h, g in zip(s.fields, c["gaps"]))
+        beside = (f"; k-grid ED ({summary['ed']['solver']}): {boundary_text(summary['ed'][key])}"
+                  if "ed" in summary else "")
+        print(f"{key} ({name}, {size}x{size}): {boundary_text(c)}{beside}; paper {PAPER[key]}; gaps per field: {gaps}")
+    print(f"table {out / 'model_phase_diagram.csv'}")
+    print(f"hz_2_1={boundary_text(summary['hz_2_1'])} hz_1_0={boundary_text(summary['hz_1_0'])}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
