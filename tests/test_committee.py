@@ -100,6 +100,10 @@ def test_compiled_members_equal_the_vmapped_path(dtype, one_thread):
     assert torch.allclose(e, e_ref, **tol) and torch.allclose(b, b_ref, **tol)
     assert torch.allclose(u.field_error, u_ref.field_error, **tol)
     assert torch.allclose(u.energy_per_site_error, u_ref.energy_per_site_error, **tol)
+    # the members' kernel takes the bound committee's thread count; its sums do not depend on it
+    pinned = committee.bind(graph, threads=2)
+    assert torch.equal(pinned.energy_and_field(spins)[1], b)
+    assert torch.equal(pinned.uncertainty(spins).field_error, u.field_error)
     # the kernel's member copies follow the weights: a changed weight changes the prediction
     with torch.no_grad():
         next(iter(committee.weights.values()))[0].mul_(1.5)
