@@ -32,7 +32,7 @@ import klmgraph
 from klmgraph.files import atomic_path
 from triangular_phase_diagram import (HAMILTONIAN, PAPER, QUICK, STATES, ansatz, boundary_text, cell_graph,
                                       crossing, follow, relax)
-from triangular_skyrmions import DEFAULT_CHECKPOINT, load_provider_model
+from triangular_skyrmions import DEFAULT_CHECKPOINT, check_input_files, load_provider_model
 
 # the ED script's relaxation, with the model's stable step (dt 30 is halved to it anyway) and
 # more steps: an ML step costs little on these lattices
@@ -71,12 +71,7 @@ def main(argv=None):
     size = args.size or (24 if args.quick else 48)
     if size % 12:
         raise SystemExit(f"--size {size}: the 48-site magnetic cell needs L divisible by 12")
-    if args.model is None and not Path(args.checkpoint).is_file():
-        raise SystemExit(f"no checkpoint at {args.checkpoint} (see DESIGN.md section 4)")
-    if args.model is not None and not Path(args.model).is_file():
-        raise SystemExit(f"--model: no file at {args.model}")
-    if args.phase_diagram is not None and not Path(args.phase_diagram).is_file():
-        raise SystemExit(f"--phase-diagram: no file at {args.phase_diagram}")
+    check_input_files(args)
     s = replace(MODEL, fields=tuple(sorted(args.hz)) if args.hz else MODEL.fields,
                 states=tuple(args.states) if args.states else MODEL.states,
                 max_steps=args.max_steps or MODEL.max_steps)

@@ -54,6 +54,17 @@ CELL_SITES = 48  # |Q| = pi/3 on the triangular lattice
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm" / "triangle_param.cpt"
 
 
+def check_input_files(args) -> None:
+    """Stop with a message naming the option when the model (--model, or the published
+    --checkpoint) or --phase-diagram file is missing; shared with triangular_model_phase_diagram."""
+    if args.model is None and not Path(args.checkpoint).is_file():
+        raise SystemExit(f"no checkpoint at {args.checkpoint} (see DESIGN.md section 4)")
+    if args.model is not None and not Path(args.model).is_file():
+        raise SystemExit(f"--model: no file at {args.model}")
+    if args.phase_diagram is not None and not Path(args.phase_diagram).is_file():
+        raise SystemExit(f"--phase-diagram: no file at {args.phase_diagram}")
+
+
 def load_provider_model(settings: dict, graph):
     """The published checkpoint, or a klmgraph model file (``--model``, e.g. trained by
     examples/triangular_training.py), checked against ``graph``."""
@@ -237,12 +248,7 @@ def main(argv=None):
             raise SystemExit(f"{name} must be positive, got {value}")
     if args.converge < 0 or (args.anneal is not None and args.anneal <= 0):
         raise SystemExit("--converge must be >= 0 and --anneal T0 > 0")
-    if args.model is None and not Path(args.checkpoint).is_file():
-        raise SystemExit(f"no checkpoint at {args.checkpoint} (see DESIGN.md section 4)")
-    if args.model is not None and not Path(args.model).is_file():
-        raise SystemExit(f"no model file at {args.model}")
-    if args.phase_diagram is not None and not Path(args.phase_diagram).is_file():
-        raise SystemExit(f"--phase-diagram: no file at {args.phase_diagram}")
+    check_input_files(args)
     out = Path(args.out or f"triangular-skyrmions-{size}")
     model_name = Path(args.model or args.checkpoint).name
     base = {"size": [size, size], "checkpoint": str(args.checkpoint), "model": args.model,
