@@ -322,21 +322,19 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
-    named = {"ED coarse grid": results["reference"]["coarse_vs_fine"], **results["models"]}
+    named = {"ED coarse grid (convergence)": results["reference"]["coarse_vs_fine"], **results["models"]}
     for (name, m), marker in zip(named.items(), "sox^"):
-        ref = [p["reference"] for p in m["pairs"]]
-        a.scatter(ref, [p["reference"] + p["error"] for p in m["pairs"]], marker=marker, label=name, alpha=0.7)
+        a.plot(range(len(m["pairs"])), [max(abs(p["error"]), 1e-9) for p in m["pairs"]], marker=marker, ls="",
+               label=name)
         b.plot(range(len(m["rmse_field_per_state"])), m["rmse_field_per_state"], marker=marker, ls="", label=name)
-    lim = max([abs(p["reference"]) for p in results["reference"]["coarse_vs_fine"]["pairs"]] + [1e-5]) * 1.1
-    a.plot([-lim, lim], [-lim, lim], "k-", lw=0.5)
-    for sign in (-1, 1):
-        a.plot([-lim, lim], [-lim + sign * TARGET["energy_difference"], lim + sign * TARGET["energy_difference"]],
-               "k:", lw=0.5)
-    a.set(xlabel="(E_i - E_j) / N, fine-grid ED", ylabel="(E_i - E_j) / N, predicted",
-          title="energy differences at equal Hz (dotted: +-2e-5)")
+    a.axhline(TARGET["energy_difference"], color="k", ls=":", lw=0.8)
+    a.set_yscale("log")
+    a.set(xlabel="pair of states at one Hz (eval_<model>.json 'pairs' order)",
+          ylabel="|error of (E_i - E_j) / N| against fine-grid ED", title="energy differences (dotted: target 2e-5)")
     b.axhline(TARGET["rmse_field"], color="k", ls=":", lw=0.8)
     b.set_yscale("log")
-    b.set(xlabel="state (states.json order)", ylabel="RMSE of B against fine-grid ED", title="field error per state")
+    b.set(xlabel="state (states.json order)", ylabel="RMSE of B against fine-grid ED",
+          title="field error per state (dotted: target 4e-4)")
     a.legend(fontsize=8)
     b.legend(fontsize=8)
     fig.tight_layout()

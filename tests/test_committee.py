@@ -128,6 +128,8 @@ def _training_gradients(committee, graph, spins, field_ref, energy_ref):
 
 @pytest.mark.parametrize("lattice", ["triangular", "square"])
 def test_committee_training_through_the_kernel_equals_the_vmapped_path(lattice, one_thread, monkeypatch):
+    from test_fused import assert_same_gradients, count_kernel_calls
+
     from klmgraph.nn import fused
 
     if not fused.available():
@@ -143,18 +145,14 @@ def test_committee_training_through_the_kernel_equals_the_vmapped_path(lattice, 
     gen = torch.Generator().manual_seed(2)
     field_ref = torch.randn(spins.shape, dtype=torch.float64, generator=gen)
     energy_ref = torch.randn(3, 2, dtype=torch.float64, generator=gen)
-    calls = []
-    run = fused._Call.run
-    monkeypatch.setattr(fused._Call, "run", lambda self, *a, **k: calls.append(k.get("mode", 0)) or run(self, *a, **k))
+    calls = count_kernel_calls(monkeypatch)
     kernel = _training_gradients(committee, graph, spins, field_ref, energy_ref)
     # per member: forward with dE/dx, then the force loss's dual-number call
     assert sorted(calls) == sorted([fused._GRAD_X, fused._GRAD_P | fused._GRAD_X | fused._PER_CONFIG] * 3)
     committee.fused = False
     vmapped = _training_gradients(committee, graph, spins, field_ref, energy_ref)
     assert len(calls) == 6  # the vmapped path does not touch the kernel
-    for got, want in zip(kernel, vmapped):
-        assert want.abs().max() > 0
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-10 * want.abs().max().item())
+    assert_same_gradients(kernel, vmapped)
     # where the kernel refuses (here: inside torch.func.vmap), the vmapped path answers
     committee.fused = True
     batched = torch.func.vmap(lambda s: committee.member_energies(s, committee.prepare(graph)), in_dims=1,
