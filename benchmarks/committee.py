@@ -6,6 +6,7 @@ Usage::
     python benchmarks/committee.py                 # square 48x48 and triangular 48x48, M = 4 (~2 min)
     python benchmarks/committee.py --quick         # a smoke run (seconds)
     python benchmarks/committee.py --members 2 4 8 --json out.json
+    python benchmarks/committee.py --trainer-step --size 24 --batch 4   # the trainer's step: kernel vs vmapped
 
 For each lattice and M it reports the best of ``--repeats`` calls (after a warm-up) of
 
@@ -88,6 +89,48 @@ def measure(name: str, size: int, members: int, batch: int, repeats: int) -> dic
     return row
 
 
+def measure_trainer_step(name: str, size: int, members: int, batch: int, repeats: int, dtype=torch.float32) -> dict:
+    """One step of ``klmgraph.train.train``'s committee loop (member m on its own batch of
+    ``batch`` configurations, field + 100 x energy loss, Adam) with the members' compiled kernel
+    (``committee.fused``) and with the vmapped eager path, interleaved round by round."""
+    from klmgraph.train import StackedBatch, predict_stacked, stacked_loss_terms
+
+    graph = LATTICES[name](size)
+    nets = []
+    for k in range(members):
+        torch.manual_seed(k)
+        nets.append(klmgraph.ECNN.for_graph(graph))
+    committee = Committee(nets).to(dtype)
+    optimizer = torch.optim.Adam(committee.parameters(), lr=1e-6)  # small: the weights barely move
+    prepared = committee.prepare(graph)
+    spins = torch.stack([klmgraph.random_spins(graph, batch=batch, seed=m, dtype=dtype) for m in range(members)])
+    gen = torch.Generator().manual_seed(1)
+    step_batch = StackedBatch(spins, 0.01 * torch.randn(spins.shape, generator=gen).to(dtype),
+                              torch.randn(members, batch, generator=gen).to(dtype))
+
+    def step():
+        energy, field = predict_stacked(committee, prepared, step_batch, training=True, members=True)
+        field_mse, energy_mse = stacked_loss_terms(energy, field, step_batch)
+        loss = (field_mse + 100.0 * energy_mse) * members
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    times = {True: [], False: []}
+    for fused in (True, False):  # warm-up: kernel build, plans
+        committee.fused = fused
+        step()
+    for _ in range(repeats):
+        for fused in (True, False):
+            committee.fused = fused
+            w, c = time.perf_counter(), time.process_time()
+            step()
+            times[fused].append((time.perf_counter() - w, time.process_time() - c))
+    pick = lambda ts: (min(t[0] for t in ts), min(t[1] for t in ts))  # noqa: E731
+    return {"lattice": name, "size": size, "sites": graph.num_nodes, "members": members, "batch": batch,
+            "kernel": pick(times[True]), "vmapped": pick(times[False])}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lattices", nargs="+", default=["square", "triangular"], choices=sorted(LATTICES))
@@ -97,6 +140,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="12x12, 2 repeats")
+    p.add_argument("--trainer-step", action="store_true",
+                   help="only the trainer's committee step, members' kernel against the vmapped path "
+                        "(--batch configurations per member; the learn configs use 4)")
     p.add_argument("--json", help="write the rows to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -104,6 +150,17 @@ def main(argv=None):
     info = machine()
     print(f"# {info}; torch threads {args.threads}; float32; best of {repeats} (wall s / process CPU s)")
     rows = []
+    if args.trainer_step:
+        print(f"{'lattice':>10} {'N':>6} {'M':>3} {'B':>3} | {'kernel':>15} {'vmapped':>15} {'speed-up (CPU)':>14}")
+        for name in args.lattices:
+            for m in args.members:
+                r = measure_trainer_step(name, size, m, args.batch, repeats)
+                rows.append(r)
+                print(f"{name:>10} {r['sites']:>6} {m:>3} {args.batch:>3} | {r['kernel'][0]:7.3f}/{r['kernel'][1]:7.3f} "
+                      f"{r['vmapped'][0]:7.3f}/{r['vmapped'][1]:7.3f} {r['vmapped'][1] / r['kernel'][1]:14.2f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+        return rows
     print(f"{'lattice':>10} {'N':>6} {'M':>3} | {'committee':>15} {'mean only':>15} {'M singles':>15} "
           f"{'one':>15} {'ratio':>6} | {'train comm.':>15} {'train M':>15} {'ratio':>6}")
     for name in args.lattices:

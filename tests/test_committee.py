@@ -112,6 +112,79 @@ def test_compiled_members_equal_the_vmapped_path(dtype, one_thread):
     assert not torch.allclose(e_new, e) and torch.allclose(e_new, bound.energy_and_field(spins)[0], **tol)
 
 
+def _training_gradients(committee, graph, spins, field_ref, energy_ref):
+    """The trainer's committee step (member m on spins[m], field + energy loss): energies,
+    fields, the spins' gradient and the stacked weights' gradients."""
+    from klmgraph.nn import compute_field
+
+    committee.zero_grad()
+    s = spins.detach().clone().requires_grad_(True)
+    energy = committee.member_energies(s, committee.prepare(graph))
+    field = compute_field(energy, s, training=True)
+    loss = ((field - field_ref) ** 2).mean() + 100.0 * ((energy - energy_ref) / graph.num_nodes).pow(2).mean()
+    loss.backward()
+    return [energy.detach(), field.detach(), s.grad] + [p.grad.clone() for p in committee.parameters()]
+
+
+@pytest.mark.parametrize("lattice", ["triangular", "square"])
+def test_committee_training_through_the_kernel_equals_the_vmapped_path(lattice, one_thread, monkeypatch):
+    from test_fused import assert_same_gradients, count_kernel_calls
+
+    from klmgraph.nn import fused
+
+    if not fused.available():
+        pytest.skip("no C++ compiler: the committee trains through the vmapped path only")
+    graph = klmgraph.triangular(6, 6, 1.0, 0.0, -0.85) if lattice == "triangular" else klmgraph.square(5, 4)
+    members = _members(graph)
+    with torch.no_grad():  # not-small weights everywhere, so that every path matters
+        for net in members:
+            for p in net.parameters():
+                p.normal_()
+    committee = Committee(members)
+    spins = torch.stack([klmgraph.random_spins(graph, batch=2, seed=m, dtype=torch.float64) for m in range(3)])
+    gen = torch.Generator().manual_seed(2)
+    field_ref = torch.randn(spins.shape, dtype=torch.float64, generator=gen)
+    energy_ref = torch.randn(3, 2, dtype=torch.float64, generator=gen)
+    calls = count_kernel_calls(monkeypatch)
+    kernel = _training_gradients(committee, graph, spins, field_ref, energy_ref)
+    # per member: forward with dE/dx, then the force loss's dual-number call
+    assert sorted(calls) == sorted([fused._GRAD_X, fused._GRAD_P | fused._GRAD_X | fused._PER_CONFIG] * 3)
+    committee.fused = False
+    vmapped = _training_gradients(committee, graph, spins, field_ref, energy_ref)
+    assert len(calls) == 6  # the vmapped path does not touch the kernel
+    assert_same_gradients(kernel, vmapped)
+    # where the kernel refuses (here: inside torch.func.vmap), the vmapped path answers
+    committee.fused = True
+    batched = torch.func.vmap(lambda s: committee.member_energies(s, committee.prepare(graph)), in_dims=1,
+                              out_dims=1)(spins)
+    assert len(calls) == 6 and torch.allclose(batched, kernel[0], rtol=0, atol=1e-10 * kernel[0].abs().max().item())
+
+
+def test_committee_checkpoint_written_before_the_kernel_path_resumes(tmp_path, monkeypatch, one_thread):
+    """tests/fixtures/committee_f727bcc_*: a 2-member committee trained for one epoch by klmgraph at
+    commit f727bcc (vmapped training), in a folder with relative paths; the current trainer
+    resumes it (same parameter layout, optimizer state included) and runs the second epoch."""
+    from conftest import FIXTURES
+
+    (tmp_path / "run").mkdir()
+    for name, target in (("train.h5", "train.h5"), ("val.h5", "val.h5"), ("last.pt", "run/last.pt")):
+        (tmp_path / target).write_bytes((FIXTURES / f"committee_f727bcc_{name}").read_bytes())
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["state"]["epoch"] == 1
+    monkeypatch.chdir(tmp_path)
+    config = config_from_dict({
+        "data": {"train": "train.h5", "validation": "val.h5"},
+        "model": {"committee": 2, "channels": 3, "num_interactions": 2},
+        "optimizer": {"name": "adam", "lr": 0.02, "early_stopping": 0},
+        "training": {"out": "run", "epochs": 2, "batch_size": 4, "energy_weight": 1.0}})
+    run = train(config, progress=False)
+    assert run["epochs_run"] == 2 and [row["epoch"] for row in run["history"]] == [2]
+    resumed = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert resumed["model"].keys() == saved["model"].keys()
+    assert all(resumed["model"][k].shape == v.shape for k, v in saved["model"].items())
+    assert any(not torch.equal(resumed["model"][k], v) for k, v in saved["model"].items())  # it trained on
+
+
 def test_committee_file_round_trip_and_checks(tmp_path, one_thread):
     graph = klmgraph.square(4, 4)
     committee = Committee(_members(graph), calibration=1.3, threshold=0.2, site_threshold=0.4)

@@ -296,3 +296,87 @@ def test_triangular_phase_diagram_quick(tmp_path, capsys):
     """The documented --quick setting (9.5 minutes of CPU on 2 cores, 2026-12-02; longer on a loaded machine)."""
     load_example("triangular_phase_diagram").main(["--quick", "--workers", "2", "--out", str(tmp_path)])
     assert PHASE_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
+    """Issue 14 item 2's pipeline on --tiny (12 x 12, grids 1/2 and 2/4): the evaluation set of
+    equilibrium states with two k-grids, the metrics of both models against the fine grid, a
+    partial learning run read correctly, and ship (refused without a model or while the loop
+    runs, then a card that klmgraph.pretrained reads)."""
+    from klmgraph.learn import load_learn_config
+    from klmgraph.nn.committee import Committee
+
+    example = load_example("triangular_paper_model")
+    graph = klmgraph.triangular(12, 12, t1=1.0, t3=-0.85)
+    learn, evals, dest = tmp_path / "learn", tmp_path / "eval", tmp_path / "models"
+    base = ["--tiny", "--out", str(learn), "--eval-dir", str(evals), "--dest", str(dest)]
+    learn.mkdir()
+    (learn / "config.json").write_text(json.dumps(load_learn_config(example.LEARN_CONFIG).to_dict()))
+    with pytest.raises(SystemExit, match="nothing to ship"):
+        example.ship(example.TINY, learn, evals, dest, {"models": {}}, partial=True)
+    # a partial loop: iteration 0 trained, iteration 1 begun (no model yet)
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(klmgraph.ECNN.for_graph(graph, channels=2, num_interactions=1))
+    (learn / "iter000").mkdir()
+    (learn / "iter001").mkdir()
+    Committee(members).save(learn / "iter000" / "model.pt")
+    assert example.newest_model(learn) == learn / "iter000" / "model.pt" and example.loop_state(learn) is None
+
+    example.main(["--stage", "eval-data"] + base)
+    info = json.loads((evals / "states.json").read_text())
+    kinds = [s["kind"] for s in info["states"]]
+    assert kinds == ["lattice", "lattice", "cell", "cell"]  # one seed at 0.002 and 0.008, data/states at 0.008
+    assert [s["hz"] for s in info["states"]] == [0.002, 0.008, 0.008, 0.008]
+    assert sorted(round(abs(s["n_sk_per_cell"])) for s in info["states"][2:]) == [0, 1]
+    labels = sorted(p.name for p in (evals / "labels").iterdir())
+    assert labels == ["000_k1.pt", "000_k2.pt", "001_k1.pt", "001_k2.pt", "002_k2.pt", "002_k4.pt", "003_k2.pt",
+                      "003_k4.pt"]
+    stamps = [p.stat().st_mtime_ns for p in sorted((evals / "labels").iterdir())]
+    # a lattice state's label is k-grid ED of the lattice; a cell state's, k-grid ED of the cell tiled back
+    spins = torch.load(evals / "states.pt", weights_only=True)
+    fine = torch.load(evals / "labels" / "001_k2.pt", weights_only=True)
+    energy, field = example.solver(graph, 2).energy_and_field(spins[1])
+    torch.testing.assert_close(fine["field"], field, rtol=0, atol=1e-12)
+    assert float(fine["energy_per_site"]) == pytest.approx(float(energy) / graph.num_nodes, abs=1e-14)
+    cell = example.cell_graph()
+    index = example.to_lattice(cell, graph)
+    tiled = torch.load(evals / "labels" / "003_k4.pt", weights_only=True)
+    cell_spins = torch.zeros(cell.num_nodes, 3, dtype=torch.float64).index_copy_(0, index, spins[3])
+    e_cell, b_cell = example.solver(cell, 4).energy_and_field(cell_spins)
+    torch.testing.assert_close(tiled["field"], b_cell[index], rtol=0, atol=1e-12)
+
+    capsys.readouterr()
+    results = example.main(["--stage", "eval"] + base)
+    out = capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in sorted((evals / "labels").iterdir())] == stamps  # nothing relabelled
+    names = ["ours"] + (["published"] if (ECNN4KLM / "triangle_param.cpt").is_file() else [])
+    assert sorted(results["models"]) == sorted(names)
+    assert ("published: skipped" in out) == ("published" not in names)
+    # the metrics are the model against the fine grid: recomputed here
+    committee = klmgraph.load_model(learn / "iter000" / "model.pt", graph=graph)
+    e_model, b_model = committee.bind(graph).energy_and_field(spins.float())
+    ref = [torch.load(evals / "labels" / f"00{i}_k{g}.pt", weights_only=True) for i, g in enumerate((2, 2, 4, 4))]
+    b_ref = torch.stack([r["field"] for r in ref])
+    ours = results["models"]["ours"]
+    assert ours["rmse_field"] == pytest.approx(float((b_model.double() - b_ref).pow(2).mean().sqrt()), rel=1e-6)
+    e = e_model.double() / graph.num_nodes
+    e_ref = torch.stack([r["energy_per_site"] for r in ref])
+    pairs = {(p["i"], p["j"]): p["error"] for p in ours["pairs"]}
+    assert sorted(pairs) == [(1, 2), (1, 3), (2, 3)]  # the states of one field only
+    assert pairs[(2, 3)] == pytest.approx(float((e[2] - e[3]) - (e_ref[2] - e_ref[3])), abs=1e-9)
+    assert ours["energy_difference_max"] == pytest.approx(max(abs(v) for v in pairs.values()))
+    assert re.search(r"^ours: rmse_field=\S+ energy_difference_max=\S+", out, re.M)
+    assert (evals / "eval.png").stat().st_size > 0 and (evals / "eval_states.csv").is_file()
+
+    with pytest.raises(SystemExit, match="has not finished"):
+        example.main(["--stage", "ship"] + base)
+    example.main(["--stage", "ship", "--partial"] + base)
+    assert klmgraph.pretrained(directory=dest) == ["triangular-paper"]
+    shipped = klmgraph.pretrained("triangular-paper", graph=graph, directory=dest)
+    assert isinstance(shipped, Committee)
+    card = klmgraph.model_card("triangular-paper", directory=dest)
+    assert card["metrics"]["held_out_equilibrium_states"]["rmse_field"] == pytest.approx(ours["rmse_field"])
+    assert card["data"]["stopped"] == "not finished (--partial)" and card["target"]["met"] is False
+    assert {"name", "summary", "date", "lattice", "hamiltonian", "solver", "data", "training", "metrics"} <= set(card)

@@ -14,10 +14,13 @@ is applied to all of them at once with ``torch.func.vmap`` + ``functional_call``
 mixing becomes one batched matmul and the neighbour gathers one gather, so M members cost
 less than M networks called one after another (benchmarks/committee.py measures it).
 
-Where the members' compiled CPU kernel applies (:mod:`klmgraph.nn.fused`: an ECNN on the CPU,
-no autograd wanted), a bound committee evaluates each member with it instead
-(:meth:`Committee.fused_member_energies_and_fields`): M kernel calls cost less than the vmapped
-autograd path, which stays the path of training and of every case the kernel refuses.
+Where the members' compiled CPU kernel applies (:mod:`klmgraph.nn.fused`: an ECNN on the CPU in
+float32/float64, no torch.func transform around it), each member is evaluated with it instead:
+a bound committee without autograd (:meth:`Committee.fused_member_energies_and_fields`), and
+:meth:`Committee.member_energies` with autograd, the trainer's path (M kernel calls, each
+differentiable twice, on views of the stacked weights). M kernel calls cost less than the
+vmapped autograd path (1.9x per training step, docs/learning.md), which stays the path of
+every case the kernel refuses and of ``fused = False``.
 
 Layering: this module imports the models' protocol and :mod:`klmgraph.nn.binding` only;
 :mod:`klmgraph.io` rebuilds a committee from its file, never the other way round.
@@ -103,7 +106,7 @@ class Committee(nn.Module):
         template = members[0]
         self._shell = [_MemberEnergy(template)]
         self.member_architecture = type(template).__name__
-        # bind(graph) evaluates the members with their compiled kernel where it applies; a runtime
+        # evaluation and training take the members' compiled kernel where it applies; a runtime
         # switch as ECNN.fused (False: always the vmapped autograd path)
         self.fused = True
         self._member_cache = None  # (weight versions, separate member networks) for the kernel
@@ -151,7 +154,8 @@ class Committee(nn.Module):
 
     # ------------------------------------------------------------------ evaluation
     def member_energies(self, spins: torch.Tensor, prepared, frozen: bool = False) -> torch.Tensor:
-        """Energy of member m on ``spins[m]``, all members in one vmapped call.
+        """Energy of member m on ``spins[m]``: M calls of the members' compiled kernel where it
+        applies (:meth:`_kernel_applies`; training's path too), else all members in one vmapped call.
 
         Args:
             spins: configurations, one set per member.
@@ -166,7 +170,19 @@ class Committee(nn.Module):
             raise ValueError(f"member_energies takes spins of shape ({self.size}, ..., N, 3), got {tuple(spins.shape)}")
         weights = {self._names[k]: (v.detach() if frozen else v) for k, v in self.weights.items()}
         shell = self._shell[0]
+        if self._kernel_applies(spins, prepared):
+            # member m's weights are views of the stacked ones, so autograd (the field, and the
+            # trainer's double backward) reaches the stacked weights through M kernel calls
+            return torch.stack([functional_call(shell, {k: v[m] for k, v in weights.items()}, (spins[m], prepared))
+                                for m in range(self.size)])
         return vmap(lambda w, s: functional_call(shell, w, (s, prepared)))(weights, spins)
+
+    def _kernel_applies(self, spins: torch.Tensor, prepared) -> bool:
+        """Whether :meth:`member_energies` evaluates the members one by one with their compiled
+        kernel (``fused`` on and :meth:`ECNN.kernel_applies` for the template; spins (M, ..., N, 3))
+        rather than in one vmapped eager call."""
+        applies = getattr(self.template, "kernel_applies", None)
+        return self.fused and applies is not None and applies(spins[0], prepared)
 
     def energy(self, spins: torch.Tensor, prepared) -> torch.Tensor:
         """Committee mean of the energy; its spin gradient is the mean field.

@@ -24,7 +24,7 @@ from e3nn import o3
 from .binding import BoundModel
 from .blocks import InteractionBlock, OutputBlock
 from .conv import IMPLEMENTATIONS, SpinConvolution, TypedNeighbours, filter_irreps
-from .fused import fused_energy_and_field, fused_site_energies
+from .fused import applies as fused_applies, fused_energy_and_field, fused_site_energies
 from .modelfile import save_model
 
 __all__ = ["ECNN", "BoundModel"]
@@ -181,6 +181,12 @@ class ECNN(nn.Module):
         if not self.fused or self.implementation != "fast":
             return None
         return fused_energy_and_field(self, spins, neighbours, threads)
+
+    def kernel_applies(self, spins: torch.Tensor, neighbours: TypedNeighbours) -> bool:
+        """Whether :meth:`site_energies` of ``spins`` on ``neighbours`` takes the compiled kernel
+        (``fused`` on, ``fast`` convolutions, and :func:`klmgraph.nn.fused.applies`). A
+        committee asks it to choose between M kernel calls and one vmapped eager call."""
+        return self.fused and self.implementation == "fast" and fused_applies(self, spins, neighbours)
 
     def energy(self, spins: torch.Tensor, neighbours: TypedNeighbours) -> torch.Tensor:
         """Total energy of configurations sharing one graph. Shapes: (..., N, 3) -> (...)."""

@@ -19,8 +19,8 @@ autograd on, so its gradient reaches them through the packing. A third derivativ
 Both answer None where the kernel does not apply, and the caller takes the eager PyTorch
 path: devices other than the CPU, dtypes other than float32/float64 (or spins in another
 dtype than the model's), graphs whose classes repeat at a site (irregular graphs:
-scatter-add), inputs or weights wrapped by torch.func transforms (vmap: a committee, grad),
-or no C++ compiler.
+scatter-add), inputs or weights wrapped by torch.func transforms (vmap, grad; a committee then
+evaluates its members in one vmapped call), or no C++ compiler.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from . import native
 from .fused_source import SOURCE
 from .threads import one_torch_thread
 
-__all__ = ["fused_energy_and_field", "fused_site_energies", "available"]
+__all__ = ["fused_energy_and_field", "fused_site_energies", "available", "applies"]
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -157,6 +157,13 @@ def _applies(model, spins: torch.Tensor, neighbours) -> bool:
             and getattr(neighbours, "table", None) is not None and getattr(neighbours, "inverse", None) is not None
             and not is_functorch_wrapped_tensor(spins) and not is_functorch_wrapped_tensor(reference)
             and _fits(model))
+
+
+def applies(model, spins: torch.Tensor, neighbours) -> bool:
+    """Whether :func:`fused_site_energies` would take the kernel for ``model`` (an ECNN whose
+    ``fused`` switch and convolutions are not checked here) on ``spins`` and ``neighbours``:
+    the device, dtype, graph and torch.func conditions of the module docstring, and a compiler."""
+    return _applies(model, spins, neighbours) and available()
 
 
 def _inputs(model, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

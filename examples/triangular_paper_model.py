@@ -1,0 +1,450 @@
+"""The shipped "triangular-paper" model: ``klmgraph learn`` on k-grid ED, judged on equilibrium states.
+
+DESIGN.md section 1's triangular model (t1 = 1, t3 = -0.85, J = -1, mu = -3.5, grand canonical,
+T = 0). Stages (each resumes where it stopped; ``--stage all`` runs them in order):
+
+* ``learn``: the active-learning loop of examples/learn_triangular.toml (a committee of 4 on
+  24 x 24, labels by ED with a 4 x 4 k-grid), i.e. ``klmgraph learn --config
+  examples/learn_triangular.toml --out OUT`` through the Python API (``--quick``: its 12 x 12
+  setting).
+* ``eval-data``: an evaluation set that no training saw, in ``--eval-dir``: equilibrium states
+  at Hz = 0.002, 0.005, 0.008: (a) damped ML-LLG from random starts on the lattice (the
+  published model where ../shared/ecnn4klm is present, else our newest committee; Heun, dt = 5,
+  alpha = 1, T = 0, ``steps`` steps, seeds 100 + i so that no data/states start repeats), and (b)
+  periodic states of the 48-site magnetic cell tiled onto the lattice: data/states (random-start
+  states folded onto the cell) and, with ``--phase-records``, the k-grid-ED-relaxed branches of
+  examples/triangular_phase_diagram.py at these fields. Labels by k-grid ED on two grids each, so
+  that their convergence is shown: (a) on the lattice itself (4 x 4 and 8 x 8 on 24 x 24), (b) on
+  the 48-site cell (32 x 32 and 64 x 64 twists: tiled lattices of 49,152 and 196,608 sites),
+  the finer grid being the reference.
+* ``eval``: each model (ours: the newest ``iterNNN/model.pt`` of ``--out``; the published
+  ecnn4klm model, skipped with a message where absent) against the fine labels: field RMSE
+  (target <= 4e-4) and the error of energy differences per site between the states of one field
+  (every pair; target |error| <= 2e-5). Writes eval_<model>.json, eval_states.csv and
+  eval.png, and prints ``<model>: rmse_field=<x> energy_difference_max=<y>`` lines.
+* ``ship``: evaluates our model and writes ``--dest``/triangular-paper.{pt,json} (the committee
+  file and its card: data, solver and k-grid, configuration, held-out metrics, date). It refuses
+  while ``--out`` holds no trained model, and while the loop has not finished unless
+  ``--partial`` (the card then says so).
+
+    python examples/triangular_paper_model.py --stage learn --out learn-tri      # hours (resumable)
+    python examples/triangular_paper_model.py --stage eval-data                  # ~30 CPU minutes of ED
+    python examples/triangular_paper_model.py --stage eval --out learn-tri       # seconds
+    python examples/triangular_paper_model.py --stage ship --out learn-tri       # data/models/triangular-paper.*
+
+``--tiny`` is a seconds-long setting for the tests (12 x 12, two fields, one seed, 20 steps,
+grids 1 / 2 and 2 / 4): it exercises every stage but ``learn`` and proves nothing about accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import klmgraph
+from klmgraph.files import atomic_path
+from triangular_phase_diagram import HAMILTONIAN, RANDOM_STARTS, cell_graph, to_lattice
+
+REPO = Path(__file__).resolve().parents[1]
+LEARN_CONFIG = REPO / "examples" / "learn_triangular.toml"
+PUBLISHED = REPO.parent / "shared" / "ecnn4klm" / "triangle_param.cpt"
+TARGET = {"rmse_field": 4e-4, "energy_difference": 2e-5}
+ISSUE_PUBLISHED = {"rmse_field": 6e-4, "energy_difference": 5e-5}  # issue 14's figures for the published model
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the evaluation set depends on (an --eval-dir refuses other settings)."""
+
+    size: int = 24
+    fields: tuple = (0.002, 0.005, 0.008)
+    seeds: tuple = (100, 101, 102)
+    steps: int = 1000
+    dt: float = 5.0
+    lattice_grids: tuple = (4, 8)  # coarse, fine (the reference) on size x size
+    cell_grids: tuple = (32, 64)  # the same on the 48-site magnetic cell (periodic states)
+
+
+TINY = Settings(size=12, fields=(0.002, 0.008), seeds=(100,), steps=20, lattice_grids=(1, 2), cell_grids=(2, 4))
+
+
+def lattice_graph(s: Settings):
+    return klmgraph.triangular(s.size, s.size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
+
+
+def solver(graph, grid: int):
+    return klmgraph.ExactDiagonalization(graph, J=HAMILTONIAN["J"], mu=HAMILTONIAN["mu"], k_grid=(grid, grid))
+
+
+def newest_model(out: Path) -> Path | None:
+    """The committee of the loop's newest iteration (``iterNNN/model.pt``), or None."""
+    models = sorted(Path(out).glob("iter[0-9][0-9][0-9]/model.pt"))
+    return models[-1] if models else None
+
+
+def loop_state(out: Path) -> str | None:
+    """Why the learning loop stopped (report.json), or None while it runs (or before it)."""
+    report = Path(out) / "report.json"
+    return json.loads(report.read_text()).get("stopped") if report.is_file() else None
+
+
+def load_models(out: Path | None, checkpoint: Path, graph) -> dict:
+    """{"ours": committee, "published": ECNN} where they exist, each with a message otherwise."""
+    models = {}
+    path = newest_model(out) if out is not None else None
+    if path is None:
+        print(f"ours: skipped (no iterNNN/model.pt in {out}: the learning loop has not trained a committee yet)")
+    else:
+        models["ours"] = (klmgraph.load_model(path, graph=graph), str(path))
+    if Path(checkpoint).is_file():
+        models["published"] = (klmgraph.load_ecnn4klm(checkpoint, graph), str(checkpoint))
+    else:
+        print(f"published: skipped (no ecnn4klm checkpoint at {checkpoint})")
+    return models
+
+
+# ------------------------------------------------------------------------------ the evaluation set
+
+def cell_states(s: Settings, phase_records: Path | None) -> list[dict]:
+    """Periodic states of the 48-site cell at the evaluation fields: data/states, then the
+    distinct branches of a phase-diagram run (states equal to 1e-3 counted once)."""
+    found = []
+    for name, (path, seed, _) in RANDOM_STARTS.items():
+        record = json.loads(path.read_text())
+        if any(math.isclose(record["hz"], hz) for hz in s.fields):
+            found.append({"name": f"{name}_cell", "hz": record["hz"], "source": f"data/states/{path.name}",
+                          "cell_spins": record["spins"]})
+    if phase_records is not None:
+        for path in sorted(Path(phase_records).glob("*/*.json")):
+            record = json.loads(path.read_text())
+            if any(math.isclose(record["hz"], hz) for hz in s.fields):
+                found.append({"name": record["branch"], "hz": record["hz"],
+                              "source": f"{path.parent.name}/{path.name} (k-grid ED relaxed)",
+                              "cell_spins": record["spins"]})
+    distinct = []
+    for state in found:
+        spins = torch.tensor(state["cell_spins"], dtype=torch.float64)
+        if not any(math.isclose(o["hz"], state["hz"]) and float((o["t"] - spins).norm(dim=-1).max()) < 1e-3
+                   for o in distinct):
+            distinct.append({**state, "t": spins})
+    return [{k: v for k, v in d.items() if k != "t"} for d in distinct]
+
+
+def make_states(s: Settings, explorer, graph, phase_records: Path | None) -> tuple[list[dict], torch.Tensor]:
+    """The states (metadata) and their spins on the lattice (S, N, 3), float64."""
+    cell = cell_graph()
+    index = to_lattice(cell, graph)
+    provider = explorer.bind(graph)
+    meta, spins = [], []
+    for hz in s.fields:
+        llg = klmgraph.LLG(provider, dt=s.dt, alpha=1.0, field=(0.0, 0.0, hz), integrator="heun")
+        start = torch.stack([klmgraph.random_spins(graph, seed=seed) for seed in s.seeds])
+        last = max(s.steps - 100, 0)
+        early = llg.run(start, last)
+        run = llg.run(early.spins, s.steps - last)
+        n = graph.num_nodes
+        drift = ((run.energies[-1] - run.energies[0]).abs() / n).tolist()  # over the last (up to) 100 steps
+        for k, seed in enumerate(s.seeds):
+            meta.append({"name": f"random{seed}", "hz": hz, "kind": "lattice", "seed": seed,
+                         "source": f"ML-LLG from random_spins(seed={seed}), {s.steps} steps",
+                         "final_steps": s.steps - last, "energy_change_per_site_over_final_steps": drift[k]})
+            spins.append(run.spins[k].double())
+    for state in cell_states(s, phase_records):
+        cell_spins = torch.tensor(state.pop("cell_spins"), dtype=torch.float64)
+        meta.append({**state, "kind": "cell"})
+        spins.append(cell_spins[index])
+    spins = torch.stack(spins)
+    spins = spins / spins.norm(dim=-1, keepdim=True)
+    n_sk = klmgraph.skyrmion_number(graph, spins) * (cell.num_nodes / graph.num_nodes)
+    for row, n, mz in zip(meta, n_sk.tolist(), spins[..., 2].mean(-1).tolist()):
+        row.update(n_sk_per_cell=n, mz=mz)
+    return meta, spins
+
+
+def label(state: dict, spins: torch.Tensor, s: Settings, graph, grid: int) -> tuple[float, torch.Tensor]:
+    """k-grid ED of one state: (E_el / N, field (N, 3)). Cell-periodic states are solved on the
+    48-site cell (the same thermodynamic limit at a fraction of the cost) and tiled back."""
+    if state["kind"] == "cell":
+        cell = cell_graph()
+        index = to_lattice(cell, graph)
+        first = torch.empty(cell.num_nodes, dtype=torch.long)
+        first[index] = torch.arange(len(index))  # a lattice site of each cell site (all copies are equal)
+        energy, field = solver(cell, grid).energy_and_field(spins[first])
+        return float(energy) / cell.num_nodes, field[index]
+    energy, field = solver(graph, grid).energy_and_field(spins)
+    return float(energy) / graph.num_nodes, field
+
+
+def eval_data(s: Settings, eval_dir: Path, explorer_name: str, explorer, phase_records) -> dict:
+    """Create (or continue) the evaluation set in ``eval_dir``: states.json, states.pt, and one
+    labels/NNN_kG.pt per state and grid."""
+    from tqdm.auto import tqdm
+
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    graph = lattice_graph(s)
+    info_path = eval_dir / "states.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        if info["settings"] != json.loads(json.dumps(asdict(s))):
+            raise SystemExit(f"{eval_dir} holds an evaluation set of other settings; use another --eval-dir")
+        spins = torch.load(eval_dir / "states.pt", weights_only=True)
+    else:
+        print(f"equilibrium states: ML-LLG with {explorer_name} on {graph.describe()}, then the cell states")
+        meta, spins = make_states(s, explorer, graph, phase_records)
+        with atomic_path(eval_dir / "states.pt") as tmp:
+            torch.save(spins, tmp)
+        info = {"settings": asdict(s), "explorer": explorer_name, "lattice": graph.describe(),
+                "hamiltonian": HAMILTONIAN, "states": meta}
+        with atomic_path(info_path) as tmp:
+            tmp.write_text(json.dumps(info, indent=1) + "\n")
+    (eval_dir / "labels").mkdir(exist_ok=True)
+    jobs = [(i, g) for i, st in enumerate(info["states"])
+            for g in (s.cell_grids if st["kind"] == "cell" else s.lattice_grids)]
+    for i, grid in tqdm(jobs, desc="k-grid ED", unit="label"):
+        path = eval_dir / "labels" / f"{i:03d}_k{grid}.pt"
+        if path.exists():
+            continue
+        energy, field = label(info["states"][i], spins[i], s, graph, grid)
+        with atomic_path(path) as tmp:
+            torch.save({"energy_per_site": torch.tensor(energy, dtype=torch.float64), "field": field}, tmp)
+    return info
+
+
+def read_labels(info: dict, eval_dir: Path, s: Settings, which: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E_el / N (S,), field (S, N, 3)) of every state on its coarse (0) or fine (1) grid."""
+    energies, fields = [], []
+    for i, st in enumerate(info["states"]):
+        grid = (s.cell_grids if st["kind"] == "cell" else s.lattice_grids)[which]
+        path = eval_dir / "labels" / f"{i:03d}_k{grid}.pt"
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run --stage eval-data first (it resumes)")
+        data = torch.load(path, weights_only=True)
+        energies.append(data["energy_per_site"])
+        fields.append(data["field"])
+    return torch.stack(energies), torch.stack(fields)
+
+
+# ------------------------------------------------------------------------------ metrics
+
+def pair_errors(hz: list[float], energy: torch.Tensor, reference: torch.Tensor) -> list[dict]:
+    """Error of every energy difference E_i - E_j (per site) between two states of one field."""
+    rows = []
+    for i in range(len(hz)):
+        for j in range(i + 1, len(hz)):
+            if math.isclose(hz[i], hz[j]):
+                d_ref = float(reference[i] - reference[j])
+                rows.append({"i": i, "j": j, "hz": hz[i], "reference": d_ref,
+                             "error": float(energy[i] - energy[j]) - d_ref})
+    return rows
+
+
+def summarise(energy, field, ref_energy, ref_field, info: dict) -> dict:
+    """Field RMSE (all states, per field, per kind) and energy-difference errors against a reference."""
+    states = info["states"]
+    hz = [st["hz"] for st in states]
+    sq = (field.double() - ref_field).pow(2).mean((-1, -2))  # (S,)
+    pairs = pair_errors(hz, energy.double(), ref_energy)
+    errors = torch.tensor([p["error"] for p in pairs], dtype=torch.float64)
+    out = {"rmse_field": float(sq.mean().sqrt()),
+           "rmse_field_per_state": sq.sqrt().tolist(),
+           "energy_difference_rms": float(errors.pow(2).mean().sqrt()) if len(pairs) else float("nan"),
+           "energy_difference_max": float(errors.abs().max()) if len(pairs) else float("nan"),
+           "pairs": pairs, "per_field": {}}
+    for h in sorted(set(hz)):
+        mask = torch.tensor([math.isclose(x, h) for x in hz])
+        e = torch.tensor([p["error"] for p in pairs if math.isclose(p["hz"], h)], dtype=torch.float64)
+        out["per_field"][f"{h:g}"] = {"states": int(mask.sum()), "rmse_field": float(sq[mask].mean().sqrt()),
+                                      "energy_difference_max": float(e.abs().max()) if len(e) else float("nan")}
+    return out
+
+
+def predict(model, graph, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E / N (S,), field (S, N, 3)) of a model, float64."""
+    p = next(model.parameters())
+    energy, field = model.bind(graph).energy_and_field(spins.to(p.dtype))
+    return energy.double() / graph.num_nodes, field.double()
+
+
+def evaluate_models(s: Settings, eval_dir: Path, models: dict) -> dict:
+    """Metrics of every model and of the coarse grid against the fine one; writes
+    eval_<name>.json, eval_states.csv, eval.png."""
+    info = json.loads((eval_dir / "states.json").read_text())
+    graph = lattice_graph(s)
+    spins = torch.load(eval_dir / "states.pt", weights_only=True)
+    fine_e, fine_b = read_labels(info, eval_dir, s, 1)
+    coarse_e, coarse_b = read_labels(info, eval_dir, s, 0)
+    grids = {"lattice": f"{s.lattice_grids[1]}x{s.lattice_grids[1]} on {graph.describe()}",
+             "cell": f"{s.cell_grids[1]}x{s.cell_grids[1]} on the 48-site magnetic cell"}
+    convergence = summarise(coarse_e, coarse_b, fine_e, fine_b, info)
+    results = {"reference": {"solver": "ED with k-grids (twisted boundary conditions)", "fine_grid": grids,
+                             "coarse_grid": {"lattice": s.lattice_grids[0], "cell": s.cell_grids[0]},
+                             "coarse_vs_fine": convergence},
+               "states": info["states"], "settings": info["settings"], "explorer": info["explorer"], "models": {}}
+    predictions = {}
+    for name, (model, source) in models.items():
+        energy, field = predict(model, graph, spins)
+        predictions[name] = (energy, field)
+        metrics = {"source": source, **summarise(energy, field, fine_e, fine_b, info)}
+        metrics["met"] = {"rmse_field": metrics["rmse_field"] <= TARGET["rmse_field"],
+                          "energy_difference": metrics["energy_difference_max"] <= TARGET["energy_difference"]}
+        results["models"][name] = metrics
+        with atomic_path(eval_dir / f"eval_{name}.json") as tmp:
+            tmp.write_text(json.dumps({**metrics, "reference": results["reference"], "states": info["states"]},
+                                      indent=1) + "\n")
+    with atomic_path(eval_dir / "eval_states.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["state", "hz", "kind", "n_sk_per_cell", "mz", "energy_ed_fine", "energy_ed_coarse",
+                    "rmse_field_coarse_vs_fine"] + [f"{c}_{n}" for n in predictions for c in ("energy", "rmse_field")])
+        for i, st in enumerate(info["states"]):
+            row = [st["name"], st["hz"], st["kind"], f"{st['n_sk_per_cell']:.3f}", f"{st['mz']:.4f}",
+                   f"{float(fine_e[i]):.8f}", f"{float(coarse_e[i]):.8f}", f"{convergence['rmse_field_per_state'][i]:.2e}"]
+            for n in predictions:
+                row += [f"{float(predictions[n][0][i]):.8f}", f"{results['models'][n]['rmse_field_per_state'][i]:.2e}"]
+            w.writerow(row)
+    plot(results, eval_dir / "eval.png")
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    """Energy differences (model against ED) and the field RMSE of every state."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+    named = {"ED coarse grid (convergence)": results["reference"]["coarse_vs_fine"], **results["models"]}
+    for (name, m), marker in zip(named.items(), "sox^"):
+        a.plot(range(len(m["pairs"])), [max(abs(p["error"]), 1e-9) for p in m["pairs"]], marker=marker, ls="",
+               label=name)
+        b.plot(range(len(m["rmse_field_per_state"])), m["rmse_field_per_state"], marker=marker, ls="", label=name)
+    a.axhline(TARGET["energy_difference"], color="k", ls=":", lw=0.8)
+    a.set_yscale("log")
+    a.set(xlabel="pair of states at one Hz (eval_<model>.json 'pairs' order)",
+          ylabel="|error of (E_i - E_j) / N| against fine-grid ED", title="energy differences (dotted: target 2e-5)")
+    b.axhline(TARGET["rmse_field"], color="k", ls=":", lw=0.8)
+    b.set_yscale("log")
+    b.set(xlabel="state (states.json order)", ylabel="RMSE of B against fine-grid ED",
+          title="field error per state (dotted: target 4e-4)")
+    a.legend(fontsize=8)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ ship
+
+def ship(s: Settings, out: Path, eval_dir: Path, dest: Path, results: dict, partial: bool) -> dict:
+    """Write ``dest``/triangular-paper.{pt,json}: the newest committee of ``out`` and its card."""
+    model_path = newest_model(out)
+    if model_path is None or "ours" not in results["models"]:
+        raise SystemExit(f"nothing to ship: {out} holds no trained committee (iterNNN/model.pt); run --stage learn")
+    stopped = loop_state(out)
+    if stopped is None and not partial:
+        raise SystemExit(f"the learning loop in {out} has not finished (no stopping reason in report.json); "
+                         "let it finish, or pass --partial to ship its newest committee anyway")
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+    config = json.loads((out / "config.json").read_text())
+    ours, reference = results["models"]["ours"], results["reference"]
+    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest / "triangular-paper.pt") as tmp:
+        shutil.copyfile(model_path, tmp)
+    pick = ("rmse_field", "energy_difference_rms", "energy_difference_max", "per_field", "met")
+    card = {
+        "name": "triangular-paper",
+        "summary": "committee of 4 ECNNs for the paper's triangular Kondo lattice model, trained by klmgraph learn "
+                   "on k-grid ED labels (thermodynamic-limit fields and energies; energy weight 100)",
+        "date": datetime.date.today().isoformat(),
+        "lattice": f"triangular {'x'.join(map(str, config['system']['size']))} periodic (applies to any size)",
+        "hamiltonian": {**HAMILTONIAN, "ensemble": "grand canonical", "temperature": 0.0},
+        "solver": report.get("solver", f"ED, k-grid {config['system'].get('k_grid')}") + " on the training lattice",
+        "data": {"learning_loop": "random configurations, then states visited by committee ML-LLG at the explored "
+                                  "conditions (klmgraph learn; see training.config)",
+                 "iterations": len(report.get("iterations", [])), "stopped": stopped or "not finished (--partial)",
+                 "labels": report.get("iterations", [{}])[-1].get("labels") if report.get("iterations") else None,
+                 "evaluation": f"{len(results['states'])} equilibrium states at Hz = "
+                               f"{', '.join(f'{h:g}' for h in s.fields)} never trained on "
+                               f"(examples/triangular_paper_model.py --stage eval-data; explorer {results['explorer']})",
+                 "generator": "examples/triangular_paper_model.py"},
+        "training": {"config": config, "model_file": model_path.relative_to(out).as_posix(),
+                     "machine": f"{platform.processor() or platform.machine()} CPU"},
+        "metrics": {"held_out_equilibrium_states": {k: ours[k] for k in pick},
+                    "reference": {k: reference[k] for k in ("solver", "fine_grid")},
+                    "reference_convergence_coarse_vs_fine": {k: reference["coarse_vs_fine"][k] for k in pick[:3]},
+                    "learning_loop_last_iteration": {k: v for k, v in (report.get("iterations") or [{}])[-1].items()
+                                                     if isinstance(v, (int, float))}},
+        "target": {**TARGET, "met": bool(all(ours["met"].values()))},
+        "published_model_same_set": ({k: results["models"]["published"][k] for k in pick[:3]}
+                                     if "published" in results["models"] else "not evaluated (checkpoint absent)"),
+        "units": "fields and energies per site in units of t1; energy differences between states of one field",
+    }
+    with atomic_path(dest / "triangular-paper.json") as tmp:
+        tmp.write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+# ------------------------------------------------------------------------------ command line
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stage", choices=("all", "learn", "eval-data", "eval", "ship"), default="all")
+    p.add_argument("--out", default="klmgraph-output/learn-tri", help="the klmgraph learn folder (read by eval/ship)")
+    p.add_argument("--eval-dir", default="klmgraph-output/triangular_paper_eval", help="the evaluation set and results")
+    p.add_argument("--config", default=str(LEARN_CONFIG), help="learn configuration (stage learn)")
+    p.add_argument("--quick", action="store_true", help="the learn configuration's [quick] setting (stage learn)")
+    p.add_argument("--tiny", action="store_true", help="seconds-long evaluation settings for tests")
+    p.add_argument("--checkpoint", default=str(PUBLISHED), help="the published ecnn4klm triangular checkpoint")
+    p.add_argument("--phase-records", help="records/ folder of examples/triangular_phase_diagram.py: its relaxed "
+                                           "states at the evaluation fields join the set")
+    p.add_argument("--dest", default=str(REPO / "data" / "models"), help="where ship writes the model and card")
+    p.add_argument("--partial", action="store_true", help="ship the newest committee of an unfinished loop")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    s = TINY if args.tiny else Settings()
+    out, eval_dir = Path(args.out), Path(args.eval_dir)
+    if args.phase_records is not None and not Path(args.phase_records).is_dir():
+        raise SystemExit(f"--phase-records: no folder at {args.phase_records}")
+    if args.stage in ("all", "learn"):
+        from klmgraph.learn import load_learn_config, run_learning
+
+        result = run_learning(load_learn_config(args.config, quick=args.quick), out)
+        print(f"learning loop: {result['stopped']}; newest committee {result['model']}")
+    if args.stage in ("all", "eval-data"):
+        graph = lattice_graph(s)
+        if Path(args.checkpoint).is_file():
+            explorer = ("the published ecnn4klm model", klmgraph.load_ecnn4klm(args.checkpoint, graph))
+        elif newest_model(out) is not None:
+            explorer = (f"our committee {newest_model(out)}", klmgraph.load_model(newest_model(out), graph=graph))
+        else:
+            raise SystemExit(f"eval-data needs a model to relax the random starts: the published checkpoint "
+                             f"(--checkpoint {args.checkpoint}) or a trained committee in --out {out}")
+        eval_data(s, eval_dir, *explorer, None if args.phase_records is None else Path(args.phase_records))
+    if args.stage in ("all", "eval", "ship"):
+        results = evaluate_models(s, eval_dir, load_models(out, Path(args.checkpoint), lattice_graph(s)))
+        conv = results["reference"]["coarse_vs_fine"]
+        print(f"ED coarse vs fine grid: rmse_field={conv['rmse_field']:.2e} "
+              f"energy_difference_max={conv['energy_difference_max']:.2e}")
+        for name, m in results["models"].items():
+            print(f"{name}: rmse_field={m['rmse_field']:.2e} energy_difference_max={m['energy_difference_max']:.2e} "
+                  f"(rms {m['energy_difference_rms']:.2e}; targets {TARGET['rmse_field']:g} and "
+                  f"{TARGET['energy_difference']:g}: {'met' if all(m['met'].values()) else 'NOT met'})")
+        if args.stage in ("all", "ship"):
+            card = ship(s, out, eval_dir, Path(args.dest), results, args.partial)
+            print(f"shipped {Path(args.dest) / 'triangular-paper.pt'} (targets {'met' if card['target']['met'] else 'NOT met'})")
+        return results
+
+
+if __name__ == "__main__":
+    main()
