@@ -497,12 +497,12 @@ inline void to_cg_layout(const Layer& ly, const T* __restrict gout, T* __restric
   }
 }
 
-// per-site backward of out = CG(z, Y): gz and gY = gY_in + dE/dY (gY_in may be null). Sums run in
-// thread-local scratch (gzs) and are stored once, so that a tile computed twice stays correct.
+// per-site backward of out = CG(z, Y): gz and gY = gY_in + dE/dY (gY_in may be null or gY itself: the
+// running dE/dY is updated in place). The dE/dz sums run in scratch (gz) and are stored once.
 template <typename T>
 inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restrict Y, i64 J,
                         const T* __restrict params, const T* __restrict gout, T* __restrict gz_out,
-                        const T* __restrict gY_in, T* __restrict gY, T* __restrict tmp, T* __restrict gz) {
+                        const T* gY_in, T* gY, T* __restrict tmp, T* __restrict gz) {
   i64 toff[16];
   to_cg_layout<T>(ly, gout, tmp, toff);
   for (i64 j = 0; j < ly.zsize; ++j) gz[j] = 0;
@@ -522,14 +522,19 @@ inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restr
 }
 
 // ---------------------------------------------------------------- scheduling
-// Runs fn_p(lo, hi) over [0, total) in tiles, pass after pass. Thread r owns the r-th
-// contiguous range of tiles (the same sites in every pass: their data stays in its cache) and
-// takes them in order from its own counter; when its range is exhausted it takes tiles from
-// the other ranges, and when none is left untaken it redoes a tile another thread still holds
-// instead of waiting for it, so a thread the OS has descheduled (a loaded machine) never stalls
-// a pass. Redoing is safe because a tile is idempotent: every pass writes its own buffers, which
-// no later pass of the call overwrites, from inputs that no longer change, with plain stores of
-// sums made in thread-local scratch (two threads on one tile store the same values).
+#if defined(__x86_64__) || defined(__i386__)
+#define KLM_PAUSE() __builtin_ia32_pause()
+#else
+#define KLM_PAUSE() ((void)0)
+#endif
+// Runs fn_p(lo, hi) over [0, total) in tiles, pass after pass, each tile of a pass exactly once,
+// with a barrier between passes: the backward's buffers alternate between layers (see Layout),
+// so a pass must not start while a tile of the previous one, which reads the buffer it is about
+// to overwrite, is still running. Thread r owns the r-th contiguous range of tiles (the same
+// sites in every pass: their data stays in its cache) and takes them in order from its range's
+// counter; when its range is exhausted it takes the tiles left in the other ranges, so a thread
+// the OS has descheduled (a loaded machine) holds up a pass by at most the tile it is in. The
+// barrier spins briefly (a tile takes about 0.3 ms) and then yields the core.
 struct Passes {
   std::vector<std::function<void(i64, i64)>> fns;
   void run(i64 total, i64 tile, int threads) {
@@ -537,20 +542,12 @@ struct Passes {
     const i64 ntiles = (total + tile - 1) / tile;
     const int R = (int)std::max<i64>(1, std::min<i64>(threads, ntiles));
     std::vector<std::atomic<i64>> next(P * R), done(P);
-    std::vector<std::atomic<char>> finished(P * ntiles);
     for (auto& x : next) x = 0;
     for (auto& x : done) x = 0;
-    for (auto& f : finished) f = 0;
     auto range = [&](int r, i64& lo, i64& hi) { lo = ntiles * r / R; hi = ntiles * (r + 1) / R; };
 #ifdef KLM_PROFILE
     auto t0 = std::chrono::steady_clock::now();
 #endif
-    auto run_tile = [&](i64 p, i64 t) {
-      fns[p](t * tile, std::min(total, (t + 1) * tile));
-      char expected = 0;
-      if (finished[p * ntiles + t].compare_exchange_strong(expected, 1, std::memory_order_acq_rel))
-        done[p].fetch_add(1, std::memory_order_release);
-    };
     auto work = [&](int me) {
       for (i64 p = 0; p < P; ++p) {
         for (int k = 0; k < R; ++k) {  // my range first, then the others'
@@ -560,14 +557,12 @@ struct Passes {
           for (;;) {
             i64 t = lo + next[p * R + r].fetch_add(1, std::memory_order_relaxed);
             if (t >= hi) break;
-            run_tile(p, t);
+            fns[p](t * tile, std::min(total, (t + 1) * tile));
+            done[p].fetch_add(1, std::memory_order_release);
           }
         }
-        while (done[p].load(std::memory_order_acquire) < ntiles) {
-          i64 t = ntiles;
-          for (i64 u = ntiles; u-- > 0;)
-            if (!finished[p * ntiles + u].load(std::memory_order_acquire)) { t = u; break; }
-          if (t < ntiles) run_tile(p, t); else std::this_thread::yield();
+        for (int spin = 0; done[p].load(std::memory_order_acquire) < ntiles; ++spin) {
+          if (spin < 1024) KLM_PAUSE(); else std::this_thread::yield();
         }
 #ifdef KLM_PROFILE
         if (me == 0) { auto now = std::chrono::steady_clock::now(); fprintf(stderr, "pass %ld: %.3f ms\n", (long)p, std::chrono::duration<double>(now - t0).count() * 1e3); t0 = now; }
@@ -582,27 +577,45 @@ struct Passes {
 };
 
 // Per-site storage of one call, as offsets into one workspace (reused between calls: fresh pages
-// for every call would cost a page fault per 4 KiB). Every pass writes its own buffers (see
-// Passes): inputs x_l (x_0 is the caller's), pre-activations h_l, mixed features z_l, and per
-// layer dE/dz_l (read by the neighbours), dE/dh_l (the residual) and the running dE/dY.
+// for every call would cost a page fault per 4 KiB). Stored: the inputs x_l of the layers (x_0 is
+// the caller's), read by the neighbours in the forward and again in the backward, where each layer
+// recomputes its mixed features z_l and pre-activations h_l instead of keeping them (one more
+// gather-mix per layer against 2 x 232 floats per site). Of the backward, dE/dz lives from one
+// pass to the next (the neighbours read it): two buffers, alternating between layers; dE/dh (the
+// residual, row stride hmax) and the running dE/dY are read and overwritten at the same site, so
+// one buffer each. With `keep` (a parameter gradient, read after the passes by the last one) every
+// layer keeps its own z_l, dE/dz_l and dE/dh_l.
 struct Layout {
-  std::vector<i64> xs, hs, zs, gz, gh, gy;
-  i64 zmax = 0, dmax = 0, scratch = 0, total = 0;
-  Layout(const Net& net, i64 S) {
-    i64 off = 0;
-    for (i64 l = 0; l < net.L; ++l) {
-      const Layer& ly = net.layers[l];
-      xs.push_back(off); if (l > 0) off += S * ly.din;
-      hs.push_back(off); off += S * ly.dout;
-      zs.push_back(off); off += S * ly.zsize;
-      gz.push_back(off); off += S * ly.zsize;
-      gh.push_back(off); off += S * ly.dout;
-      gy.push_back(off); off += S * net.J;
+  std::vector<i64> xs, zs, gz, gh;
+  i64 gy = 0, zmax = 0, dmax = 0, hmax = 0, scratch = 0, total = 0;
+  Layout(const Net& net, i64 S, bool keep) {
+    for (const Layer& ly : net.layers) {
       zmax = std::max(zmax, ly.zsize);
+      hmax = std::max(hmax, ly.dout);
       dmax = std::max(dmax, std::max(ly.din, ly.dout));
       for (const InIrrep& ir : ly.in) scratch = std::max(scratch, ir.d * std::max(ir.Q, ir.mul));
     }
     for (const Linear& li : net.mlp) dmax = std::max(dmax, std::max(li.nin, li.nout));
+    i64 off = 0;
+    for (i64 l = 0; l < net.L; ++l) {
+      xs.push_back(off);
+      if (l > 0) off += S * net.layers[l].din;
+    }
+    const i64 shared[2] = {off, off + S * zmax};
+    if (!keep) off += 2 * S * zmax + S * hmax;
+    for (i64 l = 0; l < net.L; ++l) {
+      const Layer& ly = net.layers[l];
+      if (keep) {
+        zs.push_back(off); off += S * ly.zsize;
+        gz.push_back(off); off += S * ly.zsize;
+        gh.push_back(off); off += S * hmax;
+      } else {
+        zs.push_back(-1);
+        gz.push_back(shared[l % 2]);
+        gh.push_back(shared[0] + 2 * S * zmax);
+      }
+    }
+    gy = off; off += S * net.J;
     total = off;
   }
 };
@@ -673,7 +686,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
                       T* gx0, T* gY, T* gparams, T* work) {
   const Net net = parse(meta);
   const i64 L = net.L, K = net.K, J = net.J, S = B * N;
-  const Layout lay(net, S);
+  const bool want_x = mode & KLM_GRAD_X, want_p = mode & KLM_GRAD_P;
+  const Layout lay(net, S, want_p);
   // the caller's parameters followed by the transposed mixing matrices (the backward's layout)
   std::vector<T> pstore(net.nparams + net.nwt);
   std::copy(user_params, user_params + net.nparams, pstore.begin());
@@ -704,28 +718,34 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     mix<T>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, params + woff, out, ostride_i, ostride_q, D, Q,
            scr);
   };
-  const bool want_x = mode & KLM_GRAD_X, want_p = mode & KLM_GRAD_P;
-  std::vector<T*> xs(L), hs(L), zs(L);
-  for (i64 l = 0; l < L; ++l) { xs[l] = work + lay.xs[l]; hs[l] = work + lay.hs[l]; zs[l] = work + lay.zs[l]; }
-  std::vector<T*> gz(L), gh(L), gyl(L);
-  for (i64 l = 0; l < L; ++l) { gz[l] = work + lay.gz[l]; gh[l] = work + lay.gh[l]; gyl[l] = work + lay.gy[l]; }
-  const i64 zmax = lay.zmax, dmax = lay.dmax, scratch = lay.scratch;
+  std::vector<T*> xs(L), zs(L), gz(L), gh(L);
+  for (i64 l = 0; l < L; ++l) {
+    xs[l] = work + lay.xs[l];
+    zs[l] = want_p ? work + lay.zs[l] : nullptr;
+    gz[l] = work + lay.gz[l];
+    gh[l] = work + lay.gh[l];
+  }
+  T* const gy = work + lay.gy;
+  const i64 zmax = lay.zmax, dmax = lay.dmax, hmax = lay.hmax, scratch = lay.scratch;
   const i64 nmlp = (i64)net.mlp.size();
-  const i64 per_thread = scratch + zmax + (6 + 2 * nmlp) * dmax + 64;
+  // per thread: mixing scratch, z and dE/dz of one site, and dmax-sized rows (see the passes)
+  const i64 per_thread = scratch + 2 * zmax + (8 + 2 * nmlp) * dmax + 64;
   auto xin = [&](i64 l) -> const T* { return l == 0 ? x0 : xs[l]; };
   auto seed_of = [&](i64 g) -> T { return seed ? seed[g] : T(1); };
 
-  // forward of layer l at site g: z_l, h_l
-  auto conv_site = [&](i64 l, i64 g, T* tmp, T* scr) {
+  // layer l at site g: z_l = mix(gather(x_l)) (into z), h_l = CG(z_l, Y) [+ x_l] (into h)
+  auto mix_site = [&](i64 l, i64 g, T* z, T* scr) {
     const Layer& ly = net.layers[l];
     const i64 n = g % N, base = g - n;
     const T* x = xin(l);
-    T* z = zs[l] + g * ly.zsize;
     for (const InIrrep& ir : ly.in) {
       if (ir.Q == 0) continue;
       mixp(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, base, ir.w, z + ir.z, ir.Q, 1, ir.d, ir.Q, scr);
     }
-    cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? x + g * ly.din : nullptr, tmp, hs[l] + g * ly.dout);
+  };
+  auto cg_site = [&](i64 l, i64 g, const T* z, T* tmp, T* h) {
+    const Layer& ly = net.layers[l];
+    cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? xin(l) + g * ly.din : nullptr, tmp, h);
   };
 
   Passes passes;
@@ -733,9 +753,15 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
       Buf<T> buf = alloc<T>(per_thread);
       const Layer& ly = net.layers[l];
+      T* scr = buf.get();
+      T* tmp = scr + scratch;
+      T* h = tmp + dmax;
+      T* zl = h + dmax;
       for (i64 g = lo; g < hi; ++g) {
-        conv_site(l, g, buf.get() + scratch, buf.get());
-        act_forward<T>(hs[l] + g * ly.dout, xs[l + 1] + g * ly.dout, ly, eps2);
+        T* z = want_p ? zs[l] + g * ly.zsize : zl;
+        mix_site(l, g, z, scr);
+        cg_site(l, g, z, tmp, h);
+        act_forward<T>(h, xs[l + 1] + g * ly.dout, ly, eps2);
       }
     });
   // output convolution + read-out forward and backward + the convolution's per-site backward
@@ -747,20 +773,23 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* tmp = scr + scratch;
     T* grad = tmp + dmax;            // dE/d(activation) of the current level
     T* gnext = grad + dmax;
-    T* as = gnext + dmax;            // activations a_0 .. a_nmlp, dmax each
+    T* h = gnext + dmax;
+    T* as = h + dmax;                // activations a_0 .. a_nmlp, dmax each
     T* ys = as + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
-    T* gzs = ys + nmlp * dmax;       // dE/dz of one site
+    T* zl = ys + nmlp * dmax;        // z of one site
+    T* gzs = zl + zmax;              // dE/dz of one site
     for (i64 g = lo; g < hi; ++g) {
-      conv_site(l, g, tmp, scr);
-      energy[g] = readout<T>(net, params, hs[l] + g * ly.dout, ly.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext,
-                             nullptr);
+      T* z = want_p ? zs[l] + g * ly.zsize : zl;
+      mix_site(l, g, z, scr);
+      cg_site(l, g, z, tmp, h);
+      energy[g] = readout<T>(net, params, h, ly.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, nullptr);
       if (!want_x && !want_p) continue;
-      cg_backward<T>(ly, zs[l] + g * ly.zsize, Y + g * J, J, params, grad, gz[l] + g * ly.zsize, nullptr,
-                     gyl[l] + g * J, tmp, gzs);
-      for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = grad[j];
+      cg_backward<T>(ly, z, Y + g * J, J, params, grad, gz[l] + g * ly.zsize, nullptr, gy + g * J, tmp, gzs);
+      for (i64 j = 0; j < ly.dout; ++j) gh[l][g * hmax + j] = grad[j];
     }
   });
-  // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward
+  // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward (z_l and
+  // h_l recomputed; dE/dh_l and dE/dY overwrite dE/dh_{l+1} and dE/dY at the same site)
   for (i64 l = L - 2; l >= (want_x ? -1 : 0) && (want_x || want_p); --l)
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
       Buf<T> buf = alloc<T>(per_thread);
@@ -769,7 +798,9 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* tmp = scr + scratch;
       T* gx = tmp + dmax;             // dE/dx_{l+1} at one site
       T* ghl = gx + dmax;             // dE/dh_l at one site
-      T* gzs = ghl + dmax;            // dE/dz_l of one site
+      T* h = ghl + dmax;              // h_l at one site
+      T* zl = h + dmax;               // z_l of one site
+      T* gzs = zl + zmax;             // dE/dz_l of one site
       const T* gzu = gz[l + 1];
       for (i64 g = lo; g < hi; ++g) {
         const i64 n = g % N, base = g - n;
@@ -783,17 +814,19 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
                scr);
         }
         if (up.residual)
-          for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * up.dout + j];
+          for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * hmax + j];
         if (l < 0) {
           for (i64 j = 0; j < up.din; ++j) gx0[g * up.din + j] = gx[j];
-          for (i64 j = 0; j < J; ++j) gY[g * J + j] = gyl[0][g * J + j];
+          for (i64 j = 0; j < J; ++j) gY[g * J + j] = gy[g * J + j];
           continue;
         }
         const Layer& ly = net.layers[l];
-        act_backward<T>(hs[l] + g * ly.dout, gx, ghl, ly, eps2);
-        cg_backward<T>(ly, zs[l] + g * ly.zsize, Y + g * J, J, params, ghl, gz[l] + g * ly.zsize,
-                       gyl[l + 1] + g * J, gyl[l] + g * J, tmp, gzs);
-        for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = ghl[j];
+        const T* z = want_p ? zs[l] + g * ly.zsize : zl;
+        if (!want_p) mix_site(l, g, zl, scr);
+        cg_site(l, g, z, tmp, h);
+        act_backward<T>(h, gx, ghl, ly, eps2);
+        cg_backward<T>(ly, z, Y + g * J, J, params, ghl, gz[l] + g * ly.zsize, gy + g * J, gy + g * J, tmp, gzs);
+        for (i64 j = 0; j < ly.dout; ++j) gh[l][g * hmax + j] = ghl[j];
       }
     });
   const i64 tile = 32;
@@ -826,6 +859,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* gnext = grad + dmax;
     T* as = gnext + dmax;
     T* ys = as + (nmlp + 1) * dmax;
+    T* h = ys + nmlp * dmax;
     for (;;) {
       const i64 grp = next_group.fetch_add(1);
       if (grp >= G) break;
@@ -844,7 +878,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
                      gpa ? gpa + ir.w : nullptr, gpb ? gpb + ir.w : nullptr);
           // coefficient e: out_c[w][k] += coef * Y[j] * z[zb + w], so dE/dcoef = Y[j] sum_w z[zb + w] gout_c[w][k]
           i64 toff[16];
-          to_cg_layout<T>(ly, gh[l] + g * ly.dout, tmp, toff);
+          to_cg_layout<T>(ly, gh[l] + g * hmax, tmp, toff);
           const T* z = zs[l] + g * ly.zsize;
           for (const CGEntry& e : ly.cg) {
             const i64 mul = ly.out[e.c].mul;
@@ -852,8 +886,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           }
         }
         const Layer& last = net.layers[L - 1];
-        readout<T>(net, params, hs[L - 1] + g * last.dout, last.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext,
-                   gp);
+        cg_site(L - 1, g, zs[L - 1] + g * last.zsize, tmp, h);
+        readout<T>(net, params, h, last.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, gp);
       }
     }
   };
@@ -879,7 +913,9 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
 }  // namespace
 
 extern "C" {
-i64 klm_ecnn_workspace(const i64* meta, i64 sites) { return Layout(parse(meta), sites).total; }
+i64 klm_ecnn_workspace(const i64* meta, i64 sites, int mode) {
+  return Layout(parse(meta), sites, mode & KLM_GRAD_P).total;
+}
 #define KLM_ENTRY(NAME, T, R)                                                                                    \
   void NAME(const i64* meta, const T* params, const T* x0, const T* Y, const i64* table, const i64* inverse,     \
             i64 B, i64 N, double eps2, int threads, const T* seed, int mode, T* energy, T* gx0, T* gY,          \
