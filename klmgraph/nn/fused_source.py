@@ -189,26 +189,37 @@ inline void mix_fixed(const T* __restrict src, i64 rowlen, i64 off, i64 istride,
                       T* __restrict out, i64 ostride_i, i64 ostride_q) {
   typedef typename Vec8<T>::type V;
   constexpr int NV = Q / 8;
-  V acc[D][NV];
-  for (int i = 0; i < D; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+  // C copies of the accumulators (u modulo C) where D x NV alone are too few independent chains to
+  // hide the multiply-add latency
+  constexpr int C = D * NV >= 8 ? 1 : D * NV >= 4 ? 2 : 4;
+  V acc[C][D][NV];
+  for (int c = 0; c < C; ++c)
+    for (int i = 0; i < D; ++i)
+      for (int v = 0; v < NV; ++v) acc[c][i][v] = V{};
+  auto step = [&](V (&a)[D][NV], const T* xs, const T* wr) {
+    V w[NV];
+    for (int v = 0; v < NV; ++v) __builtin_memcpy(&w[v], wr + 8 * v, sizeof(V));
+    for (int i = 0; i < D; ++i) {
+      V xv = splat<T>(xs[i * istride]);
+      for (int v = 0; v < NV; ++v) a[i][v] += xv * w[v];
+    }
+  };
   for (i64 k = 0; k < K; ++k) {
     i64 s = nbr[k];
     if (s == N) continue;
     const T* xs = src + (base + s) * rowlen + off;
     const T* wk = W + k * U * Q;
-    for (i64 u = 0; u < U; ++u) {
-      V w[NV];
-      for (int v = 0; v < NV; ++v) __builtin_memcpy(&w[v], wk + u * Q + 8 * v, sizeof(V));
-      for (int i = 0; i < D; ++i) {
-        V xv = splat<T>(xs[u * ustride + i * istride]);
-        for (int v = 0; v < NV; ++v) acc[i][v] += xv * w[v];
-      }
-    }
+    i64 u = 0;
+    for (; u + C <= U; u += C)
+      for (int c = 0; c < C; ++c) step(acc[c], xs + (u + c) * ustride, wk + (u + c) * Q);
+    for (; u < U; ++u) step(acc[0], xs + u * ustride, wk + u * Q);
   }
+  for (int c = 1; c < C; ++c)
+    for (int i = 0; i < D; ++i)
+      for (int v = 0; v < NV; ++v) acc[0][i][v] += acc[c][i][v];
   for (int i = 0; i < D; ++i)
     for (int v = 0; v < NV; ++v)
-      for (int e = 0; e < 8; ++e) out[i * ostride_i + (8 * v + e) * ostride_q] = acc[i][v][e];
+      for (int e = 0; e < 8; ++e) out[i * ostride_i + (8 * v + e) * ostride_q] = acc[0][i][v][e];
 }
 
 template <typename T>
@@ -264,6 +275,83 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
   mix_generic<T>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, W, out, ostride_i, ostride_q, D, Q,
                  scratch);
 }
+
+// Transposed mixing with 8 output channels (the backward's dE/dx = mix^T(gather^-1(dE/dz))):
+// out[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * 8 + u) * Q + q],
+// W the forward's (K * 8, Q) matrix. In the rank-1 form of mix (8 outputs per vector) only D
+// accumulator chains would be live and every multiply-add would need its own broadcast; here the sums
+// over q run in vector lanes, D x 8 independent accumulators, reduced once per site.
+#if defined(__clang__)
+#define KLM_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define KLM_SHUF(a, b, ...) __builtin_shuffle(a, b, (typename Mask8<T>::type){__VA_ARGS__})
+#endif
+template <typename T> struct Mask8 {
+  typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type I;
+  typedef I type __attribute__((vector_size(8 * sizeof(I))));
+};
+
+// r[u] = the sum of the lanes of a[u], u < 8 (a transposing reduction tree: 7 adds, 14 shuffles)
+template <typename T>
+inline typename Vec8<T>::type lane_sums(const typename Vec8<T>::type* a) {
+  typedef typename Vec8<T>::type V;
+  V b[4], c[2];
+  for (int p = 0; p < 4; ++p)
+    b[p] = KLM_SHUF(a[2 * p], a[2 * p + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+           KLM_SHUF(a[2 * p], a[2 * p + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int p = 0; p < 2; ++p)
+    c[p] = KLM_SHUF(b[2 * p], b[2 * p + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           KLM_SHUF(b[2 * p], b[2 * p + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  return KLM_SHUF(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) + KLM_SHUF(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+template <typename T, int D>
+inline void mixt8_fixed(const T* __restrict src, i64 rowlen, i64 off, i64 Q, const i64* __restrict nbr, i64 base,
+                        i64 K, i64 N, const T* __restrict W, T* __restrict out, i64 ostride_i, i64 ostride_u) {
+  typedef typename Vec8<T>::type V;
+  V acc[D][8];
+  for (int i = 0; i < D; ++i)
+    for (int u = 0; u < 8; ++u) acc[i][u] = V{};
+  for (i64 k = 0; k < K; ++k) {
+    const i64 s = nbr[k];
+    if (s == N) continue;
+    const T* xs = src + (base + s) * rowlen + off;
+    const T* wk = W + k * 8 * Q;
+    for (i64 q = 0; q < Q; q += 8) {
+      V x[D];
+      for (int i = 0; i < D; ++i) __builtin_memcpy(&x[i], xs + i * Q + q, sizeof(V));
+      for (int u = 0; u < 8; ++u) {
+        V w;
+        __builtin_memcpy(&w, wk + u * Q + q, sizeof(V));
+        for (int i = 0; i < D; ++i) acc[i][u] += x[i] * w;
+      }
+    }
+  }
+  for (int i = 0; i < D; ++i) {
+    const V r = lane_sums<T>(acc[i]);
+    for (int u = 0; u < 8; ++u) out[i * ostride_i + u * ostride_u] = r[u];
+  }
+}
+
+// mixt8_fixed over D rows, three at a time (D x 8 accumulators must fit the vector registers);
+// false where Q is not a multiple of 8
+template <typename T>
+inline bool mixt8(const T* src, i64 rowlen, i64 off, i64 Q, const i64* nbr, i64 base, i64 K, i64 N, const T* W,
+                  T* out, i64 ostride_i, i64 ostride_u, i64 D) {
+  if (Q % 8 != 0) return false;
+  for (i64 i = 0; i < D;) {
+    const i64 n = std::min<i64>(D - i, 3);
+    const T* sp = src;
+    const i64 o = off + i * Q;
+    T* op = out + i * ostride_i;
+    if (n == 3) mixt8_fixed<T, 3>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
+    else if (n == 2) mixt8_fixed<T, 2>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
+    else mixt8_fixed<T, 1>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
+    i += n;
+  }
+  return true;
+}
+#undef KLM_SHUF
 
 // ---------------------------------------------------------------- dual-number micro-kernels
 template <typename T> struct Scalar { typedef T real; static constexpr bool dual = false; };
@@ -459,6 +547,14 @@ inline void act_backward(const T* h, const T* g, T* gh, const Layer& ly, T eps2)
     }
 }
 
+// whether every output irrep of the layer has 8 channels (the published models): the Clebsch-Gordan
+// entries are then one vector operation each
+inline bool eight_channels(const Layer& ly) {
+  for (const OutIrrep& o : ly.out)
+    if (o.mul != 8) return false;
+  return true;
+}
+
 // out = CG(z, Y) [+ residual] for one site, from the sparse coefficient list: per entry one multiply-add over
 // the output channels w (contiguous in z); T_c scratch holds out_c as [k][w], then e3nn layout.
 template <typename T>
@@ -468,6 +564,20 @@ inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restri
   for (const OutIrrep& o : ly.out) { for (i64 j = 0; j < o.mul * o.d; ++j) tmp[base + j] = 0; base += o.mul * o.d; }
   base = 0;
   for (size_t c = 0; c < ly.out.size(); ++c) { toff[c] = base; base += ly.out[c].mul * ly.out[c].d; }
+  if constexpr (std::is_floating_point<T>::value) {
+    if (eight_channels(ly)) {  // one vector multiply-add per entry
+      typedef typename Vec8<T>::type V;
+      for (const CGEntry& e : ly.cg) {
+        T* t = tmp + toff[e.c] + e.k * 8;
+        V a, b;
+        __builtin_memcpy(&a, t, sizeof(V));
+        __builtin_memcpy(&b, z + e.zb, sizeof(V));
+        a += splat<T>(params[e.p] * Y[e.j]) * b;
+        __builtin_memcpy(t, &a, sizeof(V));
+      }
+      goto layout;
+    }
+  }
   for (const CGEntry& e : ly.cg) {
     const i64 mul = ly.out[e.c].mul;
     const T cy = params[e.p] * Y[e.j];
@@ -475,6 +585,7 @@ inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restri
     const T* __restrict zz = z + e.zb;
     for (i64 w = 0; w < mul; ++w) t[w] += cy * zz[w];
   }
+layout:
   for (size_t c = 0; c < ly.out.size(); ++c) {
     const OutIrrep& o = ly.out[c];
     for (i64 w = 0; w < o.mul; ++w)
@@ -507,6 +618,26 @@ inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restr
   to_cg_layout<T>(ly, gout, tmp, toff);
   for (i64 j = 0; j < ly.zsize; ++j) gz[j] = 0;
   T gy[16] = {0};
+  if constexpr (std::is_floating_point<T>::value) {
+    if (eight_channels(ly)) {  // vector multiply-adds; the dE/dY sums in vector lanes until the end
+      typedef typename Vec8<T>::type V;
+      V gyv[16];
+      for (i64 j = 0; j < J; ++j) gyv[j] = V{};
+      for (const CGEntry& e : ly.cg) {
+        const T coef = params[e.p];
+        V t, zz, gg;
+        __builtin_memcpy(&t, tmp + toff[e.c] + e.k * 8, sizeof(V));
+        __builtin_memcpy(&zz, z + e.zb, sizeof(V));
+        __builtin_memcpy(&gg, gz + e.zb, sizeof(V));
+        gg += splat<T>(coef * Y[e.j]) * t;
+        __builtin_memcpy(gz + e.zb, &gg, sizeof(V));
+        gyv[e.j] += splat<T>(coef) * (zz * t);
+      }
+      for (i64 j = 0; j < J; ++j)
+        for (int w = 0; w < 8; ++w) gy[j] += gyv[j][w];
+      goto store;
+    }
+  }
   for (const CGEntry& e : ly.cg) {
     const i64 mul = ly.out[e.c].mul;
     const T coef = params[e.p];
@@ -517,6 +648,7 @@ inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restr
     for (i64 w = 0; w < mul; ++w) gg[w] += cy * t[w];
     gy[e.j] += coef * dot<T>(zz, t, mul);
   }
+store:
   for (i64 j = 0; j < ly.zsize; ++j) gz_out[j] = gz[j];
   for (i64 j = 0; j < J; ++j) gY[j] = (gY_in ? gY_in[j] : T(0)) + gy[j];
 }
@@ -810,6 +942,10 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
             continue;
           }
           // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
+          if constexpr (std::is_floating_point<T>::value)
+            if (ir.mul == 8 && mixt8<T>(gzu, up.zsize, ir.z, ir.Q, inverse + n * K, base, K, N, params + ir.w,
+                                        gx + ir.off, 1, ir.d, ir.d))
+              continue;
           mixp(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, base, ir.wt, gx + ir.off, 1, ir.d, ir.d, ir.mul,
                scr);
         }
