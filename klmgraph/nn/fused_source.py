@@ -21,11 +21,13 @@ Passes (L convolutions, the last one the output convolution followed by the scal
   F_0 .. F_{L-2}: z_l = mix(gather(x_l)), h_l = CG(z_l, Y) [+ x_l], x_{l+1} = act(h_l)
   F_{L-1}:        the output convolution, the read-out MLP forward and backward (site energy
                   and dE/dh), and the convolution's per-site backward (dE/dz, dE/dY)
-  P_l (l = L-2 .. -1): dE/dx_{l+1} = mix^T(gather^-1(dE/dz_{l+1})) [+ residual], then the
-                  activation's and convolution's per-site backward of layer l (P_-1 writes
-                  dE/dx_0 only).
-Passes are separated by a barrier; inside a pass, threads take tiles of sites from a shared
-counter (dynamic scheduling: a thread the OS deschedules holds up one tile, not a fixed half).
+  P_l (l = L-2 .. -1): dE/dx_{l+1} = mix^T(gather^-1(dE/dz_{l+1})) [+ residual], then z_l and
+                  h_l recomputed from the stored x_l, and the activation's and convolution's
+                  per-site backward of layer l (P_-1 writes dE/dx_0 only).
+Only the layers' inputs x_l are kept through the call; dE/dz alternates between two buffers
+(Layout), so passes are separated by a barrier; inside a pass, threads take tiles of sites from
+their own range, then from the others' (a thread the OS deschedules holds up one tile, not a
+fixed half).
 
 Layouts: features per site in e3nn order (irrep blocks, mul-major: x[off + u * d + i]);
 z_l per site and input irrep a: [i][q] (d_a x Q_a), Q_a the output channels of all paths
