@@ -715,40 +715,40 @@ struct Passes {
 // the caller's), read by the neighbours in the forward and again in the backward, where each layer
 // recomputes its mixed features z_l and pre-activations h_l instead of keeping them (one more
 // gather-mix per layer against 2 x 232 floats per site). Of the backward, dE/dz lives from one
-// pass to the next (the neighbours read it): two buffers, alternating between layers; dE/dh (the
-// residual, row stride hmax) and the running dE/dY are read and overwritten at the same site, so
-// one buffer each. With `keep` (a parameter gradient, read after the passes by the last one) every
-// layer keeps its own z_l, dE/dz_l and dE/dh_l.
+// pass to the next (the neighbours read it): two buffers, alternating between layers. dE/dh_l
+// (written by P_l, read at the same site by P_{l-1} for the residual) takes the place of x_{l+1},
+// which no pass reads after P_{l+1}; the running dE/dY is read and overwritten at the same site.
+// With `keep` (a parameter gradient, read after the passes by the last one) every layer keeps its
+// own z_l, dE/dz_l and dE/dh_l. Rows: x_l din, z_l and dE/dz_l zsize, dE/dh_l dout of layer l.
 struct Layout {
   std::vector<i64> xs, zs, gz, gh;
-  i64 gy = 0, zmax = 0, dmax = 0, hmax = 0, scratch = 0, total = 0;
+  i64 gy = 0, zmax = 0, dmax = 0, scratch = 0, total = 0;
   Layout(const Net& net, i64 S, bool keep) {
     for (const Layer& ly : net.layers) {
       zmax = std::max(zmax, ly.zsize);
-      hmax = std::max(hmax, ly.dout);
       dmax = std::max(dmax, std::max(ly.din, ly.dout));
       for (const InIrrep& ir : ly.in) scratch = std::max(scratch, ir.d * std::max(ir.Q, ir.mul));
     }
     for (const Linear& li : net.mlp) dmax = std::max(dmax, std::max(li.nin, li.nout));
+    const i64 L = net.L;
     i64 off = 0;
-    for (i64 l = 0; l < net.L; ++l) {
+    for (i64 l = 0; l < L; ++l) {
       xs.push_back(off);
       if (l > 0) off += S * net.layers[l].din;
     }
-    const i64 shared[2] = {off, off + S * zmax};
-    if (!keep) off += 2 * S * zmax + S * hmax;
-    for (i64 l = 0; l < net.L; ++l) {
+    for (i64 l = 0; l < L; ++l) {
       const Layer& ly = net.layers[l];
       if (keep) {
         zs.push_back(off); off += S * ly.zsize;
         gz.push_back(off); off += S * ly.zsize;
-        gh.push_back(off); off += S * hmax;
+        gh.push_back(off); off += S * ly.dout;
       } else {
         zs.push_back(-1);
-        gz.push_back(shared[l % 2]);
-        gh.push_back(shared[0] + 2 * S * zmax);
+        gz.push_back(off + (l % 2) * S * zmax);
+        gh.push_back(l + 1 < L ? xs[l + 1] : off + 2 * S * zmax);
       }
     }
+    if (!keep) off += 2 * S * zmax + S * net.layers[L - 1].dout;
     gy = off; off += S * net.J;
     total = off;
   }
@@ -860,7 +860,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     gh[l] = work + lay.gh[l];
   }
   T* const gy = work + lay.gy;
-  const i64 zmax = lay.zmax, dmax = lay.dmax, hmax = lay.hmax, scratch = lay.scratch;
+  const i64 zmax = lay.zmax, dmax = lay.dmax, scratch = lay.scratch;
   const i64 nmlp = (i64)net.mlp.size();
   // per thread: mixing scratch, z and dE/dz of one site, and dmax-sized rows (see the passes)
   const i64 per_thread = scratch + 2 * zmax + (8 + 2 * nmlp) * dmax + 64;
@@ -919,11 +919,11 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       energy[g] = readout<T>(net, params, h, ly.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, nullptr);
       if (!want_x && !want_p) continue;
       cg_backward<T>(ly, z, Y + g * J, J, params, grad, gz[l] + g * ly.zsize, nullptr, gy + g * J, tmp, gzs);
-      for (i64 j = 0; j < ly.dout; ++j) gh[l][g * hmax + j] = grad[j];
+      for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = grad[j];
     }
   });
   // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward (z_l and
-  // h_l recomputed; dE/dh_l and dE/dY overwrite dE/dh_{l+1} and dE/dY at the same site)
+  // h_l recomputed; dE/dh_l goes where x_{l+1} was, dE/dY is updated in place: see Layout)
   for (i64 l = L - 2; l >= (want_x ? -1 : 0) && (want_x || want_p); --l)
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
       Buf<T> buf = alloc<T>(per_thread);
@@ -952,7 +952,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
                scr);
         }
         if (up.residual)
-          for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * hmax + j];
+          for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * up.dout + j];
         if (l < 0) {
           for (i64 j = 0; j < up.din; ++j) gx0[g * up.din + j] = gx[j];
           for (i64 j = 0; j < J; ++j) gY[g * J + j] = gy[g * J + j];
@@ -964,7 +964,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
         cg_site(l, g, z, tmp, h);
         act_backward<T>(h, gx, ghl, ly, eps2);
         cg_backward<T>(ly, z, Y + g * J, J, params, ghl, gz[l] + g * ly.zsize, gy + g * J, gy + g * J, tmp, gzs);
-        for (i64 j = 0; j < ly.dout; ++j) gh[l][g * hmax + j] = ghl[j];
+        for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = ghl[j];
       }
     });
   const i64 tile = 32;
@@ -1016,7 +1016,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
                      gpa ? gpa + ir.w : nullptr, gpb ? gpb + ir.w : nullptr);
           // coefficient e: out_c[w][k] += coef * Y[j] * z[zb + w], so dE/dcoef = Y[j] sum_w z[zb + w] gout_c[w][k]
           i64 toff[16];
-          to_cg_layout<T>(ly, gh[l] + g * hmax, tmp, toff);
+          to_cg_layout<T>(ly, gh[l] + g * ly.dout, tmp, toff);
           const T* z = zs[l] + g * ly.zsize;
           for (const CGEntry& e : ly.cg) {
             const i64 mul = ly.out[e.c].mul;
