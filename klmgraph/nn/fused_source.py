@@ -40,6 +40,8 @@ per nonzero Clebsch-Gordan entry; the read-out matrices (out, in) and biases.
 SOURCE = r"""
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <atomic>
 #include <cmath>
@@ -668,7 +670,8 @@ store:
 // sites in every pass: their data stays in its cache) and takes them in order from its range's
 // counter; when its range is exhausted it takes the tiles left in the other ranges, so a thread
 // the OS has descheduled (a loaded machine) holds up a pass by at most the tile it is in. The
-// barrier spins briefly (a tile takes about 0.3 ms) and then yields the core.
+// barrier spins briefly (a tile takes about 0.3 ms) and then sleeps until the last tile is done,
+// leaving the core to the thread it waits for (spinning or yielding would compete with it).
 struct Passes {
   std::vector<std::function<void(i64, i64)>> fns;
   void run(i64 total, i64 tile, int threads) {
@@ -678,6 +681,8 @@ struct Passes {
     std::vector<std::atomic<i64>> next(P * R), done(P);
     for (auto& x : next) x = 0;
     for (auto& x : done) x = 0;
+    std::mutex mutex;
+    std::condition_variable wake;
     auto range = [&](int r, i64& lo, i64& hi) { lo = ntiles * r / R; hi = ntiles * (r + 1) / R; };
 #ifdef KLM_PROFILE
     auto t0 = std::chrono::steady_clock::now();
@@ -692,11 +697,16 @@ struct Passes {
             i64 t = lo + next[p * R + r].fetch_add(1, std::memory_order_relaxed);
             if (t >= hi) break;
             fns[p](t * tile, std::min(total, (t + 1) * tile));
-            done[p].fetch_add(1, std::memory_order_release);
+            if (done[p].fetch_add(1, std::memory_order_acq_rel) + 1 == ntiles && R > 1) {
+              std::lock_guard<std::mutex> lock(mutex);  // a waiter checks under the lock: no lost wake-up
+              wake.notify_all();
+            }
           }
         }
-        for (int spin = 0; done[p].load(std::memory_order_acquire) < ntiles; ++spin) {
-          if (spin < 1024) KLM_PAUSE(); else std::this_thread::yield();
+        for (int spin = 0; spin < 2048 && done[p].load(std::memory_order_acquire) < ntiles; ++spin) KLM_PAUSE();
+        if (done[p].load(std::memory_order_acquire) < ntiles) {
+          std::unique_lock<std::mutex> lock(mutex);
+          wake.wait(lock, [&] { return done[p].load(std::memory_order_acquire) >= ntiles; });
         }
 #ifdef KLM_PROFILE
         if (me == 0) { auto now = std::chrono::steady_clock::now(); fprintf(stderr, "pass %ld: %.3f ms\n", (long)p, std::chrono::duration<double>(now - t0).count() * 1e3); t0 = now; }
