@@ -51,7 +51,7 @@ def _library():
             fn.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, ctypes.c_double, ctypes.c_int, _P, ctypes.c_int,
                            _P, _P, _P, _P, _P]
             fn.restype = None
-        lib.klm_ecnn_workspace.argtypes = [_P, _I]
+        lib.klm_ecnn_workspace.argtypes = [_P, _I, ctypes.c_int]
         lib.klm_ecnn_workspace.restype = _I
         lib._klm_typed = True
     return lib
@@ -214,7 +214,7 @@ class _Call:
         if mode & _GRAD_P:
             gparams = torch.empty(((self.batch,) if mode & _PER_CONFIG else ()) + params.shape, dtype=dtype)
         table, inverse = self.neighbours.table.contiguous(), self.neighbours.inverse.contiguous()
-        size = self.lib.klm_ecnn_workspace(self.meta.data_ptr(), self.batch * self.n) * (2 if dual else 1)
+        size = self.lib.klm_ecnn_workspace(self.meta.data_ptr(), self.batch * self.n, mode) * (2 if dual else 1)
         work = _workspace(self.neighbours, size, dtype)
         name = ("klm_ecnn_dual_" if dual else "klm_ecnn_") + ("f32" if dtype == torch.float32 else "f64")
         ptr = (lambda t: None if t is None else t.data_ptr())

@@ -21,11 +21,13 @@ Passes (L convolutions, the last one the output convolution followed by the scal
   F_0 .. F_{L-2}: z_l = mix(gather(x_l)), h_l = CG(z_l, Y) [+ x_l], x_{l+1} = act(h_l)
   F_{L-1}:        the output convolution, the read-out MLP forward and backward (site energy
                   and dE/dh), and the convolution's per-site backward (dE/dz, dE/dY)
-  P_l (l = L-2 .. -1): dE/dx_{l+1} = mix^T(gather^-1(dE/dz_{l+1})) [+ residual], then the
-                  activation's and convolution's per-site backward of layer l (P_-1 writes
-                  dE/dx_0 only).
-Passes are separated by a barrier; inside a pass, threads take tiles of sites from a shared
-counter (dynamic scheduling: a thread the OS deschedules holds up one tile, not a fixed half).
+  P_l (l = L-2 .. -1): dE/dx_{l+1} = mix^T(gather^-1(dE/dz_{l+1})) [+ residual], then z_l and
+                  h_l recomputed from the stored x_l, and the activation's and convolution's
+                  per-site backward of layer l (P_-1 writes dE/dx_0 only).
+Only the layers' inputs x_l are kept through the call; dE/dz alternates between two buffers
+(Layout), so passes are separated by a barrier; inside a pass, threads take tiles of sites from
+their own range, then from the others' (a thread the OS deschedules holds up one tile, not a
+fixed half).
 
 Layouts: features per site in e3nn order (irrep blocks, mul-major: x[off + u * d + i]);
 z_l per site and input irrep a: [i][q] (d_a x Q_a), Q_a the output channels of all paths
@@ -38,6 +40,8 @@ per nonzero Clebsch-Gordan entry; the read-out matrices (out, in) and biases.
 SOURCE = r"""
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <atomic>
 #include <cmath>
@@ -189,26 +193,37 @@ inline void mix_fixed(const T* __restrict src, i64 rowlen, i64 off, i64 istride,
                       T* __restrict out, i64 ostride_i, i64 ostride_q) {
   typedef typename Vec8<T>::type V;
   constexpr int NV = Q / 8;
-  V acc[D][NV];
-  for (int i = 0; i < D; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+  // C copies of the accumulators (u modulo C) where D x NV alone are too few independent chains to
+  // hide the multiply-add latency
+  constexpr int C = D * NV >= 8 ? 1 : D * NV >= 4 ? 2 : 4;
+  V acc[C][D][NV];
+  for (int c = 0; c < C; ++c)
+    for (int i = 0; i < D; ++i)
+      for (int v = 0; v < NV; ++v) acc[c][i][v] = V{};
+  auto step = [&](V (&a)[D][NV], const T* xs, const T* wr) {
+    V w[NV];
+    for (int v = 0; v < NV; ++v) __builtin_memcpy(&w[v], wr + 8 * v, sizeof(V));
+    for (int i = 0; i < D; ++i) {
+      V xv = splat<T>(xs[i * istride]);
+      for (int v = 0; v < NV; ++v) a[i][v] += xv * w[v];
+    }
+  };
   for (i64 k = 0; k < K; ++k) {
     i64 s = nbr[k];
     if (s == N) continue;
     const T* xs = src + (base + s) * rowlen + off;
     const T* wk = W + k * U * Q;
-    for (i64 u = 0; u < U; ++u) {
-      V w[NV];
-      for (int v = 0; v < NV; ++v) __builtin_memcpy(&w[v], wk + u * Q + 8 * v, sizeof(V));
-      for (int i = 0; i < D; ++i) {
-        V xv = splat<T>(xs[u * ustride + i * istride]);
-        for (int v = 0; v < NV; ++v) acc[i][v] += xv * w[v];
-      }
-    }
+    i64 u = 0;
+    for (; u + C <= U; u += C)
+      for (int c = 0; c < C; ++c) step(acc[c], xs + (u + c) * ustride, wk + (u + c) * Q);
+    for (; u < U; ++u) step(acc[0], xs + u * ustride, wk + u * Q);
   }
+  for (int c = 1; c < C; ++c)
+    for (int i = 0; i < D; ++i)
+      for (int v = 0; v < NV; ++v) acc[0][i][v] += acc[c][i][v];
   for (int i = 0; i < D; ++i)
     for (int v = 0; v < NV; ++v)
-      for (int e = 0; e < 8; ++e) out[i * ostride_i + (8 * v + e) * ostride_q] = acc[i][v][e];
+      for (int e = 0; e < 8; ++e) out[i * ostride_i + (8 * v + e) * ostride_q] = acc[0][i][v][e];
 }
 
 template <typename T>
@@ -264,6 +279,83 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
   mix_generic<T>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, W, out, ostride_i, ostride_q, D, Q,
                  scratch);
 }
+
+// Transposed mixing with 8 output channels (the backward's dE/dx = mix^T(gather^-1(dE/dz))):
+// out[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * 8 + u) * Q + q],
+// W the forward's (K * 8, Q) matrix. In the rank-1 form of mix (8 outputs per vector) only D
+// accumulator chains would be live and every multiply-add would need its own broadcast; here the sums
+// over q run in vector lanes, D x 8 independent accumulators, reduced once per site.
+#if defined(__clang__)
+#define KLM_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define KLM_SHUF(a, b, ...) __builtin_shuffle(a, b, (typename Mask8<T>::type){__VA_ARGS__})
+#endif
+template <typename T> struct Mask8 {
+  typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type I;
+  typedef I type __attribute__((vector_size(8 * sizeof(I))));
+};
+
+// r[u] = the sum of the lanes of a[u], u < 8 (a transposing reduction tree: 7 adds, 14 shuffles)
+template <typename T>
+inline typename Vec8<T>::type lane_sums(const typename Vec8<T>::type* a) {
+  typedef typename Vec8<T>::type V;
+  V b[4], c[2];
+  for (int p = 0; p < 4; ++p)
+    b[p] = KLM_SHUF(a[2 * p], a[2 * p + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+           KLM_SHUF(a[2 * p], a[2 * p + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int p = 0; p < 2; ++p)
+    c[p] = KLM_SHUF(b[2 * p], b[2 * p + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           KLM_SHUF(b[2 * p], b[2 * p + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  return KLM_SHUF(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) + KLM_SHUF(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+template <typename T, int D>
+inline void mixt8_fixed(const T* __restrict src, i64 rowlen, i64 off, i64 Q, const i64* __restrict nbr, i64 base,
+                        i64 K, i64 N, const T* __restrict W, T* __restrict out, i64 ostride_i, i64 ostride_u) {
+  typedef typename Vec8<T>::type V;
+  V acc[D][8];
+  for (int i = 0; i < D; ++i)
+    for (int u = 0; u < 8; ++u) acc[i][u] = V{};
+  for (i64 k = 0; k < K; ++k) {
+    const i64 s = nbr[k];
+    if (s == N) continue;
+    const T* xs = src + (base + s) * rowlen + off;
+    const T* wk = W + k * 8 * Q;
+    for (i64 q = 0; q < Q; q += 8) {
+      V x[D];
+      for (int i = 0; i < D; ++i) __builtin_memcpy(&x[i], xs + i * Q + q, sizeof(V));
+      for (int u = 0; u < 8; ++u) {
+        V w;
+        __builtin_memcpy(&w, wk + u * Q + q, sizeof(V));
+        for (int i = 0; i < D; ++i) acc[i][u] += x[i] * w;
+      }
+    }
+  }
+  for (int i = 0; i < D; ++i) {
+    const V r = lane_sums<T>(acc[i]);
+    for (int u = 0; u < 8; ++u) out[i * ostride_i + u * ostride_u] = r[u];
+  }
+}
+
+// mixt8_fixed over D rows, three at a time (D x 8 accumulators must fit the vector registers);
+// false where Q is not a multiple of 8
+template <typename T>
+inline bool mixt8(const T* src, i64 rowlen, i64 off, i64 Q, const i64* nbr, i64 base, i64 K, i64 N, const T* W,
+                  T* out, i64 ostride_i, i64 ostride_u, i64 D) {
+  if (Q % 8 != 0) return false;
+  for (i64 i = 0; i < D;) {
+    const i64 n = std::min<i64>(D - i, 3);
+    const T* sp = src;
+    const i64 o = off + i * Q;
+    T* op = out + i * ostride_i;
+    if (n == 3) mixt8_fixed<T, 3>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
+    else if (n == 2) mixt8_fixed<T, 2>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
+    else mixt8_fixed<T, 1>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
+    i += n;
+  }
+  return true;
+}
+#undef KLM_SHUF
 
 // ---------------------------------------------------------------- dual-number micro-kernels
 template <typename T> struct Scalar { typedef T real; static constexpr bool dual = false; };
@@ -459,6 +551,14 @@ inline void act_backward(const T* h, const T* g, T* gh, const Layer& ly, T eps2)
     }
 }
 
+// whether every output irrep of the layer has 8 channels (the published models): the Clebsch-Gordan
+// entries are then one vector operation each
+inline bool eight_channels(const Layer& ly) {
+  for (const OutIrrep& o : ly.out)
+    if (o.mul != 8) return false;
+  return true;
+}
+
 // out = CG(z, Y) [+ residual] for one site, from the sparse coefficient list: per entry one multiply-add over
 // the output channels w (contiguous in z); T_c scratch holds out_c as [k][w], then e3nn layout.
 template <typename T>
@@ -468,6 +568,20 @@ inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restri
   for (const OutIrrep& o : ly.out) { for (i64 j = 0; j < o.mul * o.d; ++j) tmp[base + j] = 0; base += o.mul * o.d; }
   base = 0;
   for (size_t c = 0; c < ly.out.size(); ++c) { toff[c] = base; base += ly.out[c].mul * ly.out[c].d; }
+  if constexpr (std::is_floating_point<T>::value) {
+    if (eight_channels(ly)) {  // one vector multiply-add per entry
+      typedef typename Vec8<T>::type V;
+      for (const CGEntry& e : ly.cg) {
+        T* t = tmp + toff[e.c] + e.k * 8;
+        V a, b;
+        __builtin_memcpy(&a, t, sizeof(V));
+        __builtin_memcpy(&b, z + e.zb, sizeof(V));
+        a += splat<T>(params[e.p] * Y[e.j]) * b;
+        __builtin_memcpy(t, &a, sizeof(V));
+      }
+      goto layout;
+    }
+  }
   for (const CGEntry& e : ly.cg) {
     const i64 mul = ly.out[e.c].mul;
     const T cy = params[e.p] * Y[e.j];
@@ -475,6 +589,7 @@ inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restri
     const T* __restrict zz = z + e.zb;
     for (i64 w = 0; w < mul; ++w) t[w] += cy * zz[w];
   }
+layout:
   for (size_t c = 0; c < ly.out.size(); ++c) {
     const OutIrrep& o = ly.out[c];
     for (i64 w = 0; w < o.mul; ++w)
@@ -497,16 +612,36 @@ inline void to_cg_layout(const Layer& ly, const T* __restrict gout, T* __restric
   }
 }
 
-// per-site backward of out = CG(z, Y): gz and gY = gY_in + dE/dY (gY_in may be null). Sums run in
-// thread-local scratch (gzs) and are stored once, so that a tile computed twice stays correct.
+// per-site backward of out = CG(z, Y): gz and gY = gY_in + dE/dY (gY_in may be null or gY itself: the
+// running dE/dY is updated in place). The dE/dz sums run in scratch (gz) and are stored once.
 template <typename T>
 inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restrict Y, i64 J,
                         const T* __restrict params, const T* __restrict gout, T* __restrict gz_out,
-                        const T* __restrict gY_in, T* __restrict gY, T* __restrict tmp, T* __restrict gz) {
+                        const T* gY_in, T* gY, T* __restrict tmp, T* __restrict gz) {
   i64 toff[16];
   to_cg_layout<T>(ly, gout, tmp, toff);
   for (i64 j = 0; j < ly.zsize; ++j) gz[j] = 0;
   T gy[16] = {0};
+  if constexpr (std::is_floating_point<T>::value) {
+    if (eight_channels(ly)) {  // vector multiply-adds; the dE/dY sums in vector lanes until the end
+      typedef typename Vec8<T>::type V;
+      V gyv[16];
+      for (i64 j = 0; j < J; ++j) gyv[j] = V{};
+      for (const CGEntry& e : ly.cg) {
+        const T coef = params[e.p];
+        V t, zz, gg;
+        __builtin_memcpy(&t, tmp + toff[e.c] + e.k * 8, sizeof(V));
+        __builtin_memcpy(&zz, z + e.zb, sizeof(V));
+        __builtin_memcpy(&gg, gz + e.zb, sizeof(V));
+        gg += splat<T>(coef * Y[e.j]) * t;
+        __builtin_memcpy(gz + e.zb, &gg, sizeof(V));
+        gyv[e.j] += splat<T>(coef) * (zz * t);
+      }
+      for (i64 j = 0; j < J; ++j)
+        for (int w = 0; w < 8; ++w) gy[j] += gyv[j][w];
+      goto store;
+    }
+  }
   for (const CGEntry& e : ly.cg) {
     const i64 mul = ly.out[e.c].mul;
     const T coef = params[e.p];
@@ -517,19 +652,26 @@ inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restr
     for (i64 w = 0; w < mul; ++w) gg[w] += cy * t[w];
     gy[e.j] += coef * dot<T>(zz, t, mul);
   }
+store:
   for (i64 j = 0; j < ly.zsize; ++j) gz_out[j] = gz[j];
   for (i64 j = 0; j < J; ++j) gY[j] = (gY_in ? gY_in[j] : T(0)) + gy[j];
 }
 
 // ---------------------------------------------------------------- scheduling
-// Runs fn_p(lo, hi) over [0, total) in tiles, pass after pass. Thread r owns the r-th
-// contiguous range of tiles (the same sites in every pass: their data stays in its cache) and
-// takes them in order from its own counter; when its range is exhausted it takes tiles from
-// the other ranges, and when none is left untaken it redoes a tile another thread still holds
-// instead of waiting for it, so a thread the OS has descheduled (a loaded machine) never stalls
-// a pass. Redoing is safe because a tile is idempotent: every pass writes its own buffers, which
-// no later pass of the call overwrites, from inputs that no longer change, with plain stores of
-// sums made in thread-local scratch (two threads on one tile store the same values).
+#if defined(__x86_64__) || defined(__i386__)
+#define KLM_PAUSE() __builtin_ia32_pause()
+#else
+#define KLM_PAUSE() ((void)0)
+#endif
+// Runs fn_p(lo, hi) over [0, total) in tiles, pass after pass, each tile of a pass exactly once,
+// with a barrier between passes: the backward's buffers alternate between layers (see Layout),
+// so a pass must not start while a tile of the previous one, which reads the buffer it is about
+// to overwrite, is still running. Thread r owns the r-th contiguous range of tiles (the same
+// sites in every pass: their data stays in its cache) and takes them in order from its range's
+// counter; when its range is exhausted it takes the tiles left in the other ranges, so a thread
+// the OS has descheduled (a loaded machine) holds up a pass by at most the tile it is in. The
+// barrier spins briefly (a tile takes about 0.3 ms) and then sleeps until the last tile is done,
+// leaving the core to the thread it waits for (spinning or yielding would compete with it).
 struct Passes {
   std::vector<std::function<void(i64, i64)>> fns;
   void run(i64 total, i64 tile, int threads) {
@@ -537,20 +679,14 @@ struct Passes {
     const i64 ntiles = (total + tile - 1) / tile;
     const int R = (int)std::max<i64>(1, std::min<i64>(threads, ntiles));
     std::vector<std::atomic<i64>> next(P * R), done(P);
-    std::vector<std::atomic<char>> finished(P * ntiles);
     for (auto& x : next) x = 0;
     for (auto& x : done) x = 0;
-    for (auto& f : finished) f = 0;
+    std::mutex mutex;
+    std::condition_variable wake;
     auto range = [&](int r, i64& lo, i64& hi) { lo = ntiles * r / R; hi = ntiles * (r + 1) / R; };
 #ifdef KLM_PROFILE
     auto t0 = std::chrono::steady_clock::now();
 #endif
-    auto run_tile = [&](i64 p, i64 t) {
-      fns[p](t * tile, std::min(total, (t + 1) * tile));
-      char expected = 0;
-      if (finished[p * ntiles + t].compare_exchange_strong(expected, 1, std::memory_order_acq_rel))
-        done[p].fetch_add(1, std::memory_order_release);
-    };
     auto work = [&](int me) {
       for (i64 p = 0; p < P; ++p) {
         for (int k = 0; k < R; ++k) {  // my range first, then the others'
@@ -560,14 +696,17 @@ struct Passes {
           for (;;) {
             i64 t = lo + next[p * R + r].fetch_add(1, std::memory_order_relaxed);
             if (t >= hi) break;
-            run_tile(p, t);
+            fns[p](t * tile, std::min(total, (t + 1) * tile));
+            if (done[p].fetch_add(1, std::memory_order_acq_rel) + 1 == ntiles && R > 1) {
+              std::lock_guard<std::mutex> lock(mutex);  // a waiter checks under the lock: no lost wake-up
+              wake.notify_all();
+            }
           }
         }
-        while (done[p].load(std::memory_order_acquire) < ntiles) {
-          i64 t = ntiles;
-          for (i64 u = ntiles; u-- > 0;)
-            if (!finished[p * ntiles + u].load(std::memory_order_acquire)) { t = u; break; }
-          if (t < ntiles) run_tile(p, t); else std::this_thread::yield();
+        for (int spin = 0; spin < 2048 && done[p].load(std::memory_order_acquire) < ntiles; ++spin) KLM_PAUSE();
+        if (done[p].load(std::memory_order_acquire) < ntiles) {
+          std::unique_lock<std::mutex> lock(mutex);
+          wake.wait(lock, [&] { return done[p].load(std::memory_order_acquire) >= ntiles; });
         }
 #ifdef KLM_PROFILE
         if (me == 0) { auto now = std::chrono::steady_clock::now(); fprintf(stderr, "pass %ld: %.3f ms\n", (long)p, std::chrono::duration<double>(now - t0).count() * 1e3); t0 = now; }
@@ -582,27 +721,45 @@ struct Passes {
 };
 
 // Per-site storage of one call, as offsets into one workspace (reused between calls: fresh pages
-// for every call would cost a page fault per 4 KiB). Every pass writes its own buffers (see
-// Passes): inputs x_l (x_0 is the caller's), pre-activations h_l, mixed features z_l, and per
-// layer dE/dz_l (read by the neighbours), dE/dh_l (the residual) and the running dE/dY.
+// for every call would cost a page fault per 4 KiB). Stored: the inputs x_l of the layers (x_0 is
+// the caller's), read by the neighbours in the forward and again in the backward, where each layer
+// recomputes its mixed features z_l and pre-activations h_l instead of keeping them (one more
+// gather-mix per layer against 2 x 232 floats per site). Of the backward, dE/dz lives from one
+// pass to the next (the neighbours read it): two buffers, alternating between layers. dE/dh_l
+// (written by P_l, read at the same site by P_{l-1} for the residual) takes the place of x_{l+1},
+// which no pass reads after P_{l+1}; the running dE/dY is read and overwritten at the same site.
+// With `keep` (a parameter gradient, read after the passes by the last one) every layer keeps its
+// own z_l, dE/dz_l and dE/dh_l. Rows: x_l din, z_l and dE/dz_l zsize, dE/dh_l dout of layer l.
 struct Layout {
-  std::vector<i64> xs, hs, zs, gz, gh, gy;
-  i64 zmax = 0, dmax = 0, scratch = 0, total = 0;
-  Layout(const Net& net, i64 S) {
-    i64 off = 0;
-    for (i64 l = 0; l < net.L; ++l) {
-      const Layer& ly = net.layers[l];
-      xs.push_back(off); if (l > 0) off += S * ly.din;
-      hs.push_back(off); off += S * ly.dout;
-      zs.push_back(off); off += S * ly.zsize;
-      gz.push_back(off); off += S * ly.zsize;
-      gh.push_back(off); off += S * ly.dout;
-      gy.push_back(off); off += S * net.J;
+  std::vector<i64> xs, zs, gz, gh;
+  i64 gy = 0, zmax = 0, dmax = 0, scratch = 0, total = 0;
+  Layout(const Net& net, i64 S, bool keep) {
+    for (const Layer& ly : net.layers) {
       zmax = std::max(zmax, ly.zsize);
       dmax = std::max(dmax, std::max(ly.din, ly.dout));
       for (const InIrrep& ir : ly.in) scratch = std::max(scratch, ir.d * std::max(ir.Q, ir.mul));
     }
     for (const Linear& li : net.mlp) dmax = std::max(dmax, std::max(li.nin, li.nout));
+    const i64 L = net.L;
+    i64 off = 0;
+    for (i64 l = 0; l < L; ++l) {
+      xs.push_back(off);
+      if (l > 0) off += S * net.layers[l].din;
+    }
+    for (i64 l = 0; l < L; ++l) {
+      const Layer& ly = net.layers[l];
+      if (keep) {
+        zs.push_back(off); off += S * ly.zsize;
+        gz.push_back(off); off += S * ly.zsize;
+        gh.push_back(off); off += S * ly.dout;
+      } else {
+        zs.push_back(-1);
+        gz.push_back(off + (l % 2) * S * zmax);
+        gh.push_back(l + 1 < L ? xs[l + 1] : off + 2 * S * zmax);
+      }
+    }
+    if (!keep) off += 2 * S * zmax + S * net.layers[L - 1].dout;
+    gy = off; off += S * net.J;
     total = off;
   }
 };
@@ -673,7 +830,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
                       T* gx0, T* gY, T* gparams, T* work) {
   const Net net = parse(meta);
   const i64 L = net.L, K = net.K, J = net.J, S = B * N;
-  const Layout lay(net, S);
+  const bool want_x = mode & KLM_GRAD_X, want_p = mode & KLM_GRAD_P;
+  const Layout lay(net, S, want_p);
   // the caller's parameters followed by the transposed mixing matrices (the backward's layout)
   std::vector<T> pstore(net.nparams + net.nwt);
   std::copy(user_params, user_params + net.nparams, pstore.begin());
@@ -704,28 +862,34 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     mix<T>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, params + woff, out, ostride_i, ostride_q, D, Q,
            scr);
   };
-  const bool want_x = mode & KLM_GRAD_X, want_p = mode & KLM_GRAD_P;
-  std::vector<T*> xs(L), hs(L), zs(L);
-  for (i64 l = 0; l < L; ++l) { xs[l] = work + lay.xs[l]; hs[l] = work + lay.hs[l]; zs[l] = work + lay.zs[l]; }
-  std::vector<T*> gz(L), gh(L), gyl(L);
-  for (i64 l = 0; l < L; ++l) { gz[l] = work + lay.gz[l]; gh[l] = work + lay.gh[l]; gyl[l] = work + lay.gy[l]; }
+  std::vector<T*> xs(L), zs(L), gz(L), gh(L);
+  for (i64 l = 0; l < L; ++l) {
+    xs[l] = work + lay.xs[l];
+    zs[l] = want_p ? work + lay.zs[l] : nullptr;
+    gz[l] = work + lay.gz[l];
+    gh[l] = work + lay.gh[l];
+  }
+  T* const gy = work + lay.gy;
   const i64 zmax = lay.zmax, dmax = lay.dmax, scratch = lay.scratch;
   const i64 nmlp = (i64)net.mlp.size();
-  const i64 per_thread = scratch + zmax + (6 + 2 * nmlp) * dmax + 64;
+  // per thread: mixing scratch, z and dE/dz of one site, and dmax-sized rows (see the passes)
+  const i64 per_thread = scratch + 2 * zmax + (8 + 2 * nmlp) * dmax + 64;
   auto xin = [&](i64 l) -> const T* { return l == 0 ? x0 : xs[l]; };
   auto seed_of = [&](i64 g) -> T { return seed ? seed[g] : T(1); };
 
-  // forward of layer l at site g: z_l, h_l
-  auto conv_site = [&](i64 l, i64 g, T* tmp, T* scr) {
+  // layer l at site g: z_l = mix(gather(x_l)) (into z), h_l = CG(z_l, Y) [+ x_l] (into h)
+  auto mix_site = [&](i64 l, i64 g, T* z, T* scr) {
     const Layer& ly = net.layers[l];
     const i64 n = g % N, base = g - n;
     const T* x = xin(l);
-    T* z = zs[l] + g * ly.zsize;
     for (const InIrrep& ir : ly.in) {
       if (ir.Q == 0) continue;
       mixp(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, base, ir.w, z + ir.z, ir.Q, 1, ir.d, ir.Q, scr);
     }
-    cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? x + g * ly.din : nullptr, tmp, hs[l] + g * ly.dout);
+  };
+  auto cg_site = [&](i64 l, i64 g, const T* z, T* tmp, T* h) {
+    const Layer& ly = net.layers[l];
+    cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? xin(l) + g * ly.din : nullptr, tmp, h);
   };
 
   Passes passes;
@@ -733,9 +897,15 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
       Buf<T> buf = alloc<T>(per_thread);
       const Layer& ly = net.layers[l];
+      T* scr = buf.get();
+      T* tmp = scr + scratch;
+      T* h = tmp + dmax;
+      T* zl = h + dmax;
       for (i64 g = lo; g < hi; ++g) {
-        conv_site(l, g, buf.get() + scratch, buf.get());
-        act_forward<T>(hs[l] + g * ly.dout, xs[l + 1] + g * ly.dout, ly, eps2);
+        T* z = want_p ? zs[l] + g * ly.zsize : zl;
+        mix_site(l, g, z, scr);
+        cg_site(l, g, z, tmp, h);
+        act_forward<T>(h, xs[l + 1] + g * ly.dout, ly, eps2);
       }
     });
   // output convolution + read-out forward and backward + the convolution's per-site backward
@@ -747,20 +917,23 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* tmp = scr + scratch;
     T* grad = tmp + dmax;            // dE/d(activation) of the current level
     T* gnext = grad + dmax;
-    T* as = gnext + dmax;            // activations a_0 .. a_nmlp, dmax each
+    T* h = gnext + dmax;
+    T* as = h + dmax;                // activations a_0 .. a_nmlp, dmax each
     T* ys = as + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
-    T* gzs = ys + nmlp * dmax;       // dE/dz of one site
+    T* zl = ys + nmlp * dmax;        // z of one site
+    T* gzs = zl + zmax;              // dE/dz of one site
     for (i64 g = lo; g < hi; ++g) {
-      conv_site(l, g, tmp, scr);
-      energy[g] = readout<T>(net, params, hs[l] + g * ly.dout, ly.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext,
-                             nullptr);
+      T* z = want_p ? zs[l] + g * ly.zsize : zl;
+      mix_site(l, g, z, scr);
+      cg_site(l, g, z, tmp, h);
+      energy[g] = readout<T>(net, params, h, ly.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, nullptr);
       if (!want_x && !want_p) continue;
-      cg_backward<T>(ly, zs[l] + g * ly.zsize, Y + g * J, J, params, grad, gz[l] + g * ly.zsize, nullptr,
-                     gyl[l] + g * J, tmp, gzs);
+      cg_backward<T>(ly, z, Y + g * J, J, params, grad, gz[l] + g * ly.zsize, nullptr, gy + g * J, tmp, gzs);
       for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = grad[j];
     }
   });
-  // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward
+  // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward (z_l and
+  // h_l recomputed; dE/dh_l goes where x_{l+1} was, dE/dY is updated in place: see Layout)
   for (i64 l = L - 2; l >= (want_x ? -1 : 0) && (want_x || want_p); --l)
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
       Buf<T> buf = alloc<T>(per_thread);
@@ -769,7 +942,9 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* tmp = scr + scratch;
       T* gx = tmp + dmax;             // dE/dx_{l+1} at one site
       T* ghl = gx + dmax;             // dE/dh_l at one site
-      T* gzs = ghl + dmax;            // dE/dz_l of one site
+      T* h = ghl + dmax;              // h_l at one site
+      T* zl = h + dmax;               // z_l of one site
+      T* gzs = zl + zmax;             // dE/dz_l of one site
       const T* gzu = gz[l + 1];
       for (i64 g = lo; g < hi; ++g) {
         const i64 n = g % N, base = g - n;
@@ -779,6 +954,10 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
             continue;
           }
           // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
+          if constexpr (std::is_floating_point<T>::value)
+            if (ir.mul == 8 && mixt8<T>(gzu, up.zsize, ir.z, ir.Q, inverse + n * K, base, K, N, params + ir.w,
+                                        gx + ir.off, 1, ir.d, ir.d))
+              continue;
           mixp(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, base, ir.wt, gx + ir.off, 1, ir.d, ir.d, ir.mul,
                scr);
         }
@@ -786,13 +965,15 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * up.dout + j];
         if (l < 0) {
           for (i64 j = 0; j < up.din; ++j) gx0[g * up.din + j] = gx[j];
-          for (i64 j = 0; j < J; ++j) gY[g * J + j] = gyl[0][g * J + j];
+          for (i64 j = 0; j < J; ++j) gY[g * J + j] = gy[g * J + j];
           continue;
         }
         const Layer& ly = net.layers[l];
-        act_backward<T>(hs[l] + g * ly.dout, gx, ghl, ly, eps2);
-        cg_backward<T>(ly, zs[l] + g * ly.zsize, Y + g * J, J, params, ghl, gz[l] + g * ly.zsize,
-                       gyl[l + 1] + g * J, gyl[l] + g * J, tmp, gzs);
+        const T* z = want_p ? zs[l] + g * ly.zsize : zl;
+        if (!want_p) mix_site(l, g, zl, scr);
+        cg_site(l, g, z, tmp, h);
+        act_backward<T>(h, gx, ghl, ly, eps2);
+        cg_backward<T>(ly, z, Y + g * J, J, params, ghl, gz[l] + g * ly.zsize, gy + g * J, gy + g * J, tmp, gzs);
         for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = ghl[j];
       }
     });
@@ -826,6 +1007,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* gnext = grad + dmax;
     T* as = gnext + dmax;
     T* ys = as + (nmlp + 1) * dmax;
+    T* h = ys + nmlp * dmax;
     for (;;) {
       const i64 grp = next_group.fetch_add(1);
       if (grp >= G) break;
@@ -852,8 +1034,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           }
         }
         const Layer& last = net.layers[L - 1];
-        readout<T>(net, params, hs[L - 1] + g * last.dout, last.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext,
-                   gp);
+        cg_site(L - 1, g, zs[L - 1] + g * last.zsize, tmp, h);
+        readout<T>(net, params, h, last.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, gp);
       }
     }
   };
@@ -879,7 +1061,9 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
 }  // namespace
 
 extern "C" {
-i64 klm_ecnn_workspace(const i64* meta, i64 sites) { return Layout(parse(meta), sites).total; }
+i64 klm_ecnn_workspace(const i64* meta, i64 sites, int mode) {
+  return Layout(parse(meta), sites, mode & KLM_GRAD_P).total;
+}
 #define KLM_ENTRY(NAME, T, R)                                                                                    \
   void NAME(const i64* meta, const T* params, const T* x0, const T* Y, const i64* table, const i64* inverse,     \
             i64 B, i64 N, double eps2, int threads, const T* seed, int mode, T* energy, T* gx0, T* gY,          \
