@@ -48,7 +48,6 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import klmgraph
@@ -370,7 +369,7 @@ def plot(results: dict, path: Path) -> None:
 
 # ------------------------------------------------------------------------------ ship
 
-def ship(s: Settings, out: Path, eval_dir: Path, dest: Path, results: dict, partial: bool) -> dict:
+def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> dict:
     """Write ``dest``/triangular-paper.{pt,json}: the newest committee of ``out`` and its card."""
     model_path = newest_model(out)
     if model_path is None or "ours" not in results["models"]:
@@ -411,6 +410,7 @@ def ship(s: Settings, out: Path, eval_dir: Path, dest: Path, results: dict, part
                     "learning_loop_last_iteration": {k: v for k, v in (report.get("iterations") or [{}])[-1].items()
                                                      if isinstance(v, (int, float))}},
         "target": {**TARGET, "met": bool(all(ours["met"].values()))},
+        "published_model_issue_14": ISSUE_PUBLISHED,
         "published_model_same_set": ({k: results["models"]["published"][k] for k in pick[:6]}
                                      if "published" in results["models"] else "not evaluated (checkpoint absent)"),
         "units": "fields and energies per site in units of t1; energy differences between states of one field",
@@ -470,7 +470,7 @@ def main(argv=None):
                   f"rmse_field={m['all_states']['rmse_field']:.2e} "
                   f"energy_difference_max={m['all_states']['energy_difference_max']:.2e}")
         if args.stage in ("all", "ship"):
-            card = ship(s, out, eval_dir, Path(args.dest), results, args.partial)
+            card = ship(s, out, Path(args.dest), results, args.partial)
             print(f"shipped {Path(args.dest) / 'triangular-paper.pt'} (targets {'met' if card['target']['met'] else 'NOT met'})")
         return results
 

@@ -314,7 +314,7 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     learn.mkdir()
     (learn / "config.json").write_text(json.dumps(load_learn_config(example.LEARN_CONFIG).to_dict()))
     with pytest.raises(SystemExit, match="nothing to ship"):
-        example.ship(example.TINY, learn, evals, dest, {"models": {}}, partial=True)
+        example.ship(example.TINY, learn, dest, {"models": {}}, partial=True)
     # a partial loop: iteration 0 trained, iteration 1 begun (no model yet)
     members = []
     for seed in (0, 1):
