@@ -457,7 +457,8 @@ def main(argv=None):
 def record_path(out: Path, row: dict) -> Path:
     """The JSON record holding a row's spins (a return sweep's first field is the first sweep's)."""
     path = out / "records" / row["branch"] / f"{row['hz']:.5f}.json"
-    return path if path.exists() else out / "records" / f"{row['state']}_up" / f"{row['hz']:.5f}.json"
+    other = "down" if row["direction"] == "up" else "up"
+    return path if path.exists() else out / "records" / f"{row['state']}_{other}" / f"{row['hz']:.5f}.json"
 
 
 def refine_one(args: tuple) -> dict:

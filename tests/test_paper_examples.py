@@ -304,3 +304,16 @@ def test_triangular_phase_diagram_quick(tmp_path, capsys):
     """The documented --quick setting (9.5 minutes of CPU on 2 cores, 2026-12-02; longer on a loaded machine)."""
     load_example("triangular_phase_diagram").main(["--quick", "--workers", "2", "--out", str(tmp_path)])
     assert PHASE_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_triangular_phase_diagram_record_path_of_a_return_sweep(tmp_path):
+    """A return sweep's first field is the first sweep's last record, in either direction (the
+    random-start states go down first)."""
+    record_path = load_example("triangular_phase_diagram").record_path
+    for first, back in (("up", "down"), ("down", "up")):
+        stored = tmp_path / "records" / f"tq0_{first}" / "0.00800.json"
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        stored.write_text("{}")
+        row = {"branch": f"tq0_{back}", "state": "tq0", "direction": back, "hz": 0.008}
+        assert record_path(tmp_path, row) == stored
+        stored.unlink()
