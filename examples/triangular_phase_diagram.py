@@ -33,7 +33,7 @@ on a ladder of grids (every record) and extrapolated to n -> inf from the two fi
 class at a field are then evaluated on the finer refinement grids too (``refine.csv``), and the
 change between the extrapolations from the two finest and from the two grids before
 (``energy_tl_prev``) is the grid error that every reported number carries. (The plain T = 0
-grid sum oscillates with the grid, by 1e-6 at 128 x 128: docs/results.md.) Boundaries: the fields
+grid sum oscillates with the grid, by 1e-6 at 128 x 128: docs/electrons.md.) Boundaries: the fields
 where the lowest state of one |n_sk| class crosses the lowest of the next (linear interpolation
 between neighbouring fields), with the uncertainty that the grid error gives through the slope;
 where no crossing lies inside the field range the boundary is given as a bound
@@ -101,7 +101,7 @@ class Settings:
 # Energies: the linear tetrahedron method (ExactDiagonalization.energy(integration="tetrahedron"))
 # on every grid, extrapolated to n -> inf from the two finest (richardson); the plain T = 0 sum
 # oscillates with the grid by 1e-6 up to 128x128, Fermi smearing with T -> 0 extrapolation scatters
-# by 5e-7 (docs/results.md). The ladder (energy_grids) is cheap and covers every record; the
+# by 5e-7 (docs/electrons.md). The ladder (energy_grids) is cheap and covers every record; the
 # refinement grids (refine_grids) only the states near the lowest of each |n_sk| class, which
 # decide the boundaries.
 # Quick: the candidates that compete (the unwound tq0z and the conical 1q lie 3e-4 and 6e-4
