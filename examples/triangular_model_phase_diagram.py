@@ -79,7 +79,7 @@ def main(argv=None):
     out = Path(args.out or f"klmgraph-output/triangular_model_phase_diagram/{name}-{size}")
     out.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": args.checkpoint, "model": args.model, "device": "cpu"}
-    record = {"relaxation": {k: v for k, v in asdict(s).items() if k not in ("relax_grid", "energy_grids")},
+    record = {"relaxation": {k: v for k, v in asdict(s).items() if k not in ("relax_grid", "energy_grids", "refine_grids")},
               "size": size, "model": name}
     path = out / "settings.json"
     if path.exists() and json.loads(path.read_text()) != json.loads(json.dumps(record)):

@@ -26,17 +26,21 @@ the sweeps show hysteresis, and the warm starts need few steps). The supercell i
 itself (``BravaisLattice.supercell([[8, 4], [4, 8]])``: a third of the 12 x 12 lattice, whose
 k-grid ED is the thermodynamic limit of the periodic state at a ninth of the 12 x 12 cost), so a
 k-grid n x n stands for a tiled lattice of 48 n^2 sites. Energies per site (E_el / N - Hz M^z)
-of the relaxed states are then computed on a ladder of finer grids (eigenvalues only); the
-change between the two finest is the grid-convergence error that every reported number
-carries, and summary.json lists the error of every grid of the ladder against the finest (T = 0
-in a metal: the error falls slowly and not monotonically with the grid). Boundaries: the fields
+of the relaxed states: the electrons by the linear tetrahedron method (eigenvalues only,
+``ExactDiagonalization.energy(integration="tetrahedron")``), whose error falls smoothly as 1 / n^2,
+on a ladder of grids (every record) and extrapolated to n -> inf from the two finest
+(``klmgraph.richardson``: ``energy_tl``); the states within 1e-5 of the lowest of their |n_sk|
+class at a field are then evaluated on the finer refinement grids too (``refine.csv``), and the
+change between the extrapolations from the two finest and from the two grids before
+(``energy_tl_prev``) is the grid error that every reported number carries. (The plain T = 0
+grid sum oscillates with the grid, by 1e-6 at 128 x 128: docs/electrons.md.) Boundaries: the fields
 where the lowest state of one |n_sk| class crosses the lowest of the next (linear interpolation
 between neighbouring fields), with the uncertainty that the grid error gives through the slope;
 where no crossing lies inside the field range the boundary is given as a bound
 (``hz_1_0>0.008``: the lower class stays lowest up to the top field).
 
-    python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 16, 32, 64 (<= 15 min, 2 cores)
-    nice -n 10 python examples/triangular_phase_diagram.py           # 23 fields, grids 32 / 32, 64, 128: hours, resumable
+    python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 32, 64 / 88, 176 (<= 15 min, 2 cores)
+    nice -n 10 python examples/triangular_phase_diagram.py           # 13 fields, grids 20 / 32, 64 / 128, 256: ~6 CPU hours, resumable
 
 Every (branch, field) is a JSON record under ``--out``/records, written atomically; running the
 same command again skips what is done. Writes ``phase_diagram.csv``, ``energies.png`` (E(Hz) of
@@ -85,6 +89,7 @@ class Settings:
     max_steps: int
     chunk: int
     states: tuple
+    refine_grids: tuple = ()
     protocol: str = PROTOCOL
 
 
@@ -93,12 +98,27 @@ class Settings:
 # relaxed on a coarse grid sits off the fine grid's minimum: the n_sk = 1 crystal at Hz = 0.006,
 # relaxed on 16x16 and then further on 8x8 or 12x12, rises by 2.6e-5 or 3.7e-6 per site on the
 # 64x64 grid, so the relaxation grid is 16 (quick) and the energies come from finer grids.
+# Energies: the linear tetrahedron method (ExactDiagonalization.energy(integration="tetrahedron"))
+# on every grid, extrapolated to n -> inf from the two finest (richardson); the plain T = 0 sum
+# oscillates with the grid by 1e-6 up to 128x128, Fermi smearing with T -> 0 extrapolation scatters
+# by 5e-7 (docs/electrons.md). The ladder (energy_grids) is cheap and covers every record; the
+# refinement grids (refine_grids) only the states near the lowest of each |n_sk| class, which
+# decide the boundaries.
 # Quick: the candidates that compete (the unwound tq0z and the conical 1q lie 3e-4 and 6e-4
 # above at every field: docs/results.md), four fields.
-QUICK = Settings(fields=(0.002, 0.004, 0.006, 0.008), relax_grid=16, energy_grids=(16, 32, 64), dt=30.0,
-                 tol=1e-9, max_steps=100, chunk=5, states=("sk2", "sk1", "sk1r", "tq0", "fm"))
-FULL = Settings(fields=tuple(round(0.0005 * k, 4) for k in range(2, 25)), relax_grid=32,
-                energy_grids=(32, 64, 128), dt=30.0, tol=1e-10, max_steps=400, chunk=5, states=STATES)
+# Nested grids (each dividing the next) cost only the finest: 32, 64 for every record (its
+# extrapolation within 2e-6 of the converged one on the quick run's states), 88, 176 or
+# 128, 256 for the refined ones.
+QUICK = Settings(fields=(0.002, 0.004, 0.006, 0.008), relax_grid=16, energy_grids=(32, 64), dt=30.0,
+                 tol=1e-9, max_steps=100, chunk=5, states=("sk2", "sk1", "sk1r", "tq0", "fm"),
+                 refine_grids=(88, 176))
+# Full: fields 0.002 to 0.008 every 0.0005 (both boundaries inside), relaxation on 20 x 20 (16 x 16
+# leaves the relaxed energies ~4e-6 off), the same competing candidates (about 6 CPU hours).
+FULL = Settings(fields=tuple(round(0.0005 * k, 4) for k in range(4, 17)), relax_grid=20,
+                energy_grids=(32, 64), dt=30.0, tol=1e-10, max_steps=400, chunk=5, states=QUICK.states,
+                refine_grids=(128, 256))
+# states within this of their class's lowest (ladder estimate) at a field are refined
+REFINE_MARGIN = 1e-5
 
 
 def cell_graph():
@@ -262,7 +282,6 @@ def run_state(args: tuple) -> list[dict]:
     lattice = klmgraph.triangular(12, 12, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
     index = to_lattice(cell, lattice)
     relax_ed = solver(cell, s.relax_grid)
-    energy_eds = [solver(cell, g) for g in s.energy_grids]
 
     def step(spins, hz):
         r = relax(relax_ed, spins, hz, s)
@@ -270,11 +289,35 @@ def run_state(args: tuple) -> list[dict]:
         big = spins[index]  # the 12 x 12 lattice (3 magnetic cells) for the topology
         row = {"n_sk_per_cell": float(klmgraph.skyrmion_number(lattice, big)) / 3, "mz": float(spins[:, 2].mean()),
                **r}
-        for grid, ed in zip(s.energy_grids, energy_eds):
-            row[f"energy_k{grid}"] = float(ed.energy(spins)) / spins.shape[0] - hz * row["mz"]
+        row.update(tetrahedron_energies(cell, s.energy_grids, spins, hz, row["mz"]))
         return spins, row
 
     return follow(state, ansatz(state, cell), s.fields, out, step)
+
+
+def tetrahedron_energies(cell, grids, spins: torch.Tensor, hz: float, mz: float) -> dict:
+    """E/N (electrons by the tetrahedron method, minus Hz M^z) on each grid (``energy_k<n>``), and
+    the n -> inf limits: ``energy_tl`` from the two finest grids, ``energy_tl_prev`` from the two
+    before (the finest grid's own value where there are only two): their difference is the
+    grid error of ``energy_tl``. A grid that divides a finer one is a slice of its twists (nested
+    grids such as 44, 88, 176 cost only the finest)."""
+    levels = {}  # grid -> (n, n, 2N) levels of every twist
+    for g in sorted(grids, reverse=True):
+        parent = next((big for big in levels if big % g == 0), None)
+        levels[g] = (solver(cell, g).twist_levels(spins).reshape(g, g, -1) if parent is None
+                     else levels[parent][::parent // g, ::parent // g])
+    ed = solver(cell, max(grids))
+    values = [float(ed.tetrahedron_energy(levels[g].reshape(1, g * g, -1), (g, g))) / spins.shape[0] - hz * mz
+              for g in grids]
+    return {**{f"energy_k{g}": v for g, v in zip(grids, values)}, **extrapolate(values, grids)}
+
+
+def extrapolate(values, grids) -> dict:
+    """energy_tl and energy_tl_prev (see :func:`tetrahedron_energies`) of E/N on ascending grids."""
+    e = torch.tensor(values, dtype=torch.float64)
+    tl = float(klmgraph.richardson(e, grids))
+    prev = float(klmgraph.richardson(e[:-1], grids[:-1])) if len(grids) > 2 else values[-1]
+    return {"energy_tl": tl, "energy_tl_prev": prev}
 
 
 def class_gaps(rows: list[dict], fields, low: int, high: int, key: str) -> list[float]:
@@ -334,19 +377,21 @@ def boundary_text(c: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="4 fields, relax grid 16, energy grids 16, 32, 64")
+    p.add_argument("--quick", action="store_true",
+                   help="4 fields, relax grid 16, energy grids 32, 64, refinement grids 88, 176")
     p.add_argument("--hz", type=float, nargs="+", help="fields (default: the setting's)")
     p.add_argument("--relax-grid", type=int, help="k-grid n (n x n) of the relaxation")
     p.add_argument("--energy-grids", type=int, nargs="+", metavar="N",
-                   help="k-grids of the energies, ascending (at least two): the two finest give the grid error")
+                   help="k-grids of every record's energies (tetrahedron method), ascending, at least two")
     p.add_argument("--states", nargs="+", choices=STATES, help="candidate states (default: all)")
     p.add_argument("--max-steps", type=int, help="LLG steps per field at most")
     p.add_argument("--tol", type=float, help="stop when E/N falls by less than this per step")
     p.add_argument("--workers", type=int, default=1, help="processes (one state each at a time)")
     p.add_argument("--out", default=None, help="default klmgraph-output/triangular_phase_diagram/{quick,full}")
-    p.add_argument("--grid-check", type=int, nargs="+", metavar="N", default=[],
-                   help="afterwards, E/N of the lowest state of each |n_sk| class at each field on these "
-                        "further grids too (grid_check.csv): how the class gaps converge")
+    p.add_argument("--refine-grids", type=int, nargs="*", metavar="N",
+                   help="further k-grids, above the energy grids, for the states near the lowest of each "
+                        "|n_sk| class (refine.csv); the boundaries come from them (default: the setting's; "
+                        "none: the energy grids alone)")
     p.add_argument("--make-starts", action="store_true",
                    help="regenerate the random-start states in data/states with the published model and stop")
     p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm"
@@ -365,12 +410,18 @@ def main(argv=None):
                  relax_grid=args.relax_grid or base.relax_grid,
                  energy_grids=tuple(args.energy_grids) if args.energy_grids else base.energy_grids,
                  dt=base.dt, tol=args.tol or base.tol, max_steps=args.max_steps or base.max_steps,
-                 chunk=base.chunk, states=tuple(args.states) if args.states else base.states)
-    for name, grid in (("--relax-grid", s.relax_grid), *(("--energy-grids", g) for g in s.energy_grids)):
-        if grid < 1:
-            raise SystemExit(f"{name} must be positive, got {grid}")
+                 chunk=base.chunk, states=tuple(args.states) if args.states else base.states,
+                 refine_grids=tuple(args.refine_grids) if args.refine_grids is not None else base.refine_grids)
+    if s.relax_grid < 1:
+        raise SystemExit(f"--relax-grid must be positive, got {s.relax_grid}")
+    if any(g < 2 for g in s.energy_grids):
+        raise SystemExit(f"--energy-grids: the tetrahedron method needs grids of at least 2, got {list(s.energy_grids)}")
     if len(s.energy_grids) < 2 or list(s.energy_grids) != sorted(set(s.energy_grids)):
         raise SystemExit(f"--energy-grids: give at least two grids in ascending order, got {list(s.energy_grids)}")
+    if s.refine_grids and list(s.refine_grids) != sorted(set(s.refine_grids)) or any(
+            g <= s.energy_grids[-1] for g in s.refine_grids):
+        raise SystemExit(f"--refine-grids: give grids in ascending order above the energy grids "
+                         f"{list(s.energy_grids)}, got {list(s.refine_grids)}")
     out = Path(args.out or f"klmgraph-output/triangular_phase_diagram/{'quick' if args.quick else 'full'}")
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / "settings.json"
@@ -397,94 +448,151 @@ def main(argv=None):
             for task in todo:
                 rows += run_state(task)
                 bar.update(1)
-    summary = report(rows, s, out, time.perf_counter() - start)
-    if args.grid_check:
-        summary["grid_check"] = grid_check(rows, s, args.grid_check, out)
+    refined = refine(rows, s, out, args.workers) if s.refine_grids else []
+    summary = report(rows, s, out, time.perf_counter() - start, refined)
     print(f"hz_2_1={boundary_text(summary['hz_2_1'])} hz_1_0={boundary_text(summary['hz_1_0'])}")
     return summary
 
 
-def grid_check(rows: list[dict], s: Settings, grids, out: Path) -> list[dict]:
-    """E/N of the lowest state of each |n_sk| class at each field on further k-grids, and the
-    gaps between neighbouring classes per grid (grid_check.csv; printed)."""
-    fine = f"energy_k{s.energy_grids[-1]}"
-    cell = cell_graph()
-    eds = {g: solver(cell, g) for g in grids}
-    table, keys = [], [f"energy_k{g}" for g in (*s.energy_grids, *grids)]
+def record_path(out: Path, row: dict) -> Path:
+    """The JSON record holding a row's spins (a return sweep's first field is the first sweep's)."""
+    path = out / "records" / row["branch"] / f"{row['hz']:.5f}.json"
+    other = "down" if row["direction"] == "up" else "up"
+    return path if path.exists() else out / "records" / f"{row['state']}_{other}" / f"{row['hz']:.5f}.json"
+
+
+def refine_one(args: tuple) -> dict:
+    """E/N of one record on the refinement grids (module level: for the workers)."""
+    path, hz, mz, grids = args
+    torch.set_num_threads(1)
+    cpu = time.process_time()
+    spins = torch.tensor(json.loads(Path(path).read_text())["spins"], dtype=torch.float64)
+    energies = tetrahedron_energies(cell_graph(), grids, spins, hz, mz)
+    return {**{f"energy_k{g}": energies[f"energy_k{g}"] for g in grids}, "cpu_seconds": time.process_time() - cpu}
+
+
+def refine(rows: list[dict], s: Settings, out: Path, workers: int = 1) -> list[dict]:
+    """The states within REFINE_MARGIN of the lowest of their |n_sk| class at each field (by the
+    ladder's extrapolation) on the refinement grids too, extrapolated from the two finest of all
+    grids: the entries the boundaries come from (refine.csv; each state's energies cached under
+    ``out``/refine). Prints how the class gaps converge: per grid and per extrapolated pair."""
+    grids = (*s.energy_grids, *s.refine_grids)
+    chosen = {}
     for hz in s.fields:
-        best = {}
-        for r in rows:
-            k = round(abs(r["n_sk_per_cell"]))
-            if r["hz"] == hz and r[fine] < best.get(k, {fine: math.inf})[fine]:
-                best[k] = r
-        for k, r in sorted(best.items()):
-            path = out / "records" / r["branch"] / f"{hz:.5f}.json"
-            if not path.exists():  # the down sweep's top field: the up sweep's record
-                path = out / "records" / f"{r['state']}_up" / f"{hz:.5f}.json"
-            spins = torch.tensor(json.loads(path.read_text())["spins"], dtype=torch.float64)
-            entry = {"hz": hz, "abs_n_sk": k, "branch": r["branch"], "mz": r["mz"],
-                     **{key: r[key] for key in keys if key in r}}
-            for g in grids:
-                entry[f"energy_k{g}"] = float(eds[g].energy(spins)) / spins.shape[0] - hz * r["mz"]
-            table.append(entry)
-    with atomic_path(out / "grid_check.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["hz", "abs_n_sk", "branch", "mz", *keys])
+        here = [r for r in rows if r["hz"] == hz]
+        for k in {round(abs(r["n_sk_per_cell"])) for r in here}:
+            mine = [r for r in here if round(abs(r["n_sk_per_cell"])) == k]
+            low = min(r["energy_tl"] for r in mine)
+            for r in mine:
+                path = record_path(out, r)
+                if r["energy_tl"] <= low + REFINE_MARGIN:
+                    chosen.setdefault(path, r)  # a return sweep's first record is its first sweep's last
+    folder = out / "refine"
+    folder.mkdir(exist_ok=True)
+    cache = {path: folder / f"{path.parent.name}_{path.name}" for path in chosen}
+    todo = [(str(p), chosen[p]["hz"], chosen[p]["mz"], s.refine_grids) for p in chosen if not cache[p].exists()]
+
+    def store(task, values):
+        with atomic_path(cache[Path(task[0])]) as tmp:
+            tmp.write_text(json.dumps(values))
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(todo), desc=f"refine on {', '.join(f'{g}x{g}' for g in s.refine_grids)}",
+              unit="state") as bar:
+        if workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for task, values in zip(todo, pool.map(refine_one, todo)):
+                    store(task, values)
+                    bar.update(1)
+        else:
+            for task in todo:
+                store(task, refine_one(task))
+                bar.update(1)
+    table = []
+    for path, r in sorted(chosen.items(), key=lambda item: (item[1]["hz"], item[1]["branch"])):
+        refined = json.loads(cache[path].read_text())
+        cpu = refined.pop("cpu_seconds", math.nan)
+        energies = {**{f"energy_k{g}": r[f"energy_k{g}"] for g in s.energy_grids}, **refined}
+        values = [energies[f"energy_k{g}"] for g in grids]
+        pairs = {f"tl_{a}_{b}": float(klmgraph.richardson(torch.tensor([x, y]), (a, b)))
+                 for (a, x), (b, y) in zip(zip(grids, values), zip(grids[1:], values[1:]))}
+        table.append({"record": str(path), "hz": r["hz"], "abs_n_sk": round(abs(r["n_sk_per_cell"])), "n_sk_per_cell": r["n_sk_per_cell"],
+                      "branch": r["branch"], "state": r["state"], "mz": r["mz"], **energies, **pairs,
+                      **extrapolate(values, grids), "cpu_seconds": cpu})
+    keys = [f"energy_k{g}" for g in grids] + [f"tl_{a}_{b}" for a, b in zip(grids, grids[1:])]
+    with atomic_path(out / "refine.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["hz", "abs_n_sk", "branch", "mz", *keys, "energy_tl",
+                                               "energy_tl_prev"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
+    print("E/N gaps between the lowest states of neighbouring |n_sk| classes (1e-6 per site): tetrahedron "
+          "method per grid, then extrapolated from consecutive pairs of grids")
     for hz in s.fields:
-        mine = {e["abs_n_sk"]: e for e in table if e["hz"] == hz}
         for low, high in ((2, 1), (1, 0)):
-            if low in mine and high in mine:
-                gaps = ", ".join(f"{key[8:]}: {mine[low][key] - mine[high][key]:+.2e}" for key in keys)
-                print(f"Hz = {hz:g}: E(|n_sk|={low}) - E(|n_sk|={high}) on k-grids {gaps}")
+            best = {k: min((e for e in table if e["hz"] == hz and e["abs_n_sk"] == k), key=lambda e: e["energy_tl"],
+                           default=None) for k in (low, high)}
+            if None not in best.values():
+                gaps = ", ".join(f"{key[7:] if key.startswith('energy') else key[3:]}: "
+                                 f"{(best[low][key] - best[high][key]) * 1e6:+.3f}" for key in keys)
+                print(f"Hz = {hz:g} E(|n_sk|={low}) - E(|n_sk|={high}): {gaps}")
     return table
 
 
 def grid_ladder(rows: list[dict], s: Settings) -> list[dict]:
-    """Every grid of the ladder against the finest: the largest change of E/N and of E/N minus
-    the lowest state at the same field."""
-    fine = f"energy_k{s.energy_grids[-1]}"
-
+    """Every grid of the ladder against the extrapolation (energy_tl): the largest change of E/N
+    and of E/N minus the lowest state at the same field."""
     def relative(key):
         low = {h: min(r[key] for r in rows if r["hz"] == h) for h in s.fields}
         return [r[key] - low[r["hz"]] for r in rows]
 
     ladder = []
-    for g in s.energy_grids[:-1]:
+    for g in s.energy_grids:
         key = f"energy_k{g}"
-        ladder.append({"grid": g, "against": s.energy_grids[-1],
-                       "energy_max": max(abs(r[key] - r[fine]) for r in rows),
-                       "relative_max": max(abs(a - b) for a, b in zip(relative(key), relative(fine)))})
+        ladder.append({"grid": g, "against": "n -> inf",
+                       "energy_max": max(abs(r[key] - r["energy_tl"]) for r in rows),
+                       "relative_max": max(abs(a - b) for a, b in zip(relative(key), relative("energy_tl")))})
     return ladder
 
 
-def report(rows: list[dict], s: Settings, out: Path, seconds: float) -> dict:
+def report(rows: list[dict], s: Settings, out: Path, seconds: float, refined: list[dict] = ()) -> dict:
+    """phase_diagram.csv, summary.json, the plots and the printed summary. The boundaries come
+    from ``refined`` (:func:`refine`) where given, else from the ladder's extrapolation."""
     grids = [f"energy_k{g}" for g in s.energy_grids]
-    fine = grids[-1]
-    lowest = {h: min(r[fine] for r in rows if r["hz"] == h) for h in s.fields}
+    best = {e["record"]: e for e in refined}
+    rows = [{**r, "refined": str(record_path(out, r)) in best,
+             **{k: best[str(record_path(out, r))][k] for k in ("energy_tl", "energy_tl_prev")
+                if str(record_path(out, r)) in best}} for r in rows]
+    source = list(refined) or rows
+    lowest = {h: min(r["energy_tl"] for r in rows if r["hz"] == h) for h in s.fields}
     columns = ["branch", "state", "direction", "hz", "n_sk_per_cell", "mz", "energy_start", "energy_relax",
-               *grids, "minus_lowest", "max_torque", "steps", "converged", "last_drop_per_step", "dt", "seconds", "cpu_seconds"]
+               *grids, "energy_tl", "energy_tl_prev", "refined", "minus_lowest", "max_torque", "steps", "converged",
+               "last_drop_per_step", "dt", "seconds", "cpu_seconds"]
     with atomic_path(out / "phase_diagram.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for r in sorted(rows, key=lambda r: (r["branch"], r["hz"])):
-            writer.writerow({**r, "minus_lowest": r[fine] - lowest[r["hz"]]})
-    ground = [min((r for r in rows if r["hz"] == h), key=lambda r: r[fine]) for h in s.fields]
+            writer.writerow({**r, "minus_lowest": r["energy_tl"] - lowest[r["hz"]]})
+    ground = [min((r for r in rows if r["hz"] == h), key=lambda r: r["energy_tl"]) for h in s.fields]
     ladder = grid_ladder(rows, s)
+    all_grids = (*s.energy_grids, *s.refine_grids) if refined else s.energy_grids
     summary = {
-        "settings": asdict(s), "solver": f"ED, k-grid {s.relax_grid}x{s.relax_grid} (relaxation), "
-                                         + ", ".join(f"{g}x{g}" for g in s.energy_grids) + " (energies), 48-site cell",
-        "hz_2_1": crossing(rows, s.fields, 2, 1, grids[-1], grids[-2]),
-        "hz_1_0": crossing(rows, s.fields, 1, 0, grids[-1], grids[-2]),
-        "transitions": transitions(rows, s.fields, ground, grids[-1], grids[-2]),
+        "settings": asdict(s), "solver": f"ED, k-grid {s.relax_grid}x{s.relax_grid} (relaxation, plain sum); energies "
+                                         "by the tetrahedron method on " + ", ".join(f"{g}x{g}" for g in all_grids)
+                                         + f", extrapolated from {all_grids[-2]} and {all_grids[-1]}; 48-site cell",
+        "hz_2_1": crossing(source, s.fields, 2, 1, "energy_tl", "energy_tl_prev"),
+        "hz_1_0": crossing(source, s.fields, 1, 0, "energy_tl", "energy_tl_prev"),
+        "transitions": transitions(source, s.fields, ground, "energy_tl", "energy_tl_prev"),
         "paper": PAPER,
         "grid_ladder": ladder,
-        "grid_error_energy_max": ladder[-1]["energy_max"],
-        "grid_error_relative_max": ladder[-1]["relative_max"],
+        "grid_error_gaps_max": max(abs(e) for key in ("hz_2_1", "hz_1_0") for e in
+                                   crossing(source, s.fields, *(2, 1) if key == "hz_2_1" else (1, 0), "energy_tl",
+                                            "energy_tl_prev")["grid_error"] if math.isfinite(e)) if source else math.nan,
         "ground_states": [{"hz": g["hz"], "branch": g["branch"], "n_sk_per_cell": g["n_sk_per_cell"],
                            "mz": g["mz"]} for g in ground],
         "max_torque": max(r["max_torque"] for r in rows),
         "seconds": seconds, "cpu_seconds": sum(r.get("cpu_seconds", math.nan) for r in rows),
+        "refine_cpu_seconds": sum(e["cpu_seconds"] for e in refined),
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=float))
@@ -493,18 +601,22 @@ def report(rows: list[dict], s: Settings, out: Path, seconds: float) -> dict:
         print(f"Hz = {g['hz']:<7g} lowest: {g['branch']:9s} n_sk/cell = {g['n_sk_per_cell']:+.2f}  "
               f"Mz = {g['mz']:.3f}")
     for step in ladder:
-        print(f"grid {step['grid']}x{step['grid']} against {step['against']}x{step['against']}: E/N within "
-              f"{step['energy_max']:.1e}, E/N minus the lowest within {step['relative_max']:.1e}")
+        print(f"grid {step['grid']}x{step['grid']} against n -> inf: E/N within {step['energy_max']:.1e}, E/N minus "
+              f"the lowest within {step['relative_max']:.1e}")
+    print(f"class gaps: extrapolations from the two finest grids and from the two before differ by at most "
+          f"{summary['grid_error_gaps_max']:.1e} per site")
     for t in summary["transitions"]:
-        print(f"lowest state: |n_sk| = {t['from']} -> {t['to']} at Hz = {t['hz']:.5f} +- {t['grid_uncertainty']:.5f} "
-              f"(grid), between {t['bracket'][0]:g} and {t['bracket'][1]:g}")
+        if t["bracket"]:
+            print(f"lowest state: |n_sk| = {t['from']} -> {t['to']} at Hz = {t['hz']:.5f} +- "
+                  f"{t['grid_uncertainty']:.5f} (grid), between {t['bracket'][0]:g} and {t['bracket'][1]:g}")
     for key, (low, high) in (("hz_2_1", (2, 1)), ("hz_1_0", (1, 0))):
         c = summary[key]
-        gaps = ", ".join(f"{h:g}: {g:+.1e} +- {e:.0e}" for h, g, e in zip(s.fields, c["gaps"], c["grid_error"]))
-        print(f"{key}: {boundary_text(c)} +- {c['grid_uncertainty']:.5f} (grid), bracket {c['bracket']}; "
+        gaps = ", ".join(f"{h:g}: {g:+.2e} +- {e:.0e}" for h, g, e in zip(s.fields, c["gaps"], c["grid_error"]))
+        print(f"{key}: {boundary_text(c)} +- {c['grid_uncertainty']:.6f} (grid), bracket {c['bracket']}; "
               f"paper {PAPER[key]}; E(|n_sk|={low}) - E(|n_sk|={high}) per field: {gaps}")
-    print(f"{summary['cpu_seconds']:.0f} CPU seconds over the records ({summary['cpu_seconds'] / 120:.1f} min on 2 "
-          f"cores), {seconds:.0f} s of wall time")
+    cpu = summary["cpu_seconds"] + summary["refine_cpu_seconds"]
+    print(f"{summary['cpu_seconds']:.0f} CPU seconds over the records and {summary['refine_cpu_seconds']:.0f} over the "
+          f"refinement ({cpu / 120:.1f} min on 2 cores), {seconds:.0f} s of wall time")
     print(f"table {out / 'phase_diagram.csv'}, plots {out / 'energies.png'}, {out / 'phase_diagram.png'}")
     return summary
 
@@ -514,7 +626,7 @@ def plot(rows, s: Settings, ground, summary, out: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fine = f"energy_k{s.energy_grids[-1]}"
+    fine = "energy_tl"
     lowest = {g["hz"]: g[fine] for g in (min((r for r in rows if r["hz"] == h), key=lambda r: r[fine])
                                          for h in s.fields)}
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -531,7 +643,7 @@ def plot(rows, s: Settings, ground, summary, out: Path):
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("$H_z$")
     ax.set_ylabel("E/N minus the lowest at that field (1e-5)")
-    ax.set_title(f"triangular model, ED k-grid {s.energy_grids[-1]}x{s.energy_grids[-1]} on the 48-site cell; "
+    ax.set_title("triangular model, ED (tetrahedron method, k-grid extrapolated) on the 48-site cell; "
                  "labels |n_sk| per cell;\nsolid: followed up in field, dashed: down", fontsize=8)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -27,6 +27,10 @@ at Gamma on lattices up to 48 x 48 (``--k-grid N`` for the thermodynamic limit o
 against KPM above, where ED is out of reach (``--check``; KPM at its defaults costs about an hour
 per 96 x 96 configuration on one CPU core: docs/electrons.md).
 
+Replicas (seeds) run one after another, not as one batch: on a CPU a batch of two 96 x 96 replicas
+costs 1.14 times as much per replica-step as two single runs (benchmarks/replicas.py,
+docs/results.md).
+
 --quick runs 24 x 24 (12 magnetic cells), at most 2000 steps of dt = 5. Random starts on a small
 lattice can freeze in metastable states. Results, with what the quick setting does and does not
 reproduce: docs/results.md.

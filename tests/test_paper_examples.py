@@ -185,19 +185,23 @@ def test_triangular_phase_diagram_smoke(tmp_path, capsys):
     """Two fields, tiny k-grids, a few LLG steps: the pipeline, its records and its resumption."""
     example = load_example("triangular_phase_diagram")
     argv = ["--quick", "--hz", "0.003", "0.007", "--relax-grid", "2", "--energy-grids", "2", "4",
-            "--max-steps", "10", "--states", "sk2", "sk1", "fm", "--grid-check", "5", "--out", str(tmp_path)]
+            "--max-steps", "10", "--states", "sk2", "sk1", "fm", "--refine-grids", "5", "7", "--out", str(tmp_path)]
     summary = example.main(argv)
-    # the grid check: the lowest state of each class at each field, on the ladder and grid 5
-    with open(tmp_path / "grid_check.csv") as f:
+    # the refinement: (at least) the lowest state of each class at each field, on the ladder and grids 5, 7
+    with open(tmp_path / "refine.csv") as f:
         check = list(csv.DictReader(f))
-    assert sorted((float(r["hz"]), int(r["abs_n_sk"])) for r in check) == [(0.003, 0), (0.003, 1), (0.003, 2),
-                                                                          (0.007, 0), (0.007, 1), (0.007, 2)]
-    assert all(r["energy_k5"] and r["energy_k4"] for r in check)
+    assert {(float(r["hz"]), int(r["abs_n_sk"])) for r in check} == {(0.003, 0), (0.003, 1), (0.003, 2),
+                                                                    (0.007, 0), (0.007, 1), (0.007, 2)}
+    for r in check:  # the n -> inf limit from grids 5 and 7, and from 4 and 5 for the error
+        e4, e5, e7 = (float(r[f"energy_k{g}"]) for g in (4, 5, 7))
+        assert float(r["energy_tl"]) == pytest.approx((49 * e7 - 25 * e5) / 24, abs=1e-12)
+        assert float(r["energy_tl_prev"]) == pytest.approx((25 * e5 - 16 * e4) / 9, abs=1e-12)
     assert PHASE_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])
     with open(tmp_path / "phase_diagram.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["branch", "state", "direction", "hz", "n_sk_per_cell", "mz", "energy_start",
-                             "energy_relax", "energy_k2", "energy_k4", "minus_lowest", "max_torque", "steps",
+                             "energy_relax", "energy_k2", "energy_k4", "energy_tl", "energy_tl_prev", "refined",
+                             "minus_lowest", "max_torque", "steps",
                              "converged", "last_drop_per_step", "dt", "seconds", "cpu_seconds"]
     # sk2 and sk1 followed up and down, the ferromagnet once: 5 branches x 2 fields
     assert sorted({r["branch"] for r in rows}) == ["fm_up", "sk1_down", "sk1_up", "sk2_down", "sk2_up"]
@@ -206,14 +210,18 @@ def test_triangular_phase_diagram_smoke(tmp_path, capsys):
     by = {(r["branch"], float(r["hz"])): r for r in rows}
     for state in ("sk2", "sk1"):
         assert by[(f"{state}_down", 0.007)]["energy_k4"] == by[(f"{state}_up", 0.007)]["energy_k4"]
+        assert by[(f"{state}_down", 0.007)]["energy_tl"] == by[(f"{state}_up", 0.007)]["energy_tl"]
     assert sorted(p.name for p in (tmp_path / "records" / "sk2_down").iterdir()) == ["0.00300.json"]
-    assert [g["grid"] for g in summary["grid_ladder"]] == [2]
+    assert [g["grid"] for g in summary["grid_ladder"]] == [2, 4]
     for r in rows:
         # damped LLG never raises the energy; the relaxation grid's energy is the k2 column
         assert float(r["energy_relax"]) <= float(r["energy_start"]) + 1e-12
         # 10 steps at most: stopped by the limit, or earlier because the fall per step was below --tol
         assert (r["converged"] == "True") == (int(r["steps"]) < 10) or float(r["last_drop_per_step"]) < 1e-9
-        assert float(r["energy_relax"]) == pytest.approx(float(r["energy_k2"]), abs=1e-12)
+        if r["refined"] == "False":  # the ladder's limit: grids 2 and 4, the error against grid 4 itself
+            e2, e4 = float(r["energy_k2"]), float(r["energy_k4"])
+            assert float(r["energy_tl"]) == pytest.approx((16 * e4 - 4 * e2) / 12, abs=1e-12)
+            assert float(r["energy_tl_prev"]) == float(r["energy_k4"])
         assert float(r["minus_lowest"]) >= 0
         n_sk = float(r["n_sk_per_cell"])
         assert abs(n_sk - round(n_sk)) < 1e-6  # integer per magnetic cell on the periodic lattice
@@ -390,3 +398,16 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     assert card["metrics"]["held_out_equilibrium_states"]["rmse_field"] == pytest.approx(ours["rmse_field"])
     assert card["data"]["stopped"] == "not finished (--partial)" and card["target"]["met"] is False
     assert {"name", "summary", "date", "lattice", "hamiltonian", "solver", "data", "training", "metrics"} <= set(card)
+
+
+def test_triangular_phase_diagram_record_path_of_a_return_sweep(tmp_path):
+    """A return sweep's first field is the first sweep's last record, in either direction (the
+    random-start states go down first)."""
+    record_path = load_example("triangular_phase_diagram").record_path
+    for first, back in (("up", "down"), ("down", "up")):
+        stored = tmp_path / "records" / f"tq0_{first}" / "0.00800.json"
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        stored.write_text("{}")
+        row = {"branch": f"tq0_{back}", "state": "tq0", "direction": back, "hz": 0.008}
+        assert record_path(tmp_path, row) == stored
+        stored.unlink()

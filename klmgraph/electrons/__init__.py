@@ -4,8 +4,11 @@
   conditions (the supercell of an infinite lattice), O(N^3) per configuration and k-point.
 * :class:`KPM`: kernel polynomial method with distance-coloured probe vectors, O(N) per
   configuration; the field is the exact gradient of its energy estimate.
+* :func:`richardson` and the linear tetrahedron method (``ExactDiagonalization.energy(...,
+  integration="tetrahedron")``): T = 0 energies on k-grids that converge smoothly, 1 / n^2.
 """
 from .ed import ExactDiagonalization
 from .kpm import KPM
+from .tetrahedron import richardson
 
-__all__ = ["ExactDiagonalization", "KPM"]
+__all__ = ["ExactDiagonalization", "KPM", "richardson"]
