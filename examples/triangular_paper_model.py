@@ -52,7 +52,7 @@ import torch
 
 import klmgraph
 from klmgraph.files import atomic_path
-from triangular_phase_diagram import HAMILTONIAN, RANDOM_STARTS, cell_graph, to_lattice
+from triangular_phase_diagram import HAMILTONIAN, RANDOM_STARTS, cell_graph, solver, to_lattice
 
 REPO = Path(__file__).resolve().parents[1]
 LEARN_CONFIG = REPO / "examples" / "learn_triangular.toml"
@@ -80,10 +80,6 @@ TINY = Settings(size=12, fields=(0.002, 0.008), seeds=(100,), steps=20, lattice_
 
 def lattice_graph(s: Settings):
     return klmgraph.triangular(s.size, s.size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
-
-
-def solver(graph, grid: int):
-    return klmgraph.ExactDiagonalization(graph, J=HAMILTONIAN["J"], mu=HAMILTONIAN["mu"], k_grid=(grid, grid))
 
 
 def newest_model(out: Path) -> Path | None:

@@ -39,8 +39,8 @@ between neighbouring fields), with the uncertainty that the grid error gives thr
 where no crossing lies inside the field range the boundary is given as a bound
 (``hz_1_0>0.008``: the lower class stays lowest up to the top field).
 
-    python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 32, 64 / 88, 176 (<= 15 min, 2 cores)
-    nice -n 10 python examples/triangular_phase_diagram.py           # 13 fields, grids 20 / 32, 64 / 128, 256: ~6 CPU hours, resumable
+    python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 32, 64 / 88, 176 (15.9 min on 2 loaded cores)
+    nice -n 10 python examples/triangular_phase_diagram.py           # 13 fields, grids 20 / 32, 64 / 128, 256: ~4 CPU hours (2.5-7), resumable
 
 Every (branch, field) is a JSON record under ``--out``/records, written atomically; running the
 same command again skips what is done. Writes ``phase_diagram.csv``, ``energies.png`` (E(Hz) of
@@ -113,7 +113,7 @@ QUICK = Settings(fields=(0.002, 0.004, 0.006, 0.008), relax_grid=16, energy_grid
                  tol=1e-9, max_steps=100, chunk=5, states=("sk2", "sk1", "sk1r", "tq0", "fm"),
                  refine_grids=(88, 176))
 # Full: fields 0.002 to 0.008 every 0.0005 (both boundaries inside), relaxation on 20 x 20 (16 x 16
-# leaves the relaxed energies ~4e-6 off), the same competing candidates (about 6 CPU hours).
+# leaves the relaxed energies ~4e-6 off), the same competing candidates (about 4 CPU hours, 2.5 to 7: docs/results.md).
 FULL = Settings(fields=tuple(round(0.0005 * k, 4) for k in range(4, 17)), relax_grid=20,
                 energy_grids=(32, 64), dt=30.0, tol=1e-10, max_steps=400, chunk=5, states=QUICK.states,
                 refine_grids=(128, 256))
@@ -585,15 +585,15 @@ def report(rows: list[dict], s: Settings, out: Path, seconds: float, refined: li
         "transitions": transitions(source, s.fields, ground, "energy_tl", "energy_tl_prev"),
         "paper": PAPER,
         "grid_ladder": ladder,
-        "grid_error_gaps_max": max(abs(e) for key in ("hz_2_1", "hz_1_0") for e in
-                                   crossing(source, s.fields, *(2, 1) if key == "hz_2_1" else (1, 0), "energy_tl",
-                                            "energy_tl_prev")["grid_error"] if math.isfinite(e)) if source else math.nan,
         "ground_states": [{"hz": g["hz"], "branch": g["branch"], "n_sk_per_cell": g["n_sk_per_cell"],
                            "mz": g["mz"]} for g in ground],
         "max_torque": max(r["max_torque"] for r in rows),
         "seconds": seconds, "cpu_seconds": sum(r.get("cpu_seconds", math.nan) for r in rows),
         "refine_cpu_seconds": sum(e["cpu_seconds"] for e in refined),
     }
+    # nan where no field has both classes of a pair (e.g. --states sk2 fm)
+    summary["grid_error_gaps_max"] = max((abs(e) for key in ("hz_2_1", "hz_1_0") for e in summary[key]["grid_error"]
+                                          if math.isfinite(e)), default=math.nan)
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=float))
     plot(rows, s, ground, summary, out)

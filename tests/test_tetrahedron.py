@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import klmgraph
-from klmgraph.electrons.tetrahedron import richardson, tetrahedron_energy
+from klmgraph.electrons.tetrahedron import richardson, short_diagonal, tetrahedron_energy
 
 
 def chain(length):
@@ -89,6 +89,27 @@ def test_batch_and_diagonal():
         assert float(tetrahedron_energy(levels, (4, 4), diagonal=diagonal)) == pytest.approx(-0.25, abs=1e-15)
 
 
+def test_short_diagonal_cuts_along_the_shorter_reciprocal_diagonal():
+    """A 60 degree cell has reciprocal vectors at 120 degrees (b1 + b2 is the short diagonal, 0), a
+    120 degree cell the reverse (1); on a dispersive band both cuts reach one limit, the short one
+    with the smaller error."""
+    root3 = 3 ** 0.5
+    assert short_diagonal(torch.tensor([[1.0, 0.0], [0.5, root3 / 2]])) == 0
+    assert short_diagonal(torch.tensor([[1.0, 0.0], [-0.5, root3 / 2]])) == 1
+    graph = klmgraph.triangular(3, 3)  # klmgraph's triangular vectors are 120 degrees apart
+    short = short_diagonal(graph.cell[:2, :2])
+    assert short == 1
+    spins = klmgraph.ferromagnet(graph)
+    ed = klmgraph.ExactDiagonalization(graph, J=0.0, mu=-1.0, k_grid=(64, 64))
+    levels = ed.twist_levels(spins[None]).reshape(1, 64, 64, -1) + 1.0  # measured from mu
+    grids = (16, 32, 64)
+    energies = {d: torch.stack([tetrahedron_energy(levels[:, ::64 // n, ::64 // n].reshape(1, n * n, -1), (n, n),
+                                                   diagonal=d)[0] for n in grids]) for d in (0, 1)}
+    limit = {d: float(richardson(energies[d][1:], grids[1:])) for d in (0, 1)}
+    assert abs(limit[0] - limit[1]) < 1e-4
+    assert abs(float(energies[short][1]) - limit[short]) < abs(float(energies[1 - short][1]) - limit[short])
+
+
 def test_errors_name_the_problem():
     graph = chain(3)
     spins = klmgraph.ferromagnet(graph)
@@ -101,6 +122,8 @@ def test_errors_name_the_problem():
             spins, integration="tetrahedron")
     with pytest.raises(ValueError, match="1D and 2D"):
         tetrahedron_energy(torch.zeros(1, 8, 2), (2, 2, 2))
+    with pytest.raises(ValueError, match="tetrahedron_energy needs a k-grid"):
+        klmgraph.ExactDiagonalization(graph, J=1.0, mu=0.0).tetrahedron_energy(torch.zeros(1, 1, 6))
     with pytest.raises(ValueError, match="two or more ascending grids"):
         richardson(torch.zeros(2), (32, 16))
 

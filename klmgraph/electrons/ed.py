@@ -348,6 +348,8 @@ class ExactDiagonalization(EnsembleSolver):
         Shapes:
             levels: (B, n1 n2, 2N) -> (B,)
         """
+        if self.k_grid is None:
+            raise ValueError("tetrahedron_energy needs a k-grid (k_grid=(n1, n2)); this solver is at Gamma")
         grid = _check_k_grid(k_grid) if k_grid is not None else self.k_grid
         if grid is None or len(grid) != len(self.k_grid):
             raise ValueError(f"k_grid must have {len(self.k_grid)} entries, got {k_grid!r}")

@@ -24,7 +24,8 @@ Passes (L convolutions, the last one the output convolution followed by the scal
   P_l (l = L-2 .. -1): dE/dx_{l+1} = mix^T(gather^-1(dE/dz_{l+1})) [+ residual], then z_l and
                   h_l recomputed from the stored x_l, and the activation's and convolution's
                   per-site backward of layer l (P_-1 writes dE/dx_0 only).
-Only the layers' inputs x_l are kept through the call; dE/dz alternates between two buffers
+Only the layers' inputs x_l are kept through an energy + field call (calls that need the
+parameter gradient keep every layer's z, dE/dz and dE/dh: see Layout); dE/dz alternates between two buffers
 (Layout), so passes are separated by a barrier; inside a pass, threads take tiles of sites from
 their own range, then from the others' (a thread the OS deschedules holds up one tile, not a
 fixed half).
