@@ -29,13 +29,13 @@ import argparse
 import csv
 import datetime
 import json
-import platform
 import shutil
 from pathlib import Path
 
 import torch
 
 import klmgraph
+from klmgraph.timing import machine
 from klmgraph.train import config_from_dict, evaluate, train
 
 TARGET = 0.040
@@ -131,8 +131,8 @@ def ship(out: Path, paths: dict[str, Path], config: dict, dest: Path) -> dict:
         },
         "training": {**config, "epochs_run": int(log[-1]["epoch"]), "best_epoch": int(best["epoch"]),
                      "minutes": round(float(log[-1]["elapsed_s"]) / 60, 1),
-                     "machine": f"{platform.processor() or platform.machine()}, 1 torch thread, "
-                                "2 cores shared with other jobs (nice 10)"},
+                     "machine": {**machine(), "note": "training runs share the machine with other jobs; "
+                                                         "the cores and load at shipping time"}},
         "metrics": {split: {k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()}
                     for split, m in metrics.items()},
         "target": {"test_rmse_field": TARGET, "met": bool(test <= TARGET),
@@ -144,6 +144,12 @@ def ship(out: Path, paths: dict[str, Path], config: dict, dest: Path) -> dict:
                  "trained only through its gradient and carries an arbitrary offset)",
     }
     card["training"]["data"]["train"] = "train.h5"  # a local path means nothing on another machine
+    if run.name != "ecnn":  # what the polish run started from
+        first = list(csv.DictReader(open(out / "ecnn" / "log.csv")))
+        card["training"]["first_run"] = {
+            "epochs_run": int(first[-1]["epoch"]), "minutes": round(float(first[-1]["elapsed_s"]) / 60, 1),
+            "best_train_rmse_field": round(min(float(r["train_rmse_field"]) for r in first), 6),
+            "optimizer": json.loads((out / "ecnn" / "config.json").read_text())["optimizer"]}
     card["training"]["training"]["out"] = run.name
     if card["training"]["training"].get("init"):
         card["training"]["training"]["init"] = "ecnn/best.pt of the first run"
