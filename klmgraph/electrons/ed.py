@@ -315,7 +315,7 @@ class ExactDiagonalization(EnsembleSolver):
         elif integration == "tetrahedron":
             energy = self.tetrahedron_energy(self.twist_levels(flat))
         elif self.num_electrons is not None:  # the Fermi level is set by all twists together
-            levels = torch.cat([torch.linalg.eigvalsh(h) for _, h in self._twisted_batches(flat)])
+            levels = self._twist_levels(flat)
             energy = self.occupations(levels.reshape(len(flat), -1).sort(-1).values)[1] / self.num_twists
         else:
             energy = torch.zeros(len(flat), dtype=torch.float64, device=flat.device)
@@ -337,9 +337,12 @@ class ExactDiagonalization(EnsembleSolver):
         if self.k_grid is None:
             raise ValueError("twist_levels needs a k-grid (k_grid=(n1, n2[, n3]))")
         spins = check_spins(spins, self.num_sites)
-        flat = spins.reshape(-1, self.num_sites, 3)
-        levels = torch.cat([torch.linalg.eigvalsh(h) for _, h in self._twisted_batches(flat)])
-        return levels.reshape(*spins.shape[:-2], self.num_twists, 2 * self.num_sites)
+        return self._twist_levels(spins.reshape(-1, self.num_sites, 3)).reshape(
+            *spins.shape[:-2], self.num_twists, 2 * self.num_sites)
+
+    def _twist_levels(self, flat: torch.Tensor) -> torch.Tensor:
+        """(B * K, 2N) eigenvalues of (B, N, 3) spins at the K twists, configuration-major."""
+        return torch.cat([torch.linalg.eigvalsh(h) for _, h in self._twisted_batches(flat)])
 
     def tetrahedron_energy(self, levels: torch.Tensor, k_grid: Sequence[int] | None = None) -> torch.Tensor:
         """The T = 0 energy per supercell of :meth:`twist_levels` by the tetrahedron method, on
@@ -396,7 +399,7 @@ class ExactDiagonalization(EnsembleSolver):
         fermi = None
         if self.num_electrons is not None:
             # the Fermi level belongs to the tiled lattice: it needs the levels of every twist first
-            levels = torch.cat([torch.linalg.eigvalsh(h) for _, h in self._twisted_batches(spins)])
+            levels = self._twist_levels(spins)
             pooled = levels.reshape(batch, -1).sort(-1).values  # (B, K * 2N)
             fermi = self._fermi_level(pooled)
             energy = self._occupy(pooled, fermi)[1]

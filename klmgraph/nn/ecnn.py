@@ -150,7 +150,7 @@ class ECNN(nn.Module):
         Shapes:
             spins: (..., N, 3) -> (..., N)
         """
-        if self.fused and self.implementation == "fast":
+        if self._kernel_wanted:
             e = fused_site_energies(self, spins, neighbours)  # time reversal included
             if e is not None:
                 return e
@@ -178,7 +178,7 @@ class ECNN(nn.Module):
         Shapes:
             spins: (..., N, 3) -> energy (...), field (..., N, 3)
         """
-        if not self.fused or self.implementation != "fast":
+        if not self._kernel_wanted:
             return None
         return fused_energy_and_field(self, spins, neighbours, threads)
 
@@ -186,7 +186,12 @@ class ECNN(nn.Module):
         """Whether :meth:`site_energies` of ``spins`` on ``neighbours`` takes the compiled kernel
         (``fused`` on, ``fast`` convolutions, and :func:`klmgraph.nn.fused.applies`). A
         committee asks it to choose between M kernel calls and one vmapped eager call."""
-        return self.fused and self.implementation == "fast" and fused_applies(self, spins, neighbours)
+        return self._kernel_wanted and fused_applies(self, spins, neighbours)
+
+    @property
+    def _kernel_wanted(self) -> bool:
+        """The model's own side of the kernel's conditions: ``fused`` on, ``fast`` convolutions."""
+        return self.fused and self.implementation == "fast"
 
     def energy(self, spins: torch.Tensor, neighbours: TypedNeighbours) -> torch.Tensor:
         """Total energy of configurations sharing one graph. Shapes: (..., N, 3) -> (...)."""
