@@ -438,20 +438,27 @@ def main(argv=None):
           f"ED, k-grid {s.relax_grid}x{s.relax_grid} (tiled {48 * s.relax_grid ** 2} sites), energies on "
           + ", ".join(f"{g}x{g}" for g in s.energy_grids), flush=True)
     start, rows = time.perf_counter(), []
-    with tqdm(total=len(todo), desc="states", unit="state") as bar:
-        if args.workers > 1:
-            with ProcessPoolExecutor(args.workers) as pool:
-                for result in pool.map(run_state, todo):
-                    rows += result
-                    bar.update(1)
-        else:
-            for task in todo:
-                rows += run_state(task)
-                bar.update(1)
+    for result in in_workers(run_state, todo, args.workers, tqdm(total=len(todo), desc="states", unit="state")):
+        rows += result
     refined = refine(rows, s, out, args.workers) if s.refine_grids else []
     summary = report(rows, s, out, time.perf_counter() - start, refined)
     print(f"hz_2_1={boundary_text(summary['hz_2_1'])} hz_1_0={boundary_text(summary['hz_1_0'])}")
     return summary
+
+
+def in_workers(fn, tasks: list, workers: int, bar):
+    """fn(task) for every task in order, in ``workers`` processes where there is more than one
+    of each (fn at module level), advancing and closing the tqdm ``bar``."""
+    with bar:
+        if workers > 1 and len(tasks) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for result in pool.map(fn, tasks):
+                    yield result
+                    bar.update(1)
+        else:
+            for task in tasks:
+                yield fn(task)
+                bar.update(1)
 
 
 def record_path(out: Path, row: dict) -> Path:
@@ -498,17 +505,9 @@ def refine(rows: list[dict], s: Settings, out: Path, workers: int = 1) -> list[d
 
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(todo), desc=f"refine on {', '.join(f'{g}x{g}' for g in s.refine_grids)}",
-              unit="state") as bar:
-        if workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                for task, values in zip(todo, pool.map(refine_one, todo)):
-                    store(task, values)
-                    bar.update(1)
-        else:
-            for task in todo:
-                store(task, refine_one(task))
-                bar.update(1)
+    bar = tqdm(total=len(todo), desc=f"refine on {', '.join(f'{g}x{g}' for g in s.refine_grids)}", unit="state")
+    for task, values in zip(todo, in_workers(refine_one, todo, workers, bar)):
+        store(task, values)
     table = []
     for path, r in sorted(chosen.items(), key=lambda item: (item[1]["hz"], item[1]["branch"])):
         refined = json.loads(cache[path].read_text())
