@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -565,15 +566,25 @@ def _start_from(model: torch.nn.Module, path: str) -> None:
 
 
 def _without_budget(resolved: dict) -> dict:
-    """The configuration less its budget, which a resumed run may enlarge: minutes always, epochs
-    unless the learning-rate schedule is laid out over them (cosine, one-cycle)."""
+    """The configuration less its budget, which a resumed run may enlarge (minutes always, epochs
+    unless the learning-rate schedule is laid out over them: cosine, one-cycle), and with its file
+    paths taken relative to the run folder, so that a run folder moved or copied together with its
+    data, or resumed from another working directory, still resumes."""
     # threads change the speed (and the rounding), not the run: a run may resume with another count
     budget = ("minutes",) if resolved["optimizer"]["schedule"] in ("cosine", "onecycle") else ("epochs", "minutes")
-    budget = budget + ("threads",)
+    budget = budget + ("threads", "out")
+    out = Path(resolved["training"]["out"]).absolute()
     training = {k: v for k, v in resolved["training"].items() if k not in budget}
     training.setdefault("deterministic", False)  # checkpoints written before the setting
     training.setdefault("init", "")
-    return {**resolved, "training": training}
+    training["init"] = _relative_to(training["init"], out)
+    data = {k: _relative_to(v, out) if k in ("train", "validation") else v for k, v in resolved["data"].items()}
+    return {**resolved, "data": data, "training": training}
+
+
+def _relative_to(path: str, folder: Path) -> str:
+    """``path`` as seen from ``folder`` ("" stays "")."""
+    return os.path.relpath(Path(path).absolute(), folder) if path else ""
 
 
 def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict:

@@ -84,6 +84,34 @@ def test_resume_refuses_other_config_and_damaged_checkpoint(datasets, tmp_path):
         train(_config(datasets, tmp_path / "run", epochs=2), progress=False)
 
 
+def test_moved_run_folder_resumes(datasets, tmp_path, monkeypatch):
+    import shutil
+
+    # a run folder with its data inside, configured with paths relative to the working directory
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    for path in datasets:
+        shutil.copy(path, project / "data")
+    relative = ("data/train.h5", "data/val.h5")
+    monkeypatch.chdir(project)
+    train(_config(relative, "runs/a", epochs=1), progress=False)
+    straight = train(_config(datasets, tmp_path / "straight", epochs=2), progress=False)
+    # moved elsewhere and resumed from another working directory with absolute paths
+    shutil.move(str(project), str(tmp_path / "moved"))
+    monkeypatch.chdir(tmp_path)
+    moved = tmp_path / "moved"
+    result = train(_config((moved / "data/train.h5", moved / "data/val.h5"), moved / "runs/a", epochs=2),
+                   progress=False)
+    assert result["epochs_run"] == 2 and len(result["history"]) == 1
+    assert [float(r["train_loss"]) for r in _log(moved / "runs/a")] == [h["train_loss"] for h in straight["history"]]
+    # the same relative layout with other data is another run
+    other = tmp_path / "other"
+    shutil.copytree(moved, other)
+    shutil.copy(other / "data" / "val.h5", other / "data" / "train2.h5")
+    with pytest.raises(ValueError, match="another configuration"):
+        train(_config((other / "data/train2.h5", other / "data/val.h5"), other / "runs/a", epochs=3), progress=False)
+
+
 def test_augmentation_keeps_labels_consistent():
     graph = klmgraph.triangular(6, 6, t3=-0.85)
     ed = klmgraph.ExactDiagonalization(graph, J=-1.0, mu=-3.5)
