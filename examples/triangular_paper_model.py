@@ -181,26 +181,34 @@ def label(state: dict, spins: torch.Tensor, s: Settings, graph, grid: int) -> tu
     return float(energy) / graph.num_nodes, field
 
 
-def eval_data(s: Settings, eval_dir: Path, explorer_name: str, explorer, phase_records) -> dict:
+def eval_data(s: Settings, eval_dir: Path, make_explorer, phase_records: Path | None) -> dict:
     """Create (or continue) the evaluation set in ``eval_dir``: states.json, states.pt, and one
-    labels/NNN_kG.pt per state and grid."""
+    labels/NNN_kG.pt per state and grid. ``make_explorer()`` returns (name, model) of the model
+    that relaxes the random starts; it is called only when the states are made, so a set whose
+    states exist continues its labels without one."""
     from tqdm.auto import tqdm
 
     eval_dir.mkdir(parents=True, exist_ok=True)
     graph = lattice_graph(s)
     info_path = eval_dir / "states.json"
+    records = None if phase_records is None else str(phase_records.resolve())
     if info_path.exists():
         info = json.loads(info_path.read_text())
         if info["settings"] != json.loads(json.dumps(asdict(s))):
             raise SystemExit(f"{eval_dir} holds an evaluation set of other settings; use another --eval-dir")
+        # sets written before the key recorded their cell states only in "states"
+        if records is not None and info.get("phase_records", records) != records:
+            raise SystemExit(f"{eval_dir} holds an evaluation set made with --phase-records "
+                             f"{info.get('phase_records')}, not {records}; use another --eval-dir")
         spins = torch.load(eval_dir / "states.pt", weights_only=True)
     else:
+        explorer_name, explorer = make_explorer()
         print(f"equilibrium states: ML-LLG with {explorer_name} on {graph.describe()}, then the cell states")
         meta, spins = make_states(s, explorer, graph, phase_records)
         with atomic_path(eval_dir / "states.pt") as tmp:
             torch.save(spins, tmp)
         info = {"settings": asdict(s), "explorer": explorer_name, "lattice": graph.describe(),
-                "hamiltonian": HAMILTONIAN, "states": meta}
+                "hamiltonian": HAMILTONIAN, "phase_records": records, "states": meta}
         with atomic_path(info_path) as tmp:
             tmp.write_text(json.dumps(info, indent=1) + "\n")
     (eval_dir / "labels").mkdir(exist_ok=True)
@@ -444,15 +452,16 @@ def main(argv=None):
         result = run_learning(load_learn_config(args.config, quick=args.quick), out)
         print(f"learning loop: {result['stopped']}; newest committee {result['model']}")
     if args.stage in ("all", "eval-data"):
-        graph = lattice_graph(s)
-        if Path(args.checkpoint).is_file():
-            explorer = ("the published ecnn4klm model", klmgraph.load_ecnn4klm(args.checkpoint, graph))
-        elif newest_model(out) is not None:
-            explorer = (f"our committee {newest_model(out)}", klmgraph.load_model(newest_model(out), graph=graph))
-        else:
+        def make_explorer():
+            graph = lattice_graph(s)
+            if Path(args.checkpoint).is_file():
+                return "the published ecnn4klm model", klmgraph.load_ecnn4klm(args.checkpoint, graph)
+            if newest_model(out) is not None:
+                return f"our committee {newest_model(out)}", klmgraph.load_model(newest_model(out), graph=graph)
             raise SystemExit(f"eval-data needs a model to relax the random starts: the published checkpoint "
                              f"(--checkpoint {args.checkpoint}) or a trained committee in --out {out}")
-        eval_data(s, eval_dir, *explorer, None if args.phase_records is None else Path(args.phase_records))
+
+        eval_data(s, eval_dir, make_explorer, None if args.phase_records is None else Path(args.phase_records))
     if args.stage in ("all", "eval", "ship"):
         results = evaluate_models(s, eval_dir, load_models(out, Path(args.checkpoint), lattice_graph(s)))
         conv = results["reference"]["coarse_vs_fine"]

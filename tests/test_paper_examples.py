@@ -342,6 +342,13 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     labels = sorted(p.name for p in (evals / "labels").iterdir())
     assert labels == ["000_k1.pt", "000_k2.pt", "001_k1.pt", "001_k2.pt", "002_k2.pt", "002_k4.pt", "003_k2.pt",
                       "003_k4.pt"]
+    # a label lost: resuming needs no model (the states exist), and refuses other --phase-records
+    (evals / "labels" / "000_k2.pt").unlink()
+    no_model = ["--checkpoint", str(tmp_path / "absent.cpt"), "--out", str(tmp_path / "empty")]
+    with pytest.raises(SystemExit, match="made with --phase-records None"):
+        example.main(["--stage", "eval-data", "--phase-records", str(tmp_path)] + base + no_model)
+    example.main(["--stage", "eval-data"] + base + no_model)
+    assert (evals / "labels" / "000_k2.pt").exists()
     stamps = [p.stat().st_mtime_ns for p in sorted((evals / "labels").iterdir())]
     # a lattice state's label is k-grid ED of the lattice; a cell state's, k-grid ED of the cell tiled back
     spins = torch.load(evals / "states.pt", weights_only=True)
