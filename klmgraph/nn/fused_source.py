@@ -358,6 +358,245 @@ inline bool mixt8(const T* src, i64 rowlen, i64 off, i64 Q, const i64* nbr, i64 
 }
 #undef KLM_SHUF
 
+// ---------------------------------------------------------------- multi-site (tile) micro-kernels
+// The per-site kernels above load one W row (k, u) for the D components of one site: for scalar
+// irreps one multiply-add per load. Here S sites of a tile share each W row load (S x D x NV
+// accumulators), in the machine's widest vectors (64 bytes: 16 floats, 8 doubles; 32 bytes for
+// rows shorter than that). Where Q is not a multiple of the width, the row's last vector is
+// loaded ending at its last entry (overlapping the one before; the lanes counted twice are
+// dropped or masked): no partial loads, which would go through memory. A missing neighbour reads
+// a row of zeros (adds exact zeros) instead of being skipped, so that the sites of a block run
+// the same instructions. Each site's sum runs in the same order whatever its place in a block,
+// and a short block (the tile's end) repeats its last site into a dummy output: results do not
+// depend on where tiles start, hence not on the number of threads.
+template <typename T, int Q> struct RowVec {
+  static constexpr int B = Q * (int)sizeof(T) >= 64 ? 64 : 32;  // bytes per vector
+  static constexpr int VL = B / (int)sizeof(T), NV = (Q + VL - 1) / VL;
+  static constexpr int DUP = NV * VL - Q;  // lanes of the last vector that repeat the one before
+  typedef T type __attribute__((vector_size(B)));
+  // the v-th vector of a row of Q entries (the last one ends at the row's end)
+  static inline type load(const T* row, int v) {
+    type x;
+    __builtin_memcpy(&x, row + (v + 1 < NV ? VL * v : Q - VL), sizeof(type));
+    return x;
+  }
+};
+
+// Prefetches the row segments the block reads for neighbour class k + KLM_AHEAD: the rows are
+// scattered over the lattice (the hardware prefetcher cannot guess them) and a miss costs more than
+// the multiply-adds of one class.
+constexpr i64 KLM_AHEAD = 2;
+template <typename T, int S>
+inline void prefetch_rows(const T* src, i64 rowlen, i64 off, const i64* const* nb, const i64* base, i64 k, i64 K,
+                          i64 N, i64 len) {
+  if (k + KLM_AHEAD >= K) return;
+  for (int s = 0; s < S; ++s) {
+    const i64 j = nb[s][k + KLM_AHEAD];
+    if (j == N) continue;
+    const char* p = (const char*)(src + (base[s] + j) * rowlen + off);
+    for (i64 b = 0; b < len * (i64)sizeof(T); b += 64) __builtin_prefetch(p + b, 0, 3);
+  }
+}
+
+// the block's shape for D components and Q outputs: accumulator copies C (u modulo C, enough
+// independent chains to hide the multiply-add latency; a function of D and Q only, so that a
+// site's summation order does not depend on the block), sites per block S (fit the registers)
+template <typename T, int D, int Q> struct MixShape {
+  static constexpr int NV = RowVec<T, Q>::NV, C = D * NV >= 3 ? 1 : 2;
+  static constexpr int S0 = 24 / (D * NV * C), S = S0 < 1 ? 1 : S0 > 4 ? 4 : S0;
+};
+
+// out_s[i * ostride_i + q * ostride_q] = sum_k sum_u x_s[nb_k][off + u * ustride + i * istride] W[(k * U + u) * Q + q]
+// for the S sites g[s] (x_s the rows of g[s]'s configuration, nb_k its neighbour table row)
+template <typename T, int D, int Q>
+inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
+                      const i64* __restrict table, const i64* g, i64 K, i64 N, const T* __restrict zero,
+                      const T* __restrict W, T* const* out, i64 ostride_i, i64 ostride_q) {
+  typedef MixShape<T, D, Q> Sh;
+  typedef RowVec<T, Q> RV;
+  typedef typename RV::type V;
+  constexpr int S = Sh::S, NV = RV::NV, C = Sh::C, VL = RV::VL, DUP = RV::DUP;
+  V acc[C][S][D][NV];
+  for (int c = 0; c < C; ++c)
+    for (int s = 0; s < S; ++s)
+      for (int i = 0; i < D; ++i)
+        for (int v = 0; v < NV; ++v) acc[c][s][i][v] = V{};
+  const i64* nb[S];
+  i64 base[S];
+  for (int s = 0; s < S; ++s) { const i64 n = g[s] % N; nb[s] = table + n * K; base[s] = g[s] - n; }
+  auto step = [&](V (&a)[S][D][NV], const T* const* xs, i64 u, const T* wr) {
+    V w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = RV::load(wr, v);
+    for (int s = 0; s < S; ++s)
+      for (int i = 0; i < D; ++i) {
+        const T xv = xs[s][u * ustride + i * istride];
+        for (int v = 0; v < NV; ++v) a[s][i][v] += xv * w[v];  // the scalar broadcast to the lanes
+      }
+  };
+  for (i64 k = 0; k < K; ++k) {
+    const T* xs[S];
+    for (int s = 0; s < S; ++s) {
+      const i64 j = nb[s][k];
+      xs[s] = j == N ? zero : src + (base[s] + j) * rowlen + off;
+    }
+    prefetch_rows<T, S>(src, rowlen, off, nb, base, k, K, N, (U - 1) * ustride + (D - 1) * istride + 1);
+    const T* wk = W + k * U * Q;
+    i64 u = 0;
+    for (; u + C <= U; u += C)
+      for (int c = 0; c < C; ++c) step(acc[c], xs, u + c, wk + (u + c) * Q);
+    for (; u < U; ++u) step(acc[0], xs, u, wk + u * Q);
+  }
+  for (int c = 1; c < C; ++c)
+    for (int s = 0; s < S; ++s)
+      for (int i = 0; i < D; ++i)
+        for (int v = 0; v < NV; ++v) acc[0][s][i][v] += acc[c][s][i][v];
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < D; ++i)
+      for (int v = 0; v < NV; ++v) {
+        const int first = v + 1 < NV ? VL * v : Q - VL;
+        for (int e = v + 1 < NV ? 0 : DUP; e < VL; ++e) out[s][i * ostride_i + (first + e) * ostride_q] = acc[0][s][i][v][e];
+      }
+}
+
+// r[u] = the sum of the lanes of a[u], u < 8 (vectors of 8 or 16 lanes: halves added first)
+template <typename T, typename V>
+inline typename Vec8<T>::type lane_sums_any(const V* a) {
+  typedef typename Vec8<T>::type V8;
+  V8 b[8];
+  for (int u = 0; u < 8; ++u) {
+    if constexpr (sizeof(V) == sizeof(V8)) {
+      __builtin_memcpy(&b[u], &a[u], sizeof(V8));
+    } else {
+      V8 lo, hi;
+      __builtin_memcpy(&lo, &a[u], sizeof(V8));
+      __builtin_memcpy(&hi, (const char*)&a[u] + sizeof(V8), sizeof(V8));
+      b[u] = lo + hi;
+    }
+  }
+  return lane_sums<T>(b);
+}
+
+// sites per block of the transposed mixing of D rows (8 x D accumulators per site)
+constexpr int mixt8_sites(int D) { return 24 / (8 * D) < 1 ? 1 : 24 / (8 * D); }
+
+// transposed mixing with 8 outputs for a block of sites (see mixt8_fixed; the sums over q in the
+// lanes, W loads shared by the S sites; the lanes a row's last vector repeats are zeroed in x):
+// out_s[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * 8 + u) * Q + q]
+template <typename T, int D, int Q>
+inline void mixt8_block(const T* __restrict src, i64 rowlen, i64 off, const i64* __restrict table, const i64* g,
+                        i64 K, i64 N, const T* __restrict zero, const T* __restrict W, T* const* out,
+                        i64 ostride_i, i64 ostride_u) {
+  typedef RowVec<T, Q> RV;
+  typedef typename RV::type V;
+  constexpr int NV = RV::NV, VL = RV::VL, DUP = RV::DUP, S = mixt8_sites(D);
+  V mask;
+  for (int e = 0; e < VL; ++e) mask[e] = e < DUP ? T(0) : T(1);
+  V acc[S][D][8];
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < D; ++i)
+      for (int u = 0; u < 8; ++u) acc[s][i][u] = V{};
+  const i64* nb[S];
+  i64 base[S];
+  for (int s = 0; s < S; ++s) { const i64 n = g[s] % N; nb[s] = table + n * K; base[s] = g[s] - n; }
+  for (i64 k = 0; k < K; ++k) {
+    const T* xs[S];
+    for (int s = 0; s < S; ++s) {
+      const i64 j = nb[s][k];
+      xs[s] = j == N ? zero : src + (base[s] + j) * rowlen + off;
+    }
+    prefetch_rows<T, S>(src, rowlen, off, nb, base, k, K, N, D * Q);
+    const T* wk = W + k * 8 * Q;
+    for (int v = 0; v < NV; ++v) {
+      V x[S][D];
+      for (int s = 0; s < S; ++s)
+        for (int i = 0; i < D; ++i) {
+          x[s][i] = RV::load(xs[s] + i * Q, v);
+          if (DUP > 0 && v + 1 == NV) x[s][i] *= mask;
+        }
+      for (int u = 0; u < 8; ++u) {
+        const V w = RV::load(wk + u * Q, v);
+        for (int s = 0; s < S; ++s)
+          for (int i = 0; i < D; ++i) acc[s][i][u] += x[s][i] * w;
+      }
+    }
+  }
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < D; ++i) {
+      const typename Vec8<T>::type r = lane_sums_any<T, V>(acc[s][i]);
+      for (int u = 0; u < 8; ++u) out[s][i * ostride_i + u * ostride_u] = r[u];
+    }
+}
+
+// Runs kern(g, out) over the sites [lo, hi) in blocks of S: g the S site indices, out their output
+// rows (out0 + (g - lo) * orow); the last block is padded with its last site, writing to `dummy`.
+template <typename T, int S, typename Kern>
+inline void over_blocks(i64 lo, i64 hi, T* out0, i64 orow, T* dummy, Kern kern) {
+  for (i64 g0 = lo; g0 < hi; g0 += S) {
+    i64 g[S];
+    T* out[S];
+    for (int s = 0; s < S; ++s) {
+      const bool in = g0 + s < hi;
+      g[s] = in ? g0 + s : hi - 1;
+      out[s] = in ? out0 + (g0 + s - lo) * orow : dummy;
+    }
+    kern(g, out);
+  }
+}
+
+// mix_block over the sites [lo, hi) (output rows out0 + (g - lo) * orow); false where no block
+// kernel has the shape (D, Q) or T is not a real type (the caller then mixes site by site)
+template <typename T>
+inline bool mix_tile(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* table, i64 lo,
+                     i64 hi, i64 K, i64 N, const T* zero, const T* W, T* out0, i64 orow, T* dummy, i64 ostride_i,
+                     i64 ostride_q, i64 D, i64 Q) {
+  if constexpr (!std::is_floating_point<T>::value) {
+    return false;
+  } else {
+#define KLM_MIXB(DD, QQ)                                                                                         \
+  if (D == DD && Q == QQ) {                                                                                      \
+    over_blocks<T, MixShape<T, DD, QQ>::S>(lo, hi, out0, orow, dummy, [&](const i64* g, T* const* out) {         \
+      mix_block<T, DD, QQ>(src, rowlen, off, istride, ustride, U, table, g, K, N, zero, W, out, ostride_i,       \
+                           ostride_q);                                                                           \
+    });                                                                                                          \
+    return true;                                                                                                 \
+  }
+    // the shapes of the published architecture (8 channels, l <= 2, filter l <= 1)
+    KLM_MIXB(1, 8) KLM_MIXB(1, 16) KLM_MIXB(1, 24) KLM_MIXB(1, 32)
+    KLM_MIXB(3, 8) KLM_MIXB(3, 16) KLM_MIXB(3, 24) KLM_MIXB(3, 32)
+    KLM_MIXB(5, 8) KLM_MIXB(5, 16) KLM_MIXB(5, 24) KLM_MIXB(5, 32)
+#undef KLM_MIXB
+    return false;
+  }
+}
+
+// mixt8_block over the sites [lo, hi), D rows three at a time (8 x 3 accumulators fill the
+// registers); false where Q is not 8, 16, 24 or 32 or T is not a real type
+template <typename T>
+inline bool mixt8_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi, i64 K, i64 N,
+                       const T* zero, const T* W, T* out0, i64 orow, T* dummy, i64 ostride_i, i64 ostride_u, i64 D) {
+  if constexpr (!std::is_floating_point<T>::value) {
+    return false;
+  } else {
+    if (Q % 8 != 0 || Q > 32 || Q == 0) return false;
+    for (i64 i = 0; i < D;) {
+      const i64 n = std::min<i64>(D - i, 3);
+      const i64 o = off + i * Q;
+      T* op = out0 + i * ostride_i;
+#define KLM_MIXT(NN, QQ)                                                                                         \
+  if (n == NN && Q == QQ)                                                                                        \
+    over_blocks<T, mixt8_sites(NN)>(lo, hi, op, orow, dummy, [&](const i64* g, T* const* out) {                 \
+      mixt8_block<T, NN, QQ>(src, rowlen, o, table, g, K, N, zero, W, out, ostride_i, ostride_u);                \
+    });
+      KLM_MIXT(1, 8) KLM_MIXT(1, 16) KLM_MIXT(1, 24) KLM_MIXT(1, 32)
+      KLM_MIXT(2, 8) KLM_MIXT(2, 16) KLM_MIXT(2, 24) KLM_MIXT(2, 32)
+      KLM_MIXT(3, 8) KLM_MIXT(3, 16) KLM_MIXT(3, 24) KLM_MIXT(3, 32)
+#undef KLM_MIXT
+      i += n;
+    }
+    return true;
+  }
+}
+
 // ---------------------------------------------------------------- dual-number micro-kernels
 template <typename T> struct Scalar { typedef T real; static constexpr bool dual = false; };
 template <typename R> struct Scalar<Dual<R>> { typedef R real; static constexpr bool dual = true; };
@@ -878,16 +1117,29 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   auto xin = [&](i64 l) -> const T* { return l == 0 ? x0 : xs[l]; };
   auto seed_of = [&](i64 g) -> T { return seed ? seed[g] : T(1); };
 
-  // layer l at site g: z_l = mix(gather(x_l)) (into z), h_l = CG(z_l, Y) [+ x_l] (into h)
-  auto mix_site = [&](i64 l, i64 g, T* z, T* scr) {
+  // sites per tile of the passes; per thread and tile, z of the tile's sites, dE/dx of its sites,
+  // and a dummy output row for the padding of short blocks (see over_blocks)
+  const i64 tile = 32, zdmax = std::max(zmax, dmax);
+  const i64 per_tile = tile * zmax + tile * dmax + zdmax;
+  const std::vector<T> zero(zdmax, T(0));  // the row of a missing neighbour (block kernels)
+
+  // z_l = mix(gather(x_l)) of the sites [lo, hi) into the rows z0 + (g - lo) * zsize
+  auto mix_sites = [&](i64 l, i64 lo, i64 hi, T* z0, T* scr, T* dummy) {
     const Layer& ly = net.layers[l];
-    const i64 n = g % N, base = g - n;
     const T* x = xin(l);
     for (const InIrrep& ir : ly.in) {
       if (ir.Q == 0) continue;
-      mixp(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, base, ir.w, z + ir.z, ir.Q, 1, ir.d, ir.Q, scr);
+      if (mix_tile<T>(x, ly.din, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(), params + ir.w, z0 + ir.z,
+                      ly.zsize, dummy, ir.Q, 1, ir.d, ir.Q))
+        continue;
+      for (i64 g = lo; g < hi; ++g) {
+        const i64 n = g % N;
+        mixp(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, g - n, ir.w, z0 + (g - lo) * ly.zsize + ir.z, ir.Q,
+             1, ir.d, ir.Q, scr);
+      }
     }
   };
+  // layer l at site g: h_l = CG(z_l, Y) [+ x_l] (into h)
   auto cg_site = [&](i64 l, i64 g, const T* z, T* tmp, T* h) {
     const Layer& ly = net.layers[l];
     cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? xin(l) + g * ly.din : nullptr, tmp, h);
@@ -896,22 +1148,24 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   Passes passes;
   for (i64 l = 0; l + 1 < L; ++l)
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
-      Buf<T> buf = alloc<T>(per_thread);
+      Buf<T> buf = alloc<T>(per_thread + per_tile);
       const Layer& ly = net.layers[l];
       T* scr = buf.get();
       T* tmp = scr + scratch;
       T* h = tmp + dmax;
-      T* zl = h + dmax;
+      T* zt = scr + per_thread;
+      T* dummy = zt + tile * zmax + tile * dmax;
+      T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
+      mix_sites(l, lo, hi, z0, scr, dummy);
       for (i64 g = lo; g < hi; ++g) {
-        T* z = want_p ? zs[l] + g * ly.zsize : zl;
-        mix_site(l, g, z, scr);
+        const T* z = z0 + (g - lo) * ly.zsize;
         cg_site(l, g, z, tmp, h);
         act_forward<T>(h, xs[l + 1] + g * ly.dout, ly, eps2);
       }
     });
   // output convolution + read-out forward and backward + the convolution's per-site backward
   passes.fns.push_back([&](i64 lo, i64 hi) {
-    Buf<T> buf = alloc<T>(per_thread);
+    Buf<T> buf = alloc<T>(per_thread + per_tile);
     const i64 l = L - 1;
     const Layer& ly = net.layers[l];
     T* scr = buf.get();
@@ -921,11 +1175,13 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* h = gnext + dmax;
     T* as = h + dmax;                // activations a_0 .. a_nmlp, dmax each
     T* ys = as + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
-    T* zl = ys + nmlp * dmax;        // z of one site
-    T* gzs = zl + zmax;              // dE/dz of one site
+    T* gzs = ys + nmlp * dmax;       // dE/dz of one site
+    T* zt = scr + per_thread;
+    T* dummy = zt + tile * zmax + tile * dmax;
+    T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
+    mix_sites(l, lo, hi, z0, scr, dummy);
     for (i64 g = lo; g < hi; ++g) {
-      T* z = want_p ? zs[l] + g * ly.zsize : zl;
-      mix_site(l, g, z, scr);
+      const T* z = z0 + (g - lo) * ly.zsize;
       cg_site(l, g, z, tmp, h);
       energy[g] = readout<T>(net, params, h, ly.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, nullptr);
       if (!want_x && !want_p) continue;
@@ -937,48 +1193,52 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // h_l recomputed; dE/dh_l goes where x_{l+1} was, dE/dY is updated in place: see Layout)
   for (i64 l = L - 2; l >= (want_x ? -1 : 0) && (want_x || want_p); --l)
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
-      Buf<T> buf = alloc<T>(per_thread);
+      Buf<T> buf = alloc<T>(per_thread + per_tile);
       const Layer& up = net.layers[l + 1];
       T* scr = buf.get();
       T* tmp = scr + scratch;
-      T* gx = tmp + dmax;             // dE/dx_{l+1} at one site
-      T* ghl = gx + dmax;             // dE/dh_l at one site
+      T* ghl = tmp + dmax;            // dE/dh_l at one site
       T* h = ghl + dmax;              // h_l at one site
-      T* zl = h + dmax;               // z_l of one site
-      T* gzs = zl + zmax;             // dE/dz_l of one site
+      T* gzs = h + dmax;              // dE/dz_l of one site
+      T* zt = scr + per_thread;       // z_l of the tile's sites
+      T* gxt = zt + tile * zmax;      // dE/dx_{l+1} of the tile's sites
+      T* dummy = gxt + tile * dmax;
       const T* gzu = gz[l + 1];
-      for (i64 g = lo; g < hi; ++g) {
-        const i64 n = g % N, base = g - n;
-        for (const InIrrep& ir : up.in) {
-          if (ir.Q == 0) {
-            for (i64 u = 0; u < ir.mul * ir.d; ++u) gx[ir.off + u] = T(0);
-            continue;
-          }
-          // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
-          if constexpr (std::is_floating_point<T>::value)
-            if (ir.mul == 8 && mixt8<T>(gzu, up.zsize, ir.z, ir.Q, inverse + n * K, base, K, N, params + ir.w,
-                                        gx + ir.off, 1, ir.d, ir.d))
-              continue;
-          mixp(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, base, ir.wt, gx + ir.off, 1, ir.d, ir.d, ir.mul,
-               scr);
+      for (const InIrrep& ir : up.in) {
+        if (ir.Q == 0) {
+          for (i64 g = lo; g < hi; ++g)
+            for (i64 u = 0; u < ir.mul * ir.d; ++u) gxt[(g - lo) * up.din + ir.off + u] = T(0);
+          continue;
         }
+        // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
+        if (ir.mul == 8 && mixt8_tile<T>(gzu, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, zero.data(),
+                                         params + ir.w, gxt + ir.off, up.din, dummy, 1, ir.d, ir.d))
+          continue;
+        for (i64 g = lo; g < hi; ++g) {
+          const i64 n = g % N;
+          mixp(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, g - n, ir.wt, gxt + (g - lo) * up.din + ir.off, 1,
+               ir.d, ir.d, ir.mul, scr);
+        }
+      }
+      const Layer* ly = l >= 0 ? &net.layers[l] : nullptr;
+      T* z0 = ly && want_p ? zs[l] + lo * ly->zsize : zt;
+      if (ly && !want_p) mix_sites(l, lo, hi, zt, scr, dummy);
+      for (i64 g = lo; g < hi; ++g) {
+        T* gx = gxt + (g - lo) * up.din;
         if (up.residual)
           for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * up.dout + j];
-        if (l < 0) {
+        if (!ly) {
           for (i64 j = 0; j < up.din; ++j) gx0[g * up.din + j] = gx[j];
           for (i64 j = 0; j < J; ++j) gY[g * J + j] = gy[g * J + j];
           continue;
         }
-        const Layer& ly = net.layers[l];
-        const T* z = want_p ? zs[l] + g * ly.zsize : zl;
-        if (!want_p) mix_site(l, g, zl, scr);
+        const T* z = z0 + (g - lo) * ly->zsize;
         cg_site(l, g, z, tmp, h);
-        act_backward<T>(h, gx, ghl, ly, eps2);
-        cg_backward<T>(ly, z, Y + g * J, J, params, ghl, gz[l] + g * ly.zsize, gy + g * J, gy + g * J, tmp, gzs);
-        for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = ghl[j];
+        act_backward<T>(h, gx, ghl, *ly, eps2);
+        cg_backward<T>(*ly, z, Y + g * J, J, params, ghl, gz[l] + g * ly->zsize, gy + g * J, gy + g * J, tmp, gzs);
+        for (i64 j = 0; j < ly->dout; ++j) gh[l][g * ly->dout + j] = ghl[j];
       }
     });
-  const i64 tile = 32;
   passes.run(S, tile, threads);
   if (!want_p) return;
 
