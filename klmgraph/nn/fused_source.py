@@ -99,11 +99,26 @@ struct Piece { i64 a, col, d; };
 struct OutIrrep { i64 mul, d, off, I, cg; std::vector<Piece> pieces; };
 // one nonzero Clebsch-Gordan coefficient: out_c[w][k] += coef * Y[j] * z[zb + w]
 struct CGEntry { i64 c, zb, j, k, p; };
+// the entries stably sorted by a key, and where each key's run starts (starts.back() = size):
+// a run sums into one register, stored once (a read-modify-write of memory per entry would chain
+// each entry behind the store of the one before)
+struct CGRuns {
+  std::vector<CGEntry> e;
+  std::vector<i64> starts;
+  template <typename Key> CGRuns(const std::vector<CGEntry>& cg, Key key) : e(cg) {
+    std::stable_sort(e.begin(), e.end(), [&](const CGEntry& a, const CGEntry& b) { return key(a) < key(b); });
+    for (size_t x = 0; x < e.size(); ++x)
+      if (x == 0 || key(e[x]) != key(e[x - 1])) starts.push_back((i64)x);
+    starts.push_back((i64)e.size());
+  }
+  CGRuns() = default;
+};
 struct Layer {
   i64 din, dout, residual, act, zsize;
   std::vector<InIrrep> in;
   std::vector<OutIrrep> out;
   std::vector<CGEntry> cg;
+  CGRuns by_out, by_z, by_j;  // runs by output row (c, k), by z row zb, by filter component j
 };
 struct Linear { i64 nin, nout, w, b; };
 struct Net {
@@ -143,6 +158,9 @@ Net parse(const i64* m) {
       CGEntry ce; ce.c = m[p++]; ce.zb = m[p++]; ce.j = m[p++]; ce.k = m[p++]; ce.p = m[p++];
       ly.cg.push_back(ce);
     }
+    ly.by_out = CGRuns(ly.cg, [](const CGEntry& e) { return e.c * 1024 + e.k; });
+    ly.by_z = CGRuns(ly.cg, [](const CGEntry& e) { return e.zb; });
+    ly.by_j = CGRuns(ly.cg, [](const CGEntry& e) { return e.j; });
     net.layers.push_back(ly);
   }
   for (i64 k = 0; k < nmlp; ++k) {
@@ -476,25 +494,42 @@ inline typename Vec8<T>::type lane_sums_any(const V* a) {
   return lane_sums<T>(b);
 }
 
-// sites per block of the transposed mixing of D rows (8 x D accumulators per site)
-constexpr int mixt8_sites(int D) { return 24 / (8 * D) < 1 ? 1 : 24 / (8 * D); }
+// the sum of the lanes of a (a fixed tree: halves added first)
+template <typename T, typename V>
+inline T lane_total(const V& a) {
+  typedef typename Vec8<T>::type V8;
+  V8 b;
+  if constexpr (sizeof(V) == sizeof(V8)) {
+    __builtin_memcpy(&b, &a, sizeof(V8));
+  } else {
+    V8 lo, hi;
+    __builtin_memcpy(&lo, &a, sizeof(V8));
+    __builtin_memcpy(&hi, (const char*)&a + sizeof(V8), sizeof(V8));
+    b = lo + hi;
+  }
+  return ((b[0] + b[4]) + (b[2] + b[6])) + ((b[1] + b[5]) + (b[3] + b[7]));
+}
 
-// transposed mixing with 8 outputs for a block of sites (see mixt8_fixed; the sums over q in the
-// lanes, W loads shared by the S sites; the lanes a row's last vector repeats are zeroed in x):
-// out_s[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * 8 + u) * Q + q]
-template <typename T, int D, int Q>
-inline void mixt8_block(const T* __restrict src, i64 rowlen, i64 off, const i64* __restrict table, const i64* g,
-                        i64 K, i64 N, const T* __restrict zero, const T* __restrict W, T* const* out,
-                        i64 ostride_i, i64 ostride_u) {
+// sites per block of the transposed mixing of D rows with UO outputs (UO x D accumulators per site)
+constexpr int mixt_sites(int D, int UO) { return 24 / (UO * D) < 1 ? 1 : 24 / (UO * D) > 4 ? 4 : 24 / (UO * D); }
+
+// transposed mixing with UO = 8 outputs (hidden layers) or 1 (the first layer's single channel)
+// for a block of sites (see mixt8_fixed; the sums over q in the lanes, W loads shared by the S
+// sites; the lanes a row's last vector repeats are zeroed in x):
+// out_s[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * UO + u) * Q + q]
+template <typename T, int D, int Q, int UO>
+inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* __restrict table, const i64* g,
+                       i64 K, i64 N, const T* __restrict zero, const T* __restrict W, T* const* out,
+                       i64 ostride_i, i64 ostride_u) {
   typedef RowVec<T, Q> RV;
   typedef typename RV::type V;
-  constexpr int NV = RV::NV, VL = RV::VL, DUP = RV::DUP, S = mixt8_sites(D);
+  constexpr int NV = RV::NV, VL = RV::VL, DUP = RV::DUP, S = mixt_sites(D, UO);
   V mask;
   for (int e = 0; e < VL; ++e) mask[e] = e < DUP ? T(0) : T(1);
-  V acc[S][D][8];
+  V acc[S][D][UO];
   for (int s = 0; s < S; ++s)
     for (int i = 0; i < D; ++i)
-      for (int u = 0; u < 8; ++u) acc[s][i][u] = V{};
+      for (int u = 0; u < UO; ++u) acc[s][i][u] = V{};
   const i64* nb[S];
   i64 base[S];
   for (int s = 0; s < S; ++s) { const i64 n = g[s] % N; nb[s] = table + n * K; base[s] = g[s] - n; }
@@ -505,7 +540,7 @@ inline void mixt8_block(const T* __restrict src, i64 rowlen, i64 off, const i64*
       xs[s] = j == N ? zero : src + (base[s] + j) * rowlen + off;
     }
     prefetch_rows<T, S>(src, rowlen, off, nb, base, k, K, N, D * Q);
-    const T* wk = W + k * 8 * Q;
+    const T* wk = W + k * UO * Q;
     for (int v = 0; v < NV; ++v) {
       V x[S][D];
       for (int s = 0; s < S; ++s)
@@ -513,7 +548,7 @@ inline void mixt8_block(const T* __restrict src, i64 rowlen, i64 off, const i64*
           x[s][i] = RV::load(xs[s] + i * Q, v);
           if (DUP > 0 && v + 1 == NV) x[s][i] *= mask;
         }
-      for (int u = 0; u < 8; ++u) {
+      for (int u = 0; u < UO; ++u) {
         const V w = RV::load(wk + u * Q, v);
         for (int s = 0; s < S; ++s)
           for (int i = 0; i < D; ++i) acc[s][i][u] += x[s][i] * w;
@@ -522,8 +557,12 @@ inline void mixt8_block(const T* __restrict src, i64 rowlen, i64 off, const i64*
   }
   for (int s = 0; s < S; ++s)
     for (int i = 0; i < D; ++i) {
-      const typename Vec8<T>::type r = lane_sums_any<T, V>(acc[s][i]);
-      for (int u = 0; u < 8; ++u) out[s][i * ostride_i + u * ostride_u] = r[u];
+      if constexpr (UO == 8) {
+        const typename Vec8<T>::type r = lane_sums_any<T, V>(acc[s][i]);
+        for (int u = 0; u < 8; ++u) out[s][i * ostride_i + u * ostride_u] = r[u];
+      } else {
+        out[s][i * ostride_i] = lane_total<T, V>(acc[s][i][0]);
+      }
     }
 }
 
@@ -569,27 +608,35 @@ inline bool mix_tile(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride
   }
 }
 
-// mixt8_block over the sites [lo, hi), D rows three at a time (8 x 3 accumulators fill the
-// registers); false where Q is not 8, 16, 24 or 32 or T is not a real type
+// mixt_block over the sites [lo, hi) for UO = 8 outputs (D rows three at a time: 8 x 3
+// accumulators fill the registers) or UO = 1 (up to 5 rows); false where UO or Q (8, 16, 24, 32)
+// has no block kernel or T is not a real type
 template <typename T>
-inline bool mixt8_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi, i64 K, i64 N,
-                       const T* zero, const T* W, T* out0, i64 orow, T* dummy, i64 ostride_i, i64 ostride_u, i64 D) {
+inline bool mixt_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi, i64 K, i64 N,
+                      const T* zero, const T* W, T* out0, i64 orow, T* dummy, i64 ostride_i, i64 ostride_u, i64 D,
+                      i64 UO) {
   if constexpr (!std::is_floating_point<T>::value) {
     return false;
   } else {
-    if (Q % 8 != 0 || Q > 32 || Q == 0) return false;
+    if (Q % 8 != 0 || Q > 32 || Q == 0 || (UO != 8 && UO != 1)) return false;
+    const i64 chunk = UO == 8 ? 3 : 5;
     for (i64 i = 0; i < D;) {
-      const i64 n = std::min<i64>(D - i, 3);
+      const i64 n = std::min<i64>(D - i, chunk);
       const i64 o = off + i * Q;
       T* op = out0 + i * ostride_i;
-#define KLM_MIXT(NN, QQ)                                                                                         \
-  if (n == NN && Q == QQ)                                                                                        \
-    over_blocks<T, mixt8_sites(NN)>(lo, hi, op, orow, dummy, [&](const i64* g, T* const* out) {                 \
-      mixt8_block<T, NN, QQ>(src, rowlen, o, table, g, K, N, zero, W, out, ostride_i, ostride_u);                \
+#define KLM_MIXT(NN, QQ, UU)                                                                                     \
+  if (n == NN && Q == QQ && UO == UU)                                                                            \
+    over_blocks<T, mixt_sites(NN, UU)>(lo, hi, op, orow, dummy, [&](const i64* g, T* const* out) {              \
+      mixt_block<T, NN, QQ, UU>(src, rowlen, o, table, g, K, N, zero, W, out, ostride_i, ostride_u);             \
     });
-      KLM_MIXT(1, 8) KLM_MIXT(1, 16) KLM_MIXT(1, 24) KLM_MIXT(1, 32)
-      KLM_MIXT(2, 8) KLM_MIXT(2, 16) KLM_MIXT(2, 24) KLM_MIXT(2, 32)
-      KLM_MIXT(3, 8) KLM_MIXT(3, 16) KLM_MIXT(3, 24) KLM_MIXT(3, 32)
+      KLM_MIXT(1, 8, 8) KLM_MIXT(1, 16, 8) KLM_MIXT(1, 24, 8) KLM_MIXT(1, 32, 8)
+      KLM_MIXT(2, 8, 8) KLM_MIXT(2, 16, 8) KLM_MIXT(2, 24, 8) KLM_MIXT(2, 32, 8)
+      KLM_MIXT(3, 8, 8) KLM_MIXT(3, 16, 8) KLM_MIXT(3, 24, 8) KLM_MIXT(3, 32, 8)
+      KLM_MIXT(1, 8, 1) KLM_MIXT(1, 16, 1) KLM_MIXT(1, 24, 1) KLM_MIXT(1, 32, 1)
+      KLM_MIXT(2, 8, 1) KLM_MIXT(2, 16, 1) KLM_MIXT(2, 24, 1) KLM_MIXT(2, 32, 1)
+      KLM_MIXT(3, 8, 1) KLM_MIXT(3, 16, 1) KLM_MIXT(3, 24, 1) KLM_MIXT(3, 32, 1)
+      KLM_MIXT(4, 8, 1) KLM_MIXT(4, 16, 1) KLM_MIXT(4, 24, 1) KLM_MIXT(4, 32, 1)
+      KLM_MIXT(5, 8, 1) KLM_MIXT(5, 16, 1) KLM_MIXT(5, 24, 1) KLM_MIXT(5, 32, 1)
 #undef KLM_MIXT
       i += n;
     }
@@ -755,39 +802,53 @@ template <typename T> inline T sigmoid(T t) { return T(0.5) + T(0.2) * t; }
 template <typename T> inline T sigmoid(T t) { return T(1) / (T(1) + kexp(-t)); }
 #endif
 
-// norm activation V -> SiLU(|V|) V / |V| per (mul, d) block, |V| clamped below at eps
+// norm activation V -> SiLU(|V|) V / |V| per (mul, d) block, |V| clamped below at eps. The channels
+// go 16 at a time through one simple loop per step (norms, square roots, sigmoids, divisions), so
+// that the square roots and divisions vectorise and the exponentials overlap instead of chaining.
+constexpr i64 KLM_ACT = 16;
+
 template <typename T>
 inline void act_forward(const T* h, T* y, const Layer& ly, T eps2) {
   for (const OutIrrep& o : ly.out)
-    for (i64 u = 0; u < o.mul; ++u) {
-      const T* v = h + o.off + u * o.d;
-      T sq = 0;
-      for (i64 i = 0; i < o.d; ++i) sq += v[i] * v[i];
-      T nrm = ksqrt(sq < eps2 ? eps2 : sq);
-      T f = sigmoid(nrm);  // silu(n) / n
-      for (i64 i = 0; i < o.d; ++i) y[o.off + u * o.d + i] = v[i] * f;
+    for (i64 u0 = 0; u0 < o.mul; u0 += KLM_ACT) {
+      const i64 n = std::min<i64>(KLM_ACT, o.mul - u0);
+      const T* v = h + o.off + u0 * o.d;
+      T f[KLM_ACT];
+      for (i64 u = 0; u < n; ++u) {
+        T sq = 0;
+        for (i64 i = 0; i < o.d; ++i) sq += v[u * o.d + i] * v[u * o.d + i];
+        f[u] = sq < eps2 ? eps2 : sq;
+      }
+      for (i64 u = 0; u < n; ++u) f[u] = ksqrt(f[u]);
+      for (i64 u = 0; u < n; ++u) f[u] = sigmoid(f[u]);  // silu(n) / n
+      for (i64 u = 0; u < n; ++u)
+        for (i64 i = 0; i < o.d; ++i) y[o.off + (u0 + u) * o.d + i] = v[u * o.d + i] * f[u];
     }
 }
 
 template <typename T>
 inline void act_backward(const T* h, const T* g, T* gh, const Layer& ly, T eps2) {
   for (const OutIrrep& o : ly.out)
-    for (i64 u = 0; u < o.mul; ++u) {
-      const T* v = h + o.off + u * o.d;
-      const T* gv = g + o.off + u * o.d;
-      T* out = gh + o.off + u * o.d;
-      T sq = 0, vg = 0;
-      for (i64 i = 0; i < o.d; ++i) { sq += v[i] * v[i]; vg += v[i] * gv[i]; }
-      if (sq < eps2) {
-        T f = sigmoid(ksqrt(eps2));
-        for (i64 i = 0; i < o.d; ++i) out[i] = f * gv[i];
-      } else {
-        T nrm = ksqrt(sq);
-        T s = sigmoid(nrm);                              // f = silu(n) / n = sigmoid(n)
-        T df = s * (T(1) - s);                           // d sigmoid / dn
-        T c = df * vg / nrm;
-        for (i64 i = 0; i < o.d; ++i) out[i] = s * gv[i] + c * v[i];
+    for (i64 u0 = 0; u0 < o.mul; u0 += KLM_ACT) {
+      const i64 n = std::min<i64>(KLM_ACT, o.mul - u0);
+      const T* v = h + o.off + u0 * o.d;
+      const T* gv = g + o.off + u0 * o.d;
+      T* out = gh + o.off + u0 * o.d;
+      T nrm[KLM_ACT], vg[KLM_ACT], s[KLM_ACT], c[KLM_ACT];
+      bool small[KLM_ACT];
+      for (i64 u = 0; u < n; ++u) {
+        T sq = 0, d = 0;
+        for (i64 i = 0; i < o.d; ++i) { sq += v[u * o.d + i] * v[u * o.d + i]; d += v[u * o.d + i] * gv[u * o.d + i]; }
+        small[u] = sq < eps2;
+        nrm[u] = small[u] ? eps2 : sq;
+        vg[u] = d;
       }
+      for (i64 u = 0; u < n; ++u) nrm[u] = ksqrt(nrm[u]);
+      for (i64 u = 0; u < n; ++u) s[u] = sigmoid(nrm[u]);  // f = silu(n) / n = sigmoid(n)
+      // below the clamp f is constant: dE/dV = f dE/dy; above, + f'(n) (V . dE/dy) / n V
+      for (i64 u = 0; u < n; ++u) c[u] = small[u] ? T(0) : s[u] * (T(1) - s[u]) * vg[u] / nrm[u];
+      for (i64 u = 0; u < n; ++u)
+        for (i64 i = 0; i < o.d; ++i) out[u * o.d + i] = s[u] * gv[u * o.d + i] + c[u] * v[u * o.d + i];
     }
 }
 
@@ -809,15 +870,19 @@ inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restri
   base = 0;
   for (size_t c = 0; c < ly.out.size(); ++c) { toff[c] = base; base += ly.out[c].mul * ly.out[c].d; }
   if constexpr (std::is_floating_point<T>::value) {
-    if (eight_channels(ly)) {  // one vector multiply-add per entry
+    if (eight_channels(ly)) {  // one vector multiply-add per entry, each output row's sum in a register
       typedef typename Vec8<T>::type V;
-      for (const CGEntry& e : ly.cg) {
-        T* t = tmp + toff[e.c] + e.k * 8;
-        V a, b;
-        __builtin_memcpy(&a, t, sizeof(V));
-        __builtin_memcpy(&b, z + e.zb, sizeof(V));
-        a += splat<T>(params[e.p] * Y[e.j]) * b;
-        __builtin_memcpy(t, &a, sizeof(V));
+      const CGRuns& r = ly.by_out;
+      for (size_t run = 0; run + 1 < r.starts.size(); ++run) {
+        V a = V{};
+        for (i64 x = r.starts[run]; x < r.starts[run + 1]; ++x) {
+          const CGEntry& e = r.e[x];
+          V b;
+          __builtin_memcpy(&b, z + e.zb, sizeof(V));
+          a += splat<T>(params[e.p] * Y[e.j]) * b;
+        }
+        const CGEntry& e = r.e[r.starts[run]];
+        __builtin_memcpy(tmp + toff[e.c] + e.k * 8, &a, sizeof(V));
       }
       goto layout;
     }
@@ -865,20 +930,31 @@ inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restr
   if constexpr (std::is_floating_point<T>::value) {
     if (eight_channels(ly)) {  // vector multiply-adds; the dE/dY sums in vector lanes until the end
       typedef typename Vec8<T>::type V;
-      V gyv[16];
-      for (i64 j = 0; j < J; ++j) gyv[j] = V{};
-      for (const CGEntry& e : ly.cg) {
-        const T coef = params[e.p];
-        V t, zz, gg;
-        __builtin_memcpy(&t, tmp + toff[e.c] + e.k * 8, sizeof(V));
-        __builtin_memcpy(&zz, z + e.zb, sizeof(V));
-        __builtin_memcpy(&gg, gz + e.zb, sizeof(V));
-        gg += splat<T>(coef * Y[e.j]) * t;
-        __builtin_memcpy(gz + e.zb, &gg, sizeof(V));
-        gyv[e.j] += splat<T>(coef) * (zz * t);
+      // dE/dz: runs by z row; dE/dY: runs by filter component (the sums in the entries' order)
+      const CGRuns& rz = ly.by_z;
+      for (size_t run = 0; run + 1 < rz.starts.size(); ++run) {
+        V gg = V{};
+        for (i64 x = rz.starts[run]; x < rz.starts[run + 1]; ++x) {
+          const CGEntry& e = rz.e[x];
+          V t;
+          __builtin_memcpy(&t, tmp + toff[e.c] + e.k * 8, sizeof(V));
+          gg += splat<T>(params[e.p] * Y[e.j]) * t;
+        }
+        __builtin_memcpy(gz + rz.e[rz.starts[run]].zb, &gg, sizeof(V));
       }
-      for (i64 j = 0; j < J; ++j)
-        for (int w = 0; w < 8; ++w) gy[j] += gyv[j][w];
+      const CGRuns& rj = ly.by_j;
+      for (size_t run = 0; run + 1 < rj.starts.size(); ++run) {
+        V gyv = V{};
+        for (i64 x = rj.starts[run]; x < rj.starts[run + 1]; ++x) {
+          const CGEntry& e = rj.e[x];
+          V t, zz;
+          __builtin_memcpy(&t, tmp + toff[e.c] + e.k * 8, sizeof(V));
+          __builtin_memcpy(&zz, z + e.zb, sizeof(V));
+          gyv += splat<T>(params[e.p]) * (zz * t);
+        }
+        const i64 j = rj.e[rj.starts[run]].j;
+        for (int w = 0; w < 8; ++w) gy[j] += gyv[w];
+      }
       goto store;
     }
   }
@@ -1211,8 +1287,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           continue;
         }
         // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
-        if (ir.mul == 8 && mixt8_tile<T>(gzu, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, zero.data(),
-                                         params + ir.w, gxt + ir.off, up.din, dummy, 1, ir.d, ir.d))
+        if (mixt_tile<T>(gzu, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, zero.data(), params + ir.w,
+                         gxt + ir.off, up.din, dummy, 1, ir.d, ir.d, ir.mul))
           continue;
         for (i64 g = lo; g < hi; ++g) {
           const i64 n = g % N;
