@@ -137,7 +137,8 @@ Net parse(const i64* m) {
   net.nparams = m[p++];
   for (i64 l = 0; l < net.L; ++l) {
     Layer ly;
-    ly.din = m[p++]; ly.dout = m[p++]; ly.residual = m[p++]; ly.act = m[p++]; ly.zsize = m[p++];
+    ly.din = m[p++]; ly.dout = m[p++]; ly.residual = m[p++]; ly.act = m[p++];
+    ly.zsize = (m[p++] + 15) / 16 * 16;  // z rows padded to 64 bytes (float): aligned vector loads
     i64 nin = m[p++], nout = m[p++];
     for (i64 a = 0; a < nin; ++a) {
       InIrrep ir;
@@ -1058,16 +1059,19 @@ struct Layout {
     for (const Linear& li : net.mlp) dmax = std::max(dmax, std::max(li.nin, li.nout));
     const i64 L = net.L;
     i64 off = 0;
+    auto align = [&] { off = (off + 15) / 16 * 16; };  // every buffer starts on 16 entries (64 bytes in float)
     for (i64 l = 0; l < L; ++l) {
+      align();
       xs.push_back(off);
       if (l > 0) off += S * net.layers[l].din;
     }
+    align();
     for (i64 l = 0; l < L; ++l) {
       const Layer& ly = net.layers[l];
       if (keep) {
-        zs.push_back(off); off += S * ly.zsize;
-        gz.push_back(off); off += S * ly.zsize;
-        gh.push_back(off); off += S * ly.dout;
+        align(); zs.push_back(off); off += S * ly.zsize;
+        align(); gz.push_back(off); off += S * ly.zsize;
+        align(); gh.push_back(off); off += S * ly.dout;
       } else {
         zs.push_back(-1);
         gz.push_back(off + (l % 2) * S * zmax);
@@ -1075,6 +1079,7 @@ struct Layout {
       }
     }
     if (!keep) off += 2 * S * zmax + S * net.layers[L - 1].dout;
+    align();
     gy = off; off += S * net.J;
     total = off;
   }
@@ -1158,6 +1163,22 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           for (i64 q = 0; q < ir.Q; ++q)
             pstore[ir.wt + (k * ir.Q + q) * ir.mul + u] = pstore[ir.w + (k * ir.mul + u) * ir.Q + q];
   const T* params = pstore.data();
+  // the mixing matrices again, each starting on 64 bytes (rows of 16 or 32 floats then load whole
+  // cache lines), for the block kernels: wal + wa[l][a] is layer l's W_a
+  std::vector<std::vector<i64>> wa(L);
+  i64 nwa = 0;
+  for (i64 l = 0; l < L; ++l)
+    for (const InIrrep& ir : net.layers[l].in) {
+      wa[l].push_back(nwa);
+      nwa += (K * ir.mul * ir.Q + 15) / 16 * 16;
+    }
+  std::vector<T> wstore(nwa + 64 / sizeof(T));
+  T* const wal = (T*)(((uintptr_t)wstore.data() + 63) & ~(uintptr_t)63);
+  for (i64 l = 0; l < L; ++l)
+    for (size_t a = 0; a < net.layers[l].in.size(); ++a) {
+      const InIrrep& ir = net.layers[l].in[a];
+      std::copy(params + ir.w, params + ir.w + K * ir.mul * ir.Q, wal + wa[l][a]);
+    }
   // dual numbers: the parameters' values and derivatives apart, for the vectorised mixing
   typedef typename Scalar<T>::real R;
   std::vector<R> pa, pb;
@@ -1196,16 +1217,17 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // sites per tile of the passes; per thread and tile, z of the tile's sites, dE/dx of its sites,
   // and a dummy output row for the padding of short blocks (see over_blocks)
   const i64 tile = 32, zdmax = std::max(zmax, dmax);
-  const i64 per_tile = tile * zmax + tile * dmax + zdmax;
+  const i64 per_tile = tile * zmax + tile * dmax + zdmax + 64 / (i64)sizeof(T);  // + room to align
   const std::vector<T> zero(zdmax, T(0));  // the row of a missing neighbour (block kernels)
 
   // z_l = mix(gather(x_l)) of the sites [lo, hi) into the rows z0 + (g - lo) * zsize
   auto mix_sites = [&](i64 l, i64 lo, i64 hi, T* z0, T* scr, T* dummy) {
     const Layer& ly = net.layers[l];
     const T* x = xin(l);
-    for (const InIrrep& ir : ly.in) {
+    for (size_t a = 0; a < ly.in.size(); ++a) {
+      const InIrrep& ir = ly.in[a];
       if (ir.Q == 0) continue;
-      if (mix_tile<T>(x, ly.din, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(), params + ir.w, z0 + ir.z,
+      if (mix_tile<T>(x, ly.din, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(), wal + wa[l][a], z0 + ir.z,
                       ly.zsize, dummy, ir.Q, 1, ir.d, ir.Q))
         continue;
       for (i64 g = lo; g < hi; ++g) {
@@ -1229,7 +1251,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* scr = buf.get();
       T* tmp = scr + scratch;
       T* h = tmp + dmax;
-      T* zt = scr + per_thread;
+      T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
       T* dummy = zt + tile * zmax + tile * dmax;
       T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
       mix_sites(l, lo, hi, z0, scr, dummy);
@@ -1252,7 +1274,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* as = h + dmax;                // activations a_0 .. a_nmlp, dmax each
     T* ys = as + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
     T* gzs = ys + nmlp * dmax;       // dE/dz of one site
-    T* zt = scr + per_thread;
+    T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
     T* dummy = zt + tile * zmax + tile * dmax;
     T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
     mix_sites(l, lo, hi, z0, scr, dummy);
@@ -1276,18 +1298,19 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* ghl = tmp + dmax;            // dE/dh_l at one site
       T* h = ghl + dmax;              // h_l at one site
       T* gzs = h + dmax;              // dE/dz_l of one site
-      T* zt = scr + per_thread;       // z_l of the tile's sites
+      T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);  // z_l of the tile's sites
       T* gxt = zt + tile * zmax;      // dE/dx_{l+1} of the tile's sites
       T* dummy = gxt + tile * dmax;
       const T* gzu = gz[l + 1];
-      for (const InIrrep& ir : up.in) {
+      for (size_t a = 0; a < up.in.size(); ++a) {
+        const InIrrep& ir = up.in[a];
         if (ir.Q == 0) {
           for (i64 g = lo; g < hi; ++g)
             for (i64 u = 0; u < ir.mul * ir.d; ++u) gxt[(g - lo) * up.din + ir.off + u] = T(0);
           continue;
         }
         // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
-        if (mixt_tile<T>(gzu, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, zero.data(), params + ir.w,
+        if (mixt_tile<T>(gzu, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, zero.data(), wal + wa[l + 1][a],
                          gxt + ir.off, up.din, dummy, 1, ir.d, ir.d, ir.mul))
           continue;
         for (i64 g = lo; g < hi; ++g) {
