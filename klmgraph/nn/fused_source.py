@@ -388,6 +388,16 @@ inline bool mixt8(const T* src, i64 rowlen, i64 off, i64 Q, const i64* nbr, i64 
 // the same instructions. Each site's sum runs in the same order whatever its place in a block,
 // and a short block (the tile's end) repeats its last site into a dummy output: results do not
 // depend on where tiles start, hence not on the number of threads.
+// Keeps a vector in a register: without it the compiler folds the load into every multiply-add
+// that uses the vector (one load per use; the block kernels would be load-bound again).
+#if defined(__AVX512F__)
+#define KLM_REG(x) asm("" : "+v"(x))
+#elif defined(__AVX__)
+#define KLM_REG(x) asm("" : "+x"(x))
+#else
+#define KLM_REG(x) ((void)0)
+#endif
+
 template <typename T, int Q> struct RowVec {
   static constexpr int B = Q * (int)sizeof(T) >= 64 ? 64 : 32;  // bytes per vector
   static constexpr int VL = B / (int)sizeof(T), NV = (Q + VL - 1) / VL;
@@ -550,7 +560,8 @@ inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* 
           if (DUP > 0 && v + 1 == NV) x[s][i] *= mask;
         }
       for (int u = 0; u < UO; ++u) {
-        const V w = RV::load(wk + u * Q, v);
+        V w = RV::load(wk + u * Q, v);
+        KLM_REG(w);
         for (int s = 0; s < S; ++s)
           for (int i = 0; i < D; ++i) acc[s][i][u] += x[s][i] * w;
       }
