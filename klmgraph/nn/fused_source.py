@@ -10,9 +10,11 @@ site energies and, by its mode, the seed-weighted gradients with respect to the 
 Why one kernel for the whole network: the eager fast path costs a few hundred small torch ops
 per call and writes a gathered (N, 2l+1, K x mul) buffer per layer (DESIGN.md section 3). Here
 every pass reads each site's K neighbours straight from the previous pass's per-site output
-(in cache), mixes channels with register-blocked multiply-adds, applies the Clebsch-Gordan
+(in cache), mixes channels with register-blocked multiply-adds over blocks of 1-4 sites (each
+row of mixing weights loaded once for the block, 64-byte vectors), applies the Clebsch-Gordan
 product with the centre filter, the residual and the norm activation, and writes one row per
-site. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
+site. A site's sums run in the same order wherever its block starts, so results do not depend
+on the number of threads. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
 bilinear, so its input gradient is the same gather-mix with the transposed weights read through
 the inverse neighbour table, and its weight gradient the outer product of the gathered inputs
 with dE/dz (a last pass over sites, summed per fixed group of tiles in its own buffer).
