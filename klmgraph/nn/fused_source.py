@@ -874,6 +874,23 @@ inline bool eight_channels(const Layer& ly) {
   return true;
 }
 
+// Per run of entries (8 channels): *dest(first entry) = sum over the run of params[e.p] Y[e.j] *row(e),
+// the sum in a register, in the entries' order
+template <typename T, typename Row, typename Dest>
+inline void cg_runs(const CGRuns& r, const T* __restrict params, const T* __restrict Y, Row row, Dest dest) {
+  typedef typename Vec8<T>::type V;
+  for (size_t run = 0; run + 1 < r.starts.size(); ++run) {
+    V a = V{};
+    for (i64 x = r.starts[run]; x < r.starts[run + 1]; ++x) {
+      const CGEntry& e = r.e[x];
+      V b;
+      __builtin_memcpy(&b, row(e), sizeof(V));
+      a += splat<T>(params[e.p] * Y[e.j]) * b;
+    }
+    __builtin_memcpy(dest(r.e[r.starts[run]]), &a, sizeof(V));
+  }
+}
+
 // out = CG(z, Y) [+ residual] for one site, from the sparse coefficient list: per entry one multiply-add over
 // the output channels w (contiguous in z); T_c scratch holds out_c as [k][w], then e3nn layout.
 template <typename T>
@@ -885,19 +902,8 @@ inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restri
   for (size_t c = 0; c < ly.out.size(); ++c) { toff[c] = base; base += ly.out[c].mul * ly.out[c].d; }
   if constexpr (std::is_floating_point<T>::value) {
     if (eight_channels(ly)) {  // one vector multiply-add per entry, each output row's sum in a register
-      typedef typename Vec8<T>::type V;
-      const CGRuns& r = ly.by_out;
-      for (size_t run = 0; run + 1 < r.starts.size(); ++run) {
-        V a = V{};
-        for (i64 x = r.starts[run]; x < r.starts[run + 1]; ++x) {
-          const CGEntry& e = r.e[x];
-          V b;
-          __builtin_memcpy(&b, z + e.zb, sizeof(V));
-          a += splat<T>(params[e.p] * Y[e.j]) * b;
-        }
-        const CGEntry& e = r.e[r.starts[run]];
-        __builtin_memcpy(tmp + toff[e.c] + e.k * 8, &a, sizeof(V));
-      }
+      cg_runs<T>(ly.by_out, params, Y, [&](const CGEntry& e) { return z + e.zb; },
+                 [&](const CGEntry& e) { return tmp + toff[e.c] + e.k * 8; });
       goto layout;
     }
   }
@@ -945,17 +951,8 @@ inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restr
     if (eight_channels(ly)) {  // vector multiply-adds; the dE/dY sums in vector lanes until the end
       typedef typename Vec8<T>::type V;
       // dE/dz: runs by z row; dE/dY: runs by filter component (the sums in the entries' order)
-      const CGRuns& rz = ly.by_z;
-      for (size_t run = 0; run + 1 < rz.starts.size(); ++run) {
-        V gg = V{};
-        for (i64 x = rz.starts[run]; x < rz.starts[run + 1]; ++x) {
-          const CGEntry& e = rz.e[x];
-          V t;
-          __builtin_memcpy(&t, tmp + toff[e.c] + e.k * 8, sizeof(V));
-          gg += splat<T>(params[e.p] * Y[e.j]) * t;
-        }
-        __builtin_memcpy(gz + rz.e[rz.starts[run]].zb, &gg, sizeof(V));
-      }
+      cg_runs<T>(ly.by_z, params, Y, [&](const CGEntry& e) { return tmp + toff[e.c] + e.k * 8; },
+                 [&](const CGEntry& e) { return gz + e.zb; });
       const CGRuns& rj = ly.by_j;
       for (size_t run = 0; run + 1 < rj.starts.size(); ++run) {
         V gyv = V{};
