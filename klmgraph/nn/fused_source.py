@@ -207,47 +207,6 @@ inline T dot(const T* __restrict a, const T* __restrict b, i64 n) {
   }
 }
 
-// Register-blocked: D x (Q / 8) vector accumulators, one W row load per (k, u) shared by the D
-// components (GCC/Clang vector extensions: lowered to the widest SIMD the machine has).
-template <typename T, int D, int Q>
-inline void mix_fixed(const T* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
-                      const i64* __restrict nbr, i64 base, i64 K, i64 N, const T* __restrict W,
-                      T* __restrict out, i64 ostride_i, i64 ostride_q) {
-  typedef typename Vec8<T>::type V;
-  constexpr int NV = Q / 8;
-  // C copies of the accumulators (u modulo C) where D x NV alone are too few independent chains to
-  // hide the multiply-add latency
-  constexpr int C = D * NV >= 8 ? 1 : D * NV >= 4 ? 2 : 4;
-  V acc[C][D][NV];
-  for (int c = 0; c < C; ++c)
-    for (int i = 0; i < D; ++i)
-      for (int v = 0; v < NV; ++v) acc[c][i][v] = V{};
-  auto step = [&](V (&a)[D][NV], const T* xs, const T* wr) {
-    V w[NV];
-    for (int v = 0; v < NV; ++v) __builtin_memcpy(&w[v], wr + 8 * v, sizeof(V));
-    for (int i = 0; i < D; ++i) {
-      V xv = splat<T>(xs[i * istride]);
-      for (int v = 0; v < NV; ++v) a[i][v] += xv * w[v];
-    }
-  };
-  for (i64 k = 0; k < K; ++k) {
-    i64 s = nbr[k];
-    if (s == N) continue;
-    const T* xs = src + (base + s) * rowlen + off;
-    const T* wk = W + k * U * Q;
-    i64 u = 0;
-    for (; u + C <= U; u += C)
-      for (int c = 0; c < C; ++c) step(acc[c], xs + (u + c) * ustride, wk + (u + c) * Q);
-    for (; u < U; ++u) step(acc[0], xs + u * ustride, wk + u * Q);
-  }
-  for (int c = 1; c < C; ++c)
-    for (int i = 0; i < D; ++i)
-      for (int v = 0; v < NV; ++v) acc[0][i][v] += acc[c][i][v];
-  for (int i = 0; i < D; ++i)
-    for (int v = 0; v < NV; ++v)
-      for (int e = 0; e < 8; ++e) out[i * ostride_i + (8 * v + e) * ostride_q] = acc[0][i][v][e];
-}
-
 template <typename T>
 inline void mix_generic(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr,
                         i64 base, i64 K, i64 N, const T* W, T* out, i64 ostride_i, i64 ostride_q, i64 D, i64 Q,
@@ -274,18 +233,6 @@ inline void mix_generic(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustr
 template <typename T>
 inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr, i64 base,
                 i64 K, i64 N, const T* W, T* out, i64 ostride_i, i64 ostride_q, i64 D, i64 Q, T* scratch) {
-#define KLM_MIX(DD, QQ) \
-  if (D == DD && Q == QQ) { \
-    mix_fixed<T, DD, QQ>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, W, out, ostride_i, ostride_q); \
-    return; \
-  }
-  if constexpr (std::is_floating_point<T>::value) {
-  // the shapes of the published architecture (8 channels, l <= 2, filter l <= 1), both directions
-  KLM_MIX(1, 8) KLM_MIX(1, 16) KLM_MIX(1, 24) KLM_MIX(1, 32)
-  KLM_MIX(3, 8) KLM_MIX(3, 16) KLM_MIX(3, 24) KLM_MIX(3, 32)
-  KLM_MIX(5, 8) KLM_MIX(5, 16) KLM_MIX(5, 24) KLM_MIX(5, 32)
-  }
-#undef KLM_MIX
   if (Q == 1 && ustride == 1) {  // one output channel (mul = 1 transposed): dot products over u
     for (i64 i = 0; i < D; ++i) {
       T acc = T(0);
@@ -302,11 +249,7 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
                  scratch);
 }
 
-// Transposed mixing with 8 output channels (the backward's dE/dx = mix^T(gather^-1(dE/dz))):
-// out[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * 8 + u) * Q + q],
-// W the forward's (K * 8, Q) matrix. In the rank-1 form of mix (8 outputs per vector) only D
-// accumulator chains would be live and every multiply-add would need its own broadcast; here the sums
-// over q run in vector lanes, D x 8 independent accumulators, reduced once per site.
+// 8-lane shuffles (GCC and Clang spell them differently)
 #if defined(__clang__)
 #define KLM_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
@@ -331,57 +274,11 @@ inline typename Vec8<T>::type lane_sums(const typename Vec8<T>::type* a) {
   return KLM_SHUF(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) + KLM_SHUF(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
-template <typename T, int D>
-inline void mixt8_fixed(const T* __restrict src, i64 rowlen, i64 off, i64 Q, const i64* __restrict nbr, i64 base,
-                        i64 K, i64 N, const T* __restrict W, T* __restrict out, i64 ostride_i, i64 ostride_u) {
-  typedef typename Vec8<T>::type V;
-  V acc[D][8];
-  for (int i = 0; i < D; ++i)
-    for (int u = 0; u < 8; ++u) acc[i][u] = V{};
-  for (i64 k = 0; k < K; ++k) {
-    const i64 s = nbr[k];
-    if (s == N) continue;
-    const T* xs = src + (base + s) * rowlen + off;
-    const T* wk = W + k * 8 * Q;
-    for (i64 q = 0; q < Q; q += 8) {
-      V x[D];
-      for (int i = 0; i < D; ++i) __builtin_memcpy(&x[i], xs + i * Q + q, sizeof(V));
-      for (int u = 0; u < 8; ++u) {
-        V w;
-        __builtin_memcpy(&w, wk + u * Q + q, sizeof(V));
-        for (int i = 0; i < D; ++i) acc[i][u] += x[i] * w;
-      }
-    }
-  }
-  for (int i = 0; i < D; ++i) {
-    const V r = lane_sums<T>(acc[i]);
-    for (int u = 0; u < 8; ++u) out[i * ostride_i + u * ostride_u] = r[u];
-  }
-}
-
-// mixt8_fixed over D rows, three at a time (D x 8 accumulators must fit the vector registers);
-// false where Q is not a multiple of 8
-template <typename T>
-inline bool mixt8(const T* src, i64 rowlen, i64 off, i64 Q, const i64* nbr, i64 base, i64 K, i64 N, const T* W,
-                  T* out, i64 ostride_i, i64 ostride_u, i64 D) {
-  if (Q % 8 != 0) return false;
-  for (i64 i = 0; i < D;) {
-    const i64 n = std::min<i64>(D - i, 3);
-    const T* sp = src;
-    const i64 o = off + i * Q;
-    T* op = out + i * ostride_i;
-    if (n == 3) mixt8_fixed<T, 3>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
-    else if (n == 2) mixt8_fixed<T, 2>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
-    else mixt8_fixed<T, 1>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
-    i += n;
-  }
-  return true;
-}
 #undef KLM_SHUF
 
 // ---------------------------------------------------------------- multi-site (tile) micro-kernels
-// The per-site kernels above load one W row (k, u) for the D components of one site: for scalar
-// irreps one multiply-add per load. Here S sites of a tile share each W row load (S x D x NV
+// Mixing one site at a time would load one W row (k, u) for the D components of that site: for
+// scalar irreps one multiply-add per load. Here S sites of a tile share each W row load (S x D x NV
 // accumulators), in the machine's widest vectors (64 bytes: 16 floats, 8 doubles; 32 bytes for
 // rows shorter than that). Where Q is not a multiple of the width, the row's last vector is
 // loaded ending at its last entry (overlapping the one before; the lanes counted twice are
@@ -526,9 +423,12 @@ inline T lane_total(const V& a) {
 // sites per block of the transposed mixing of D rows with UO outputs (UO x D accumulators per site)
 constexpr int mixt_sites(int D, int UO) { return 24 / (UO * D) < 1 ? 1 : 24 / (UO * D) > 4 ? 4 : 24 / (UO * D); }
 
-// transposed mixing with UO = 8 outputs (hidden layers) or 1 (the first layer's single channel)
-// for a block of sites (see mixt8_fixed; the sums over q in the lanes, W loads shared by the S
-// sites; the lanes a row's last vector repeats are zeroed in x):
+// Transposed mixing (the backward's dE/dx = mix^T(gather^-1(dE/dz)), W the forward's (K * UO, Q)
+// matrix) with UO = 8 outputs (hidden layers) or 1 (the first layer's single channel) for a block
+// of sites. In the rank-1 form of mix_block (outputs in the lanes) only D accumulator chains would
+// be live and every multiply-add would need its own broadcast; here the sums over q run in vector
+// lanes, S x D x UO independent accumulators reduced once per site, W loads shared by the S sites
+// (the lanes a row's last vector repeats are zeroed in x):
 // out_s[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * UO + u) * Q + q]
 template <typename T, int D, int Q, int UO>
 inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* __restrict table, const i64* g,
@@ -662,7 +562,8 @@ inline bool mixt_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table
 template <typename T> struct Scalar { typedef T real; static constexpr bool dual = false; };
 template <typename R> struct Scalar<Dual<R>> { typedef R real; static constexpr bool dual = true; };
 
-// mix_fixed for dual features with the weights split into real parts Wa and derivatives Wb (with
+// Mixing of one site for dual features (D x Q / 8 vector accumulators, one W row load per (k, u)
+// shared by the D components) with the weights split into real parts Wa and derivatives Wb (with
 // wtan false, Wb is zero and skipped): value and derivative in separate vector accumulators.
 template <typename R, int D, int Q>
 inline void mix_dual_fixed(const Dual<R>* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
