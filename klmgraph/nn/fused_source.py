@@ -10,9 +10,11 @@ site energies and, by its mode, the seed-weighted gradients with respect to the 
 Why one kernel for the whole network: the eager fast path costs a few hundred small torch ops
 per call and writes a gathered (N, 2l+1, K x mul) buffer per layer (DESIGN.md section 3). Here
 every pass reads each site's K neighbours straight from the previous pass's per-site output
-(in cache), mixes channels with register-blocked multiply-adds, applies the Clebsch-Gordan
+(in cache), mixes channels with register-blocked multiply-adds over blocks of 1-4 sites (each
+row of mixing weights loaded once for the block, 64-byte vectors), applies the Clebsch-Gordan
 product with the centre filter, the residual and the norm activation, and writes one row per
-site. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
+site. A site's sums run in the same order wherever its block starts, so results do not depend
+on the number of threads. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
 bilinear, so its input gradient is the same gather-mix with the transposed weights read through
 the inverse neighbour table, and its weight gradient the outer product of the gathered inputs
 with dE/dz (a last pass over sites, summed per fixed group of tiles in its own buffer).
@@ -99,11 +101,26 @@ struct Piece { i64 a, col, d; };
 struct OutIrrep { i64 mul, d, off, I, cg; std::vector<Piece> pieces; };
 // one nonzero Clebsch-Gordan coefficient: out_c[w][k] += coef * Y[j] * z[zb + w]
 struct CGEntry { i64 c, zb, j, k, p; };
+// the entries stably sorted by a key, and where each key's run starts (starts.back() = size):
+// a run sums into one register, stored once (a read-modify-write of memory per entry would chain
+// each entry behind the store of the one before)
+struct CGRuns {
+  std::vector<CGEntry> e;
+  std::vector<i64> starts;
+  template <typename Key> CGRuns(const std::vector<CGEntry>& cg, Key key) : e(cg) {
+    std::stable_sort(e.begin(), e.end(), [&](const CGEntry& a, const CGEntry& b) { return key(a) < key(b); });
+    for (size_t x = 0; x < e.size(); ++x)
+      if (x == 0 || key(e[x]) != key(e[x - 1])) starts.push_back((i64)x);
+    starts.push_back((i64)e.size());
+  }
+  CGRuns() = default;
+};
 struct Layer {
   i64 din, dout, residual, act, zsize;
   std::vector<InIrrep> in;
   std::vector<OutIrrep> out;
   std::vector<CGEntry> cg;
+  CGRuns by_out, by_z, by_j;  // runs by output row (c, k), by z row zb, by filter component j
 };
 struct Linear { i64 nin, nout, w, b; };
 struct Net {
@@ -122,7 +139,8 @@ Net parse(const i64* m) {
   net.nparams = m[p++];
   for (i64 l = 0; l < net.L; ++l) {
     Layer ly;
-    ly.din = m[p++]; ly.dout = m[p++]; ly.residual = m[p++]; ly.act = m[p++]; ly.zsize = m[p++];
+    ly.din = m[p++]; ly.dout = m[p++]; ly.residual = m[p++]; ly.act = m[p++];
+    ly.zsize = (m[p++] + 15) / 16 * 16;  // z rows padded to 64 bytes (float): aligned vector loads
     i64 nin = m[p++], nout = m[p++];
     for (i64 a = 0; a < nin; ++a) {
       InIrrep ir;
@@ -143,6 +161,9 @@ Net parse(const i64* m) {
       CGEntry ce; ce.c = m[p++]; ce.zb = m[p++]; ce.j = m[p++]; ce.k = m[p++]; ce.p = m[p++];
       ly.cg.push_back(ce);
     }
+    ly.by_out = CGRuns(ly.cg, [](const CGEntry& e) { return e.c * 1024 + e.k; });
+    ly.by_z = CGRuns(ly.cg, [](const CGEntry& e) { return e.zb; });
+    ly.by_j = CGRuns(ly.cg, [](const CGEntry& e) { return e.j; });
     net.layers.push_back(ly);
   }
   for (i64 k = 0; k < nmlp; ++k) {
@@ -186,47 +207,6 @@ inline T dot(const T* __restrict a, const T* __restrict b, i64 n) {
   }
 }
 
-// Register-blocked: D x (Q / 8) vector accumulators, one W row load per (k, u) shared by the D
-// components (GCC/Clang vector extensions: lowered to the widest SIMD the machine has).
-template <typename T, int D, int Q>
-inline void mix_fixed(const T* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
-                      const i64* __restrict nbr, i64 base, i64 K, i64 N, const T* __restrict W,
-                      T* __restrict out, i64 ostride_i, i64 ostride_q) {
-  typedef typename Vec8<T>::type V;
-  constexpr int NV = Q / 8;
-  // C copies of the accumulators (u modulo C) where D x NV alone are too few independent chains to
-  // hide the multiply-add latency
-  constexpr int C = D * NV >= 8 ? 1 : D * NV >= 4 ? 2 : 4;
-  V acc[C][D][NV];
-  for (int c = 0; c < C; ++c)
-    for (int i = 0; i < D; ++i)
-      for (int v = 0; v < NV; ++v) acc[c][i][v] = V{};
-  auto step = [&](V (&a)[D][NV], const T* xs, const T* wr) {
-    V w[NV];
-    for (int v = 0; v < NV; ++v) __builtin_memcpy(&w[v], wr + 8 * v, sizeof(V));
-    for (int i = 0; i < D; ++i) {
-      V xv = splat<T>(xs[i * istride]);
-      for (int v = 0; v < NV; ++v) a[i][v] += xv * w[v];
-    }
-  };
-  for (i64 k = 0; k < K; ++k) {
-    i64 s = nbr[k];
-    if (s == N) continue;
-    const T* xs = src + (base + s) * rowlen + off;
-    const T* wk = W + k * U * Q;
-    i64 u = 0;
-    for (; u + C <= U; u += C)
-      for (int c = 0; c < C; ++c) step(acc[c], xs + (u + c) * ustride, wk + (u + c) * Q);
-    for (; u < U; ++u) step(acc[0], xs + u * ustride, wk + u * Q);
-  }
-  for (int c = 1; c < C; ++c)
-    for (int i = 0; i < D; ++i)
-      for (int v = 0; v < NV; ++v) acc[0][i][v] += acc[c][i][v];
-  for (int i = 0; i < D; ++i)
-    for (int v = 0; v < NV; ++v)
-      for (int e = 0; e < 8; ++e) out[i * ostride_i + (8 * v + e) * ostride_q] = acc[0][i][v][e];
-}
-
 template <typename T>
 inline void mix_generic(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr,
                         i64 base, i64 K, i64 N, const T* W, T* out, i64 ostride_i, i64 ostride_q, i64 D, i64 Q,
@@ -253,18 +233,6 @@ inline void mix_generic(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustr
 template <typename T>
 inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr, i64 base,
                 i64 K, i64 N, const T* W, T* out, i64 ostride_i, i64 ostride_q, i64 D, i64 Q, T* scratch) {
-#define KLM_MIX(DD, QQ) \
-  if (D == DD && Q == QQ) { \
-    mix_fixed<T, DD, QQ>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, W, out, ostride_i, ostride_q); \
-    return; \
-  }
-  if constexpr (std::is_floating_point<T>::value) {
-  // the shapes of the published architecture (8 channels, l <= 2, filter l <= 1), both directions
-  KLM_MIX(1, 8) KLM_MIX(1, 16) KLM_MIX(1, 24) KLM_MIX(1, 32)
-  KLM_MIX(3, 8) KLM_MIX(3, 16) KLM_MIX(3, 24) KLM_MIX(3, 32)
-  KLM_MIX(5, 8) KLM_MIX(5, 16) KLM_MIX(5, 24) KLM_MIX(5, 32)
-  }
-#undef KLM_MIX
   if (Q == 1 && ustride == 1) {  // one output channel (mul = 1 transposed): dot products over u
     for (i64 i = 0; i < D; ++i) {
       T acc = T(0);
@@ -281,11 +249,7 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
                  scratch);
 }
 
-// Transposed mixing with 8 output channels (the backward's dE/dx = mix^T(gather^-1(dE/dz))):
-// out[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * 8 + u) * Q + q],
-// W the forward's (K * 8, Q) matrix. In the rank-1 form of mix (8 outputs per vector) only D
-// accumulator chains would be live and every multiply-add would need its own broadcast; here the sums
-// over q run in vector lanes, D x 8 independent accumulators, reduced once per site.
+// 8-lane shuffles (GCC and Clang spell them differently)
 #if defined(__clang__)
 #define KLM_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
@@ -310,59 +274,296 @@ inline typename Vec8<T>::type lane_sums(const typename Vec8<T>::type* a) {
   return KLM_SHUF(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) + KLM_SHUF(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
-template <typename T, int D>
-inline void mixt8_fixed(const T* __restrict src, i64 rowlen, i64 off, i64 Q, const i64* __restrict nbr, i64 base,
-                        i64 K, i64 N, const T* __restrict W, T* __restrict out, i64 ostride_i, i64 ostride_u) {
-  typedef typename Vec8<T>::type V;
-  V acc[D][8];
-  for (int i = 0; i < D; ++i)
-    for (int u = 0; u < 8; ++u) acc[i][u] = V{};
-  for (i64 k = 0; k < K; ++k) {
-    const i64 s = nbr[k];
-    if (s == N) continue;
-    const T* xs = src + (base + s) * rowlen + off;
-    const T* wk = W + k * 8 * Q;
-    for (i64 q = 0; q < Q; q += 8) {
-      V x[D];
-      for (int i = 0; i < D; ++i) __builtin_memcpy(&x[i], xs + i * Q + q, sizeof(V));
-      for (int u = 0; u < 8; ++u) {
-        V w;
-        __builtin_memcpy(&w, wk + u * Q + q, sizeof(V));
-        for (int i = 0; i < D; ++i) acc[i][u] += x[i] * w;
-      }
-    }
+#undef KLM_SHUF
+
+// ---------------------------------------------------------------- multi-site (tile) micro-kernels
+// Mixing one site at a time would load one W row (k, u) for the D components of that site: for
+// scalar irreps one multiply-add per load. Here S sites of a tile share each W row load (S x D x NV
+// accumulators), in the machine's widest vectors (64 bytes: 16 floats, 8 doubles; 32 bytes for
+// rows shorter than that). Where Q is not a multiple of the width, the row's last vector is
+// loaded ending at its last entry (overlapping the one before; the lanes counted twice are
+// dropped or masked): no partial loads, which would go through memory. A missing neighbour reads
+// a row of zeros (adds exact zeros) instead of being skipped, so that the sites of a block run
+// the same instructions. Each site's sum runs in the same order whatever its place in a block,
+// and a short block (the tile's end) repeats its last site into a dummy output: results do not
+// depend on where tiles start, hence not on the number of threads.
+// Keeps a vector in a register: without it the compiler folds the load into every multiply-add
+// that uses the vector (one load per use; the block kernels would be load-bound again).
+#if defined(__AVX512F__)
+#define KLM_REG(x) asm("" : "+v"(x))
+#elif defined(__AVX__)
+#define KLM_REG(x) asm("" : "+x"(x))
+#else
+#define KLM_REG(x) ((void)0)
+#endif
+
+template <typename T, int Q> struct RowVec {
+  static constexpr int B = Q * (int)sizeof(T) >= 64 ? 64 : 32;  // bytes per vector
+  static constexpr int VL = B / (int)sizeof(T), NV = (Q + VL - 1) / VL;
+  static constexpr int DUP = NV * VL - Q;  // lanes of the last vector that repeat the one before
+  typedef T type __attribute__((vector_size(B)));
+  // the v-th vector of a row of Q entries (the last one ends at the row's end)
+  static inline type load(const T* row, int v) {
+    type x;
+    __builtin_memcpy(&x, row + (v + 1 < NV ? VL * v : Q - VL), sizeof(type));
+    return x;
   }
-  for (int i = 0; i < D; ++i) {
-    const V r = lane_sums<T>(acc[i]);
-    for (int u = 0; u < 8; ++u) out[i * ostride_i + u * ostride_u] = r[u];
+};
+
+// Prefetches the row segments the block reads for neighbour class k + KLM_AHEAD: the rows are
+// scattered over the lattice (the hardware prefetcher cannot guess them) and a miss costs more than
+// the multiply-adds of one class.
+constexpr i64 KLM_AHEAD = 2;
+template <typename T, int S>
+inline void prefetch_rows(const T* src, i64 rowlen, i64 off, const i64* const* nb, const i64* base, i64 k, i64 K,
+                          i64 N, i64 len) {
+  if (k + KLM_AHEAD >= K) return;
+  for (int s = 0; s < S; ++s) {
+    const i64 j = nb[s][k + KLM_AHEAD];
+    if (j == N) continue;
+    const char* p = (const char*)(src + (base[s] + j) * rowlen + off);
+    for (i64 b = 0; b < len * (i64)sizeof(T); b += 64) __builtin_prefetch(p + b, 0, 3);
   }
 }
 
-// mixt8_fixed over D rows, three at a time (D x 8 accumulators must fit the vector registers);
-// false where Q is not a multiple of 8
-template <typename T>
-inline bool mixt8(const T* src, i64 rowlen, i64 off, i64 Q, const i64* nbr, i64 base, i64 K, i64 N, const T* W,
-                  T* out, i64 ostride_i, i64 ostride_u, i64 D) {
-  if (Q % 8 != 0) return false;
-  for (i64 i = 0; i < D;) {
-    const i64 n = std::min<i64>(D - i, 3);
-    const T* sp = src;
-    const i64 o = off + i * Q;
-    T* op = out + i * ostride_i;
-    if (n == 3) mixt8_fixed<T, 3>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
-    else if (n == 2) mixt8_fixed<T, 2>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
-    else mixt8_fixed<T, 1>(sp, rowlen, o, Q, nbr, base, K, N, W, op, ostride_i, ostride_u);
-    i += n;
+// the block's shape for D components and Q outputs: accumulator copies C (u modulo C, enough
+// independent chains to hide the multiply-add latency; a function of D and Q only, so that a
+// site's summation order does not depend on the block), sites per block S (fit the registers)
+template <typename T, int D, int Q> struct MixShape {
+  static constexpr int NV = RowVec<T, Q>::NV, C = D * NV >= 3 ? 1 : 2;
+  static constexpr int S0 = 24 / (D * NV * C), S = S0 < 1 ? 1 : S0 > 4 ? 4 : S0;
+};
+
+// out_s[i * ostride_i + q * ostride_q] = sum_k sum_u x_s[nb_k][off + u * ustride + i * istride] W[(k * U + u) * Q + q]
+// for the S sites g[s] (x_s the rows of g[s]'s configuration, nb_k its neighbour table row)
+template <typename T, int D, int Q>
+inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
+                      const i64* __restrict table, const i64* g, i64 K, i64 N, const T* __restrict zero,
+                      const T* __restrict W, T* const* out, i64 ostride_i, i64 ostride_q) {
+  typedef MixShape<T, D, Q> Sh;
+  typedef RowVec<T, Q> RV;
+  typedef typename RV::type V;
+  constexpr int S = Sh::S, NV = RV::NV, C = Sh::C, VL = RV::VL, DUP = RV::DUP;
+  V acc[C][S][D][NV];
+  for (int c = 0; c < C; ++c)
+    for (int s = 0; s < S; ++s)
+      for (int i = 0; i < D; ++i)
+        for (int v = 0; v < NV; ++v) acc[c][s][i][v] = V{};
+  const i64* nb[S];
+  i64 base[S];
+  for (int s = 0; s < S; ++s) { const i64 n = g[s] % N; nb[s] = table + n * K; base[s] = g[s] - n; }
+  auto step = [&](V (&a)[S][D][NV], const T* const* xs, i64 u, const T* wr) {
+    V w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = RV::load(wr, v);
+    for (int s = 0; s < S; ++s)
+      for (int i = 0; i < D; ++i) {
+        const T xv = xs[s][u * ustride + i * istride];
+        for (int v = 0; v < NV; ++v) a[s][i][v] += xv * w[v];  // the scalar broadcast to the lanes
+      }
+  };
+  for (i64 k = 0; k < K; ++k) {
+    const T* xs[S];
+    for (int s = 0; s < S; ++s) {
+      const i64 j = nb[s][k];
+      xs[s] = j == N ? zero : src + (base[s] + j) * rowlen + off;
+    }
+    prefetch_rows<T, S>(src, rowlen, off, nb, base, k, K, N, (U - 1) * ustride + (D - 1) * istride + 1);
+    const T* wk = W + k * U * Q;
+    i64 u = 0;
+    for (; u + C <= U; u += C)
+      for (int c = 0; c < C; ++c) step(acc[c], xs, u + c, wk + (u + c) * Q);
+    for (; u < U; ++u) step(acc[0], xs, u, wk + u * Q);
   }
-  return true;
+  for (int c = 1; c < C; ++c)
+    for (int s = 0; s < S; ++s)
+      for (int i = 0; i < D; ++i)
+        for (int v = 0; v < NV; ++v) acc[0][s][i][v] += acc[c][s][i][v];
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < D; ++i)
+      for (int v = 0; v < NV; ++v) {
+        const int first = v + 1 < NV ? VL * v : Q - VL;
+        for (int e = v + 1 < NV ? 0 : DUP; e < VL; ++e) out[s][i * ostride_i + (first + e) * ostride_q] = acc[0][s][i][v][e];
+      }
 }
-#undef KLM_SHUF
+
+// r[u] = the sum of the lanes of a[u], u < 8 (vectors of 8 or 16 lanes: halves added first)
+template <typename T, typename V>
+inline typename Vec8<T>::type lane_sums_any(const V* a) {
+  typedef typename Vec8<T>::type V8;
+  V8 b[8];
+  for (int u = 0; u < 8; ++u) {
+    if constexpr (sizeof(V) == sizeof(V8)) {
+      __builtin_memcpy(&b[u], &a[u], sizeof(V8));
+    } else {
+      V8 lo, hi;
+      __builtin_memcpy(&lo, &a[u], sizeof(V8));
+      __builtin_memcpy(&hi, (const char*)&a[u] + sizeof(V8), sizeof(V8));
+      b[u] = lo + hi;
+    }
+  }
+  return lane_sums<T>(b);
+}
+
+// the sum of the lanes of a (a fixed tree: halves added first)
+template <typename T, typename V>
+inline T lane_total(const V& a) {
+  typedef typename Vec8<T>::type V8;
+  V8 b;
+  if constexpr (sizeof(V) == sizeof(V8)) {
+    __builtin_memcpy(&b, &a, sizeof(V8));
+  } else {
+    V8 lo, hi;
+    __builtin_memcpy(&lo, &a, sizeof(V8));
+    __builtin_memcpy(&hi, (const char*)&a + sizeof(V8), sizeof(V8));
+    b = lo + hi;
+  }
+  return ((b[0] + b[4]) + (b[2] + b[6])) + ((b[1] + b[5]) + (b[3] + b[7]));
+}
+
+// sites per block of the transposed mixing of D rows with UO outputs (UO x D accumulators per site)
+constexpr int mixt_sites(int D, int UO) { return 24 / (UO * D) < 1 ? 1 : 24 / (UO * D) > 4 ? 4 : 24 / (UO * D); }
+
+// Transposed mixing (the backward's dE/dx = mix^T(gather^-1(dE/dz)), W the forward's (K * UO, Q)
+// matrix) with UO = 8 outputs (hidden layers) or 1 (the first layer's single channel) for a block
+// of sites. In the rank-1 form of mix_block (outputs in the lanes) only D accumulator chains would
+// be live and every multiply-add would need its own broadcast; here the sums over q run in vector
+// lanes, S x D x UO independent accumulators reduced once per site, W loads shared by the S sites
+// (the lanes a row's last vector repeats are zeroed in x):
+// out_s[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * UO + u) * Q + q]
+template <typename T, int D, int Q, int UO>
+inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* __restrict table, const i64* g,
+                       i64 K, i64 N, const T* __restrict zero, const T* __restrict W, T* const* out,
+                       i64 ostride_i, i64 ostride_u) {
+  typedef RowVec<T, Q> RV;
+  typedef typename RV::type V;
+  constexpr int NV = RV::NV, VL = RV::VL, DUP = RV::DUP, S = mixt_sites(D, UO);
+  V mask;
+  for (int e = 0; e < VL; ++e) mask[e] = e < DUP ? T(0) : T(1);
+  V acc[S][D][UO];
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < D; ++i)
+      for (int u = 0; u < UO; ++u) acc[s][i][u] = V{};
+  const i64* nb[S];
+  i64 base[S];
+  for (int s = 0; s < S; ++s) { const i64 n = g[s] % N; nb[s] = table + n * K; base[s] = g[s] - n; }
+  for (i64 k = 0; k < K; ++k) {
+    const T* xs[S];
+    for (int s = 0; s < S; ++s) {
+      const i64 j = nb[s][k];
+      xs[s] = j == N ? zero : src + (base[s] + j) * rowlen + off;
+    }
+    prefetch_rows<T, S>(src, rowlen, off, nb, base, k, K, N, D * Q);
+    const T* wk = W + k * UO * Q;
+    for (int v = 0; v < NV; ++v) {
+      V x[S][D];
+      for (int s = 0; s < S; ++s)
+        for (int i = 0; i < D; ++i) {
+          x[s][i] = RV::load(xs[s] + i * Q, v);
+          if (DUP > 0 && v + 1 == NV) x[s][i] *= mask;
+        }
+      for (int u = 0; u < UO; ++u) {
+        V w = RV::load(wk + u * Q, v);
+        KLM_REG(w);
+        for (int s = 0; s < S; ++s)
+          for (int i = 0; i < D; ++i) acc[s][i][u] += x[s][i] * w;
+      }
+    }
+  }
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < D; ++i) {
+      if constexpr (UO == 8) {
+        const typename Vec8<T>::type r = lane_sums_any<T, V>(acc[s][i]);
+        for (int u = 0; u < 8; ++u) out[s][i * ostride_i + u * ostride_u] = r[u];
+      } else {
+        out[s][i * ostride_i] = lane_total<T, V>(acc[s][i][0]);
+      }
+    }
+}
+
+// Runs kern(g, out) over the sites [lo, hi) in blocks of S: g the S site indices, out their output
+// rows (out0 + (g - lo) * orow); the last block is padded with its last site, writing to `dummy`.
+template <typename T, int S, typename Kern>
+inline void over_blocks(i64 lo, i64 hi, T* out0, i64 orow, T* dummy, Kern kern) {
+  for (i64 g0 = lo; g0 < hi; g0 += S) {
+    i64 g[S];
+    T* out[S];
+    for (int s = 0; s < S; ++s) {
+      const bool in = g0 + s < hi;
+      g[s] = in ? g0 + s : hi - 1;
+      out[s] = in ? out0 + (g0 + s - lo) * orow : dummy;
+    }
+    kern(g, out);
+  }
+}
+
+// mix_block over the sites [lo, hi) (output rows out0 + (g - lo) * orow); false where no block
+// kernel has the shape (D, Q) or T is not a real type (the caller then mixes site by site)
+template <typename T>
+inline bool mix_tile(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* table, i64 lo,
+                     i64 hi, i64 K, i64 N, const T* zero, const T* W, T* out0, i64 orow, T* dummy, i64 ostride_i,
+                     i64 ostride_q, i64 D, i64 Q) {
+  if constexpr (!std::is_floating_point<T>::value) {
+    return false;
+  } else {
+#define KLM_MIXB(DD, QQ)                                                                                         \
+  if (D == DD && Q == QQ) {                                                                                      \
+    over_blocks<T, MixShape<T, DD, QQ>::S>(lo, hi, out0, orow, dummy, [&](const i64* g, T* const* out) {         \
+      mix_block<T, DD, QQ>(src, rowlen, off, istride, ustride, U, table, g, K, N, zero, W, out, ostride_i,       \
+                           ostride_q);                                                                           \
+    });                                                                                                          \
+    return true;                                                                                                 \
+  }
+    // the shapes of the published architecture (8 channels, l <= 2, filter l <= 1)
+    KLM_MIXB(1, 8) KLM_MIXB(1, 16) KLM_MIXB(1, 24) KLM_MIXB(1, 32)
+    KLM_MIXB(3, 8) KLM_MIXB(3, 16) KLM_MIXB(3, 24) KLM_MIXB(3, 32)
+    KLM_MIXB(5, 8) KLM_MIXB(5, 16) KLM_MIXB(5, 24) KLM_MIXB(5, 32)
+#undef KLM_MIXB
+    return false;
+  }
+}
+
+// mixt_block over the sites [lo, hi) for UO = 8 outputs (D rows three at a time: 8 x 3
+// accumulators fill the registers) or UO = 1 (up to 5 rows); false where UO or Q (8, 16, 24, 32)
+// has no block kernel or T is not a real type
+template <typename T>
+inline bool mixt_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi, i64 K, i64 N,
+                      const T* zero, const T* W, T* out0, i64 orow, T* dummy, i64 ostride_i, i64 ostride_u, i64 D,
+                      i64 UO) {
+  if constexpr (!std::is_floating_point<T>::value) {
+    return false;
+  } else {
+    if (Q % 8 != 0 || Q > 32 || Q == 0 || (UO != 8 && UO != 1)) return false;
+    const i64 chunk = UO == 8 ? 3 : 5;
+    for (i64 i = 0; i < D;) {
+      const i64 n = std::min<i64>(D - i, chunk);
+      const i64 o = off + i * Q;
+      T* op = out0 + i * ostride_i;
+#define KLM_MIXT(NN, QQ, UU)                                                                                     \
+  if (n == NN && Q == QQ && UO == UU)                                                                            \
+    over_blocks<T, mixt_sites(NN, UU)>(lo, hi, op, orow, dummy, [&](const i64* g, T* const* out) {              \
+      mixt_block<T, NN, QQ, UU>(src, rowlen, o, table, g, K, N, zero, W, out, ostride_i, ostride_u);             \
+    });
+      KLM_MIXT(1, 8, 8) KLM_MIXT(1, 16, 8) KLM_MIXT(1, 24, 8) KLM_MIXT(1, 32, 8)
+      KLM_MIXT(2, 8, 8) KLM_MIXT(2, 16, 8) KLM_MIXT(2, 24, 8) KLM_MIXT(2, 32, 8)
+      KLM_MIXT(3, 8, 8) KLM_MIXT(3, 16, 8) KLM_MIXT(3, 24, 8) KLM_MIXT(3, 32, 8)
+      KLM_MIXT(1, 8, 1) KLM_MIXT(1, 16, 1) KLM_MIXT(1, 24, 1) KLM_MIXT(1, 32, 1)
+      KLM_MIXT(2, 8, 1) KLM_MIXT(2, 16, 1) KLM_MIXT(2, 24, 1) KLM_MIXT(2, 32, 1)
+      KLM_MIXT(3, 8, 1) KLM_MIXT(3, 16, 1) KLM_MIXT(3, 24, 1) KLM_MIXT(3, 32, 1)
+      KLM_MIXT(4, 8, 1) KLM_MIXT(4, 16, 1) KLM_MIXT(4, 24, 1) KLM_MIXT(4, 32, 1)
+      KLM_MIXT(5, 8, 1) KLM_MIXT(5, 16, 1) KLM_MIXT(5, 24, 1) KLM_MIXT(5, 32, 1)
+#undef KLM_MIXT
+      i += n;
+    }
+    return true;
+  }
+}
 
 // ---------------------------------------------------------------- dual-number micro-kernels
 template <typename T> struct Scalar { typedef T real; static constexpr bool dual = false; };
 template <typename R> struct Scalar<Dual<R>> { typedef R real; static constexpr bool dual = true; };
 
-// mix_fixed for dual features with the weights split into real parts Wa and derivatives Wb (with
+// Mixing of one site for dual features (D x Q / 8 vector accumulators, one W row load per (k, u)
+// shared by the D components) with the weights split into real parts Wa and derivatives Wb (with
 // wtan false, Wb is zero and skipped): value and derivative in separate vector accumulators.
 template <typename R, int D, int Q>
 inline void mix_dual_fixed(const Dual<R>* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
@@ -516,39 +717,53 @@ template <typename T> inline T sigmoid(T t) { return T(0.5) + T(0.2) * t; }
 template <typename T> inline T sigmoid(T t) { return T(1) / (T(1) + kexp(-t)); }
 #endif
 
-// norm activation V -> SiLU(|V|) V / |V| per (mul, d) block, |V| clamped below at eps
+// norm activation V -> SiLU(|V|) V / |V| per (mul, d) block, |V| clamped below at eps. The channels
+// go 16 at a time through one simple loop per step (norms, square roots, sigmoids, divisions), so
+// that the square roots and divisions vectorise and the exponentials overlap instead of chaining.
+constexpr i64 KLM_ACT = 16;
+
 template <typename T>
 inline void act_forward(const T* h, T* y, const Layer& ly, T eps2) {
   for (const OutIrrep& o : ly.out)
-    for (i64 u = 0; u < o.mul; ++u) {
-      const T* v = h + o.off + u * o.d;
-      T sq = 0;
-      for (i64 i = 0; i < o.d; ++i) sq += v[i] * v[i];
-      T nrm = ksqrt(sq < eps2 ? eps2 : sq);
-      T f = sigmoid(nrm);  // silu(n) / n
-      for (i64 i = 0; i < o.d; ++i) y[o.off + u * o.d + i] = v[i] * f;
+    for (i64 u0 = 0; u0 < o.mul; u0 += KLM_ACT) {
+      const i64 n = std::min<i64>(KLM_ACT, o.mul - u0);
+      const T* v = h + o.off + u0 * o.d;
+      T f[KLM_ACT];
+      for (i64 u = 0; u < n; ++u) {
+        T sq = 0;
+        for (i64 i = 0; i < o.d; ++i) sq += v[u * o.d + i] * v[u * o.d + i];
+        f[u] = sq < eps2 ? eps2 : sq;
+      }
+      for (i64 u = 0; u < n; ++u) f[u] = ksqrt(f[u]);
+      for (i64 u = 0; u < n; ++u) f[u] = sigmoid(f[u]);  // silu(n) / n
+      for (i64 u = 0; u < n; ++u)
+        for (i64 i = 0; i < o.d; ++i) y[o.off + (u0 + u) * o.d + i] = v[u * o.d + i] * f[u];
     }
 }
 
 template <typename T>
 inline void act_backward(const T* h, const T* g, T* gh, const Layer& ly, T eps2) {
   for (const OutIrrep& o : ly.out)
-    for (i64 u = 0; u < o.mul; ++u) {
-      const T* v = h + o.off + u * o.d;
-      const T* gv = g + o.off + u * o.d;
-      T* out = gh + o.off + u * o.d;
-      T sq = 0, vg = 0;
-      for (i64 i = 0; i < o.d; ++i) { sq += v[i] * v[i]; vg += v[i] * gv[i]; }
-      if (sq < eps2) {
-        T f = sigmoid(ksqrt(eps2));
-        for (i64 i = 0; i < o.d; ++i) out[i] = f * gv[i];
-      } else {
-        T nrm = ksqrt(sq);
-        T s = sigmoid(nrm);                              // f = silu(n) / n = sigmoid(n)
-        T df = s * (T(1) - s);                           // d sigmoid / dn
-        T c = df * vg / nrm;
-        for (i64 i = 0; i < o.d; ++i) out[i] = s * gv[i] + c * v[i];
+    for (i64 u0 = 0; u0 < o.mul; u0 += KLM_ACT) {
+      const i64 n = std::min<i64>(KLM_ACT, o.mul - u0);
+      const T* v = h + o.off + u0 * o.d;
+      const T* gv = g + o.off + u0 * o.d;
+      T* out = gh + o.off + u0 * o.d;
+      T nrm[KLM_ACT], vg[KLM_ACT], s[KLM_ACT], c[KLM_ACT];
+      bool small[KLM_ACT];
+      for (i64 u = 0; u < n; ++u) {
+        T sq = 0, d = 0;
+        for (i64 i = 0; i < o.d; ++i) { sq += v[u * o.d + i] * v[u * o.d + i]; d += v[u * o.d + i] * gv[u * o.d + i]; }
+        small[u] = sq < eps2;
+        nrm[u] = small[u] ? eps2 : sq;
+        vg[u] = d;
       }
+      for (i64 u = 0; u < n; ++u) nrm[u] = ksqrt(nrm[u]);
+      for (i64 u = 0; u < n; ++u) s[u] = sigmoid(nrm[u]);  // f = silu(n) / n = sigmoid(n)
+      // below the clamp f is constant: dE/dV = f dE/dy; above, + f'(n) (V . dE/dy) / n V
+      for (i64 u = 0; u < n; ++u) c[u] = small[u] ? T(0) : s[u] * (T(1) - s[u]) * vg[u] / nrm[u];
+      for (i64 u = 0; u < n; ++u)
+        for (i64 i = 0; i < o.d; ++i) out[u * o.d + i] = s[u] * gv[u * o.d + i] + c[u] * v[u * o.d + i];
     }
 }
 
@@ -558,6 +773,23 @@ inline bool eight_channels(const Layer& ly) {
   for (const OutIrrep& o : ly.out)
     if (o.mul != 8) return false;
   return true;
+}
+
+// Per run of entries (8 channels): *dest(first entry) = sum over the run of params[e.p] Y[e.j] *row(e),
+// the sum in a register, in the entries' order
+template <typename T, typename Row, typename Dest>
+inline void cg_runs(const CGRuns& r, const T* __restrict params, const T* __restrict Y, Row row, Dest dest) {
+  typedef typename Vec8<T>::type V;
+  for (size_t run = 0; run + 1 < r.starts.size(); ++run) {
+    V a = V{};
+    for (i64 x = r.starts[run]; x < r.starts[run + 1]; ++x) {
+      const CGEntry& e = r.e[x];
+      V b;
+      __builtin_memcpy(&b, row(e), sizeof(V));
+      a += splat<T>(params[e.p] * Y[e.j]) * b;
+    }
+    __builtin_memcpy(dest(r.e[r.starts[run]]), &a, sizeof(V));
+  }
 }
 
 // out = CG(z, Y) [+ residual] for one site, from the sparse coefficient list: per entry one multiply-add over
@@ -570,16 +802,9 @@ inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restri
   base = 0;
   for (size_t c = 0; c < ly.out.size(); ++c) { toff[c] = base; base += ly.out[c].mul * ly.out[c].d; }
   if constexpr (std::is_floating_point<T>::value) {
-    if (eight_channels(ly)) {  // one vector multiply-add per entry
-      typedef typename Vec8<T>::type V;
-      for (const CGEntry& e : ly.cg) {
-        T* t = tmp + toff[e.c] + e.k * 8;
-        V a, b;
-        __builtin_memcpy(&a, t, sizeof(V));
-        __builtin_memcpy(&b, z + e.zb, sizeof(V));
-        a += splat<T>(params[e.p] * Y[e.j]) * b;
-        __builtin_memcpy(t, &a, sizeof(V));
-      }
+    if (eight_channels(ly)) {  // one vector multiply-add per entry, each output row's sum in a register
+      cg_runs<T>(ly.by_out, params, Y, [&](const CGEntry& e) { return z + e.zb; },
+                 [&](const CGEntry& e) { return tmp + toff[e.c] + e.k * 8; });
       goto layout;
     }
   }
@@ -626,20 +851,22 @@ inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restr
   if constexpr (std::is_floating_point<T>::value) {
     if (eight_channels(ly)) {  // vector multiply-adds; the dE/dY sums in vector lanes until the end
       typedef typename Vec8<T>::type V;
-      V gyv[16];
-      for (i64 j = 0; j < J; ++j) gyv[j] = V{};
-      for (const CGEntry& e : ly.cg) {
-        const T coef = params[e.p];
-        V t, zz, gg;
-        __builtin_memcpy(&t, tmp + toff[e.c] + e.k * 8, sizeof(V));
-        __builtin_memcpy(&zz, z + e.zb, sizeof(V));
-        __builtin_memcpy(&gg, gz + e.zb, sizeof(V));
-        gg += splat<T>(coef * Y[e.j]) * t;
-        __builtin_memcpy(gz + e.zb, &gg, sizeof(V));
-        gyv[e.j] += splat<T>(coef) * (zz * t);
+      // dE/dz: runs by z row; dE/dY: runs by filter component (the sums in the entries' order)
+      cg_runs<T>(ly.by_z, params, Y, [&](const CGEntry& e) { return tmp + toff[e.c] + e.k * 8; },
+                 [&](const CGEntry& e) { return gz + e.zb; });
+      const CGRuns& rj = ly.by_j;
+      for (size_t run = 0; run + 1 < rj.starts.size(); ++run) {
+        V gyv = V{};
+        for (i64 x = rj.starts[run]; x < rj.starts[run + 1]; ++x) {
+          const CGEntry& e = rj.e[x];
+          V t, zz;
+          __builtin_memcpy(&t, tmp + toff[e.c] + e.k * 8, sizeof(V));
+          __builtin_memcpy(&zz, z + e.zb, sizeof(V));
+          gyv += splat<T>(params[e.p]) * (zz * t);
+        }
+        const i64 j = rj.e[rj.starts[run]].j;
+        for (int w = 0; w < 8; ++w) gy[j] += gyv[w];
       }
-      for (i64 j = 0; j < J; ++j)
-        for (int w = 0; w < 8; ++w) gy[j] += gyv[j][w];
       goto store;
     }
   }
@@ -743,16 +970,19 @@ struct Layout {
     for (const Linear& li : net.mlp) dmax = std::max(dmax, std::max(li.nin, li.nout));
     const i64 L = net.L;
     i64 off = 0;
+    auto align = [&] { off = (off + 15) / 16 * 16; };  // every buffer starts on 16 entries (64 bytes in float)
     for (i64 l = 0; l < L; ++l) {
+      align();
       xs.push_back(off);
       if (l > 0) off += S * net.layers[l].din;
     }
+    align();
     for (i64 l = 0; l < L; ++l) {
       const Layer& ly = net.layers[l];
       if (keep) {
-        zs.push_back(off); off += S * ly.zsize;
-        gz.push_back(off); off += S * ly.zsize;
-        gh.push_back(off); off += S * ly.dout;
+        align(); zs.push_back(off); off += S * ly.zsize;
+        align(); gz.push_back(off); off += S * ly.zsize;
+        align(); gh.push_back(off); off += S * ly.dout;
       } else {
         zs.push_back(-1);
         gz.push_back(off + (l % 2) * S * zmax);
@@ -760,6 +990,7 @@ struct Layout {
       }
     }
     if (!keep) off += 2 * S * zmax + S * net.layers[L - 1].dout;
+    align();
     gy = off; off += S * net.J;
     total = off;
   }
@@ -843,6 +1074,22 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           for (i64 q = 0; q < ir.Q; ++q)
             pstore[ir.wt + (k * ir.Q + q) * ir.mul + u] = pstore[ir.w + (k * ir.mul + u) * ir.Q + q];
   const T* params = pstore.data();
+  // the mixing matrices again, each starting on 64 bytes (rows of 16 or 32 floats then load whole
+  // cache lines), for the block kernels: wal + wa[l][a] is layer l's W_a
+  std::vector<std::vector<i64>> wa(L);
+  i64 nwa = 0;
+  for (i64 l = 0; l < L; ++l)
+    for (const InIrrep& ir : net.layers[l].in) {
+      wa[l].push_back(nwa);
+      nwa += (K * ir.mul * ir.Q + 15) / 16 * 16;
+    }
+  std::vector<T> wstore(nwa + 64 / sizeof(T));
+  T* const wal = (T*)(((uintptr_t)wstore.data() + 63) & ~(uintptr_t)63);
+  for (i64 l = 0; l < L; ++l)
+    for (size_t a = 0; a < net.layers[l].in.size(); ++a) {
+      const InIrrep& ir = net.layers[l].in[a];
+      std::copy(params + ir.w, params + ir.w + K * ir.mul * ir.Q, wal + wa[l][a]);
+    }
   // dual numbers: the parameters' values and derivatives apart, for the vectorised mixing
   typedef typename Scalar<T>::real R;
   std::vector<R> pa, pb;
@@ -878,16 +1125,30 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   auto xin = [&](i64 l) -> const T* { return l == 0 ? x0 : xs[l]; };
   auto seed_of = [&](i64 g) -> T { return seed ? seed[g] : T(1); };
 
-  // layer l at site g: z_l = mix(gather(x_l)) (into z), h_l = CG(z_l, Y) [+ x_l] (into h)
-  auto mix_site = [&](i64 l, i64 g, T* z, T* scr) {
+  // sites per tile of the passes; per thread and tile, z of the tile's sites, dE/dx of its sites,
+  // and a dummy output row for the padding of short blocks (see over_blocks)
+  const i64 tile = 32, zdmax = std::max(zmax, dmax);
+  const i64 per_tile = tile * zmax + tile * dmax + zdmax + 64 / (i64)sizeof(T);  // + room to align
+  const std::vector<T> zero(zdmax, T(0));  // the row of a missing neighbour (block kernels)
+
+  // z_l = mix(gather(x_l)) of the sites [lo, hi) into the rows z0 + (g - lo) * zsize
+  auto mix_sites = [&](i64 l, i64 lo, i64 hi, T* z0, T* scr, T* dummy) {
     const Layer& ly = net.layers[l];
-    const i64 n = g % N, base = g - n;
     const T* x = xin(l);
-    for (const InIrrep& ir : ly.in) {
+    for (size_t a = 0; a < ly.in.size(); ++a) {
+      const InIrrep& ir = ly.in[a];
       if (ir.Q == 0) continue;
-      mixp(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, base, ir.w, z + ir.z, ir.Q, 1, ir.d, ir.Q, scr);
+      if (mix_tile<T>(x, ly.din, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(), wal + wa[l][a], z0 + ir.z,
+                      ly.zsize, dummy, ir.Q, 1, ir.d, ir.Q))
+        continue;
+      for (i64 g = lo; g < hi; ++g) {
+        const i64 n = g % N;
+        mixp(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, g - n, ir.w, z0 + (g - lo) * ly.zsize + ir.z, ir.Q,
+             1, ir.d, ir.Q, scr);
+      }
     }
   };
+  // layer l at site g: h_l = CG(z_l, Y) [+ x_l] (into h)
   auto cg_site = [&](i64 l, i64 g, const T* z, T* tmp, T* h) {
     const Layer& ly = net.layers[l];
     cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? xin(l) + g * ly.din : nullptr, tmp, h);
@@ -896,22 +1157,24 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   Passes passes;
   for (i64 l = 0; l + 1 < L; ++l)
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
-      Buf<T> buf = alloc<T>(per_thread);
+      Buf<T> buf = alloc<T>(per_thread + per_tile);
       const Layer& ly = net.layers[l];
       T* scr = buf.get();
       T* tmp = scr + scratch;
       T* h = tmp + dmax;
-      T* zl = h + dmax;
+      T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
+      T* dummy = zt + tile * zmax + tile * dmax;
+      T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
+      mix_sites(l, lo, hi, z0, scr, dummy);
       for (i64 g = lo; g < hi; ++g) {
-        T* z = want_p ? zs[l] + g * ly.zsize : zl;
-        mix_site(l, g, z, scr);
+        const T* z = z0 + (g - lo) * ly.zsize;
         cg_site(l, g, z, tmp, h);
         act_forward<T>(h, xs[l + 1] + g * ly.dout, ly, eps2);
       }
     });
   // output convolution + read-out forward and backward + the convolution's per-site backward
   passes.fns.push_back([&](i64 lo, i64 hi) {
-    Buf<T> buf = alloc<T>(per_thread);
+    Buf<T> buf = alloc<T>(per_thread + per_tile);
     const i64 l = L - 1;
     const Layer& ly = net.layers[l];
     T* scr = buf.get();
@@ -921,11 +1184,13 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* h = gnext + dmax;
     T* as = h + dmax;                // activations a_0 .. a_nmlp, dmax each
     T* ys = as + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
-    T* zl = ys + nmlp * dmax;        // z of one site
-    T* gzs = zl + zmax;              // dE/dz of one site
+    T* gzs = ys + nmlp * dmax;       // dE/dz of one site
+    T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
+    T* dummy = zt + tile * zmax + tile * dmax;
+    T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
+    mix_sites(l, lo, hi, z0, scr, dummy);
     for (i64 g = lo; g < hi; ++g) {
-      T* z = want_p ? zs[l] + g * ly.zsize : zl;
-      mix_site(l, g, z, scr);
+      const T* z = z0 + (g - lo) * ly.zsize;
       cg_site(l, g, z, tmp, h);
       energy[g] = readout<T>(net, params, h, ly.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, nullptr);
       if (!want_x && !want_p) continue;
@@ -937,48 +1202,53 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // h_l recomputed; dE/dh_l goes where x_{l+1} was, dE/dY is updated in place: see Layout)
   for (i64 l = L - 2; l >= (want_x ? -1 : 0) && (want_x || want_p); --l)
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
-      Buf<T> buf = alloc<T>(per_thread);
+      Buf<T> buf = alloc<T>(per_thread + per_tile);
       const Layer& up = net.layers[l + 1];
       T* scr = buf.get();
       T* tmp = scr + scratch;
-      T* gx = tmp + dmax;             // dE/dx_{l+1} at one site
-      T* ghl = gx + dmax;             // dE/dh_l at one site
+      T* ghl = tmp + dmax;            // dE/dh_l at one site
       T* h = ghl + dmax;              // h_l at one site
-      T* zl = h + dmax;               // z_l of one site
-      T* gzs = zl + zmax;             // dE/dz_l of one site
+      T* gzs = h + dmax;              // dE/dz_l of one site
+      T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);  // z_l of the tile's sites
+      T* gxt = zt + tile * zmax;      // dE/dx_{l+1} of the tile's sites
+      T* dummy = gxt + tile * dmax;
       const T* gzu = gz[l + 1];
-      for (i64 g = lo; g < hi; ++g) {
-        const i64 n = g % N, base = g - n;
-        for (const InIrrep& ir : up.in) {
-          if (ir.Q == 0) {
-            for (i64 u = 0; u < ir.mul * ir.d; ++u) gx[ir.off + u] = T(0);
-            continue;
-          }
-          // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
-          if constexpr (std::is_floating_point<T>::value)
-            if (ir.mul == 8 && mixt8<T>(gzu, up.zsize, ir.z, ir.Q, inverse + n * K, base, K, N, params + ir.w,
-                                        gx + ir.off, 1, ir.d, ir.d))
-              continue;
-          mixp(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, base, ir.wt, gx + ir.off, 1, ir.d, ir.d, ir.mul,
-               scr);
+      for (size_t a = 0; a < up.in.size(); ++a) {
+        const InIrrep& ir = up.in[a];
+        if (ir.Q == 0) {
+          for (i64 g = lo; g < hi; ++g)
+            for (i64 u = 0; u < ir.mul * ir.d; ++u) gxt[(g - lo) * up.din + ir.off + u] = T(0);
+          continue;
         }
+        // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
+        if (mixt_tile<T>(gzu, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, zero.data(), wal + wa[l + 1][a],
+                         gxt + ir.off, up.din, dummy, 1, ir.d, ir.d, ir.mul))
+          continue;
+        for (i64 g = lo; g < hi; ++g) {
+          const i64 n = g % N;
+          mixp(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, g - n, ir.wt, gxt + (g - lo) * up.din + ir.off, 1,
+               ir.d, ir.d, ir.mul, scr);
+        }
+      }
+      const Layer* ly = l >= 0 ? &net.layers[l] : nullptr;
+      T* z0 = ly && want_p ? zs[l] + lo * ly->zsize : zt;
+      if (ly && !want_p) mix_sites(l, lo, hi, zt, scr, dummy);
+      for (i64 g = lo; g < hi; ++g) {
+        T* gx = gxt + (g - lo) * up.din;
         if (up.residual)
           for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * up.dout + j];
-        if (l < 0) {
+        if (!ly) {
           for (i64 j = 0; j < up.din; ++j) gx0[g * up.din + j] = gx[j];
           for (i64 j = 0; j < J; ++j) gY[g * J + j] = gy[g * J + j];
           continue;
         }
-        const Layer& ly = net.layers[l];
-        const T* z = want_p ? zs[l] + g * ly.zsize : zl;
-        if (!want_p) mix_site(l, g, zl, scr);
+        const T* z = z0 + (g - lo) * ly->zsize;
         cg_site(l, g, z, tmp, h);
-        act_backward<T>(h, gx, ghl, ly, eps2);
-        cg_backward<T>(ly, z, Y + g * J, J, params, ghl, gz[l] + g * ly.zsize, gy + g * J, gy + g * J, tmp, gzs);
-        for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = ghl[j];
+        act_backward<T>(h, gx, ghl, *ly, eps2);
+        cg_backward<T>(*ly, z, Y + g * J, J, params, ghl, gz[l] + g * ly->zsize, gy + g * J, gy + g * J, tmp, gzs);
+        for (i64 j = 0; j < ly->dout; ++j) gh[l][g * ly->dout + j] = ghl[j];
       }
     });
-  const i64 tile = 32;
   passes.run(S, tile, threads);
   if (!want_p) return;
 
