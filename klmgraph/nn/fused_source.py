@@ -36,7 +36,9 @@ Layouts: features per site in e3nn order (irrep blocks, mul-major: x[off + u * d
 z_l per site and input irrep a: [i][q] (d_a x Q_a), Q_a the output channels of all paths
 leaving a; mixing weights W_a: (K * mul_a, Q_a) rows k * mul_a + u; transposed copies
 WT_a: (K * Q_a, mul_a), made by the kernel at each call after the caller's parameters (so
-that every entry of the flat parameter vector is an independent variable); one coefficient
+that every entry of the flat parameter vector is an independent variable), and for the real
+block kernels 64-byte-aligned copies of W_a and transposed copies interleaved by groups of
+16 bytes of inputs (mixt_tile); one coefficient
 per nonzero Clebsch-Gordan entry; the read-out matrices (out, in) and biases.
 """
 
@@ -54,6 +56,9 @@ SOURCE = r"""
 #include <thread>
 #include <type_traits>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 typedef int64_t i64;
 template <typename T> using Buf = std::unique_ptr<T[]>;
@@ -249,33 +254,6 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
                  scratch);
 }
 
-// 8-lane shuffles (GCC and Clang spell them differently)
-#if defined(__clang__)
-#define KLM_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-#define KLM_SHUF(a, b, ...) __builtin_shuffle(a, b, (typename Mask8<T>::type){__VA_ARGS__})
-#endif
-template <typename T> struct Mask8 {
-  typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type I;
-  typedef I type __attribute__((vector_size(8 * sizeof(I))));
-};
-
-// r[u] = the sum of the lanes of a[u], u < 8 (a transposing reduction tree: 7 adds, 14 shuffles)
-template <typename T>
-inline typename Vec8<T>::type lane_sums(const typename Vec8<T>::type* a) {
-  typedef typename Vec8<T>::type V;
-  V b[4], c[2];
-  for (int p = 0; p < 4; ++p)
-    b[p] = KLM_SHUF(a[2 * p], a[2 * p + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
-           KLM_SHUF(a[2 * p], a[2 * p + 1], 1, 9, 3, 11, 5, 13, 7, 15);
-  for (int p = 0; p < 2; ++p)
-    c[p] = KLM_SHUF(b[2 * p], b[2 * p + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
-           KLM_SHUF(b[2 * p], b[2 * p + 1], 2, 3, 10, 11, 6, 7, 14, 15);
-  return KLM_SHUF(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) + KLM_SHUF(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
-}
-
-#undef KLM_SHUF
-
 // ---------------------------------------------------------------- multi-site (tile) micro-kernels
 // Mixing one site at a time would load one W row (k, u) for the D components of that site: for
 // scalar irreps one multiply-add per load. Here S sites of a tile share each W row load (S x D x NV
@@ -296,6 +274,20 @@ inline typename Vec8<T>::type lane_sums(const typename Vec8<T>::type* a) {
 #else
 #define KLM_REG(x) ((void)0)
 #endif
+
+// the 16 bytes at p repeated over a 64-byte vector (a bit copy: one broadcast load with AVX-512)
+template <typename V>
+inline V repeat16(const void* p) {
+  static_assert(sizeof(V) == 64, "a 64-byte vector");
+  V x;
+#if defined(__AVX512F__)
+  const __m512 b = _mm512_broadcast_f32x4(_mm_loadu_ps((const float*)p));
+  __builtin_memcpy(&x, &b, 64);
+#else
+  for (int r = 0; r < 4; ++r) __builtin_memcpy((char*)&x + 16 * r, p, 16);
+#endif
+  return x;
+}
 
 template <typename T, int Q> struct RowVec {
   static constexpr int B = Q * (int)sizeof(T) >= 64 ? 64 : 32;  // bytes per vector
@@ -335,15 +327,22 @@ template <typename T, int D, int Q> struct MixShape {
 };
 
 // out_s[i * ostride_i + q * ostride_q] = sum_k sum_u x_s[nb_k][off + u * ustride + i * istride] W[(k * U + u) * Q + q]
-// for the S sites g[s] (x_s the rows of g[s]'s configuration, nb_k its neighbour table row)
-template <typename T, int D, int Q>
+// for the S sites g[s] (x_s the rows of g[s]'s configuration, nb_k its neighbour table row).
+// P > 1 (the transposed mixing, Q = 8 outputs): the inputs go in groups of P consecutive ones
+// (ustride 1, P values = 16 bytes), a group broadcast to every 16-byte lane group (one load for
+// Q * P / 16 multiply-adds of 16 floats: with P = 1 the 8 outputs would fill half a vector and
+// need a load per multiply-add), W interleaved: row k * U / P + group, lane q * P + p for the
+// input group * P + p; out[q] is the sum of the P lanes of q (in the order p = 0, 1, ...).
+template <typename T, int D, int Q, int P = 1>
 inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
                       const i64* __restrict table, const i64* g, i64 K, i64 N, const T* __restrict zero,
                       const T* __restrict W, T* const* out, i64 ostride_i, i64 ostride_q) {
-  typedef MixShape<T, D, Q> Sh;
-  typedef RowVec<T, Q> RV;
+  constexpr int QP = Q * P;
+  typedef MixShape<T, D, QP> Sh;
+  typedef RowVec<T, QP> RV;
   typedef typename RV::type V;
   constexpr int S = Sh::S, NV = RV::NV, C = Sh::C, VL = RV::VL, DUP = RV::DUP;
+  static_assert(P == 1 || (P * sizeof(T) == 16 && VL * sizeof(T) == 64 && DUP == 0), "a group of P inputs is 16 bytes");
   V acc[C][S][D][NV];
   for (int c = 0; c < C; ++c)
     for (int s = 0; s < S; ++s)
@@ -357,10 +356,16 @@ inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride,
     for (int v = 0; v < NV; ++v) w[v] = RV::load(wr, v);
     for (int s = 0; s < S; ++s)
       for (int i = 0; i < D; ++i) {
-        const T xv = xs[s][u * ustride + i * istride];
-        for (int v = 0; v < NV; ++v) a[s][i][v] += xv * w[v];  // the scalar broadcast to the lanes
+        if constexpr (P == 1) {
+          const T xv = xs[s][u * ustride + i * istride];
+          for (int v = 0; v < NV; ++v) a[s][i][v] += xv * w[v];  // the scalar broadcast to the lanes
+        } else {
+          const V xv = repeat16<V>(xs[s] + u * P + i * istride);
+          for (int v = 0; v < NV; ++v) a[s][i][v] += xv * w[v];
+        }
       }
   };
+  const i64 UG = U / P;
   for (i64 k = 0; k < K; ++k) {
     const T* xs[S];
     for (int s = 0; s < S; ++s) {
@@ -370,9 +375,9 @@ inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride,
     prefetch_rows<T, S>(src, rowlen, off, nb, base, k, K, N, (U - 1) * ustride + (D - 1) * istride + 1);
     const T* wk = W + k * U * Q;
     i64 u = 0;
-    for (; u + C <= U; u += C)
-      for (int c = 0; c < C; ++c) step(acc[c], xs, u + c, wk + (u + c) * Q);
-    for (; u < U; ++u) step(acc[0], xs, u, wk + u * Q);
+    for (; u + C <= UG; u += C)
+      for (int c = 0; c < C; ++c) step(acc[c], xs, u + c, wk + (u + c) * QP);
+    for (; u < UG; ++u) step(acc[0], xs, u, wk + u * QP);
   }
   for (int c = 1; c < C; ++c)
     for (int s = 0; s < S; ++s)
@@ -381,27 +386,17 @@ inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride,
   for (int s = 0; s < S; ++s)
     for (int i = 0; i < D; ++i)
       for (int v = 0; v < NV; ++v) {
-        const int first = v + 1 < NV ? VL * v : Q - VL;
-        for (int e = v + 1 < NV ? 0 : DUP; e < VL; ++e) out[s][i * ostride_i + (first + e) * ostride_q] = acc[0][s][i][v][e];
+        const int first = v + 1 < NV ? VL * v : QP - VL;
+        if constexpr (P == 1) {
+          for (int e = v + 1 < NV ? 0 : DUP; e < VL; ++e) out[s][i * ostride_i + (first + e) * ostride_q] = acc[0][s][i][v][e];
+        } else {
+          for (int e = 0; e < VL; e += P) {
+            T t = acc[0][s][i][v][e];
+            for (int p = 1; p < P; ++p) t += acc[0][s][i][v][e + p];
+            out[s][i * ostride_i + ((first + e) / P) * ostride_q] = t;
+          }
+        }
       }
-}
-
-// r[u] = the sum of the lanes of a[u], u < 8 (vectors of 8 or 16 lanes: halves added first)
-template <typename T, typename V>
-inline typename Vec8<T>::type lane_sums_any(const V* a) {
-  typedef typename Vec8<T>::type V8;
-  V8 b[8];
-  for (int u = 0; u < 8; ++u) {
-    if constexpr (sizeof(V) == sizeof(V8)) {
-      __builtin_memcpy(&b[u], &a[u], sizeof(V8));
-    } else {
-      V8 lo, hi;
-      __builtin_memcpy(&lo, &a[u], sizeof(V8));
-      __builtin_memcpy(&hi, (const char*)&a[u] + sizeof(V8), sizeof(V8));
-      b[u] = lo + hi;
-    }
-  }
-  return lane_sums<T>(b);
 }
 
 // the sum of the lanes of a (a fixed tree: halves added first)
@@ -420,29 +415,27 @@ inline T lane_total(const V& a) {
   return ((b[0] + b[4]) + (b[2] + b[6])) + ((b[1] + b[5]) + (b[3] + b[7]));
 }
 
-// sites per block of the transposed mixing of D rows with UO outputs (UO x D accumulators per site)
-constexpr int mixt_sites(int D, int UO) { return 24 / (UO * D) < 1 ? 1 : 24 / (UO * D) > 4 ? 4 : 24 / (UO * D); }
+// sites per block of the single-output transposed mixing of D rows (D accumulators per site)
+constexpr int mixt_sites(int D) { return 24 / D > 4 ? 4 : 24 / D; }
 
-// Transposed mixing (the backward's dE/dx = mix^T(gather^-1(dE/dz)), W the forward's (K * UO, Q)
-// matrix) with UO = 8 outputs (hidden layers) or 1 (the first layer's single channel) for a block
-// of sites. In the rank-1 form of mix_block (outputs in the lanes) only D accumulator chains would
-// be live and every multiply-add would need its own broadcast; here the sums over q run in vector
-// lanes, S x D x UO independent accumulators reduced once per site, W loads shared by the S sites
-// (the lanes a row's last vector repeats are zeroed in x):
-// out_s[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * UO + u) * Q + q]
-template <typename T, int D, int Q, int UO>
+// Transposed mixing (the backward's dE/dx = mix^T(gather^-1(dE/dz)), W the forward's (K, Q)
+// matrix) with one output: the first layer's single channel per irrep. The rank-1 form of
+// mix_block would run one lane; here the sums over q run in vector lanes, S x D independent
+// accumulators reduced once per site, W loads shared by the S sites (the lanes a row's last
+// vector repeats are zeroed in x):
+// out_s[i * ostride_i] = sum_k sum_q src[nb_k][off + i * Q + q] W[k * Q + q]
+template <typename T, int D, int Q>
 inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* __restrict table, const i64* g,
                        i64 K, i64 N, const T* __restrict zero, const T* __restrict W, T* const* out,
-                       i64 ostride_i, i64 ostride_u) {
+                       i64 ostride_i) {
   typedef RowVec<T, Q> RV;
   typedef typename RV::type V;
-  constexpr int NV = RV::NV, VL = RV::VL, DUP = RV::DUP, S = mixt_sites(D, UO);
+  constexpr int NV = RV::NV, VL = RV::VL, DUP = RV::DUP, S = mixt_sites(D);
   V mask;
   for (int e = 0; e < VL; ++e) mask[e] = e < DUP ? T(0) : T(1);
-  V acc[S][D][UO];
+  V acc[S][D];
   for (int s = 0; s < S; ++s)
-    for (int i = 0; i < D; ++i)
-      for (int u = 0; u < UO; ++u) acc[s][i][u] = V{};
+    for (int i = 0; i < D; ++i) acc[s][i] = V{};
   const i64* nb[S];
   i64 base[S];
   for (int s = 0; s < S; ++s) { const i64 n = g[s] % N; nb[s] = table + n * K; base[s] = g[s] - n; }
@@ -453,31 +446,20 @@ inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* 
       xs[s] = j == N ? zero : src + (base[s] + j) * rowlen + off;
     }
     prefetch_rows<T, S>(src, rowlen, off, nb, base, k, K, N, D * Q);
-    const T* wk = W + k * UO * Q;
+    const T* wk = W + k * Q;
     for (int v = 0; v < NV; ++v) {
-      V x[S][D];
+      V w = RV::load(wk, v);
+      KLM_REG(w);
       for (int s = 0; s < S; ++s)
         for (int i = 0; i < D; ++i) {
-          x[s][i] = RV::load(xs[s] + i * Q, v);
-          if (DUP > 0 && v + 1 == NV) x[s][i] *= mask;
+          V x = RV::load(xs[s] + i * Q, v);
+          if (DUP > 0 && v + 1 == NV) x *= mask;
+          acc[s][i] += x * w;
         }
-      for (int u = 0; u < UO; ++u) {
-        V w = RV::load(wk + u * Q, v);
-        KLM_REG(w);
-        for (int s = 0; s < S; ++s)
-          for (int i = 0; i < D; ++i) acc[s][i][u] += x[s][i] * w;
-      }
     }
   }
   for (int s = 0; s < S; ++s)
-    for (int i = 0; i < D; ++i) {
-      if constexpr (UO == 8) {
-        const typename Vec8<T>::type r = lane_sums_any<T, V>(acc[s][i]);
-        for (int u = 0; u < 8; ++u) out[s][i * ostride_i + u * ostride_u] = r[u];
-      } else {
-        out[s][i * ostride_i] = lane_total<T, V>(acc[s][i][0]);
-      }
-    }
+    for (int i = 0; i < D; ++i) out[s][i * ostride_i] = lane_total<T, V>(acc[s][i]);
 }
 
 // Runs kern(g, out) over the sites [lo, hi) in blocks of S: g the S site indices, out their output
@@ -522,35 +504,48 @@ inline bool mix_tile(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride
   }
 }
 
-// mixt_block over the sites [lo, hi) for UO = 8 outputs (D rows three at a time: 8 x 3
-// accumulators fill the registers) or UO = 1 (up to 5 rows); false where UO or Q (8, 16, 24, 32)
-// has no block kernel or T is not a real type
+// The transposed mixing over the sites [lo, hi):
+// out[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * UO + u) * Q + q].
+// UO = 8 outputs (hidden layers): the forward's micro-kernel (mix_block) on the transposed
+// weights WP, interleaved for groups of P = 16 / sizeof(T) inputs (one 16-byte broadcast load
+// feeds two 64-byte multiply-adds); UO = 1 (the first layer's single channel, up to 5 rows at a
+// time): mixt_block on W. False where no block kernel has the shape or T is not a real type.
 template <typename T>
 inline bool mixt_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi, i64 K, i64 N,
-                      const T* zero, const T* W, T* out0, i64 orow, T* dummy, i64 ostride_i, i64 ostride_u, i64 D,
-                      i64 UO) {
+                      const T* zero, const T* W, const T* WP, T* out0, i64 orow, T* dummy, i64 ostride_i,
+                      i64 ostride_u, i64 D, i64 UO) {
   if constexpr (!std::is_floating_point<T>::value) {
     return false;
   } else {
-    if (Q % 8 != 0 || Q > 32 || Q == 0 || (UO != 8 && UO != 1)) return false;
-    const i64 chunk = UO == 8 ? 3 : 5;
+    constexpr int P = 16 / sizeof(T);
+    if (UO == 8) {
+      if (Q % P != 0) return false;
+#define KLM_MIXTP(DD)                                                                                            \
+  if (D == DD) {                                                                                                 \
+    over_blocks<T, MixShape<T, DD, 8 * P>::S>(lo, hi, out0, orow, dummy, [&](const i64* g, T* const* out) {      \
+      mix_block<T, DD, 8, P>(src, rowlen, off, Q, 1, Q, table, g, K, N, zero, WP, out, ostride_i, ostride_u);    \
+    });                                                                                                          \
+    return true;                                                                                                 \
+  }
+      KLM_MIXTP(1) KLM_MIXTP(3) KLM_MIXTP(5)
+#undef KLM_MIXTP
+      return false;
+    }
+    if (Q % 8 != 0 || Q > 32 || Q == 0 || UO != 1) return false;
     for (i64 i = 0; i < D;) {
-      const i64 n = std::min<i64>(D - i, chunk);
+      const i64 n = std::min<i64>(D - i, 5);
       const i64 o = off + i * Q;
       T* op = out0 + i * ostride_i;
-#define KLM_MIXT(NN, QQ, UU)                                                                                     \
-  if (n == NN && Q == QQ && UO == UU)                                                                            \
-    over_blocks<T, mixt_sites(NN, UU)>(lo, hi, op, orow, dummy, [&](const i64* g, T* const* out) {              \
-      mixt_block<T, NN, QQ, UU>(src, rowlen, o, table, g, K, N, zero, W, out, ostride_i, ostride_u);             \
+#define KLM_MIXT(NN, QQ)                                                                                         \
+  if (n == NN && Q == QQ)                                                                                        \
+    over_blocks<T, mixt_sites(NN)>(lo, hi, op, orow, dummy, [&](const i64* g, T* const* out) {                  \
+      mixt_block<T, NN, QQ>(src, rowlen, o, table, g, K, N, zero, W, out, ostride_i);                            \
     });
-      KLM_MIXT(1, 8, 8) KLM_MIXT(1, 16, 8) KLM_MIXT(1, 24, 8) KLM_MIXT(1, 32, 8)
-      KLM_MIXT(2, 8, 8) KLM_MIXT(2, 16, 8) KLM_MIXT(2, 24, 8) KLM_MIXT(2, 32, 8)
-      KLM_MIXT(3, 8, 8) KLM_MIXT(3, 16, 8) KLM_MIXT(3, 24, 8) KLM_MIXT(3, 32, 8)
-      KLM_MIXT(1, 8, 1) KLM_MIXT(1, 16, 1) KLM_MIXT(1, 24, 1) KLM_MIXT(1, 32, 1)
-      KLM_MIXT(2, 8, 1) KLM_MIXT(2, 16, 1) KLM_MIXT(2, 24, 1) KLM_MIXT(2, 32, 1)
-      KLM_MIXT(3, 8, 1) KLM_MIXT(3, 16, 1) KLM_MIXT(3, 24, 1) KLM_MIXT(3, 32, 1)
-      KLM_MIXT(4, 8, 1) KLM_MIXT(4, 16, 1) KLM_MIXT(4, 24, 1) KLM_MIXT(4, 32, 1)
-      KLM_MIXT(5, 8, 1) KLM_MIXT(5, 16, 1) KLM_MIXT(5, 24, 1) KLM_MIXT(5, 32, 1)
+      KLM_MIXT(1, 8) KLM_MIXT(1, 16) KLM_MIXT(1, 24) KLM_MIXT(1, 32)
+      KLM_MIXT(2, 8) KLM_MIXT(2, 16) KLM_MIXT(2, 24) KLM_MIXT(2, 32)
+      KLM_MIXT(3, 8) KLM_MIXT(3, 16) KLM_MIXT(3, 24) KLM_MIXT(3, 32)
+      KLM_MIXT(4, 8) KLM_MIXT(4, 16) KLM_MIXT(4, 24) KLM_MIXT(4, 32)
+      KLM_MIXT(5, 8) KLM_MIXT(5, 16) KLM_MIXT(5, 24) KLM_MIXT(5, 32)
 #undef KLM_MIXT
       i += n;
     }
@@ -1090,6 +1085,21 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       const InIrrep& ir = net.layers[l].in[a];
       std::copy(params + ir.w, params + ir.w + K * ir.mul * ir.Q, wal + wa[l][a]);
     }
+  // and transposed, interleaved for the transposed block mixing (see mixt_tile): wpal + wa[l][a]
+  // holds layer l's WP_a[(k * Q / P + c) * mul * P + u * P + p] = W_a[(k * mul + u) * Q + c * P + p]
+  constexpr i64 P = std::is_floating_point<T>::value ? 16 / (i64)sizeof(T) : 1;
+  std::vector<T> wpstore(nwa + 64 / sizeof(T));
+  T* const wpal = (T*)(((uintptr_t)wpstore.data() + 63) & ~(uintptr_t)63);
+  for (i64 l = 0; l < L; ++l)
+    for (size_t a = 0; a < net.layers[l].in.size(); ++a) {
+      const InIrrep& ir = net.layers[l].in[a];
+      if (ir.Q % P != 0) continue;
+      T* wp = wpal + wa[l][a];
+      for (i64 k = 0; k < K; ++k)
+        for (i64 u = 0; u < ir.mul; ++u)
+          for (i64 q = 0; q < ir.Q; ++q)
+            wp[(k * (ir.Q / P) + q / P) * ir.mul * P + u * P + q % P] = params[ir.w + (k * ir.mul + u) * ir.Q + q];
+    }
   // dual numbers: the parameters' values and derivatives apart, for the vectorised mixing
   typedef typename Scalar<T>::real R;
   std::vector<R> pa, pb;
@@ -1222,7 +1232,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
         }
         // gx[off + u * d + i] = sum_k sum_q gz[inv_k][z + i * Q + q] WT[(k * Q + q) * mul + u]
         if (mixt_tile<T>(gzu, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, zero.data(), wal + wa[l + 1][a],
-                         gxt + ir.off, up.din, dummy, 1, ir.d, ir.d, ir.mul))
+                         wpal + wa[l + 1][a], gxt + ir.off, up.din, dummy, 1, ir.d, ir.d, ir.mul))
           continue;
         for (i64 g = lo; g < hi; ++g) {
           const i64 n = g % N;
