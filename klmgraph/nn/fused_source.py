@@ -38,7 +38,7 @@ leaving a; mixing weights W_a: (K * mul_a, Q_a) rows k * mul_a + u; transposed c
 WT_a: (K * Q_a, mul_a), made by the kernel at each call after the caller's parameters (so
 that every entry of the flat parameter vector is an independent variable), and for the real
 block kernels 64-byte-aligned copies of W_a and transposed copies interleaved by groups of
-16 bytes of inputs (mixt_tile); one coefficient
+8 bytes of inputs (mixt_tile); one coefficient
 per nonzero Clebsch-Gordan entry; the read-out matrices (out, in) and biases.
 """
 
@@ -56,9 +56,6 @@ SOURCE = r"""
 #include <thread>
 #include <type_traits>
 #include <vector>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 typedef int64_t i64;
 template <typename T> using Buf = std::unique_ptr<T[]>;
@@ -275,17 +272,17 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
 #define KLM_REG(x) ((void)0)
 #endif
 
-// the 16 bytes at p repeated over a 64-byte vector (a bit copy: one broadcast load with AVX-512)
+// the 8 bytes at p repeated over a 64-byte vector (a bit copy, no arithmetic: one broadcast load;
+// a 16-byte group would halve the loads, but its broadcast runs at a third of the speed on this
+// Zen 5 core: 60-75 against 150-185 GFLOP/s in isolation)
 template <typename V>
-inline V repeat16(const void* p) {
+inline V repeat8(const void* p) {
   static_assert(sizeof(V) == 64, "a 64-byte vector");
+  double word;
+  __builtin_memcpy(&word, p, 8);
+  const typename Vec8<double>::type b = splat<double>(word);
   V x;
-#if defined(__AVX512F__)
-  const __m512 b = _mm512_broadcast_f32x4(_mm_loadu_ps((const float*)p));
   __builtin_memcpy(&x, &b, 64);
-#else
-  for (int r = 0; r < 4; ++r) __builtin_memcpy((char*)&x + 16 * r, p, 16);
-#endif
   return x;
 }
 
@@ -321,28 +318,31 @@ inline void prefetch_rows(const T* src, i64 rowlen, i64 off, const i64* const* n
 // the block's shape for D components and Q outputs: accumulator copies C (u modulo C, enough
 // independent chains to hide the multiply-add latency; a function of D and Q only, so that a
 // site's summation order does not depend on the block), sites per block S (fit the registers)
-template <typename T, int D, int Q> struct MixShape {
+template <typename T, int D, int Q, int SMAX = 4> struct MixShape {
   static constexpr int NV = RowVec<T, Q>::NV, C = D * NV >= 3 ? 1 : 2;
-  static constexpr int S0 = 24 / (D * NV * C), S = S0 < 1 ? 1 : S0 > 4 ? 4 : S0;
+  static constexpr int S0 = 24 / (D * NV * C), S = S0 < 1 ? 1 : S0 > SMAX ? SMAX : S0;
 };
+// at most this many sites per block of the transposed mixing (its D = 1 blocks would otherwise keep
+// 8 accumulators: a weight load per 4 multiply-adds)
+constexpr int KLM_SMAX_T = 8;
 
 // out_s[i * ostride_i + q * ostride_q] = sum_k sum_u x_s[nb_k][off + u * ustride + i * istride] W[(k * U + u) * Q + q]
 // for the S sites g[s] (x_s the rows of g[s]'s configuration, nb_k its neighbour table row).
-// P > 1 (the transposed mixing, Q = 8 outputs): the inputs go in groups of P consecutive ones
-// (ustride 1, P values = 16 bytes), a group broadcast to every 16-byte lane group (one load for
-// Q * P / 16 multiply-adds of 16 floats: with P = 1 the 8 outputs would fill half a vector and
-// need a load per multiply-add), W interleaved: row k * U / P + group, lane q * P + p for the
-// input group * P + p; out[q] is the sum of the P lanes of q (in the order p = 0, 1, ...).
-template <typename T, int D, int Q, int P = 1>
+// P > 1 (the transposed mixing of floats, Q = 8 outputs): the inputs go in groups of P = 2
+// consecutive ones (ustride 1), a group broadcast to every lane pair (with P = 1 the 8 outputs
+// would fill half a 64-byte vector), W interleaved: row k * U / P + group, lane q * P + p for
+// the input group * P + p; out[q] is the sum of the P lanes of q (in the order p = 0, 1, ...).
+// SMAX: the most sites per block.
+template <typename T, int D, int Q, int P = 1, int SMAX = 4>
 inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
                       const i64* __restrict table, const i64* g, i64 K, i64 N, const T* __restrict zero,
                       const T* __restrict W, T* const* out, i64 ostride_i, i64 ostride_q) {
   constexpr int QP = Q * P;
-  typedef MixShape<T, D, QP> Sh;
+  typedef MixShape<T, D, QP, SMAX> Sh;
   typedef RowVec<T, QP> RV;
   typedef typename RV::type V;
   constexpr int S = Sh::S, NV = RV::NV, C = Sh::C, VL = RV::VL, DUP = RV::DUP;
-  static_assert(P == 1 || (P * sizeof(T) == 16 && VL * sizeof(T) == 64 && DUP == 0), "a group of P inputs is 16 bytes");
+  static_assert(P == 1 || (P * sizeof(T) == 8 && VL * sizeof(T) == 64 && DUP == 0), "a group of P inputs is 8 bytes");
   V acc[C][S][D][NV];
   for (int c = 0; c < C; ++c)
     for (int s = 0; s < S; ++s)
@@ -360,7 +360,7 @@ inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride,
           const T xv = xs[s][u * ustride + i * istride];
           for (int v = 0; v < NV; ++v) a[s][i][v] += xv * w[v];  // the scalar broadcast to the lanes
         } else {
-          const V xv = repeat16<V>(xs[s] + u * P + i * istride);
+          const V xv = repeat8<V>(xs[s] + u * P + i * istride);
           for (int v = 0; v < NV; ++v) a[s][i][v] += xv * w[v];
         }
       }
@@ -507,8 +507,8 @@ inline bool mix_tile(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride
 // The transposed mixing over the sites [lo, hi):
 // out[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * UO + u) * Q + q].
 // UO = 8 outputs (hidden layers): the forward's micro-kernel (mix_block) on the transposed
-// weights WP, interleaved for groups of P = 16 / sizeof(T) inputs (one 16-byte broadcast load
-// feeds two 64-byte multiply-adds); UO = 1 (the first layer's single channel, up to 5 rows at a
+// weights WP, interleaved for groups of P = 8 / sizeof(T) inputs (8 outputs x P fill a 64-byte
+// vector), up to 8 sites per block; UO = 1 (the first layer's single channel, up to 5 rows at a
 // time): mixt_block on W. False where no block kernel has the shape or T is not a real type.
 template <typename T>
 inline bool mixt_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi, i64 K, i64 N,
@@ -517,13 +517,15 @@ inline bool mixt_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table
   if constexpr (!std::is_floating_point<T>::value) {
     return false;
   } else {
-    constexpr int P = 16 / sizeof(T);
+    constexpr int P = 8 / sizeof(T);
     if (UO == 8) {
       if (Q % P != 0) return false;
 #define KLM_MIXTP(DD)                                                                                            \
   if (D == DD) {                                                                                                 \
-    over_blocks<T, MixShape<T, DD, 8 * P>::S>(lo, hi, out0, orow, dummy, [&](const i64* g, T* const* out) {      \
-      mix_block<T, DD, 8, P>(src, rowlen, off, Q, 1, Q, table, g, K, N, zero, WP, out, ostride_i, ostride_u);    \
+    over_blocks<T, MixShape<T, DD, 8 * P, KLM_SMAX_T>::S>(lo, hi, out0, orow, dummy,                            \
+                                                          [&](const i64* g, T* const* out) {                     \
+      mix_block<T, DD, 8, P, KLM_SMAX_T>(src, rowlen, off, Q, 1, Q, table, g, K, N, zero, WP, out, ostride_i,    \
+                                         ostride_u);                                                             \
     });                                                                                                          \
     return true;                                                                                                 \
   }
@@ -1087,7 +1089,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     }
   // and transposed, interleaved for the transposed block mixing (see mixt_tile): wpal + wa[l][a]
   // holds layer l's WP_a[(k * Q / P + c) * mul * P + u * P + p] = W_a[(k * mul + u) * Q + c * P + p]
-  constexpr i64 P = std::is_floating_point<T>::value ? 16 / (i64)sizeof(T) : 1;
+  constexpr i64 P = std::is_floating_point<T>::value ? 8 / (i64)sizeof(T) : 1;
   std::vector<T> wpstore(nwa + 64 / sizeof(T));
   T* const wpal = (T*)(((uintptr_t)wpstore.data() + 63) & ~(uintptr_t)63);
   for (i64 l = 0; l < L; ++l)
