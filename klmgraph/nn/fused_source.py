@@ -10,8 +10,9 @@ site energies and, by its mode, the seed-weighted gradients with respect to the 
 Why one kernel for the whole network: the eager fast path costs a few hundred small torch ops
 per call and writes a gathered (N, 2l+1, K x mul) buffer per layer (DESIGN.md section 3). Here
 every pass reads each site's K neighbours straight from the previous pass's per-site output
-(in cache), mixes channels with register-blocked multiply-adds over blocks of 1-4 sites (each
-row of mixing weights loaded once for the block, 64-byte vectors), applies the Clebsch-Gordan
+(in cache), mixes channels with register-blocked multiply-adds over blocks of 1-8 sites (each
+row of mixing weights loaded once for the block, 64-byte vectors; the backward's transposed
+mixing runs the same micro-kernel on transposed weights), applies the Clebsch-Gordan
 product with the centre filter, the residual and the norm activation, and writes one row per
 site. A site's sums run in the same order wherever its block starts, so results do not depend
 on the number of threads. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
