@@ -103,7 +103,8 @@ class _Killed(Exception):
 
 def test_loop_resumes_after_a_kill_at_every_stage(tmp_path, monkeypatch, one_thread):
     """Killed right after every stage (each once), then rerun: ED labels every configuration
-    once, trains every committee once, and ends where an uninterrupted loop ends."""
+    once, trains every committee once, explores every condition once, and ends where an
+    uninterrupted loop ends."""
     config = learn_config_from_dict(TINY)
     labelled, trained = [], []
     ed_call = ExactDiagonalization.energy_and_field
@@ -112,10 +113,13 @@ def test_loop_resumes_after_a_kill_at_every_stage(tmp_path, monkeypatch, one_thr
                         or ed_call(self, spins))
     train_call = loop_module.train
     monkeypatch.setattr(loop_module, "train", lambda *a, **k: trained.append(1) or train_call(*a, **k))
+    explored = []
+    llg_run = loop_module.LLG.run
+    monkeypatch.setattr(loop_module.LLG, "run", lambda *a, **k: explored.append(1) or llg_run(*a, **k))
 
     reference = run_learning(config, tmp_path / "straight", progress=False, log=lambda line: None)
-    labels_straight, trainings_straight = sum(labelled), len(trained)
-    labelled.clear(), trained.clear()
+    labels_straight, trainings_straight, explorations_straight = sum(labelled), len(trained), len(explored)
+    labelled.clear(), trained.clear(), explored.clear()
 
     seen, kills = set(), []
 
@@ -134,6 +138,9 @@ def test_loop_resumes_after_a_kill_at_every_stage(tmp_path, monkeypatch, one_thr
     assert set(kills) == set(STAGES)  # every stage was interrupted at least once
     assert sum(labelled) == labels_straight == result["iterations"][-1]["labels"]
     assert len(trained) == trainings_straight == 2
+    # a condition explored before the kill is read back, not run again
+    assert len(explored) == explorations_straight == 2 * len(config.explore.conditions)
+    assert not list((tmp_path / "killed").glob("iter*/explore_parts"))
     for a, b in zip(reference["iterations"], result["iterations"]):
         for key in ("labels", "explored_rmse_field", "predicted_rmse_field", "val_rmse_field"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key

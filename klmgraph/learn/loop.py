@@ -56,7 +56,13 @@ from .selection import draw_holdout, select_by_spread
 
 __all__ = ["run_learning", "STAGES"]
 
-STAGES = ("random_data", "train", "explore", "select", "holdout", "measure", "labels", "merge")
+STAGES = ("random_data", "train", "explore_condition", "explore", "select", "holdout", "measure", "labels", "merge")
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{key: value.numpy() for key, value in arrays.items()})
 
 
 def _write_json(path: Path, data) -> None:
@@ -145,26 +151,16 @@ class _Loop:
             return
         from tqdm.auto import tqdm
 
-        e, seed = self.c.explore, self.c.loop.seed
+        e = self.c.explore
         committee = load_model(self.it(k) / "model.pt", graph=self.graph, map_location=self.device)
         provider = committee.bind(self.graph)
         self.log(f"[iteration {k}] exploring: {len(e.conditions)} condition(s) x {e.runs} runs x {e.steps} steps "
                  f"on {self.graph.describe()}")
         parts = {"spins": [], "run": [], "step": [], "condition": []}
         for c, cond in enumerate(tqdm(e.conditions, desc="explore", unit="condition", disable=not self.progress)):
-            spins = self._initial(cond, seed * 1_000_003 + k * 1009 + c).to(self.device)
-            llg = LLG(provider, dt=e.dt, alpha=e.alpha if cond.alpha is None else cond.alpha,
-                      temperature=cond.T, field=(0.0, 0.0, cond.hz), integrator=e.integrator)
-            run = llg.run(spins, e.steps, record_every=e.snapshot_every, record_spins=True,
-                          seed=seed * 7919 + k * 131 + c)
-            steps = torch.round(run.times.double().cpu() / e.dt).long()  # (R,)
-            keep = steps >= e.first_step
-            snaps = run.snapshots[keep].cpu()  # (R', B, N, 3)
-            r, b = snaps.shape[:2]
-            parts["spins"].append(snaps.reshape(r * b, -1, 3))
-            parts["step"].append(steps[keep].repeat_interleave(b))
-            parts["run"].append(torch.arange(b).repeat(r) + c * e.runs)
-            parts["condition"].append(torch.full((r * b,), c))
+            part = self._explore_condition(k, c, cond, provider)
+            for key in parts:
+                parts[key].append(part[key])
         data = {k_: torch.cat(v) for k_, v in parts.items()}
         data["spins"] = data["spins"].double()
         data["spins"] = data["spins"] / data["spins"].norm(dim=-1, keepdim=True)
@@ -175,10 +171,33 @@ class _Loop:
             largest.append(u.max_field.double().cpu())
         data["predicted_rmse_field"], data["max_site_error"] = torch.cat(predicted), torch.cat(largest)
         data["calibration"] = torch.tensor(committee.calibration, dtype=torch.float64)
-        with atomic_path(target) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **{k_: v.numpy() for k_, v in data.items()})
+        _write_npz(target, data)
+        shutil.rmtree(self.it(k) / "explore_parts", ignore_errors=True)
         self.stage_done("explore", k)
+
+    def _explore_condition(self, k: int, c: int, cond, provider) -> dict:
+        """One condition's snapshots, stored in iterNNN/explore_parts/ so that a killed exploration
+        resumes at the condition it was in (each costs minutes to an hour at paper size)."""
+        path = self.it(k) / "explore_parts" / f"condition{c:03d}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                return {key: torch.from_numpy(z[key]) for key in z.files}
+        e, seed = self.c.explore, self.c.loop.seed
+        spins = self._initial(cond, seed * 1_000_003 + k * 1009 + c).to(self.device)
+        llg = LLG(provider, dt=e.dt, alpha=e.alpha if cond.alpha is None else cond.alpha,
+                  temperature=cond.T, field=(0.0, 0.0, cond.hz), integrator=e.integrator)
+        run = llg.run(spins, e.steps, record_every=e.snapshot_every, record_spins=True,
+                      seed=seed * 7919 + k * 131 + c)
+        steps = torch.round(run.times.double().cpu() / e.dt).long()  # (R,)
+        keep = steps >= e.first_step
+        snaps = run.snapshots[keep].cpu()  # (R', B, N, 3)
+        r, b = snaps.shape[:2]
+        part = {"spins": snaps.reshape(r * b, -1, 3), "step": steps[keep].repeat_interleave(b),
+                "run": torch.arange(b).repeat(r) + c * e.runs, "condition": torch.full((r * b,), c)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_npz(path, part)
+        self.stage_done("explore_condition", k)
+        return part
 
     def _initial(self, cond, seed: int) -> torch.Tensor:
         runs = self.c.explore.runs
