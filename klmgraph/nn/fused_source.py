@@ -39,7 +39,8 @@ leaving a; mixing weights W_a: (K * mul_a, Q_a) rows k * mul_a + u; transposed c
 WT_a: (K * Q_a, mul_a), made by the kernel at each call after the caller's parameters (so
 that every entry of the flat parameter vector is an independent variable), and for the real
 block kernels 64-byte-aligned copies of W_a and transposed copies interleaved by groups of
-8 bytes of inputs (mixt_tile); one coefficient
+8 bytes of inputs (mixt_tile), and for the dual-number block mixing the weights' values repeated
+twice (mix_tile_dual: a dual feature's value and derivative share a multiply-add); one coefficient
 per nonzero Clebsch-Gordan entry; the read-out matrices (out, in) and biases.
 """
 
