@@ -280,8 +280,10 @@ def test_training_gradients_equal_eager_float64(graph_name, time_reversal, monke
     assert_same_gradients(kernel, eager)
 
 
-@pytest.mark.parametrize("graph_name", ["triangular", "square"])
+@pytest.mark.parametrize("graph_name", list(GRAPHS))
 def test_training_gradients_published_size_float32(graph_name):
+    """Published hyper-parameters in float32: the dual-number call's block kernels (mixing and
+    transposed mixing of (value, derivative) pairs), with missing neighbours on the open lattice."""
     graph = GRAPHS[graph_name]()
     model = ECNN.for_graph(graph)
     spins = klmgraph.random_spins(graph, batch=2, seed=3, dtype=torch.float32)

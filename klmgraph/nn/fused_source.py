@@ -39,7 +39,8 @@ leaving a; mixing weights W_a: (K * mul_a, Q_a) rows k * mul_a + u; transposed c
 WT_a: (K * Q_a, mul_a), made by the kernel at each call after the caller's parameters (so
 that every entry of the flat parameter vector is an independent variable), and for the real
 block kernels 64-byte-aligned copies of W_a and transposed copies interleaved by groups of
-8 bytes of inputs (mixt_tile); one coefficient
+8 bytes of inputs (mixt_tile), and for the dual-number block mixing the weights' values repeated
+twice (mix_tile_dual: a dual feature's value and derivative share a multiply-add); one coefficient
 per nonzero Clebsch-Gordan entry; the read-out matrices (out, in) and biases.
 """
 
@@ -333,8 +334,11 @@ constexpr int KLM_SMAX_T = 8;
 // consecutive ones (ustride 1), a group broadcast to every lane pair (with P = 1 the 8 outputs
 // would fill half a 64-byte vector), W interleaved: row k * U / P + group, lane q * P + p for
 // the input group * P + p; out[q] is the sum of the P lanes of q (in the order p = 0, 1, ...).
+// SPLIT (dual numbers, P = 2): the P lanes of output q are the P parts of one input read as a
+// group (value, derivative), mixed with W's entries repeated P times (row k * U + u, lane q * P + p)
+// and written apart, to out[... + q * ostride_q + p] (the strides in reals).
 // SMAX: the most sites per block.
-template <typename T, int D, int Q, int P = 1, int SMAX = 4>
+template <typename T, int D, int Q, int P = 1, int SMAX = 4, bool SPLIT = false>
 inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
                       const i64* __restrict table, const i64* g, i64 K, i64 N, const T* __restrict zero,
                       const T* __restrict W, T* const* out, i64 ostride_i, i64 ostride_q) {
@@ -361,12 +365,12 @@ inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride,
           const T xv = xs[s][u * ustride + i * istride];
           for (int v = 0; v < NV; ++v) a[s][i][v] += xv * w[v];  // the scalar broadcast to the lanes
         } else {
-          const V xv = repeat8<V>(xs[s] + u * P + i * istride);
+          const V xv = repeat8<V>(xs[s] + (SPLIT ? u * ustride : u * P) + i * istride);
           for (int v = 0; v < NV; ++v) a[s][i][v] += xv * w[v];
         }
       }
   };
-  const i64 UG = U / P;
+  const i64 UG = SPLIT ? U : U / P;
   for (i64 k = 0; k < K; ++k) {
     const T* xs[S];
     for (int s = 0; s < S; ++s) {
@@ -374,7 +378,7 @@ inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride,
       xs[s] = j == N ? zero : src + (base[s] + j) * rowlen + off;
     }
     prefetch_rows<T, S>(src, rowlen, off, nb, base, k, K, N, (U - 1) * ustride + (D - 1) * istride + 1);
-    const T* wk = W + k * U * Q;
+    const T* wk = W + k * (SPLIT ? U * QP : U * Q);
     i64 u = 0;
     for (; u + C <= UG; u += C)
       for (int c = 0; c < C; ++c) step(acc[c], xs, u + c, wk + (u + c) * QP);
@@ -391,6 +395,10 @@ inline void mix_block(const T* __restrict src, i64 rowlen, i64 off, i64 istride,
         if constexpr (P == 1) {
           for (int e = v + 1 < NV ? 0 : DUP; e < VL; ++e) out[s][i * ostride_i + (first + e) * ostride_q] = acc[0][s][i][v][e];
         } else {
+          if constexpr (SPLIT) {
+            for (int e = 0; e < VL; ++e) out[s][i * ostride_i + ((first + e) / P) * ostride_q + e % P] = acc[0][s][i][v][e];
+            continue;
+          }
           for (int e = 0; e < VL; e += P) {
             T t = acc[0][s][i][v][e];
             for (int p = 1; p < P; ++p) t += acc[0][s][i][v][e + p];
@@ -615,6 +623,40 @@ inline bool mix_dual(const Dual<R>* src, i64 rowlen, i64 off, i64 istride, i64 u
   KLM_MIX(5, 8) KLM_MIX(5, 16) KLM_MIX(5, 24) KLM_MIX(5, 32)
 #undef KLM_MIX
   return false;
+}
+
+// mix_tile for dual features and real weights (their derivatives zero) over the sites [lo, hi):
+// mix_block with each input's (value, derivative) pair broadcast as one group of P = 2 and the
+// weights WD repeated twice (WD[2 * j + p] = W[j], p = 0, 1), so that one 64-byte multiply-add
+// does 8 outputs' values and derivatives (SPLIT). Dual<float> only (a Dual<double> is 16 bytes);
+// false (nothing written) where no block kernel has the shape (D, Q).
+template <typename R>
+inline bool mix_tile_dual(const Dual<R>* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U,
+                          const i64* table, i64 lo, i64 hi, i64 K, i64 N, const Dual<R>* zero, const R* WD,
+                          Dual<R>* out0, i64 orow, Dual<R>* dummy, i64 ostride_i, i64 ostride_q, i64 D, i64 Q) {
+  if constexpr (!std::is_same<R, float>::value) {
+    return false;
+  } else {
+    static_assert(sizeof(Dual<R>) == 2 * sizeof(R), "Dual<R> is two packed reals");
+    const R* x = (const R*)src;
+    const R* z = (const R*)zero;
+    R* o0 = (R*)out0;
+    R* dm = (R*)dummy;
+#define KLM_MIXD(DD, QQ)                                                                                         \
+  if (D == DD && Q == QQ) {                                                                                      \
+    over_blocks<R, MixShape<R, DD, 2 * QQ, KLM_SMAX_T>::S>(lo, hi, o0, 2 * orow, dm,                            \
+                                                           [&](const i64* g, R* const* out) {                    \
+      mix_block<R, DD, QQ, 2, KLM_SMAX_T, true>(x, 2 * rowlen, 2 * off, 2 * istride, 2 * ustride, U, table, g,   \
+                                                K, N, z, WD, out, 2 * ostride_i, 2 * ostride_q);                 \
+    });                                                                                                          \
+    return true;                                                                                                 \
+  }
+    KLM_MIXD(1, 8) KLM_MIXD(1, 16) KLM_MIXD(1, 24) KLM_MIXD(1, 32)
+    KLM_MIXD(3, 8) KLM_MIXD(3, 16) KLM_MIXD(3, 24) KLM_MIXD(3, 32)
+    KLM_MIXD(5, 8) KLM_MIXD(5, 16) KLM_MIXD(5, 24) KLM_MIXD(5, 32)
+#undef KLM_MIXD
+    return false;
+  }
 }
 
 // gW[(k * U + u) * Q + q] += sum_i x[nb_k][u * ustride + i] gz[i * Q + q]: the mixing weights'
@@ -1112,6 +1154,9 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     pb.resize(pstore.size());
     for (size_t j = 0; j < pstore.size(); ++j) { pa[j] = pstore[j].a; pb[j] = pstore[j].b; wtan |= pb[j] != R(0); }
   }
+  // and the values repeated twice for the block mixing of dual features (see mix_tile_dual)
+  std::vector<R> pd(Scalar<T>::dual && !wtan ? 2 * pa.size() : 0);
+  for (size_t j = 0; j < pd.size(); ++j) pd[j] = pa[j / 2];
   // out = mix(gather(src)) with the weights at params + woff (see mix)
   auto mixp = [&](const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr, i64 base,
                   i64 woff, T* out, i64 ostride_i, i64 ostride_q, i64 D, i64 Q, T* scr) {
@@ -1154,6 +1199,11 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       if (mix_tile<T>(x, ly.din, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(), wal + wa[l][a], z0 + ir.z,
                       ly.zsize, dummy, ir.Q, 1, ir.d, ir.Q))
         continue;
+      if constexpr (Scalar<T>::dual) {
+        if (!wtan && mix_tile_dual<R>(x, ly.din, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(),
+                                      pd.data() + 2 * ir.w, z0 + ir.z, ly.zsize, dummy, ir.Q, 1, ir.d, ir.Q))
+          continue;
+      }
       for (i64 g = lo; g < hi; ++g) {
         const i64 n = g % N;
         mixp(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, g - n, ir.w, z0 + (g - lo) * ly.zsize + ir.z, ir.Q,
@@ -1237,6 +1287,11 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
         if (mixt_tile<T>(gzu, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, zero.data(), wal + wa[l + 1][a],
                          wpal + wa[l + 1][a], gxt + ir.off, up.din, dummy, 1, ir.d, ir.d, ir.mul))
           continue;
+        if constexpr (Scalar<T>::dual) {  // the transposed weights WT
+          if (!wtan && mix_tile_dual<R>(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse, lo, hi, K, N, zero.data(),
+                                        pd.data() + 2 * ir.wt, gxt + ir.off, up.din, dummy, 1, ir.d, ir.d, ir.mul))
+            continue;
+        }
         for (i64 g = lo; g < hi; ++g) {
           const i64 n = g % N;
           mixp(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, g - n, ir.wt, gxt + (g - lo) * up.din + ir.off, 1,
