@@ -1,5 +1,9 @@
 """The compiled energy + field kernel (nn/fused.py): equal to the eager path and to the e3nn
 reference on every kind of graph, the same with several threads, and the fallbacks."""
+import os
+import platform
+import shutil
+import subprocess
 import warnings
 
 import pytest
@@ -7,7 +11,7 @@ import torch
 from test_ecnn import irregular_graph
 
 import klmgraph
-from klmgraph.nn import ECNN, ThreadChoice, compute_field, fused, native
+from klmgraph.nn import ECNN, ThreadChoice, compute_field, fused, fused_source, native
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="no C++ compiler: the kernel falls back to eager")
 
@@ -94,6 +98,24 @@ def test_published_size_blocks_equal_eager(graph_name, dtype):
     assert (b - b_eager).abs().max() <= tol * b_eager.abs().max()
     e2, b2 = model.bind(graph, threads=2).energy_and_field(spins)
     assert torch.equal(e, e2) and torch.equal(b, b2)
+    # a configuration alone starts its blocks at other sites than inside the batch (35 sites per
+    # configuration): a site's sums must not depend on its place in a block
+    for i in range(len(spins)):
+        e_alone, b_alone = model.bind(graph, threads=1).energy_and_field(spins[i])
+        assert torch.equal(e_alone, e[i]) and torch.equal(b_alone, b[i])
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or shutil.which("g++") is None,
+                    reason="needs g++ on x86-64")
+@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3", "x86-64-v4"])
+def test_kernel_source_compiles_for_every_x86_level(march, tmp_path):
+    """The kernel is built with -march=native on the user's machine: it must compile without
+    AVX-512 (AVX2 alone, or SSE2) too, where a failed build would silently fall back to eager."""
+    source = tmp_path / "kernel.cpp"
+    source.write_text(fused_source.SOURCE)
+    build = subprocess.run(["g++", "-O0", f"-march={march}", "-std=c++17", "-Wno-psabi", "-S", "-o", os.devnull,
+                            str(source)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-2000:]
 
 
 def test_time_reversal_and_finite_difference():

@@ -266,13 +266,19 @@ inline void mix(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64
 // depend on where tiles start, hence not on the number of threads.
 // Keeps a vector in a register: without it the compiler folds the load into every multiply-add
 // that uses the vector (one load per use; the block kernels would be load-bound again).
+// Only a vector that fits one register can be pinned: with AVX2 alone a 64-byte vector is two
+// ymm registers and the constraint would not compile.
+template <typename V>
+inline void klm_reg(V& x) {
 #if defined(__AVX512F__)
-#define KLM_REG(x) asm("" : "+v"(x))
+  asm("" : "+v"(x));
 #elif defined(__AVX__)
-#define KLM_REG(x) asm("" : "+x"(x))
+  if constexpr (sizeof(V) <= 32) asm("" : "+x"(x));
 #else
-#define KLM_REG(x) ((void)0)
+  (void)x;
 #endif
+}
+#define KLM_REG(x) klm_reg(x)
 
 // the 8 bytes at p repeated over a 64-byte vector (a bit copy, no arithmetic: one broadcast load;
 // a 16-byte group would halve the loads, but its broadcast runs at a third of the speed on this
