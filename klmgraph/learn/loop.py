@@ -148,6 +148,7 @@ class _Loop:
         """iterNNN/explore.npz: snapshots of committee-driven LLG runs and their predicted errors."""
         target = self.it(k) / "explore.npz"
         if target.exists():
+            shutil.rmtree(self.it(k) / "explore_parts", ignore_errors=True)  # a kill before the clean-up
             return
         from tqdm.auto import tqdm
 
