@@ -40,13 +40,14 @@ where no crossing lies inside the field range the boundary is given as a bound
 (``hz_1_0>0.008``: the lower class stays lowest up to the top field).
 
     python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 32, 64 / 88, 176 (15.9 min on 2 loaded cores)
-    nice -n 10 python examples/triangular_phase_diagram.py           # 13 fields, grids 20 / 32, 64 / 128, 256: ~4 CPU hours (2.5-7), resumable
+    nice -n 10 python examples/triangular_phase_diagram.py           # 13 fields, grids 20 / 32, 64 / 128, 256: 3.7 CPU hours, resumable
 
 Every (branch, field) is a JSON record under ``--out``/records, written atomically; running the
 same command again skips what is done. Writes ``phase_diagram.csv``, ``energies.png`` (E(Hz) of
 every branch minus the lowest), ``phase_diagram.png`` (|n_sk| and M^z of the lowest state) and
 ``summary.json``, and ends with the line ``hz_2_1=<value> hz_1_0=<value>`` (a value is a
-crossing, ``>hz`` or ``<hz`` a bound where none lies inside the field range, nan where a class
+crossing, placed along the tangents d(E/N)/dHz = -M^z of the two states lowest at the nearer
+bracketing field, see :func:`crossing`; ``>hz`` or ``<hz`` a bound where none lies inside the field range, nan where a class
 has no candidate).
 """
 from __future__ import annotations
@@ -320,41 +321,74 @@ def extrapolate(values, grids) -> dict:
     return {"energy_tl": tl, "energy_tl_prev": prev}
 
 
+def class_lowest(rows: list[dict], hz: float, key: str) -> dict:
+    """{|n_sk|: the row of the lowest state of that class at the field hz}."""
+    best = {}
+    for r in rows:
+        if r["hz"] == hz:
+            k = round(abs(r["n_sk_per_cell"]))
+            if k not in best or r[key] < best[k][key]:
+                best[k] = r
+    return best
+
+
 def class_gaps(rows: list[dict], fields, low: int, high: int, key: str) -> list[float]:
     """E of the lowest |n_sk| = low state minus the lowest |n_sk| = high one, per field (nan
     where a class has no state)."""
     gaps = []
     for hz in fields:
-        best = {}
-        for r in rows:
-            if r["hz"] == hz:
-                k = round(abs(r["n_sk_per_cell"]))
-                best[k] = min(best.get(k, math.inf), r[key])
-        gaps.append(best.get(low, math.nan) - best.get(high, math.nan))
+        best = class_lowest(rows, hz, key)
+        gaps.append(best[low][key] - best[high][key] if low in best and high in best else math.nan)
     return gaps
+
+
+def tangent_crossing(rows: list[dict], h: float, gap: float, low: int, high: int, key: str) -> float:
+    """Where the gap E_low - E_high of the two states lowest at the field h vanishes, followed
+    along their tangents: for a relaxed state d(E/N)/dHz = -M^z (its spins are stationary), so
+    the gap changes as M^z_high - M^z_low. Unlike the interpolation between two fields, this
+    follows the same two states, which matters where a class's lowest state at the other field is
+    another state (a crystal that turned into another one). nan without magnetisations."""
+    best = class_lowest(rows, h, key)
+    if "mz" not in best[low] or "mz" not in best[high]:
+        return math.nan
+    slope = best[high]["mz"] - best[low]["mz"]
+    return h - gap / slope if slope > 0 else math.nan
 
 
 def crossing(rows: list[dict], fields, low: int, high: int, fine: str, coarse: str | None = None) -> dict:
     """Where the lowest |n_sk| = low state stops being below the lowest |n_sk| = high one, by the
     energies under the key ``fine`` (and ``coarse``, a coarser solver, for the uncertainty).
 
-    Returns the crossing field ``hz`` (interpolated) with its bracket and grid uncertainty, or,
+    Returns the crossing field ``hz`` with its bracket, grid uncertainty and
+    ``interpolation_uncertainty``, or,
     where the gap keeps one sign over the fields, a bound: ``bound`` ">" (the low class is lowest
     up to the top field) or "<" (the high class is lowest from the bottom field), and ``hz`` the
     field that bounds it. ``gaps`` (fine) and ``grid_error`` (fine minus coarse) per field go
-    with it.
+    with it. ``hz`` is the tangent crossing (:func:`tangent_crossing`) from the end of the bracket
+    nearer to it (the smaller gap) where that lies in the bracket; ``interpolation_uncertainty``
+    is its distance from the linear interpolation of the gap between the two fields
+    (``hz_linear``), the two estimates of a curve known at two points. Without magnetisations, or
+    with a tangent outside the bracket, ``hz`` is the linear interpolation and the uncertainty nan.
     """
     d = class_gaps(rows, fields, low, high, fine)
     err = ([abs(a - b) for a, b in zip(d, class_gaps(rows, fields, low, high, coarse))] if coarse
            else [math.nan] * len(d))
-    out = {"gaps": d, "grid_error": err, "bracket": None, "grid_uncertainty": math.nan, "bound": None}
+    out = {"gaps": d, "grid_error": err, "bracket": None, "grid_uncertainty": math.nan, "bound": None,
+           "interpolation_uncertainty": math.nan}
     known = [(h, g, e) for h, g, e in zip(fields, d, err) if math.isfinite(g)]
     if not known:
         return {**out, "hz": math.nan}
     for (h0, g0, e0), (h1, g1, e1) in zip(known, known[1:]):
         if g0 < 0 <= g1:
             slope = (g1 - g0) / (h1 - h0)
-            return {**out, "hz": h0 - g0 / slope, "bracket": [h0, h1], "grid_uncertainty": max(e0, e1) / slope}
+            linear = h0 - g0 / slope
+            near_h, near_g = (h0, g0) if abs(g0) <= abs(g1) else (h1, g1)
+            tangent = tangent_crossing(rows, near_h, near_g, low, high, fine)
+            found = {**out, "hz": linear, "hz_linear": linear, "bracket": [h0, h1],
+                     "grid_uncertainty": max(e0, e1) / slope}
+            if h0 <= tangent <= h1:
+                found.update(hz=tangent, interpolation_uncertainty=abs(tangent - linear))
+            return found
     if all(g < 0 for _, g, _ in known):
         return {**out, "hz": known[-1][0], "bound": ">"}
     if all(g >= 0 for _, g, _ in known):
@@ -607,11 +641,13 @@ def report(rows: list[dict], s: Settings, out: Path, seconds: float, refined: li
     for t in summary["transitions"]:
         if t["bracket"]:
             print(f"lowest state: |n_sk| = {t['from']} -> {t['to']} at Hz = {t['hz']:.5f} +- "
-                  f"{t['grid_uncertainty']:.5f} (grid), between {t['bracket'][0]:g} and {t['bracket'][1]:g}")
+                  f"{t['grid_uncertainty']:.5f} (grid) +- {t['interpolation_uncertainty']:.5f} (between the fields), "
+                  f"between {t['bracket'][0]:g} and {t['bracket'][1]:g}")
     for key, (low, high) in (("hz_2_1", (2, 1)), ("hz_1_0", (1, 0))):
         c = summary[key]
         gaps = ", ".join(f"{h:g}: {g:+.2e} +- {e:.0e}" for h, g, e in zip(s.fields, c["gaps"], c["grid_error"]))
-        print(f"{key}: {boundary_text(c)} +- {c['grid_uncertainty']:.6f} (grid), bracket {c['bracket']}; "
+        print(f"{key}: {boundary_text(c)} +- {c['grid_uncertainty']:.6f} (grid) +- "
+              f"{c['interpolation_uncertainty']:.6f} (between the fields), bracket {c['bracket']}; "
               f"paper {PAPER[key]}; E(|n_sk|={low}) - E(|n_sk|={high}) per field: {gaps}")
     cpu = summary["cpu_seconds"] + summary["refine_cpu_seconds"]
     print(f"{summary['cpu_seconds']:.0f} CPU seconds over the records and {summary['refine_cpu_seconds']:.0f} over the "

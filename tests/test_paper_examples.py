@@ -267,6 +267,20 @@ def test_triangular_phase_diagram_boundaries_and_bounds():
     assert boundary(below) == "<0.00200"
     missing = crossing(rows({0.002: 3e-5})[:1], [0.002], 1, 0, "energy_k4", "energy_k2")  # no n_sk = 0 state at all
     assert boundary(missing) == "nan"
+    assert math.isnan(c["interpolation_uncertainty"])  # no magnetisations: the linear interpolation alone
+
+    # with magnetisations the crossing follows the two states nearer to it along d(E/N)/dHz = -M^z:
+    # at 0.006 the gap +1e-5 closes at the rate M^z(0) - M^z(1) = 0.1, 1e-4 below 0.006
+    magnetised = rows({0.002: -3e-5, 0.004: -1.2e-5, 0.006: 1e-5})
+    for r in magnetised:
+        r["mz"] = 0.3 if r["n_sk_per_cell"] == 0.0 else 0.2
+    t = crossing(magnetised, fields, 1, 0, "energy_k4", "energy_k2")
+    assert t["hz"] == pytest.approx(0.0059) and t["hz_linear"] == pytest.approx(0.004 + 0.002 * 1.2 / 2.2)
+    assert t["interpolation_uncertainty"] == pytest.approx(abs(0.0059 - t["hz_linear"]))
+    for r in magnetised:  # a tangent that would leave the bracket is not used
+        r["mz"] = 0.2 + 1e-3 * (r["n_sk_per_cell"] == 0.0)
+    far = crossing(magnetised, fields, 1, 0, "energy_k4", "energy_k2")
+    assert far["hz"] == far["hz_linear"] and math.isnan(far["interpolation_uncertainty"])
 
 
 def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
