@@ -47,8 +47,8 @@ same command again skips what is done. Writes ``phase_diagram.csv``, ``energies.
 every branch minus the lowest), ``phase_diagram.png`` (|n_sk| and M^z of the lowest state) and
 ``summary.json``, and ends with the line ``hz_2_1=<value> hz_1_0=<value>`` (a value is a
 crossing, placed along the tangents d(E/N)/dHz = -M^z of the two states lowest at the nearer
-bracketing field, see :func:`crossing`; ``>hz`` or ``<hz`` a bound where none lies inside the field range, nan where a class
-has no candidate).
+bracketing field, see :func:`crossing`; ``>hz`` or ``<hz`` a bound where none lies inside the
+field range, nan where a class has no candidate).
 """
 from __future__ import annotations
 
