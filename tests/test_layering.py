@@ -104,6 +104,15 @@ def test_ifnn_and_ecnn_use_the_lattice_key(tmp_path):
         klmgraph.nn.IFNN(graph.description, cutoff=1.5, description=graph.description)
 
 
+def test_lattice_key_compares_numbers_not_their_spelling():
+    """t1=1 and t1=1.0 build one lattice: a model of one binds to a graph of the other; another
+    hopping is still refused."""
+    model = klmgraph.ECNN.for_graph(klmgraph.triangular(6, 6, t1=1.0, t3=-0.85), channels=2, num_interactions=1)
+    model.bind(klmgraph.triangular(12, 12, t1=1, t3=-0.85))
+    with pytest.raises(ValueError, match="built for the lattice"):
+        model.bind(klmgraph.triangular(12, 12, t1=1, t3=-0.8))
+
+
 def test_neighbour_tables_move_alike():
     graph = klmgraph.square(6, 6)
     ecnn, ifnn = klmgraph.ECNN.for_graph(graph), klmgraph.nn.IFNN.for_graph(graph, cutoff=1.5, hidden=(4,))

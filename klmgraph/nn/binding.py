@@ -31,10 +31,22 @@ __all__ = ["BoundModel", "DomainModel", "check_graph", "receptive_hops", "SIZE_K
 SIZE_KEYS = ("size", "periodic", "nodes", "edges")
 
 
+def _numbers_as_float(x):
+    # t1=1 and t1=1.0 build the same lattice; JSON would tell them apart
+    if isinstance(x, dict):
+        return {k: _numbers_as_float(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_numbers_as_float(v) for v in x]
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return float(x)
+    return x
+
+
 def _lattice_key(description: dict | None):
     if description is None:
         return None
-    return json.dumps({k: v for k, v in description.items() if k not in SIZE_KEYS}, sort_keys=True)
+    return json.dumps(_numbers_as_float({k: v for k, v in description.items() if k not in SIZE_KEYS}),
+                      sort_keys=True)
 
 
 def check_graph(model, graph) -> None:
