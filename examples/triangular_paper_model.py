@@ -21,8 +21,11 @@ T = 0). Stages (each resumes where it stopped; ``--stage all`` runs them in orde
   ecnn4klm model, skipped with a message where absent) against the fine labels, on the
   competing states (within 5e-4 per site of the lowest state of their field; the ferromagnet,
   1e-2 above, is reported apart): field RMSE (target <= 4e-4) and the error of energy
-  differences per site between the states of one field (every pair; target |error| <= 2e-5). Writes eval_<model>.json, eval_states.csv and
-  eval.png, and prints ``<model>: rmse_field=<x> energy_difference_max=<y>`` lines.
+  differences per site between the states of one field (every pair; target |error| <= 2e-5);
+  beside it the RMSE of the field error's part perpendicular to the spins (the part that drives
+  the dynamics). ``--model FILE`` judges another model as ours (e.g. a ``klmgraph train`` run on
+  the loop's data). Writes eval_<model>.json, eval_states.csv and eval.png, and prints
+  ``<model>: rmse_field=<x> (transverse <t>) energy_difference_max=<y>`` lines.
 * ``ship``: evaluates our model and writes ``--dest``/triangular-paper.{pt,json} (the committee
   file and its card: data, solver and k-grid, configuration, held-out metrics, date). It refuses
   while ``--out`` holds no trained model, and while the loop has not finished unless
@@ -94,10 +97,11 @@ def loop_state(out: Path) -> str | None:
     return json.loads(report.read_text()).get("stopped") if report.is_file() else None
 
 
-def load_models(out: Path | None, checkpoint: Path, graph) -> dict:
-    """{"ours": committee, "published": ECNN} where they exist, each with a message otherwise."""
+def load_models(out: Path | None, checkpoint: Path, graph, model: Path | None = None) -> dict:
+    """{"ours": committee, "published": ECNN} where they exist, each with a message otherwise.
+    ``model``: a model file to judge as "ours" instead of the loop's newest committee."""
     models = {}
-    path = newest_model(out) if out is not None else None
+    path = model if model is not None else newest_model(out) if out is not None else None
     if path is None:
         print(f"ours: skipped (no iterNNN/model.pt in {out}: the learning loop has not trained a committee yet)")
     else:
@@ -262,11 +266,17 @@ def competing(info: dict, ref_energy: torch.Tensor) -> torch.Tensor:
     return total <= lowest + COMPETING
 
 
-def summarise(energy, field, ref_energy, ref_field, info: dict) -> dict:
+def summarise(energy, field, ref_energy, ref_field, info: dict, spins: torch.Tensor) -> dict:
     """Field RMSE and errors of energy differences against a reference: over the competing
-    states (:func:`competing`; what the targets are about), per field, and over all states."""
+    states (:func:`competing`; what the targets are about), per field, and over all states.
+    ``rmse_field_transverse``: the same RMSE of the error's part perpendicular to each spin, the
+    part that enters the LLG torque S x B (the part along S does not move a spin of fixed length)."""
     hz = [st["hz"] for st in info["states"]]
-    sq = (field.double() - ref_field).pow(2).mean((-1, -2))  # (S,)
+    error = field.double() - ref_field
+    sq = error.pow(2).mean((-1, -2))  # (S,)
+    unit = spins.double()
+    transverse = error - (error * unit).sum(-1, keepdim=True) * unit
+    sq_t = transverse.pow(2).mean((-1, -2))
     keep = competing(info, ref_energy)
     pairs = pair_errors(hz, energy.double(), ref_energy)
     for p in pairs:
@@ -277,7 +287,8 @@ def summarise(energy, field, ref_energy, ref_field, info: dict) -> dict:
         return (float(e.pow(2).mean().sqrt()), float(e.abs().max())) if len(rows) else (float("nan"),) * 2
 
     rms, largest = worst([p for p in pairs if p["competing"]])
-    out = {"rmse_field": float(sq[keep].mean().sqrt()), "energy_difference_rms": rms, "energy_difference_max": largest,
+    out = {"rmse_field": float(sq[keep].mean().sqrt()), "rmse_field_transverse": float(sq_t[keep].mean().sqrt()),
+           "energy_difference_rms": rms, "energy_difference_max": largest,
            "competing_states": int(keep.sum()), "competing_pairs": sum(p["competing"] for p in pairs),
            "all_states": {"states": len(hz), "rmse_field": float(sq.mean().sqrt()),
                           "energy_difference_max": worst(pairs)[1], "pairs": len(pairs)},
@@ -307,7 +318,7 @@ def evaluate_models(s: Settings, eval_dir: Path, models: dict) -> dict:
     coarse_e, coarse_b = read_labels(info, eval_dir, s, 0)
     grids = {"lattice": f"{s.lattice_grids[1]}x{s.lattice_grids[1]} on {graph.describe()}",
              "cell": f"{s.cell_grids[1]}x{s.cell_grids[1]} on the 48-site magnetic cell"}
-    convergence = summarise(coarse_e, coarse_b, fine_e, fine_b, info)
+    convergence = summarise(coarse_e, coarse_b, fine_e, fine_b, info, spins)
     results = {"reference": {"solver": "ED with k-grids (twisted boundary conditions)", "fine_grid": grids,
                              "coarse_grid": {"lattice": s.lattice_grids[0], "cell": s.cell_grids[0]},
                              "coarse_vs_fine": convergence},
@@ -316,7 +327,7 @@ def evaluate_models(s: Settings, eval_dir: Path, models: dict) -> dict:
     for name, (model, source) in models.items():
         energy, field = predict(model, graph, spins)
         predictions[name] = (energy, field)
-        metrics = {"source": source, **summarise(energy, field, fine_e, fine_b, info)}
+        metrics = {"source": source, **summarise(energy, field, fine_e, fine_b, info, spins)}
         metrics["met"] = {"rmse_field": metrics["rmse_field"] <= TARGET["rmse_field"],
                           "energy_difference": metrics["energy_difference_max"] <= TARGET["energy_difference"]}
         results["models"][name] = metrics
@@ -388,7 +399,7 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest / "triangular-paper.pt") as tmp:
         shutil.copyfile(model_path, tmp)
-    pick = ("rmse_field", "energy_difference_rms", "energy_difference_max", "competing_states", "competing_pairs",
+    pick = ("rmse_field", "rmse_field_transverse", "energy_difference_rms", "energy_difference_max", "competing_states", "competing_pairs",
             "all_states", "per_field", "met")
     card = {
         "name": "triangular-paper",
@@ -410,12 +421,12 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
                      "machine": f"{platform.processor() or platform.machine()} CPU"},
         "metrics": {"held_out_equilibrium_states": {k: ours[k] for k in pick},
                     "reference": {k: reference[k] for k in ("solver", "fine_grid")},
-                    "reference_convergence_coarse_vs_fine": {k: reference["coarse_vs_fine"][k] for k in pick[:3]},
+                    "reference_convergence_coarse_vs_fine": {k: reference["coarse_vs_fine"][k] for k in pick[:4]},
                     "learning_loop_last_iteration": {k: v for k, v in (report.get("iterations") or [{}])[-1].items()
                                                      if isinstance(v, (int, float))}},
         "target": {**TARGET, "met": bool(all(ours["met"].values()))},
         "published_model_issue_14": ISSUE_PUBLISHED,
-        "published_model_same_set": ({k: results["models"]["published"][k] for k in pick[:6]}
+        "published_model_same_set": ({k: results["models"]["published"][k] for k in pick[:7]}
                                      if "published" in results["models"] else "not evaluated (checkpoint absent)"),
         "units": "fields and energies per site in units of t1; energy differences between states of one field",
     }
@@ -440,10 +451,16 @@ def main(argv=None):
     p.add_argument("--dest", default=str(REPO / "data" / "models"), help="where ship writes the model and card")
     p.add_argument("--partial", action="store_true", help="ship the newest committee of an unfinished loop")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", help="stage eval: judge this model file (klmgraph train's best.pt, a committee) as "
+                                   "ours instead of the newest committee in --out; ship refuses it")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     s = TINY if args.tiny else Settings()
     out, eval_dir = Path(args.out), Path(args.eval_dir)
+    if args.model is not None and args.stage != "eval":
+        raise SystemExit("--model is for --stage eval only: ship takes the learning loop's own committee")
+    if args.model is not None and not Path(args.model).is_file():
+        raise SystemExit(f"--model: no file at {args.model}")
     if args.phase_records is not None and not Path(args.phase_records).is_dir():
         raise SystemExit(f"--phase-records: no folder at {args.phase_records}")
     if args.stage in ("all", "learn"):
@@ -463,12 +480,14 @@ def main(argv=None):
 
         eval_data(s, eval_dir, make_explorer, None if args.phase_records is None else Path(args.phase_records))
     if args.stage in ("all", "eval", "ship"):
-        results = evaluate_models(s, eval_dir, load_models(out, Path(args.checkpoint), lattice_graph(s)))
+        results = evaluate_models(s, eval_dir, load_models(out, Path(args.checkpoint), lattice_graph(s),
+                                                            None if args.model is None else Path(args.model)))
         conv = results["reference"]["coarse_vs_fine"]
         print(f"ED coarse vs fine grid: rmse_field={conv['rmse_field']:.2e} "
               f"energy_difference_max={conv['energy_difference_max']:.2e} on {conv['competing_states']} competing states")
         for name, m in results["models"].items():
-            print(f"{name}: rmse_field={m['rmse_field']:.2e} energy_difference_max={m['energy_difference_max']:.2e} "
+            print(f"{name}: rmse_field={m['rmse_field']:.2e} (transverse {m['rmse_field_transverse']:.2e}) "
+                  f"energy_difference_max={m['energy_difference_max']:.2e} "
                   f"(rms {m['energy_difference_rms']:.2e}) on {m['competing_states']} competing states; targets "
                   f"{TARGET['rmse_field']:g} and {TARGET['energy_difference']:g}: "
                   f"{'met' if all(m['met'].values()) else 'NOT met'}; all {m['all_states']['states']} states: "

@@ -407,8 +407,20 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     assert ours["energy_difference_max"] == pytest.approx(max(errors)) if errors else math.isnan(
         ours["energy_difference_max"])
     assert ours["all_states"]["energy_difference_max"] == pytest.approx(max(abs(p["error"]) for p in pairs.values()))
-    assert re.search(r"^ours: rmse_field=\S+ energy_difference_max=\S+", out, re.M)
+    # the transverse part: the error perpendicular to each spin, over the competing states
+    err = b_model.double() - b_ref
+    unit = spins.double()
+    perp = err - (err * unit).sum(-1, keepdim=True) * unit
+    assert ours["rmse_field_transverse"] == pytest.approx(float(perp[torch.tensor(keep)].pow(2).mean().sqrt()), rel=1e-6)
+    assert re.search(r"^ours: rmse_field=\S+ \(transverse \S+\) energy_difference_max=\S+", out, re.M)
     assert (evals / "eval.png").stat().st_size > 0 and (evals / "eval_states.csv").is_file()
+    # --model judges another file as ours; ship refuses it
+    other = tmp_path / "other.pt"
+    members[0].save(other)
+    alone = example.main(["--stage", "eval", "--model", str(other)] + base)["models"]["ours"]
+    assert alone["source"] == str(other) and alone["rmse_field"] != ours["rmse_field"]
+    with pytest.raises(SystemExit, match="--model is for --stage eval only"):
+        example.main(["--stage", "ship", "--model", str(other)] + base)
 
     with pytest.raises(SystemExit, match="has not finished"):
         example.main(["--stage", "ship"] + base)
