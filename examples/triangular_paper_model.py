@@ -274,9 +274,7 @@ def summarise(energy, field, ref_energy, ref_field, info: dict, spins: torch.Ten
     hz = [st["hz"] for st in info["states"]]
     error = field.double() - ref_field
     sq = error.pow(2).mean((-1, -2))  # (S,)
-    unit = spins.double()
-    transverse = error - (error * unit).sum(-1, keepdim=True) * unit
-    sq_t = transverse.pow(2).mean((-1, -2))
+    sq_t = klmgraph.transverse_part(error, spins.double()).pow(2).mean((-1, -2))
     keep = competing(info, ref_energy)
     pairs = pair_errors(hz, energy.double(), ref_energy)
     for p in pairs:

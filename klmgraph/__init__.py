@@ -8,7 +8,7 @@ from .checks import check_spins
 from .electrons import KPM, ExactDiagonalization, richardson
 from .data import SpinDataset, generate_dataset, load_dataset, read_spins
 from .spins import (double_skyrmion_crystal, ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral,
-                    tile_spins, triple_q_vectors)
+                    tile_spins, transverse_part, triple_q_vectors)
 from .providers import Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
 from .dynamics import LLG, DivergenceError
 from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
@@ -35,7 +35,7 @@ __all__ = [
     "ExactDiagonalization", "KPM", "richardson", "check_spins",
     "generate_dataset", "load_dataset", "SpinDataset", "read_spins",
     "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "double_skyrmion_crystal",
-    "tile_spins",
+    "tile_spins", "transverse_part",
     "LLG", "DivergenceError", "Provider", "as_provider", "Zeeman", "SingleIonAnisotropy", "Heisenberg",
     "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
     "structure_factor", "magnetic_cell_sites", "locality",

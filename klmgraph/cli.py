@@ -527,7 +527,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     model = load_model(args.model, graph=data.graph)
     metrics = evaluate(model, data, batch_size=args.batch_size)
     print(f"{args.data}: {len(data)} configurations on {data.graph.describe()}")
-    print(f"rmse_field={metrics['rmse_field']:.6g} rmse_energy_per_site={metrics['rmse_energy_per_site']:.6g}")
+    print(f"rmse_field={metrics['rmse_field']:.6g} rmse_energy_per_site={metrics['rmse_energy_per_site']:.6g} "
+          f"rmse_field_transverse={metrics['rmse_field_transverse']:.6g}")
     plot = args.plot or str(Path(args.model).with_suffix("")) + "-parity.png"
     parity_plot(metrics["field_pred"], metrics["field_true"], plot,
                 title=f"{Path(args.model).name} on {Path(args.data).name}: RMSE(B) = {metrics['rmse_field']:.4g}")

@@ -13,7 +13,7 @@ import torch
 
 from .graph import HoppingGraph, vector3
 
-__all__ = ["random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "double_skyrmion_crystal", "tile_spins"]
+__all__ = ["random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "double_skyrmion_crystal", "tile_spins", "transverse_part"]
 
 
 def _num_sites(graph_or_n) -> int:
@@ -221,3 +221,16 @@ def tile_spins(graph: HoppingGraph, spins: torch.Tensor, reps: Sequence[int]) ->
     nb = lattice.num_basis
     index = ((small @ strides)[:, None] * nb + torch.arange(nb)).reshape(-1)
     return lattice.graph(big_size), spins[..., index.to(spins.device), :]
+
+
+def transverse_part(vectors: torch.Tensor, spins: torch.Tensor) -> torch.Tensor:
+    """The part of ``vectors`` perpendicular to each (unit) spin: v - (v . S) S.
+
+    For a field (or a field's error) it is the part that enters the LLG torque S x B; the part
+    along S does not move a spin of fixed length.
+
+    Shapes:
+        vectors, spins: (..., N, 3), broadcastable; returns their broadcast shape.
+    """
+    return vectors - (vectors * spins).sum(-1, keepdim=True) * spins
+

@@ -31,6 +31,7 @@ from torch_geometric.data import Batch
 from .data import SpinDataset, load_dataset
 from .files import atomic_path
 from .nn.forces import compute_field
+from .spins import transverse_part
 
 __all__ = ["DataConfig", "ModelConfig", "OptimizerConfig", "TrainingConfig", "RunConfig",
            "load_config", "train", "evaluate", "loss_terms", "augment"]
@@ -407,6 +408,8 @@ def _batches(dataset, indices, batch_size, dtype, device, generator=None, augmen
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: SpinDataset, batch_size: int = 4, indices=None) -> dict:
     """RMSE of the field components and of the energy per site, with the predictions.
+    ``rmse_field_transverse``: the RMSE of the field error's part perpendicular to the spins
+    (:func:`klmgraph.transverse_part`), the part that drives the dynamics.
 
     Returns:
         dict with ``rmse_field``, ``rmse_energy_per_site``, ``field_pred``/``field_true``
@@ -427,8 +430,10 @@ def evaluate(model: torch.nn.Module, dataset: SpinDataset, batch_size: int = 4, 
     n = dataset.graph.num_nodes
     energy_pred, field_pred = e_pred, b_pred
     energy_true, field_true = dataset.energy[indices].double(), dataset.field[indices].double()
+    transverse = transverse_part(field_pred - field_true, dataset.spins[indices].double())
     return {
         "rmse_field": float(((field_pred - field_true) ** 2).mean().sqrt()),
+        "rmse_field_transverse": float(transverse.pow(2).mean().sqrt()),
         "rmse_energy_per_site": float((((energy_pred - energy_true) / n) ** 2).mean().sqrt()),
         "energy_pred": energy_pred, "energy_true": energy_true,
         "field_pred": field_pred, "field_true": field_true,

@@ -137,6 +137,11 @@ def test_evaluate_matches_hand_computed_rmse(datasets):
     assert metrics["rmse_field"] == pytest.approx(float(((field - data.field) ** 2).mean().sqrt()), rel=1e-10)
     per_site = (energy - data.energy) / data.graph.num_nodes
     assert metrics["rmse_energy_per_site"] == pytest.approx(float((per_site ** 2).mean().sqrt()), rel=1e-10)
+    # the transverse part: the error perpendicular to each spin, by the cross product |S x dB|
+    cross = torch.cross(data.spins, field - data.field, dim=-1)
+    assert metrics["rmse_field_transverse"] == pytest.approx(float(cross.pow(2).sum(-1).mean().div(3).sqrt()),
+                                                             rel=1e-10)
+    assert metrics["rmse_field_transverse"] < metrics["rmse_field"]
 
 
 def test_config_errors(datasets, tmp_path):
@@ -245,7 +250,7 @@ dtype = "float64"
     plot = tmp_path / "parity.png"
     assert main(["evaluate", str(tmp_path / "run" / "best.pt"), str(datasets[1]), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
-    assert "rmse_field=" in out and plot.stat().st_size > 1000
+    assert "rmse_field=" in out and "rmse_field_transverse=" in out and plot.stat().st_size > 1000
 
 
 def test_cli_evaluate_names_a_missing_model_file(datasets, tmp_path, capsys):
