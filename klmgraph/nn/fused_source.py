@@ -57,6 +57,7 @@ SOURCE = r"""
 #include <memory>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 typedef int64_t i64;
@@ -931,6 +932,317 @@ store:
   for (i64 j = 0; j < J; ++j) gY[j] = (gY_in ? gY_in[j] : T(0)) + gy[j];
 }
 
+// ---------------------------------------------------------------- per-site passes over blocks of sites
+// One site at a time, the per-site work (Clebsch-Gordan product, norm activation, read-out and their
+// backward) costs a scalar index computation or a half-filled vector per multiply-add and a scalar
+// exponential per channel. Here W sites (one 64-byte vector: 16 floats, 8 doubles) go together: a
+// block's rows are transposed to [row][site] at its start (the rows of e3nn layout, z or dE/dz each one
+// vector), every operation runs once for the W sites in the lanes of one vector, and the results are
+// transposed back to the per-site rows that the mixing passes read. No operation mixes lanes, so a
+// site's result does not depend on its lane (nor on the number of threads); a short block repeats its
+// last site in the lanes it does not store. Real types only (dual numbers keep the per-site pieces).
+template <typename T> struct Lanes {
+  static constexpr int W = 64 / (int)sizeof(T);
+  typedef T V __attribute__((vector_size(64)));
+  typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type I;
+  typedef I IV __attribute__((vector_size(64)));
+};
+
+template <typename T> inline typename Lanes<T>::V lsplat(T x) {
+  return typename Lanes<T>::V{} + x;
+}
+
+// lane l of the results of one butterfly stage on rows A (row index bit b clear) and B (bit b set)
+constexpr int klm_swap(int W, int b, bool first, int l) {
+  return first ? ((l & b) ? W + (l ^ b) : l) : ((l & b) ? W + l : (l ^ b));
+}
+template <typename T, int b, bool first, int... L>
+inline typename Lanes<T>::V klm_shuffle(typename Lanes<T>::V A, typename Lanes<T>::V B,
+                                        std::integer_sequence<int, L...>) {
+#if defined(__clang__)
+  return __builtin_shufflevector(A, B, klm_swap(Lanes<T>::W, b, first, L)...);
+#else
+  return __builtin_shuffle(A, B, typename Lanes<T>::IV{klm_swap(Lanes<T>::W, b, first, L)...});
+#endif
+}
+// a butterfly stage of the W x W transpose: swaps bit b of the row index with bit b of the lane index
+template <typename T, int b>
+inline void klm_stage(typename Lanes<T>::V* x) {
+  constexpr int W = Lanes<T>::W;
+  for (int r = 0; r < W; ++r)
+    if (!(r & b)) {
+      const typename Lanes<T>::V A = x[r], B = x[r | b];
+      x[r] = klm_shuffle<T, b, true>(A, B, std::make_integer_sequence<int, W>{});
+      x[r | b] = klm_shuffle<T, b, false>(A, B, std::make_integer_sequence<int, W>{});
+    }
+}
+// x[r][l] <- x[l][r] (log2 W stages of W two-source shuffles)
+template <typename T>
+inline void transpose_lanes(typename Lanes<T>::V* x) {
+  klm_stage<T, 1>(x);
+  klm_stage<T, 2>(x);
+  klm_stage<T, 4>(x);
+  if constexpr (Lanes<T>::W == 16) klm_stage<T, 8>(x);
+}
+
+// out[r][s] = src[s][r] for the rows r < R of the W sites' rows src[s]. Rows in groups of W, the last
+// group ending at row R (overlapping the one before: rows written twice with the same value).
+template <typename T>
+inline void to_lanes(const T* const* src, i64 R, typename Lanes<T>::V* __restrict out) {
+  typedef typename Lanes<T>::V V;
+  constexpr int W = Lanes<T>::W;
+  V x[W];
+  if (R < W) {
+    for (int s = 0; s < W; ++s) {
+      x[s] = V{};
+      for (i64 r = 0; r < R; ++r) x[s][r] = src[s][r];
+    }
+    transpose_lanes<T>(x);
+    for (i64 r = 0; r < R; ++r) out[r] = x[r];
+    return;
+  }
+  for (i64 g = 0; g < R; g += W) {
+    const i64 r0 = g + W <= R ? g : R - W;
+    for (int s = 0; s < W; ++s) __builtin_memcpy(&x[s], src[s] + r0, sizeof(V));
+    transpose_lanes<T>(x);
+    for (int r = 0; r < W; ++r) out[r0 + r] = x[r];
+  }
+}
+
+// dst[s][r] = in[r][s] for the rows r < R and the first n sites
+template <typename T>
+inline void from_lanes(const typename Lanes<T>::V* __restrict in, i64 R, T* const* dst, int n) {
+  typedef typename Lanes<T>::V V;
+  constexpr int W = Lanes<T>::W;
+  V x[W];
+  if (R < W) {
+    for (int r = 0; r < W; ++r) x[r] = r < R ? in[r] : V{};
+    transpose_lanes<T>(x);
+    for (int s = 0; s < n; ++s)
+      for (i64 r = 0; r < R; ++r) dst[s][r] = x[s][r];
+    return;
+  }
+  for (i64 g = 0; g < R; g += W) {
+    const i64 r0 = g + W <= R ? g : R - W;
+    for (int r = 0; r < W; ++r) x[r] = in[r0 + r];
+    transpose_lanes<T>(x);
+    for (int s = 0; s < n; ++s) __builtin_memcpy(dst[s] + r0, &x[s], sizeof(V));
+  }
+}
+
+template <typename T> inline typename Lanes<T>::V vsqrt(typename Lanes<T>::V x) {
+  for (int l = 0; l < Lanes<T>::W; ++l) x[l] = std::sqrt(x[l]);  // one vector square root
+  return x;
+}
+
+// exp of each lane. float: x = n ln2 + r (|r| <= ln2 / 2, ln2 in two parts), exp(r) by the degree-6
+// polynomial of Cephes' expf, times 2^n (as two factors, so that each is a normal number): within 1 ulp
+// of exp over the normal range (tests/test_fused.py); 0 below it (x < -87.34), inf above. double:
+// std::exp per lane (the accuracy of the float64 path is checked to 1e-10).
+template <typename T> inline typename Lanes<T>::V vexp(typename Lanes<T>::V x) {
+  typedef typename Lanes<T>::V V;
+  typedef typename Lanes<T>::IV IV;
+  if constexpr (sizeof(T) == 8) {
+    for (int l = 0; l < Lanes<T>::W; ++l) x[l] = std::exp(x[l]);
+    return x;
+  } else {
+    const V hi = lsplat<T>(88.7228391f), lo = lsplat<T>(-87.3365447504f);
+    const V x0 = x;
+    x = x > hi ? hi : x;
+    x = x < lo ? lo : x;
+    const V magic = lsplat<T>(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+    const V n = (x * lsplat<T>(1.44269504088896341f) + magic) - magic;
+    V r = x - n * lsplat<T>(0.693359375f);
+    r = r - n * lsplat<T>(-2.12194440e-4f);
+    V p = lsplat<T>(1.9875691500e-4f);
+    p = p * r + lsplat<T>(1.3981999507e-3f);
+    p = p * r + lsplat<T>(8.3334519073e-3f);
+    p = p * r + lsplat<T>(4.1665795894e-2f);
+    p = p * r + lsplat<T>(1.6666665459e-1f);
+    p = p * r + lsplat<T>(5.0000001201e-1f);
+    p = p * (r * r) + r + lsplat<T>(1.0f);
+    const IV ni = __builtin_convertvector(n, IV), n1 = ni >> 1;
+    const IV e1 = (n1 + 127) << 23, e2 = (ni - n1 + 127) << 23;
+    V s1, s2;
+    __builtin_memcpy(&s1, &e1, sizeof(V));
+    __builtin_memcpy(&s2, &e2, sizeof(V));
+    V y = (p * s1) * s2;
+    y = x0 > hi ? lsplat<T>(INFINITY) : y;
+    return x0 < lo ? V{} : y;
+  }
+}
+
+#ifdef KLM_FAKE
+template <typename T> inline typename Lanes<T>::V vsigmoid(typename Lanes<T>::V t) {
+  return lsplat<T>(0.5) + T(0.2) * t;
+}
+#else
+template <typename T> inline typename Lanes<T>::V vsigmoid(typename Lanes<T>::V t) {
+  return T(1) / (T(1) + vexp<T>(-t));
+}
+#endif
+
+// f(std::integral_constant<int, M>) for M = min(m, 8): the channels whose sums a run keeps in registers
+template <typename F> inline void klm_chunk(i64 m, F f) {
+  switch (m) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
+// Per run of entries (one destination row group), for the channels w of the output irrep c, in groups
+// of up to 8: out(w) = sum over the run, in the entries' order, of params[e.p] Y[e.j] src(e, w)
+template <typename T, typename Src, typename Dst>
+inline void cg_runs_lanes(const Layer& ly, const CGRuns& runs, const T* __restrict params,
+                          const typename Lanes<T>::V* __restrict Y, Src src, Dst dst) {
+  typedef typename Lanes<T>::V V;
+  for (size_t run = 0; run + 1 < runs.starts.size(); ++run) {
+    const CGEntry* first = runs.e.data() + runs.starts[run];
+    const CGEntry* end = runs.e.data() + runs.starts[run + 1];
+    const i64 mul = ly.out[first->c].mul;
+    for (i64 w0 = 0; w0 < mul; w0 += 8)
+      klm_chunk(mul - w0, [&](auto chunk) {
+        constexpr int M = decltype(chunk)::value;
+        V acc[M];
+        for (int w = 0; w < M; ++w) acc[w] = V{};
+        for (const CGEntry* e = first; e < end; ++e) {
+          const V cy = params[e->p] * Y[e->j];
+          for (int w = 0; w < M; ++w) acc[w] += cy * src(*e, w0 + w);
+        }
+        for (int w = 0; w < M; ++w) dst(*first, w0 + w, acc[w]);
+      });
+  }
+}
+
+// h = CG(z, Y) [+ residual] for a block (rows: z of zsize, Y of J, h and residual of dout)
+template <typename T>
+inline void cg_forward_lanes(const Layer& ly, const typename Lanes<T>::V* __restrict z,
+                             const typename Lanes<T>::V* __restrict Y, const T* __restrict params,
+                             const typename Lanes<T>::V* __restrict residual, typename Lanes<T>::V* __restrict h) {
+  typedef typename Lanes<T>::V V;
+  for (i64 r = 0; r < ly.dout; ++r) h[r] = residual ? residual[r] : V{};
+  cg_runs_lanes<T>(ly, ly.by_out, params, Y, [&](const CGEntry& e, i64 w) { return z[e.zb + w]; },
+                   [&](const CGEntry& e, i64 w, const V& a) {
+                     const OutIrrep& o = ly.out[e.c];
+                     const i64 r = o.off + w * o.d + e.k;
+                     h[r] = residual ? a + residual[r] : a;
+                   });
+}
+
+// norm activation (see act_forward) of a block; y may be h
+template <typename T>
+inline void act_forward_lanes(const typename Lanes<T>::V* h, typename Lanes<T>::V* y, const Layer& ly, T eps2) {
+  typedef typename Lanes<T>::V V;
+  const V e2 = lsplat<T>(eps2);
+  for (const OutIrrep& o : ly.out)
+    for (i64 u = 0; u < o.mul; ++u) {
+      const i64 at = o.off + u * o.d;
+      V sq = V{};
+      for (i64 i = 0; i < o.d; ++i) sq += h[at + i] * h[at + i];
+      const V f = vsigmoid<T>(vsqrt<T>(sq < e2 ? e2 : sq));  // silu(n) / n
+      for (i64 i = 0; i < o.d; ++i) y[at + i] = h[at + i] * f;
+    }
+}
+
+// the activation's backward (see act_backward) of a block: gh = dE/dh from h and g = dE/dy
+template <typename T>
+inline void act_backward_lanes(const typename Lanes<T>::V* __restrict h, const typename Lanes<T>::V* __restrict g,
+                               typename Lanes<T>::V* __restrict gh, const Layer& ly, T eps2) {
+  typedef typename Lanes<T>::V V;
+  const V e2 = lsplat<T>(eps2), zero = V{};
+  for (const OutIrrep& o : ly.out)
+    for (i64 u = 0; u < o.mul; ++u) {
+      const i64 at = o.off + u * o.d;
+      V sq = V{}, vg = V{};
+      for (i64 i = 0; i < o.d; ++i) { sq += h[at + i] * h[at + i]; vg += h[at + i] * g[at + i]; }
+      const auto small = sq < e2;
+      const V nrm = vsqrt<T>(small ? e2 : sq);
+      const V s = vsigmoid<T>(nrm);
+      const V c = small ? zero : s * (T(1) - s) * vg / nrm;
+      for (i64 i = 0; i < o.d; ++i) gh[at + i] = s * g[at + i] + c * h[at + i];
+    }
+}
+
+// the backward of h = CG(z, Y) for a block: gz (zsize rows, all written) from g = dE/dh, and
+// gY = gY_in + dE/dY (gY_in may be null or gY itself)
+template <typename T>
+inline void cg_backward_lanes(const Layer& ly, const typename Lanes<T>::V* __restrict z,
+                              const typename Lanes<T>::V* __restrict Y, i64 J, const T* __restrict params,
+                              const typename Lanes<T>::V* __restrict g, typename Lanes<T>::V* __restrict gz,
+                              const typename Lanes<T>::V* gY_in, typename Lanes<T>::V* gY) {
+  typedef typename Lanes<T>::V V;
+  for (i64 r = 0; r < ly.zsize; ++r) gz[r] = V{};
+  auto grow = [&](const CGEntry& e, i64 w) -> const V& {
+    const OutIrrep& o = ly.out[e.c];
+    return g[o.off + w * o.d + e.k];
+  };
+  cg_runs_lanes<T>(ly, ly.by_z, params, Y, grow, [&](const CGEntry& e, i64 w, const V& a) { gz[e.zb + w] = a; });
+  for (i64 j = 0; j < J; ++j) gY[j] = gY_in ? gY_in[j] : V{};
+  const CGRuns& rj = ly.by_j;
+  for (size_t run = 0; run + 1 < rj.starts.size(); ++run) {
+    V a = V{};
+    for (i64 x = rj.starts[run]; x < rj.starts[run + 1]; ++x) {
+      const CGEntry& e = rj.e[x];
+      const i64 mul = ly.out[e.c].mul;
+      V t = V{};
+      for (i64 w = 0; w < mul; ++w) t += z[e.zb + w] * grow(e, w);
+      a += params[e.p] * t;
+    }
+    const i64 j = rj.e[rj.starts[run]].j;
+    gY[j] = gY[j] + a;
+  }
+}
+
+// the read-out (see readout) of a block: the site energies, and seed * dE/dh in grad (rows: as of
+// (nmlp + 1) * dmax, ys of nmlp * dmax, grad and gnext of dmax)
+template <typename T>
+inline typename Lanes<T>::V readout_lanes(const Net& net, const T* params, const typename Lanes<T>::V* h, i64 dh,
+                                          const typename Lanes<T>::V& seed, T eps2, i64 dmax,
+                                          typename Lanes<T>::V* as, typename Lanes<T>::V* ys,
+                                          typename Lanes<T>::V* grad, typename Lanes<T>::V* gnext) {
+  typedef typename Lanes<T>::V V;
+  const i64 nmlp = (i64)net.mlp.size();
+  const T f0 = sigmoid(ksqrt(eps2));
+  const V e2 = lsplat<T>(eps2);
+  for (i64 j = 0; j < dh; ++j) as[j] = h[j];
+  for (i64 m = 0; m < nmlp; ++m) {
+    const Linear& li = net.mlp[m];
+    const V* a = as + m * dmax;
+    V* y = ys + m * dmax;
+    V* an = as + (m + 1) * dmax;
+    for (i64 o = 0; o < li.nout; ++o) {
+      V sum = lsplat<T>(params[li.b + o]);
+      for (i64 i = 0; i < li.nin; ++i) sum += params[li.w + o * li.nin + i] * a[i];
+      y[o] = sum;
+      const V sq = sum * sum;
+      an[o] = m + 1 < nmlp ? sum * vsigmoid<T>(vsqrt<T>(sq < e2 ? e2 : sq)) : sum;
+    }
+  }
+  grad[0] = seed;
+  for (i64 m = nmlp; m-- > 0;) {
+    const Linear& li = net.mlp[m];
+    const V* y = ys + m * dmax;
+    if (m + 1 < nmlp)
+      for (i64 o = 0; o < li.nout; ++o) {
+        const V sq = y[o] * y[o];
+        const V r = vsqrt<T>(sq), sg = vsigmoid<T>(r);
+        const V big = sg * grad[o] + sg * (T(1) - sg) * r * grad[o];
+        grad[o] = sq < e2 ? grad[o] * f0 : big;
+      }
+    for (i64 i = 0; i < li.nin; ++i) gnext[i] = V{};
+    for (i64 o = 0; o < li.nout; ++o)
+      for (i64 i = 0; i < li.nin; ++i) gnext[i] += params[li.w + o * li.nin + i] * grad[o];
+    for (i64 i = 0; i < li.nin; ++i) grad[i] = gnext[i];
+  }
+  return as[nmlp * dmax];
+}
+
 // ---------------------------------------------------------------- scheduling
 #if defined(__x86_64__) || defined(__i386__)
 #define KLM_PAUSE() __builtin_ia32_pause()
@@ -1192,8 +1504,18 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // sites per tile of the passes; per thread and tile, z of the tile's sites, dE/dx of its sites,
   // and a dummy output row for the padding of short blocks (see over_blocks)
   const i64 tile = 32, zdmax = std::max(zmax, dmax);
-  const i64 per_tile = tile * zmax + tile * dmax + zdmax + 64 / (i64)sizeof(T);  // + room to align
+  // and (real types) the rows of one block of W sites, transposed (see Lanes): z and dE/dz (zmax
+  // each), Y and dE/dY (J each), x, h, dE/dx, dE/dh and the read-out's (dmax each)
+  constexpr i64 W = std::is_floating_point<T>::value ? 64 / (i64)sizeof(T) : 0;
+  const i64 lane_rows = 2 * zmax + 2 * J + (7 + 2 * nmlp) * dmax;
+  const i64 per_tile = tile * zmax + tile * dmax + zdmax + W * lane_rows + 128 / (i64)sizeof(T);  // + room to align
   const std::vector<T> zero(zdmax, T(0));  // the row of a missing neighbour (block kernels)
+  // the rows base + (g - first) * stride of the block of W sites from g0 (past hi: the last site again)
+  auto block_rows = [&](auto* base, i64 stride, i64 first, i64 g0, i64 hi, auto** out) {
+    for (i64 s = 0; s < W; ++s) out[s] = base + (std::min(g0 + s, hi - 1) - first) * stride;
+  };
+  // the lane buffers of a tile: after its dummy row, on 64 bytes
+  auto lane_base = [&](T* dummy) { return (T*)(((uintptr_t)(dummy + zdmax) + 63) & ~(uintptr_t)63); };
 
   // z_l = mix(gather(x_l)) of the sites [lo, hi) into the rows z0 + (g - lo) * zsize
   auto mix_sites = [&](i64 l, i64 lo, i64 hi, T* z0, T* scr, T* dummy) {
@@ -1235,10 +1557,34 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* dummy = zt + tile * zmax + tile * dmax;
       T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
       mix_sites(l, lo, hi, z0, scr, dummy);
-      for (i64 g = lo; g < hi; ++g) {
-        const T* z = z0 + (g - lo) * ly.zsize;
-        cg_site(l, g, z, tmp, h);
-        act_forward<T>(h, xs[l + 1] + g * ly.dout, ly, eps2);
+      if constexpr (W > 0) {
+        typedef typename Lanes<T>::V V;
+        V* zl = (V*)lane_base(dummy);
+        V* Yl = zl + zmax;
+        V* xl = Yl + J;
+        V* hl = xl + dmax;
+        const T* src[W];
+        T* dst[W];
+        for (i64 g0 = lo; g0 < hi; g0 += W) {
+          block_rows(z0, ly.zsize, lo, g0, hi, src);
+          to_lanes<T>(src, ly.zsize, zl);
+          block_rows(Y, J, 0, g0, hi, src);
+          to_lanes<T>(src, J, Yl);
+          if (ly.residual) {
+            block_rows(xin(l), ly.din, 0, g0, hi, src);
+            to_lanes<T>(src, ly.din, xl);
+          }
+          cg_forward_lanes<T>(ly, zl, Yl, params, ly.residual ? xl : nullptr, hl);
+          act_forward_lanes<T>(hl, hl, ly, eps2);
+          block_rows(xs[l + 1], ly.dout, 0, g0, hi, dst);
+          from_lanes<T>(hl, ly.dout, dst, (int)std::min<i64>(W, hi - g0));
+        }
+      } else {
+        for (i64 g = lo; g < hi; ++g) {
+          const T* z = z0 + (g - lo) * ly.zsize;
+          cg_site(l, g, z, tmp, h);
+          act_forward<T>(h, xs[l + 1] + g * ly.dout, ly, eps2);
+        }
       }
     });
   // output convolution + read-out forward and backward + the convolution's per-site backward
@@ -1258,6 +1604,46 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* dummy = zt + tile * zmax + tile * dmax;
     T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
     mix_sites(l, lo, hi, z0, scr, dummy);
+    if constexpr (W > 0) {
+      typedef typename Lanes<T>::V V;
+      V* zl = (V*)lane_base(dummy);
+      V* gzl = zl + zmax;
+      V* Yl = gzl + zmax;
+      V* gyl = Yl + J;
+      V* xl = gyl + J;
+      V* hl = xl + dmax;
+      V* gradl = hl + dmax;
+      V* gnextl = gradl + dmax;
+      V* asl = gnextl + dmax;
+      V* ysl = asl + (nmlp + 1) * dmax;
+      const T* src[W];
+      T* dst[W];
+      for (i64 g0 = lo; g0 < hi; g0 += W) {
+        const int n = (int)std::min<i64>(W, hi - g0);
+        block_rows(z0, ly.zsize, lo, g0, hi, src);
+        to_lanes<T>(src, ly.zsize, zl);
+        block_rows(Y, J, 0, g0, hi, src);
+        to_lanes<T>(src, J, Yl);
+        if (ly.residual) {
+          block_rows(xin(l), ly.din, 0, g0, hi, src);
+          to_lanes<T>(src, ly.din, xl);
+        }
+        cg_forward_lanes<T>(ly, zl, Yl, params, ly.residual ? xl : nullptr, hl);
+        V seeds;
+        for (i64 s = 0; s < W; ++s) seeds[s] = seed_of(std::min(g0 + s, hi - 1));
+        const V e = readout_lanes<T>(net, params, hl, ly.dout, seeds, eps2, dmax, asl, ysl, gradl, gnextl);
+        for (int s = 0; s < n; ++s) energy[g0 + s] = e[s];
+        if (!want_x && !want_p) continue;
+        cg_backward_lanes<T>(ly, zl, Yl, J, params, gradl, gzl, nullptr, gyl);
+        block_rows(gz[l], ly.zsize, 0, g0, hi, dst);
+        from_lanes<T>(gzl, ly.zsize, dst, n);
+        block_rows(gy, J, 0, g0, hi, dst);
+        from_lanes<T>(gyl, J, dst, n);
+        block_rows(gh[l], ly.dout, 0, g0, hi, dst);
+        from_lanes<T>(gradl, ly.dout, dst, n);
+      }
+      return;
+    }
     for (i64 g = lo; g < hi; ++g) {
       const T* z = z0 + (g - lo) * ly.zsize;
       cg_site(l, g, z, tmp, h);
@@ -1307,6 +1693,51 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       const Layer* ly = l >= 0 ? &net.layers[l] : nullptr;
       T* z0 = ly && want_p ? zs[l] + lo * ly->zsize : zt;
       if (ly && !want_p) mix_sites(l, lo, hi, zt, scr, dummy);
+      if constexpr (W > 0) {
+        if (ly) {
+          typedef typename Lanes<T>::V V;
+          V* zl = (V*)lane_base(dummy);
+          V* gzl = zl + zmax;
+          V* Yl = gzl + zmax;
+          V* gyl = Yl + J;
+          V* xl = gyl + J;
+          V* hl = xl + dmax;
+          V* gxl = hl + dmax;
+          V* ghl_ = gxl + dmax;
+          const T* src[W];
+          T* dst[W];
+          for (i64 g0 = lo; g0 < hi; g0 += W) {
+            const int n = (int)std::min<i64>(W, hi - g0);
+            block_rows(gxt, up.din, lo, g0, hi, src);
+            to_lanes<T>(src, up.din, gxl);
+            if (up.residual) {  // dE/dx_{l+1} += dE/dh_{l+1} (ghl_ as scratch)
+              block_rows(gh[l + 1], up.dout, 0, g0, hi, src);
+              to_lanes<T>(src, up.din, ghl_);
+              for (i64 j = 0; j < up.din; ++j) gxl[j] += ghl_[j];
+            }
+            block_rows(z0, ly->zsize, lo, g0, hi, src);
+            to_lanes<T>(src, ly->zsize, zl);
+            block_rows(Y, J, 0, g0, hi, src);
+            to_lanes<T>(src, J, Yl);
+            block_rows(gy, J, 0, g0, hi, src);
+            to_lanes<T>(src, J, gyl);
+            if (ly->residual) {
+              block_rows(xin(l), ly->din, 0, g0, hi, src);
+              to_lanes<T>(src, ly->din, xl);
+            }
+            cg_forward_lanes<T>(*ly, zl, Yl, params, ly->residual ? xl : nullptr, hl);
+            act_backward_lanes<T>(hl, gxl, ghl_, *ly, eps2);
+            cg_backward_lanes<T>(*ly, zl, Yl, J, params, ghl_, gzl, gyl, gyl);
+            block_rows(gz[l], ly->zsize, 0, g0, hi, dst);
+            from_lanes<T>(gzl, ly->zsize, dst, n);
+            block_rows(gy, J, 0, g0, hi, dst);
+            from_lanes<T>(gyl, J, dst, n);
+            block_rows(gh[l], ly->dout, 0, g0, hi, dst);
+            from_lanes<T>(ghl_, ly->dout, dst, n);
+          }
+          return;
+        }
+      }
       for (i64 g = lo; g < hi; ++g) {
         T* gx = gxt + (g - lo) * up.din;
         if (up.residual)
