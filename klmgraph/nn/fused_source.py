@@ -992,13 +992,9 @@ inline void to_lanes(const T* const* src, i64 R, typename Lanes<T>::V* __restric
   typedef typename Lanes<T>::V V;
   constexpr int W = Lanes<T>::W;
   V x[W];
-  if (R < W) {
-    for (int s = 0; s < W; ++s) {
-      x[s] = V{};
-      for (i64 r = 0; r < R; ++r) x[s][r] = src[s][r];
-    }
-    transpose_lanes<T>(x);
-    for (i64 r = 0; r < R; ++r) out[r] = x[r];
+  if (R < W) {  // element by element (rows of a few entries: dE/dY)
+    for (i64 r = 0; r < R; ++r)
+      for (int s = 0; s < W; ++s) out[r][s] = src[s][r];
     return;
   }
   for (i64 g = 0; g < R; g += W) {
@@ -1016,10 +1012,8 @@ inline void from_lanes(const typename Lanes<T>::V* __restrict in, i64 R, T* cons
   constexpr int W = Lanes<T>::W;
   V x[W];
   if (R < W) {
-    for (int r = 0; r < W; ++r) x[r] = r < R ? in[r] : V{};
-    transpose_lanes<T>(x);
-    for (int s = 0; s < n; ++s)
-      for (i64 r = 0; r < R; ++r) dst[s][r] = x[s][r];
+    for (i64 r = 0; r < R; ++r)
+      for (int s = 0; s < n; ++s) dst[s][r] = in[r][s];
     return;
   }
   for (i64 g = 0; g < R; g += W) {
@@ -1028,6 +1022,12 @@ inline void from_lanes(const typename Lanes<T>::V* __restrict in, i64 R, T* cons
     transpose_lanes<T>(x);
     for (int s = 0; s < n; ++s) __builtin_memcpy(dst[s] + r0, &x[s], sizeof(V));
   }
+}
+
+// prefetch for writing of n entries from p (a block's output rows, stored at its end: a store that
+// misses the cache waits for its line, and the block's stores fill the store queue)
+template <typename T> inline void prefetch_w(T* p, i64 n) {
+  for (i64 b = 0; b < n * (i64)sizeof(T); b += 64) __builtin_prefetch((char*)p + b, 1, 3);
 }
 
 template <typename T> inline typename Lanes<T>::V vsqrt(typename Lanes<T>::V x) {
@@ -1566,6 +1566,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
         const T* src[W];
         T* dst[W];
         for (i64 g0 = lo; g0 < hi; g0 += W) {
+          prefetch_w(xs[l + 1] + g0 * ly.dout, std::min<i64>(W, hi - g0) * ly.dout);
           block_rows(z0, ly.zsize, lo, g0, hi, src);
           to_lanes<T>(src, ly.zsize, zl);
           block_rows(Y, J, 0, g0, hi, src);
@@ -1620,6 +1621,10 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* dst[W];
       for (i64 g0 = lo; g0 < hi; g0 += W) {
         const int n = (int)std::min<i64>(W, hi - g0);
+        if (want_x || want_p) {
+          prefetch_w(gz[l] + g0 * ly.zsize, n * ly.zsize);
+          prefetch_w(gh[l] + g0 * ly.dout, n * ly.dout);
+        }
         block_rows(z0, ly.zsize, lo, g0, hi, src);
         to_lanes<T>(src, ly.zsize, zl);
         block_rows(Y, J, 0, g0, hi, src);
@@ -1708,13 +1713,12 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           T* dst[W];
           for (i64 g0 = lo; g0 < hi; g0 += W) {
             const int n = (int)std::min<i64>(W, hi - g0);
+            prefetch_w(gz[l] + g0 * ly->zsize, n * ly->zsize);
+            prefetch_w(gh[l] + g0 * ly->dout, n * ly->dout);
+            if (up.residual)  // dE/dx_{l+1} += dE/dh_{l+1}, in the sites' rows (contiguous)
+              for (i64 j = 0; j < n * up.din; ++j) gxt[(g0 - lo) * up.din + j] += gh[l + 1][g0 * up.dout + j];
             block_rows(gxt, up.din, lo, g0, hi, src);
             to_lanes<T>(src, up.din, gxl);
-            if (up.residual) {  // dE/dx_{l+1} += dE/dh_{l+1} (ghl_ as scratch)
-              block_rows(gh[l + 1], up.dout, 0, g0, hi, src);
-              to_lanes<T>(src, up.din, ghl_);
-              for (i64 j = 0; j < up.din; ++j) gxl[j] += ghl_[j];
-            }
             block_rows(z0, ly->zsize, lo, g0, hi, src);
             to_lanes<T>(src, ly->zsize, zl);
             block_rows(Y, J, 0, g0, hi, src);
