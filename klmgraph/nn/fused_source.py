@@ -1036,8 +1036,8 @@ template <typename T> inline typename Lanes<T>::V vsqrt(typename Lanes<T>::V x) 
 }
 
 // exp of each lane. float: x = n ln2 + r (|r| <= ln2 / 2, ln2 in two parts), exp(r) by the degree-6
-// polynomial of Cephes' expf, times 2^n (as two factors, so that each is a normal number): within 1 ulp
-// of exp over the normal range (tests/test_fused.py); 0 below it (x < -87.34), inf above. double:
+// polynomial of Cephes' expf, times 2^n (as two factors, so that each is a normal number): within about
+// 1 ulp of exp over the normal range (tests/test_fused.py); 0 below it (x < -87.34), inf above. double:
 // std::exp per lane (the accuracy of the float64 path is checked to 1e-10).
 template <typename T> inline typename Lanes<T>::V vexp(typename Lanes<T>::V x) {
   typedef typename Lanes<T>::V V;
