@@ -13,9 +13,10 @@ every pass reads each site's K neighbours straight from the previous pass's per-
 (in cache), mixes channels with register-blocked multiply-adds over blocks of 1-8 sites (each
 row of mixing weights loaded once for the block, 64-byte vectors; the backward's transposed
 mixing runs the same micro-kernel on transposed weights), applies the Clebsch-Gordan
-product with the centre filter, the residual and the norm activation, and writes one row per
-site. A site's sums run in the same order wherever its block starts, so results do not depend
-on the number of threads. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
+product with the centre filter, the residual and the norm activation to blocks of 16 (float) or
+8 (double) sites at once, one site per vector lane (the block's rows transposed), and writes one
+row per site. A site's sums run in the same order wherever its block starts, so results do not
+depend on the number of threads. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
 bilinear, so its input gradient is the same gather-mix with the transposed weights read through
 the inverse neighbour table, and its weight gradient the outer product of the gathered inputs
 with dE/dz (a last pass over sites, summed per fixed group of tiles in its own buffer).
@@ -757,62 +758,13 @@ inline void outer(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, const i
   }
 }
 
-// ---------------------------------------------------------------- per-site pieces
+// ---------------------------------------------------------------- per-site pieces of the parameter gradient
+// (one site at a time, after the passes: the Clebsch-Gordan forward and the read-out again)
 #ifdef KLM_FAKE
 template <typename T> inline T sigmoid(T t) { return T(0.5) + T(0.2) * t; }
 #else
 template <typename T> inline T sigmoid(T t) { return T(1) / (T(1) + kexp(-t)); }
 #endif
-
-// norm activation V -> SiLU(|V|) V / |V| per (mul, d) block, |V| clamped below at eps. The channels
-// go 16 at a time through one simple loop per step (norms, square roots, sigmoids, divisions), so
-// that the square roots and divisions vectorise and the exponentials overlap instead of chaining.
-constexpr i64 KLM_ACT = 16;
-
-template <typename T>
-inline void act_forward(const T* h, T* y, const Layer& ly, T eps2) {
-  for (const OutIrrep& o : ly.out)
-    for (i64 u0 = 0; u0 < o.mul; u0 += KLM_ACT) {
-      const i64 n = std::min<i64>(KLM_ACT, o.mul - u0);
-      const T* v = h + o.off + u0 * o.d;
-      T f[KLM_ACT];
-      for (i64 u = 0; u < n; ++u) {
-        T sq = 0;
-        for (i64 i = 0; i < o.d; ++i) sq += v[u * o.d + i] * v[u * o.d + i];
-        f[u] = sq < eps2 ? eps2 : sq;
-      }
-      for (i64 u = 0; u < n; ++u) f[u] = ksqrt(f[u]);
-      for (i64 u = 0; u < n; ++u) f[u] = sigmoid(f[u]);  // silu(n) / n
-      for (i64 u = 0; u < n; ++u)
-        for (i64 i = 0; i < o.d; ++i) y[o.off + (u0 + u) * o.d + i] = v[u * o.d + i] * f[u];
-    }
-}
-
-template <typename T>
-inline void act_backward(const T* h, const T* g, T* gh, const Layer& ly, T eps2) {
-  for (const OutIrrep& o : ly.out)
-    for (i64 u0 = 0; u0 < o.mul; u0 += KLM_ACT) {
-      const i64 n = std::min<i64>(KLM_ACT, o.mul - u0);
-      const T* v = h + o.off + u0 * o.d;
-      const T* gv = g + o.off + u0 * o.d;
-      T* out = gh + o.off + u0 * o.d;
-      T nrm[KLM_ACT], vg[KLM_ACT], s[KLM_ACT], c[KLM_ACT];
-      bool small[KLM_ACT];
-      for (i64 u = 0; u < n; ++u) {
-        T sq = 0, d = 0;
-        for (i64 i = 0; i < o.d; ++i) { sq += v[u * o.d + i] * v[u * o.d + i]; d += v[u * o.d + i] * gv[u * o.d + i]; }
-        small[u] = sq < eps2;
-        nrm[u] = small[u] ? eps2 : sq;
-        vg[u] = d;
-      }
-      for (i64 u = 0; u < n; ++u) nrm[u] = ksqrt(nrm[u]);
-      for (i64 u = 0; u < n; ++u) s[u] = sigmoid(nrm[u]);  // f = silu(n) / n = sigmoid(n)
-      // below the clamp f is constant: dE/dV = f dE/dy; above, + f'(n) (V . dE/dy) / n V
-      for (i64 u = 0; u < n; ++u) c[u] = small[u] ? T(0) : s[u] * (T(1) - s[u]) * vg[u] / nrm[u];
-      for (i64 u = 0; u < n; ++u)
-        for (i64 i = 0; i < o.d; ++i) out[u * o.d + i] = s[u] * gv[u * o.d + i] + c[u] * v[u * o.d + i];
-    }
-}
 
 // whether every output irrep of the layer has 8 channels (the published models): the Clebsch-Gordan
 // entries are then one vector operation each
@@ -885,53 +837,6 @@ inline void to_cg_layout(const Layer& ly, const T* __restrict gout, T* __restric
   }
 }
 
-// per-site backward of out = CG(z, Y): gz and gY = gY_in + dE/dY (gY_in may be null or gY itself: the
-// running dE/dY is updated in place). The dE/dz sums run in scratch (gz) and are stored once.
-template <typename T>
-inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restrict Y, i64 J,
-                        const T* __restrict params, const T* __restrict gout, T* __restrict gz_out,
-                        const T* gY_in, T* gY, T* __restrict tmp, T* __restrict gz) {
-  i64 toff[16];
-  to_cg_layout<T>(ly, gout, tmp, toff);
-  for (i64 j = 0; j < ly.zsize; ++j) gz[j] = 0;
-  T gy[16] = {0};
-  if constexpr (std::is_floating_point<T>::value) {
-    if (eight_channels(ly)) {  // vector multiply-adds; the dE/dY sums in vector lanes until the end
-      typedef typename Vec8<T>::type V;
-      // dE/dz: runs by z row; dE/dY: runs by filter component (the sums in the entries' order)
-      cg_runs<T>(ly.by_z, params, Y, [&](const CGEntry& e) { return tmp + toff[e.c] + e.k * 8; },
-                 [&](const CGEntry& e) { return gz + e.zb; });
-      const CGRuns& rj = ly.by_j;
-      for (size_t run = 0; run + 1 < rj.starts.size(); ++run) {
-        V gyv = V{};
-        for (i64 x = rj.starts[run]; x < rj.starts[run + 1]; ++x) {
-          const CGEntry& e = rj.e[x];
-          V t, zz;
-          __builtin_memcpy(&t, tmp + toff[e.c] + e.k * 8, sizeof(V));
-          __builtin_memcpy(&zz, z + e.zb, sizeof(V));
-          gyv += splat<T>(params[e.p]) * (zz * t);
-        }
-        const i64 j = rj.e[rj.starts[run]].j;
-        for (int w = 0; w < 8; ++w) gy[j] += gyv[w];
-      }
-      goto store;
-    }
-  }
-  for (const CGEntry& e : ly.cg) {
-    const i64 mul = ly.out[e.c].mul;
-    const T coef = params[e.p];
-    const T cy = coef * Y[e.j];
-    const T* __restrict t = tmp + toff[e.c] + e.k * mul;
-    const T* __restrict zz = z + e.zb;
-    T* __restrict gg = gz + e.zb;
-    for (i64 w = 0; w < mul; ++w) gg[w] += cy * t[w];
-    gy[e.j] += coef * dot<T>(zz, t, mul);
-  }
-store:
-  for (i64 j = 0; j < ly.zsize; ++j) gz_out[j] = gz[j];
-  for (i64 j = 0; j < J; ++j) gY[j] = (gY_in ? gY_in[j] : T(0)) + gy[j];
-}
-
 // ---------------------------------------------------------------- per-site passes over blocks of sites
 // One site at a time, the per-site work (Clebsch-Gordan product, norm activation, read-out and their
 // backward) costs a scalar index computation or a half-filled vector per multiply-add and a scalar
@@ -940,7 +845,8 @@ store:
 // vector), every operation runs once for the W sites in the lanes of one vector, and the results are
 // transposed back to the per-site rows that the mixing passes read. No operation mixes lanes, so a
 // site's result does not depend on its lane (nor on the number of threads); a short block repeats its
-// last site in the lanes it does not store. Real types only (dual numbers keep the per-site pieces).
+// last site in the lanes it does not store. Dual numbers: a vector of values and one of derivatives
+// (DualLanes), on the lanes of their real type.
 template <typename T> struct Lanes {
   static constexpr int W = 64 / (int)sizeof(T);
   typedef T V __attribute__((vector_size(64)));
@@ -1072,15 +978,96 @@ template <typename T> inline typename Lanes<T>::V vexp(typename Lanes<T>::V x) {
   }
 }
 
+// The lanes of T: a vector for a real T; for Dual<R>, a vector of values and one of derivatives (the
+// arithmetic of Dual, lane by lane). A block's transposed rows of dual numbers are these pairs as they
+// are: row r of reals 2 r (values) and 2 r + 1 (derivatives).
+template <typename R> struct DualLanes {
+  typedef typename Lanes<R>::V V;
+  V a, b;
+  DualLanes& operator+=(const DualLanes& o) { a += o.a; b += o.b; return *this; }
+};
+template <typename R> inline DualLanes<R> operator+(const DualLanes<R>& x, const DualLanes<R>& y) { return {x.a + y.a, x.b + y.b}; }
+template <typename R> inline DualLanes<R> operator-(const DualLanes<R>& x, const DualLanes<R>& y) { return {x.a - y.a, x.b - y.b}; }
+template <typename R> inline DualLanes<R> operator-(const DualLanes<R>& x) { return {-x.a, -x.b}; }
+template <typename R> inline DualLanes<R> operator*(const DualLanes<R>& x, const DualLanes<R>& y) {
+  return {x.a * y.a, x.b * y.a + x.a * y.b};
+}
+template <typename R> inline DualLanes<R> operator/(const DualLanes<R>& x, const DualLanes<R>& y) {
+  const typename Lanes<R>::V q = x.a / y.a;
+  return {q, (x.b - q * y.b) / y.a};
+}
+template <typename R> inline DualLanes<R> operator*(const Dual<R>& x, const DualLanes<R>& y) {
+  return {x.a * y.a, x.b * y.a + x.a * y.b};
+}
+template <typename R> inline DualLanes<R> operator*(const DualLanes<R>& x, const Dual<R>& y) {
+  return {x.a * y.a, x.b * y.a + x.a * y.b};
+}
+template <typename R> inline DualLanes<R> operator+(const Dual<R>& x, const DualLanes<R>& y) { return {x.a + y.a, x.b + y.b}; }
+template <typename R> inline DualLanes<R> operator-(const Dual<R>& x, const DualLanes<R>& y) { return {x.a - y.a, x.b - y.b}; }
+template <typename R> inline DualLanes<R> operator/(const Dual<R>& x, const DualLanes<R>& y) {
+  const typename Lanes<R>::V q = x.a / y.a;
+  return {q, (x.b - q * y.b) / y.a};
+}
+
+template <typename T> struct LaneOf { typedef typename Lanes<T>::V type; typedef T real; };
+template <typename R> struct LaneOf<Dual<R>> { typedef DualLanes<R> type; typedef R real; };
+template <typename T> using LV = typename LaneOf<T>::type;
+
+template <typename T> inline LV<T> lane_splat(const T& x) {
+  if constexpr (Scalar<T>::dual) return {lsplat(x.a), lsplat(x.b)}; else return lsplat<T>(x);
+}
+template <typename T> inline void set_lane(LV<T>& v, int l, const T& x) {
+  if constexpr (Scalar<T>::dual) { v.a[l] = x.a; v.b[l] = x.b; } else { v[l] = x; }
+}
+template <typename T> inline T get_lane(const LV<T>& v, int l) {
+  if constexpr (Scalar<T>::dual) return T(v.a[l], v.b[l]); else return v[l];
+}
+// x < y lane by lane (dual numbers: their values), and the lanes of x where m holds, else of y
+template <typename V> inline auto lless(const V& x, const V& y) { return x < y; }
+template <typename R> inline auto lless(const DualLanes<R>& x, const DualLanes<R>& y) { return x.a < y.a; }
+template <typename M, typename V> inline V lsel(const M& m, const V& x, const V& y) { return m ? x : y; }
+template <typename M, typename R> inline DualLanes<R> lsel(const M& m, const DualLanes<R>& x, const DualLanes<R>& y) {
+  return {m ? x.a : y.a, m ? x.b : y.b};
+}
+inline Lanes<float>::V lsqrt(const Lanes<float>::V& x) { return vsqrt<float>(x); }
+inline Lanes<double>::V lsqrt(const Lanes<double>::V& x) { return vsqrt<double>(x); }
+template <typename R> inline DualLanes<R> lsqrt(const DualLanes<R>& x) {
+  const typename Lanes<R>::V r = vsqrt<R>(x.a);
+  return {r, x.b / (R(2) * r)};
+}
+inline Lanes<float>::V lexp(const Lanes<float>::V& x) { return vexp<float>(x); }
+inline Lanes<double>::V lexp(const Lanes<double>::V& x) { return vexp<double>(x); }
+template <typename R> inline DualLanes<R> lexp(const DualLanes<R>& x) {
+  const typename Lanes<R>::V e = vexp<R>(x.a);
+  return {e, e * x.b};
+}
 #ifdef KLM_FAKE
-template <typename T> inline typename Lanes<T>::V vsigmoid(typename Lanes<T>::V t) {
-  return lsplat<T>(0.5) + T(0.2) * t;
+template <typename T> inline LV<T> lsigmoid(const LV<T>& t) {
+  return lane_splat<T>(T(0.5)) + T(0.2) * t;
 }
 #else
-template <typename T> inline typename Lanes<T>::V vsigmoid(typename Lanes<T>::V t) {
-  return T(1) / (T(1) + vexp<T>(-t));
+template <typename T> inline LV<T> lsigmoid(const LV<T>& t) {
+  return T(1) / (T(1) + lexp(-t));
 }
 #endif
+
+// to_lanes and from_lanes for the rows of T (dual numbers: their reals, twice as many rows)
+template <typename T>
+inline void to_lanes_of(const T* const* src, i64 R, LV<T>* __restrict out) {
+  typedef typename LaneOf<T>::real Re;
+  constexpr int W = Lanes<Re>::W, F = sizeof(T) / sizeof(Re);
+  const Re* rows[W];
+  for (int s = 0; s < W; ++s) rows[s] = (const Re*)src[s];
+  to_lanes<Re>(rows, F * R, (typename Lanes<Re>::V*)out);
+}
+template <typename T>
+inline void from_lanes_of(const LV<T>* __restrict in, i64 R, T* const* dst, int n) {
+  typedef typename LaneOf<T>::real Re;
+  constexpr int W = Lanes<Re>::W, F = sizeof(T) / sizeof(Re);
+  Re* rows[W];
+  for (int s = 0; s < W; ++s) rows[s] = (Re*)dst[s];
+  from_lanes<Re>((const typename Lanes<Re>::V*)in, F * R, rows, n);
+}
 
 // f(std::integral_constant<int, M>) for M = min(m, 8): the channels whose sums a run keeps in registers
 template <typename F> inline void klm_chunk(i64 m, F f) {
@@ -1100,8 +1087,8 @@ template <typename F> inline void klm_chunk(i64 m, F f) {
 // of up to 8: out(w) = sum over the run, in the entries' order, of params[e.p] Y[e.j] src(e, w)
 template <typename T, typename Src, typename Dst>
 inline void cg_runs_lanes(const Layer& ly, const CGRuns& runs, const T* __restrict params,
-                          const typename Lanes<T>::V* __restrict Y, Src src, Dst dst) {
-  typedef typename Lanes<T>::V V;
+                          const LV<T>* __restrict Y, Src src, Dst dst) {
+  typedef LV<T> V;
   for (size_t run = 0; run + 1 < runs.starts.size(); ++run) {
     const CGEntry* first = runs.e.data() + runs.starts[run];
     const CGEntry* end = runs.e.data() + runs.starts[run + 1];
@@ -1122,10 +1109,10 @@ inline void cg_runs_lanes(const Layer& ly, const CGRuns& runs, const T* __restri
 
 // h = CG(z, Y) [+ residual] for a block (rows: z of zsize, Y of J, h and residual of dout)
 template <typename T>
-inline void cg_forward_lanes(const Layer& ly, const typename Lanes<T>::V* __restrict z,
-                             const typename Lanes<T>::V* __restrict Y, const T* __restrict params,
-                             const typename Lanes<T>::V* __restrict residual, typename Lanes<T>::V* __restrict h) {
-  typedef typename Lanes<T>::V V;
+inline void cg_forward_lanes(const Layer& ly, const LV<T>* __restrict z,
+                             const LV<T>* __restrict Y, const T* __restrict params,
+                             const LV<T>* __restrict residual, LV<T>* __restrict h) {
+  typedef LV<T> V;
   for (i64 r = 0; r < ly.dout; ++r) h[r] = residual ? residual[r] : V{};
   cg_runs_lanes<T>(ly, ly.by_out, params, Y, [&](const CGEntry& e, i64 w) { return z[e.zb + w]; },
                    [&](const CGEntry& e, i64 w, const V& a) {
@@ -1135,36 +1122,38 @@ inline void cg_forward_lanes(const Layer& ly, const typename Lanes<T>::V* __rest
                    });
 }
 
-// norm activation (see act_forward) of a block; y may be h
+// norm activation V -> SiLU(|V|) V / |V| per (mul, d) block of a block of sites, |V| clamped below at
+// eps; y may be h
 template <typename T>
-inline void act_forward_lanes(const typename Lanes<T>::V* h, typename Lanes<T>::V* y, const Layer& ly, T eps2) {
-  typedef typename Lanes<T>::V V;
-  const V e2 = lsplat<T>(eps2);
+inline void act_forward_lanes(const LV<T>* h, LV<T>* y, const Layer& ly, T eps2) {
+  typedef LV<T> V;
+  const V e2 = lane_splat<T>(eps2);
   for (const OutIrrep& o : ly.out)
     for (i64 u = 0; u < o.mul; ++u) {
       const i64 at = o.off + u * o.d;
       V sq = V{};
       for (i64 i = 0; i < o.d; ++i) sq += h[at + i] * h[at + i];
-      const V f = vsigmoid<T>(vsqrt<T>(sq < e2 ? e2 : sq));  // silu(n) / n
+      const V f = lsigmoid<T>(lsqrt(lsel(lless(sq, e2), e2, sq)));  // silu(n) / n
       for (i64 i = 0; i < o.d; ++i) y[at + i] = h[at + i] * f;
     }
 }
 
-// the activation's backward (see act_backward) of a block: gh = dE/dh from h and g = dE/dy
+// the activation's backward for a block of sites: gh = dE/dh from h and g = dE/dy. Below the clamp
+// f = silu(n) / n = sigmoid(n) is constant: dE/dV = f dE/dy; above, + f'(n) (V . dE/dy) / n V
 template <typename T>
-inline void act_backward_lanes(const typename Lanes<T>::V* __restrict h, const typename Lanes<T>::V* __restrict g,
-                               typename Lanes<T>::V* __restrict gh, const Layer& ly, T eps2) {
-  typedef typename Lanes<T>::V V;
-  const V e2 = lsplat<T>(eps2), zero = V{};
+inline void act_backward_lanes(const LV<T>* __restrict h, const LV<T>* __restrict g,
+                               LV<T>* __restrict gh, const Layer& ly, T eps2) {
+  typedef LV<T> V;
+  const V e2 = lane_splat<T>(eps2), zero = V{};
   for (const OutIrrep& o : ly.out)
     for (i64 u = 0; u < o.mul; ++u) {
       const i64 at = o.off + u * o.d;
       V sq = V{}, vg = V{};
       for (i64 i = 0; i < o.d; ++i) { sq += h[at + i] * h[at + i]; vg += h[at + i] * g[at + i]; }
-      const auto small = sq < e2;
-      const V nrm = vsqrt<T>(small ? e2 : sq);
-      const V s = vsigmoid<T>(nrm);
-      const V c = small ? zero : s * (T(1) - s) * vg / nrm;
+      const auto small = lless(sq, e2);
+      const V nrm = lsqrt(lsel(small, e2, sq));
+      const V s = lsigmoid<T>(nrm);
+      const V c = lsel(small, zero, s * (T(1) - s) * vg / nrm);
       for (i64 i = 0; i < o.d; ++i) gh[at + i] = s * g[at + i] + c * h[at + i];
     }
 }
@@ -1172,11 +1161,11 @@ inline void act_backward_lanes(const typename Lanes<T>::V* __restrict h, const t
 // the backward of h = CG(z, Y) for a block: gz (zsize rows, all written) from g = dE/dh, and
 // gY = gY_in + dE/dY (gY_in may be null or gY itself)
 template <typename T>
-inline void cg_backward_lanes(const Layer& ly, const typename Lanes<T>::V* __restrict z,
-                              const typename Lanes<T>::V* __restrict Y, i64 J, const T* __restrict params,
-                              const typename Lanes<T>::V* __restrict g, typename Lanes<T>::V* __restrict gz,
-                              const typename Lanes<T>::V* gY_in, typename Lanes<T>::V* gY) {
-  typedef typename Lanes<T>::V V;
+inline void cg_backward_lanes(const Layer& ly, const LV<T>* __restrict z,
+                              const LV<T>* __restrict Y, i64 J, const T* __restrict params,
+                              const LV<T>* __restrict g, LV<T>* __restrict gz,
+                              const LV<T>* gY_in, LV<T>* gY) {
+  typedef LV<T> V;
   for (i64 r = 0; r < ly.zsize; ++r) gz[r] = V{};
   auto grow = [&](const CGEntry& e, i64 w) -> const V& {
     const OutIrrep& o = ly.out[e.c];
@@ -1202,14 +1191,14 @@ inline void cg_backward_lanes(const Layer& ly, const typename Lanes<T>::V* __res
 // the read-out (see readout) of a block: the site energies, and seed * dE/dh in grad (rows: as of
 // (nmlp + 1) * dmax, ys of nmlp * dmax, grad and gnext of dmax)
 template <typename T>
-inline typename Lanes<T>::V readout_lanes(const Net& net, const T* params, const typename Lanes<T>::V* h, i64 dh,
-                                          const typename Lanes<T>::V& seed, T eps2, i64 dmax,
-                                          typename Lanes<T>::V* as, typename Lanes<T>::V* ys,
-                                          typename Lanes<T>::V* grad, typename Lanes<T>::V* gnext) {
-  typedef typename Lanes<T>::V V;
+inline LV<T> readout_lanes(const Net& net, const T* params, const LV<T>* h, i64 dh,
+                                          const LV<T>& seed, T eps2, i64 dmax,
+                                          LV<T>* as, LV<T>* ys,
+                                          LV<T>* grad, LV<T>* gnext) {
+  typedef LV<T> V;
   const i64 nmlp = (i64)net.mlp.size();
   const T f0 = sigmoid(ksqrt(eps2));
-  const V e2 = lsplat<T>(eps2);
+  const V e2 = lane_splat<T>(eps2);
   for (i64 j = 0; j < dh; ++j) as[j] = h[j];
   for (i64 m = 0; m < nmlp; ++m) {
     const Linear& li = net.mlp[m];
@@ -1217,11 +1206,11 @@ inline typename Lanes<T>::V readout_lanes(const Net& net, const T* params, const
     V* y = ys + m * dmax;
     V* an = as + (m + 1) * dmax;
     for (i64 o = 0; o < li.nout; ++o) {
-      V sum = lsplat<T>(params[li.b + o]);
+      V sum = lane_splat<T>(params[li.b + o]);
       for (i64 i = 0; i < li.nin; ++i) sum += params[li.w + o * li.nin + i] * a[i];
       y[o] = sum;
       const V sq = sum * sum;
-      an[o] = m + 1 < nmlp ? sum * vsigmoid<T>(vsqrt<T>(sq < e2 ? e2 : sq)) : sum;
+      an[o] = m + 1 < nmlp ? sum * lsigmoid<T>(lsqrt(lsel(lless(sq, e2), e2, sq))) : sum;
     }
   }
   grad[0] = seed;
@@ -1231,9 +1220,9 @@ inline typename Lanes<T>::V readout_lanes(const Net& net, const T* params, const
     if (m + 1 < nmlp)
       for (i64 o = 0; o < li.nout; ++o) {
         const V sq = y[o] * y[o];
-        const V r = vsqrt<T>(sq), sg = vsigmoid<T>(r);
+        const V r = lsqrt(sq), sg = lsigmoid<T>(r);
         const V big = sg * grad[o] + sg * (T(1) - sg) * r * grad[o];
-        grad[o] = sq < e2 ? grad[o] * f0 : big;
+        grad[o] = lsel(lless(sq, e2), grad[o] * f0, big);
       }
     for (i64 i = 0; i < li.nin; ++i) gnext[i] = V{};
     for (i64 o = 0; o < li.nout; ++o)
@@ -1504,9 +1493,10 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // sites per tile of the passes; per thread and tile, z of the tile's sites, dE/dx of its sites,
   // and a dummy output row for the padding of short blocks (see over_blocks)
   const i64 tile = 32, zdmax = std::max(zmax, dmax);
-  // and (real types) the rows of one block of W sites, transposed (see Lanes): z and dE/dz (zmax
-  // each), Y and dE/dY (J each), x, h, dE/dx, dE/dh and the read-out's (dmax each)
-  constexpr i64 W = std::is_floating_point<T>::value ? 64 / (i64)sizeof(T) : 0;
+  // and the rows of one block of W sites, transposed (see Lanes): z and dE/dz (zmax each), Y and dE/dY
+  // (J each), x, h, dE/dx, dE/dh and the read-out's (dmax each)
+  constexpr i64 W = Lanes<R>::W;
+  typedef LV<T> V;
   const i64 lane_rows = 2 * zmax + 2 * J + (7 + 2 * nmlp) * dmax;
   const i64 per_tile = tile * zmax + tile * dmax + zdmax + W * lane_rows + 128 / (i64)sizeof(T);  // + room to align
   const std::vector<T> zero(zdmax, T(0));  // the row of a missing neighbour (block kernels)
@@ -1551,41 +1541,31 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       Buf<T> buf = alloc<T>(per_thread + per_tile);
       const Layer& ly = net.layers[l];
       T* scr = buf.get();
-      T* tmp = scr + scratch;
-      T* h = tmp + dmax;
       T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
       T* dummy = zt + tile * zmax + tile * dmax;
       T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
       mix_sites(l, lo, hi, z0, scr, dummy);
-      if constexpr (W > 0) {
-        typedef typename Lanes<T>::V V;
-        V* zl = (V*)lane_base(dummy);
-        V* Yl = zl + zmax;
-        V* xl = Yl + J;
-        V* hl = xl + dmax;
-        const T* src[W];
-        T* dst[W];
-        for (i64 g0 = lo; g0 < hi; g0 += W) {
-          prefetch_w(xs[l + 1] + g0 * ly.dout, std::min<i64>(W, hi - g0) * ly.dout);
-          block_rows(z0, ly.zsize, lo, g0, hi, src);
-          to_lanes<T>(src, ly.zsize, zl);
-          block_rows(Y, J, 0, g0, hi, src);
-          to_lanes<T>(src, J, Yl);
-          if (ly.residual) {
-            block_rows(xin(l), ly.din, 0, g0, hi, src);
-            to_lanes<T>(src, ly.din, xl);
-          }
-          cg_forward_lanes<T>(ly, zl, Yl, params, ly.residual ? xl : nullptr, hl);
-          act_forward_lanes<T>(hl, hl, ly, eps2);
-          block_rows(xs[l + 1], ly.dout, 0, g0, hi, dst);
-          from_lanes<T>(hl, ly.dout, dst, (int)std::min<i64>(W, hi - g0));
+      V* zl = (V*)lane_base(dummy);
+      V* Yl = zl + zmax;
+      V* xl = Yl + J;
+      V* hl = xl + dmax;
+      const T* src[W];
+      T* dst[W];
+      for (i64 g0 = lo; g0 < hi; g0 += W) {
+        const int n = (int)std::min<i64>(W, hi - g0);
+        prefetch_w(xs[l + 1] + g0 * ly.dout, n * ly.dout);
+        block_rows(z0, ly.zsize, lo, g0, hi, src);
+        to_lanes_of<T>(src, ly.zsize, zl);
+        block_rows(Y, J, 0, g0, hi, src);
+        to_lanes_of<T>(src, J, Yl);
+        if (ly.residual) {
+          block_rows(xin(l), ly.din, 0, g0, hi, src);
+          to_lanes_of<T>(src, ly.din, xl);
         }
-      } else {
-        for (i64 g = lo; g < hi; ++g) {
-          const T* z = z0 + (g - lo) * ly.zsize;
-          cg_site(l, g, z, tmp, h);
-          act_forward<T>(h, xs[l + 1] + g * ly.dout, ly, eps2);
-        }
+        cg_forward_lanes<T>(ly, zl, Yl, params, ly.residual ? xl : nullptr, hl);
+        act_forward_lanes<T>(hl, hl, ly, eps2);
+        block_rows(xs[l + 1], ly.dout, 0, g0, hi, dst);
+        from_lanes_of<T>(hl, ly.dout, dst, n);
       }
     });
   // output convolution + read-out forward and backward + the convolution's per-site backward
@@ -1594,68 +1574,49 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     const i64 l = L - 1;
     const Layer& ly = net.layers[l];
     T* scr = buf.get();
-    T* tmp = scr + scratch;
-    T* grad = tmp + dmax;            // dE/d(activation) of the current level
-    T* gnext = grad + dmax;
-    T* h = gnext + dmax;
-    T* as = h + dmax;                // activations a_0 .. a_nmlp, dmax each
-    T* ys = as + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
-    T* gzs = ys + nmlp * dmax;       // dE/dz of one site
     T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
     T* dummy = zt + tile * zmax + tile * dmax;
     T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
     mix_sites(l, lo, hi, z0, scr, dummy);
-    if constexpr (W > 0) {
-      typedef typename Lanes<T>::V V;
-      V* zl = (V*)lane_base(dummy);
-      V* gzl = zl + zmax;
-      V* Yl = gzl + zmax;
-      V* gyl = Yl + J;
-      V* xl = gyl + J;
-      V* hl = xl + dmax;
-      V* gradl = hl + dmax;
-      V* gnextl = gradl + dmax;
-      V* asl = gnextl + dmax;
-      V* ysl = asl + (nmlp + 1) * dmax;
-      const T* src[W];
-      T* dst[W];
-      for (i64 g0 = lo; g0 < hi; g0 += W) {
-        const int n = (int)std::min<i64>(W, hi - g0);
-        if (want_x || want_p) {
-          prefetch_w(gz[l] + g0 * ly.zsize, n * ly.zsize);
-          prefetch_w(gh[l] + g0 * ly.dout, n * ly.dout);
-        }
-        block_rows(z0, ly.zsize, lo, g0, hi, src);
-        to_lanes<T>(src, ly.zsize, zl);
-        block_rows(Y, J, 0, g0, hi, src);
-        to_lanes<T>(src, J, Yl);
-        if (ly.residual) {
-          block_rows(xin(l), ly.din, 0, g0, hi, src);
-          to_lanes<T>(src, ly.din, xl);
-        }
-        cg_forward_lanes<T>(ly, zl, Yl, params, ly.residual ? xl : nullptr, hl);
-        V seeds;
-        for (i64 s = 0; s < W; ++s) seeds[s] = seed_of(std::min(g0 + s, hi - 1));
-        const V e = readout_lanes<T>(net, params, hl, ly.dout, seeds, eps2, dmax, asl, ysl, gradl, gnextl);
-        for (int s = 0; s < n; ++s) energy[g0 + s] = e[s];
-        if (!want_x && !want_p) continue;
-        cg_backward_lanes<T>(ly, zl, Yl, J, params, gradl, gzl, nullptr, gyl);
-        block_rows(gz[l], ly.zsize, 0, g0, hi, dst);
-        from_lanes<T>(gzl, ly.zsize, dst, n);
-        block_rows(gy, J, 0, g0, hi, dst);
-        from_lanes<T>(gyl, J, dst, n);
-        block_rows(gh[l], ly.dout, 0, g0, hi, dst);
-        from_lanes<T>(gradl, ly.dout, dst, n);
+    V* zl = (V*)lane_base(dummy);
+    V* gzl = zl + zmax;
+    V* Yl = gzl + zmax;
+    V* gyl = Yl + J;
+    V* xl = gyl + J;
+    V* hl = xl + dmax;
+    V* gradl = hl + dmax;             // dE/d(activation) of the current level
+    V* gnextl = gradl + dmax;
+    V* asl = gnextl + dmax;           // activations a_0 .. a_nmlp, dmax each
+    V* ysl = asl + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
+    const T* src[W];
+    T* dst[W];
+    for (i64 g0 = lo; g0 < hi; g0 += W) {
+      const int n = (int)std::min<i64>(W, hi - g0);
+      if (want_x || want_p) {
+        prefetch_w(gz[l] + g0 * ly.zsize, n * ly.zsize);
+        prefetch_w(gh[l] + g0 * ly.dout, n * ly.dout);
       }
-      return;
-    }
-    for (i64 g = lo; g < hi; ++g) {
-      const T* z = z0 + (g - lo) * ly.zsize;
-      cg_site(l, g, z, tmp, h);
-      energy[g] = readout<T>(net, params, h, ly.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, nullptr);
+      block_rows(z0, ly.zsize, lo, g0, hi, src);
+      to_lanes_of<T>(src, ly.zsize, zl);
+      block_rows(Y, J, 0, g0, hi, src);
+      to_lanes_of<T>(src, J, Yl);
+      if (ly.residual) {
+        block_rows(xin(l), ly.din, 0, g0, hi, src);
+        to_lanes_of<T>(src, ly.din, xl);
+      }
+      cg_forward_lanes<T>(ly, zl, Yl, params, ly.residual ? xl : nullptr, hl);
+      V seeds;
+      for (i64 s = 0; s < W; ++s) set_lane<T>(seeds, (int)s, seed_of(std::min(g0 + s, hi - 1)));
+      const V e = readout_lanes<T>(net, params, hl, ly.dout, seeds, eps2, dmax, asl, ysl, gradl, gnextl);
+      for (int s = 0; s < n; ++s) energy[g0 + s] = get_lane<T>(e, s);
       if (!want_x && !want_p) continue;
-      cg_backward<T>(ly, z, Y + g * J, J, params, grad, gz[l] + g * ly.zsize, nullptr, gy + g * J, tmp, gzs);
-      for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = grad[j];
+      cg_backward_lanes<T>(ly, zl, Yl, J, params, gradl, gzl, nullptr, gyl);
+      block_rows(gz[l], ly.zsize, 0, g0, hi, dst);
+      from_lanes_of<T>(gzl, ly.zsize, dst, n);
+      block_rows(gy, J, 0, g0, hi, dst);
+      from_lanes_of<T>(gyl, J, dst, n);
+      block_rows(gh[l], ly.dout, 0, g0, hi, dst);
+      from_lanes_of<T>(gradl, ly.dout, dst, n);
     }
   });
   // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward (z_l and
@@ -1665,10 +1626,6 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       Buf<T> buf = alloc<T>(per_thread + per_tile);
       const Layer& up = net.layers[l + 1];
       T* scr = buf.get();
-      T* tmp = scr + scratch;
-      T* ghl = tmp + dmax;            // dE/dh_l at one site
-      T* h = ghl + dmax;              // h_l at one site
-      T* gzs = h + dmax;              // dE/dz_l of one site
       T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);  // z_l of the tile's sites
       T* gxt = zt + tile * zmax;      // dE/dx_{l+1} of the tile's sites
       T* dummy = gxt + tile * dmax;
@@ -1695,67 +1652,51 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
                ir.d, ir.d, ir.mul, scr);
         }
       }
-      const Layer* ly = l >= 0 ? &net.layers[l] : nullptr;
-      T* z0 = ly && want_p ? zs[l] + lo * ly->zsize : zt;
-      if (ly && !want_p) mix_sites(l, lo, hi, zt, scr, dummy);
-      if constexpr (W > 0) {
-        if (ly) {
-          typedef typename Lanes<T>::V V;
-          V* zl = (V*)lane_base(dummy);
-          V* gzl = zl + zmax;
-          V* Yl = gzl + zmax;
-          V* gyl = Yl + J;
-          V* xl = gyl + J;
-          V* hl = xl + dmax;
-          V* gxl = hl + dmax;
-          V* ghl_ = gxl + dmax;
-          const T* src[W];
-          T* dst[W];
-          for (i64 g0 = lo; g0 < hi; g0 += W) {
-            const int n = (int)std::min<i64>(W, hi - g0);
-            prefetch_w(gz[l] + g0 * ly->zsize, n * ly->zsize);
-            prefetch_w(gh[l] + g0 * ly->dout, n * ly->dout);
-            if (up.residual)  // dE/dx_{l+1} += dE/dh_{l+1}, in the sites' rows (contiguous)
-              for (i64 j = 0; j < n * up.din; ++j) gxt[(g0 - lo) * up.din + j] += gh[l + 1][g0 * up.dout + j];
-            block_rows(gxt, up.din, lo, g0, hi, src);
-            to_lanes<T>(src, up.din, gxl);
-            block_rows(z0, ly->zsize, lo, g0, hi, src);
-            to_lanes<T>(src, ly->zsize, zl);
-            block_rows(Y, J, 0, g0, hi, src);
-            to_lanes<T>(src, J, Yl);
-            block_rows(gy, J, 0, g0, hi, src);
-            to_lanes<T>(src, J, gyl);
-            if (ly->residual) {
-              block_rows(xin(l), ly->din, 0, g0, hi, src);
-              to_lanes<T>(src, ly->din, xl);
-            }
-            cg_forward_lanes<T>(*ly, zl, Yl, params, ly->residual ? xl : nullptr, hl);
-            act_backward_lanes<T>(hl, gxl, ghl_, *ly, eps2);
-            cg_backward_lanes<T>(*ly, zl, Yl, J, params, ghl_, gzl, gyl, gyl);
-            block_rows(gz[l], ly->zsize, 0, g0, hi, dst);
-            from_lanes<T>(gzl, ly->zsize, dst, n);
-            block_rows(gy, J, 0, g0, hi, dst);
-            from_lanes<T>(gyl, J, dst, n);
-            block_rows(gh[l], ly->dout, 0, g0, hi, dst);
-            from_lanes<T>(ghl_, ly->dout, dst, n);
-          }
-          return;
-        }
+      if (up.residual)  // dE/dx_{l+1} += dE/dh_{l+1} (the tile's rows are contiguous)
+        for (i64 j = 0; j < (hi - lo) * up.din; ++j) gxt[j] += gh[l + 1][lo * up.dout + j];
+      if (l < 0) {
+        for (i64 j = 0; j < (hi - lo) * up.din; ++j) gx0[lo * up.din + j] = gxt[j];
+        for (i64 j = 0; j < (hi - lo) * J; ++j) gY[lo * J + j] = gy[lo * J + j];
+        return;
       }
-      for (i64 g = lo; g < hi; ++g) {
-        T* gx = gxt + (g - lo) * up.din;
-        if (up.residual)
-          for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * up.dout + j];
-        if (!ly) {
-          for (i64 j = 0; j < up.din; ++j) gx0[g * up.din + j] = gx[j];
-          for (i64 j = 0; j < J; ++j) gY[g * J + j] = gy[g * J + j];
-          continue;
+      const Layer& ly = net.layers[l];
+      T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
+      if (!want_p) mix_sites(l, lo, hi, zt, scr, dummy);
+      V* zl = (V*)lane_base(dummy);
+      V* gzl = zl + zmax;
+      V* Yl = gzl + zmax;
+      V* gyl = Yl + J;
+      V* xl = gyl + J;
+      V* hl = xl + dmax;
+      V* gxl = hl + dmax;
+      V* ghl = gxl + dmax;
+      const T* src[W];
+      T* dst[W];
+      for (i64 g0 = lo; g0 < hi; g0 += W) {
+        const int n = (int)std::min<i64>(W, hi - g0);
+        prefetch_w(gz[l] + g0 * ly.zsize, n * ly.zsize);
+        prefetch_w(gh[l] + g0 * ly.dout, n * ly.dout);
+        block_rows(gxt, up.din, lo, g0, hi, src);
+        to_lanes_of<T>(src, up.din, gxl);
+        block_rows(z0, ly.zsize, lo, g0, hi, src);
+        to_lanes_of<T>(src, ly.zsize, zl);
+        block_rows(Y, J, 0, g0, hi, src);
+        to_lanes_of<T>(src, J, Yl);
+        block_rows(gy, J, 0, g0, hi, src);
+        to_lanes_of<T>(src, J, gyl);
+        if (ly.residual) {
+          block_rows(xin(l), ly.din, 0, g0, hi, src);
+          to_lanes_of<T>(src, ly.din, xl);
         }
-        const T* z = z0 + (g - lo) * ly->zsize;
-        cg_site(l, g, z, tmp, h);
-        act_backward<T>(h, gx, ghl, *ly, eps2);
-        cg_backward<T>(*ly, z, Y + g * J, J, params, ghl, gz[l] + g * ly->zsize, gy + g * J, gy + g * J, tmp, gzs);
-        for (i64 j = 0; j < ly->dout; ++j) gh[l][g * ly->dout + j] = ghl[j];
+        cg_forward_lanes<T>(ly, zl, Yl, params, ly.residual ? xl : nullptr, hl);
+        act_backward_lanes<T>(hl, gxl, ghl, ly, eps2);
+        cg_backward_lanes<T>(ly, zl, Yl, J, params, ghl, gzl, gyl, gyl);
+        block_rows(gz[l], ly.zsize, 0, g0, hi, dst);
+        from_lanes_of<T>(gzl, ly.zsize, dst, n);
+        block_rows(gy, J, 0, g0, hi, dst);
+        from_lanes_of<T>(gyl, J, dst, n);
+        block_rows(gh[l], ly.dout, 0, g0, hi, dst);
+        from_lanes_of<T>(ghl, ly.dout, dst, n);
       }
     });
   passes.run(S, tile, threads);
