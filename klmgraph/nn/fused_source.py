@@ -758,84 +758,12 @@ inline void outer(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, const i
   }
 }
 
-// ---------------------------------------------------------------- per-site pieces of the parameter gradient
-// (one site at a time, after the passes: the Clebsch-Gordan forward and the read-out again)
+// the norm activation's factor silu(n) / n = sigmoid(n) of one number (the read-out's below its clamp)
 #ifdef KLM_FAKE
 template <typename T> inline T sigmoid(T t) { return T(0.5) + T(0.2) * t; }
 #else
 template <typename T> inline T sigmoid(T t) { return T(1) / (T(1) + kexp(-t)); }
 #endif
-
-// whether every output irrep of the layer has 8 channels (the published models): the Clebsch-Gordan
-// entries are then one vector operation each
-inline bool eight_channels(const Layer& ly) {
-  for (const OutIrrep& o : ly.out)
-    if (o.mul != 8) return false;
-  return true;
-}
-
-// Per run of entries (8 channels): *dest(first entry) = sum over the run of params[e.p] Y[e.j] *row(e),
-// the sum in a register, in the entries' order
-template <typename T, typename Row, typename Dest>
-inline void cg_runs(const CGRuns& r, const T* __restrict params, const T* __restrict Y, Row row, Dest dest) {
-  typedef typename Vec8<T>::type V;
-  for (size_t run = 0; run + 1 < r.starts.size(); ++run) {
-    V a = V{};
-    for (i64 x = r.starts[run]; x < r.starts[run + 1]; ++x) {
-      const CGEntry& e = r.e[x];
-      V b;
-      __builtin_memcpy(&b, row(e), sizeof(V));
-      a += splat<T>(params[e.p] * Y[e.j]) * b;
-    }
-    __builtin_memcpy(dest(r.e[r.starts[run]]), &a, sizeof(V));
-  }
-}
-
-// out = CG(z, Y) [+ residual] for one site, from the sparse coefficient list: per entry one multiply-add over
-// the output channels w (contiguous in z); T_c scratch holds out_c as [k][w], then e3nn layout.
-template <typename T>
-inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restrict Y, const T* __restrict params,
-                       const T* __restrict residual, T* __restrict tmp, T* __restrict out) {
-  i64 toff[16], base = 0;
-  for (const OutIrrep& o : ly.out) { for (i64 j = 0; j < o.mul * o.d; ++j) tmp[base + j] = 0; base += o.mul * o.d; }
-  base = 0;
-  for (size_t c = 0; c < ly.out.size(); ++c) { toff[c] = base; base += ly.out[c].mul * ly.out[c].d; }
-  if constexpr (std::is_floating_point<T>::value) {
-    if (eight_channels(ly)) {  // one vector multiply-add per entry, each output row's sum in a register
-      cg_runs<T>(ly.by_out, params, Y, [&](const CGEntry& e) { return z + e.zb; },
-                 [&](const CGEntry& e) { return tmp + toff[e.c] + e.k * 8; });
-      goto layout;
-    }
-  }
-  for (const CGEntry& e : ly.cg) {
-    const i64 mul = ly.out[e.c].mul;
-    const T cy = params[e.p] * Y[e.j];
-    T* __restrict t = tmp + toff[e.c] + e.k * mul;
-    const T* __restrict zz = z + e.zb;
-    for (i64 w = 0; w < mul; ++w) t[w] += cy * zz[w];
-  }
-layout:
-  for (size_t c = 0; c < ly.out.size(); ++c) {
-    const OutIrrep& o = ly.out[c];
-    for (i64 w = 0; w < o.mul; ++w)
-      for (i64 k = 0; k < o.d; ++k)
-        out[o.off + w * o.d + k] = tmp[toff[c] + k * o.mul + w] + (residual ? residual[o.off + w * o.d + k] : T(0));
-  }
-}
-
-// dE/dout of one site from e3nn layout (gout[off + w * d + k]) to the Clebsch-Gordan sums' layout:
-// per output irrep c, tmp[toff[c] + k * mul + w]
-template <typename T>
-inline void to_cg_layout(const Layer& ly, const T* __restrict gout, T* __restrict tmp, i64* toff) {
-  i64 base = 0;
-  for (size_t c = 0; c < ly.out.size(); ++c) {
-    const OutIrrep& o = ly.out[c];
-    toff[c] = base;
-    for (i64 w = 0; w < o.mul; ++w)
-      for (i64 k = 0; k < o.d; ++k) tmp[base + k * o.mul + w] = gout[o.off + w * o.d + k];
-    base += o.mul * o.d;
-  }
-}
 
 // ---------------------------------------------------------------- per-site passes over blocks of sites
 // One site at a time, the per-site work (Clebsch-Gordan product, norm activation, read-out and their
@@ -1188,13 +1116,15 @@ inline void cg_backward_lanes(const Layer& ly, const LV<T>* __restrict z,
   }
 }
 
-// the read-out (see readout) of a block: the site energies, and seed * dE/dh in grad (rows: as of
-// (nmlp + 1) * dmax, ys of nmlp * dmax, grad and gnext of dmax)
+// the read-out MLP of a block of sites: a_0 = h, y_m = A_m a_m + b_m, a_{m+1} = act(y_m) (no act after
+// the last); returns the site energies and leaves seed * dE/dh in grad (rows: as of
+// (nmlp + 1) * dmax, ys of nmlp * dmax, grad and gnext of dmax). With gp, adds seed * dE/dA_m and
+// seed * dE/db_m to gp, per lane: for each m, A_m's entries (o, i) then b_m's.
 template <typename T>
 inline LV<T> readout_lanes(const Net& net, const T* params, const LV<T>* h, i64 dh,
                                           const LV<T>& seed, T eps2, i64 dmax,
                                           LV<T>* as, LV<T>* ys,
-                                          LV<T>* grad, LV<T>* gnext) {
+                                          LV<T>* grad, LV<T>* gnext, LV<T>* gp = nullptr) {
   typedef LV<T> V;
   const i64 nmlp = (i64)net.mlp.size();
   const T f0 = sigmoid(ksqrt(eps2));
@@ -1224,6 +1154,15 @@ inline LV<T> readout_lanes(const Net& net, const T* params, const LV<T>* h, i64 
         const V big = sg * grad[o] + sg * (T(1) - sg) * r * grad[o];
         grad[o] = lsel(lless(sq, e2), grad[o] * f0, big);
       }
+    if (gp) {
+      i64 at = 0;
+      for (i64 k = 0; k < m; ++k) at += net.mlp[k].nout * (net.mlp[k].nin + 1);
+      const V* a = as + m * dmax;
+      for (i64 o = 0; o < li.nout; ++o) {
+        gp[at + li.nout * li.nin + o] += grad[o];
+        for (i64 i = 0; i < li.nin; ++i) gp[at + o * li.nin + i] += grad[o] * a[i];
+      }
+    }
     for (i64 i = 0; i < li.nin; ++i) gnext[i] = V{};
     for (i64 o = 0; o < li.nout; ++o)
       for (i64 i = 0; i < li.nin; ++i) gnext[i] += params[li.w + o * li.nin + i] * grad[o];
@@ -1343,57 +1282,6 @@ struct Layout {
   }
 };
 
-// read-out MLP of one site: a_0 = h, y_m = A_m a_m + b_m, a_{m+1} = act(y_m) (no act after the
-// last); returns the site energy and leaves seed * dE/dh in grad. With gp, adds seed * dE/dA_m
-// and seed * dE/db_m to gp (scratch: as, ys of (nmlp + 1) * dmax, gnext of dmax).
-template <typename T>
-inline T readout(const Net& net, const T* params, const T* h, i64 dh, T seed, T eps2, i64 dmax, T* as, T* ys,
-                 T* grad, T* gnext, T* gp) {
-  const i64 nmlp = (i64)net.mlp.size();
-  const T f0 = sigmoid(ksqrt(eps2));
-  for (i64 j = 0; j < dh; ++j) as[j] = h[j];
-  for (i64 m = 0; m < nmlp; ++m) {
-    const Linear& li = net.mlp[m];
-    const T* a = as + m * dmax;
-    T* y = ys + m * dmax;
-    T* an = as + (m + 1) * dmax;
-    for (i64 o = 0; o < li.nout; ++o) {
-      T sum = params[li.b + o];
-      for (i64 i = 0; i < li.nin; ++i) sum += params[li.w + o * li.nin + i] * a[i];
-      y[o] = sum;
-      T sq = sum * sum;
-      an[o] = m + 1 < nmlp ? sum * sigmoid(ksqrt(sq < eps2 ? eps2 : sq)) : sum;
-    }
-  }
-  grad[0] = seed;
-  for (i64 m = nmlp; m-- > 0;) {
-    const Linear& li = net.mlp[m];
-    const T* y = ys + m * dmax;
-    if (m + 1 < nmlp)
-      for (i64 o = 0; o < li.nout; ++o) {
-        T sq = y[o] * y[o];
-        if (sq < eps2) {
-          grad[o] *= f0;
-        } else {
-          T sg = sigmoid(ksqrt(sq));
-          grad[o] = sg * grad[o] + sg * (T(1) - sg) * ksqrt(sq) * grad[o];
-        }
-      }
-    if (gp) {
-      const T* a = as + m * dmax;
-      for (i64 o = 0; o < li.nout; ++o) {
-        gp[li.b + o] += grad[o];
-        for (i64 i = 0; i < li.nin; ++i) gp[li.w + o * li.nin + i] += grad[o] * a[i];
-      }
-    }
-    for (i64 i = 0; i < li.nin; ++i) gnext[i] = T(0);
-    for (i64 o = 0; o < li.nout; ++o)
-      for (i64 i = 0; i < li.nin; ++i) gnext[i] += params[li.w + o * li.nin + i] * grad[o];
-    for (i64 i = 0; i < li.nin; ++i) grad[i] = gnext[i];
-  }
-  return as[nmlp * dmax];
-}
-
 // What a call computes (bits of `mode`): site energies always; KLM_GRAD_X: seed-weighted
 // dE/dx0 and dE/dY; KLM_GRAD_P: seed-weighted dE/dparams, summed over all configurations, or
 // one sum per configuration (B x nparams) with KLM_PER_CONFIG.
@@ -1485,8 +1373,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   T* const gy = work + lay.gy;
   const i64 zmax = lay.zmax, dmax = lay.dmax, scratch = lay.scratch;
   const i64 nmlp = (i64)net.mlp.size();
-  // per thread: mixing scratch, z and dE/dz of one site, and dmax-sized rows (see the passes)
-  const i64 per_thread = scratch + 2 * zmax + (8 + 2 * nmlp) * dmax + 64;
+  // per thread: the site-by-site mixing's scratch (shapes without a block kernel)
+  const i64 per_thread = scratch + 64;
   auto xin = [&](i64 l) -> const T* { return l == 0 ? x0 : xs[l]; };
   auto seed_of = [&](i64 g) -> T { return seed ? seed[g] : T(1); };
 
@@ -1528,11 +1416,6 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
              1, ir.d, ir.Q, scr);
       }
     }
-  };
-  // layer l at site g: h_l = CG(z_l, Y) [+ x_l] (into h)
-  auto cg_site = [&](i64 l, i64 g, const T* z, T* tmp, T* h) {
-    const Layer& ly = net.layers[l];
-    cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? xin(l) + g * ly.din : nullptr, tmp, h);
   };
 
   Passes passes;
@@ -1721,14 +1604,28 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   std::vector<T> sums(G * net.nparams, T(0));
   std::vector<R> split(Scalar<T>::dual ? 2 * G * net.nparams : 0, R(0));  // dual: mixing weights' sums
   std::atomic<i64> next_group(0);
+  // the Clebsch-Gordan coefficients' and the read-out's gradients: per thread and group, one lane
+  // sum per parameter over blocks of W sites (from the group's start: the same blocks for any
+  // number of threads), added up once at the group's end
+  std::vector<i64> cgoff(L + 1, 0);
+  for (i64 l = 0; l < L; ++l) cgoff[l + 1] = cgoff[l] + (i64)net.layers[l].cg.size();
+  i64 nro = 0;
+  for (const Linear& li : net.mlp) nro += li.nout * (li.nin + 1);
   auto group_work = [&]() {
-    Buf<T> buf = alloc<T>(per_thread);
-    T* tmp = buf.get();
-    T* grad = tmp + dmax;
-    T* gnext = grad + dmax;
-    T* as = gnext + dmax;
-    T* ys = as + (nmlp + 1) * dmax;
-    T* h = ys + nmlp * dmax;
+    Buf<T> buf = alloc<T>(W * (zmax + J + (2 * nmlp + 6) * dmax) + 64 / (i64)sizeof(T));
+    V* zl = (V*)(((uintptr_t)buf.get() + 63) & ~(uintptr_t)63);
+    V* ghl = zl + zmax;
+    V* Yl = ghl + dmax;
+    V* xl = Yl + J;
+    V* hl = xl + dmax;
+    V* gradl = hl + dmax;
+    V* gnextl = gradl + dmax;
+    V* asl = gnextl + dmax;
+    V* ysl = asl + (nmlp + 1) * dmax;
+    std::vector<V> acc(cgoff[L] + nro);
+    typename Lanes<R>::IV lane;
+    for (int k = 0; k < W; ++k) lane[k] = k;
+    const T* src[W];
     for (;;) {
       const i64 grp = next_group.fetch_add(1);
       if (grp >= G) break;
@@ -1745,18 +1642,52 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           for (const InIrrep& ir : ly.in)
             outer<T>(x, ly.din, ir.off, ir.d, ir.mul, table + n * K, base, K, N, gzg + ir.z, ir.d, ir.Q, gp + ir.w,
                      gpa ? gpa + ir.w : nullptr, gpb ? gpb + ir.w : nullptr);
+        }
+      }
+      for (V& a : acc) a = V{};
+      for (i64 g0 = lo; g0 < hi; g0 += W) {
+        const auto real = lane < lane * 0 + (typename Lanes<R>::I)std::min<i64>(W, hi - g0);  // lanes of sites
+        const V zero = V{};
+        block_rows(Y, J, 0, g0, hi, src);
+        to_lanes_of<T>(src, J, Yl);
+        for (i64 l = 0; l < L; ++l) {
+          const Layer& ly = net.layers[l];
+          block_rows(zs[l], ly.zsize, 0, g0, hi, src);
+          to_lanes_of<T>(src, ly.zsize, zl);
+          block_rows(gh[l], ly.dout, 0, g0, hi, src);
+          to_lanes_of<T>(src, ly.dout, ghl);
           // coefficient e: out_c[w][k] += coef * Y[j] * z[zb + w], so dE/dcoef = Y[j] sum_w z[zb + w] gout_c[w][k]
-          i64 toff[16];
-          to_cg_layout<T>(ly, gh[l] + g * ly.dout, tmp, toff);
-          const T* z = zs[l] + g * ly.zsize;
-          for (const CGEntry& e : ly.cg) {
-            const i64 mul = ly.out[e.c].mul;
-            gp[e.p] += Y[g * J + e.j] * dot<T>(z + e.zb, tmp + toff[e.c] + e.k * mul, mul);
+          for (size_t x = 0; x < ly.cg.size(); ++x) {
+            const CGEntry& e = ly.cg[x];
+            const OutIrrep& o = ly.out[e.c];
+            V t = V{};
+            for (i64 w = 0; w < o.mul; ++w) t += zl[e.zb + w] * ghl[o.off + w * o.d + e.k];
+            acc[cgoff[l] + x] += Yl[e.j] * lsel(real, t, zero);
           }
         }
+        // the read-out's gradient: h of the last layer again (its z is in zl), seed 0 in the lanes past hi
         const Layer& last = net.layers[L - 1];
-        cg_site(L - 1, g, zs[L - 1] + g * last.zsize, tmp, h);
-        readout<T>(net, params, h, last.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, gp);
+        if (last.residual) {
+          block_rows(xin(L - 1), last.din, 0, g0, hi, src);
+          to_lanes_of<T>(src, last.din, xl);
+        }
+        cg_forward_lanes<T>(last, zl, Yl, params, last.residual ? xl : nullptr, hl);
+        V seeds;
+        for (i64 s = 0; s < W; ++s) set_lane<T>(seeds, (int)s, g0 + s < hi ? seed_of(g0 + s) : T(0));
+        readout_lanes<T>(net, params, hl, last.dout, seeds, eps2, dmax, asl, ysl, gradl, gnextl, acc.data() + cgoff[L]);
+      }
+      auto total = [&](const V& a) {
+        T t = T(0);
+        for (int k = 0; k < W; ++k) t += get_lane<T>(a, k);
+        return t;
+      };
+      for (i64 l = 0; l < L; ++l)
+        for (size_t x = 0; x < net.layers[l].cg.size(); ++x) gp[net.layers[l].cg[x].p] += total(acc[cgoff[l] + x]);
+      i64 at = cgoff[L];
+      for (const Linear& li : net.mlp) {
+        for (i64 j = 0; j < li.nout * li.nin; ++j) gp[li.w + j] += total(acc[at + j]);
+        for (i64 o = 0; o < li.nout; ++o) gp[li.b + o] += total(acc[at + li.nout * li.nin + o]);
+        at += li.nout * (li.nin + 1);
       }
     }
   };
