@@ -1385,15 +1385,45 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // (J each), x, h, dE/dx, dE/dh and the read-out's (dmax each)
   constexpr i64 W = Lanes<R>::W;
   typedef LV<T> V;
-  const i64 lane_rows = 2 * zmax + 2 * J + (7 + 2 * nmlp) * dmax;
+  const i64 lane_rows = 2 * zmax + 2 * J + (7 + 2 * nmlp) * dmax;  // see carve
   const i64 per_tile = tile * zmax + tile * dmax + zdmax + W * lane_rows + 128 / (i64)sizeof(T);  // + room to align
   const std::vector<T> zero(zdmax, T(0));  // the row of a missing neighbour (block kernels)
   // the rows base + (g - first) * stride of the block of W sites from g0 (past hi: the last site again)
   auto block_rows = [&](auto* base, i64 stride, i64 first, i64 g0, i64 hi, auto** out) {
     for (i64 s = 0; s < W; ++s) out[s] = base + (std::min(g0 + s, hi - 1) - first) * stride;
   };
-  // the lane buffers of a tile: after its dummy row, on 64 bytes
-  auto lane_base = [&](T* dummy) { return (T*)(((uintptr_t)(dummy + zdmax) + 63) & ~(uintptr_t)63); };
+  // a block's transposed rows (lane_rows in all) from p
+  struct BlockRows { V *z, *gz, *Y, *gy, *x, *h, *gx, *gh, *grad, *gnext, *as, *ys; };
+  auto carve = [&](V* p) {
+    BlockRows b;
+    b.z = p;
+    b.gz = b.z + zmax;
+    b.Y = b.gz + zmax;
+    b.gy = b.Y + J;
+    b.x = b.gy + J;
+    b.h = b.x + dmax;
+    b.gx = b.h + dmax;
+    b.gh = b.gx + dmax;
+    b.grad = b.gh + dmax;  // the read-out's dE/d(activation) of the current level
+    b.gnext = b.grad + dmax;
+    b.as = b.gnext + dmax;  // the read-out's activations a_0 .. a_nmlp, dmax each
+    b.ys = b.as + (nmlp + 1) * dmax;  // and pre-activations y_0 .. y_{nmlp-1}
+    return b;
+  };
+  // those of a tile: after its dummy row, on 64 bytes
+  auto tile_rows = [&](T* dummy) { return carve((V*)(((uintptr_t)(dummy + zdmax) + 63) & ~(uintptr_t)63)); };
+  // the first R entries of the rows base + (g - first) * stride of the block from g0, transposed to out
+  auto load_block = [&](const T* base, i64 stride, i64 first, i64 R, i64 g0, i64 hi, V* out) {
+    const T* src[W];
+    block_rows(base, stride, first, g0, hi, src);
+    to_lanes_of<T>(src, R, out);
+  };
+  // and back, to the rows base + g * stride of the block's sites below hi
+  auto store_block = [&](const V* in, T* base, i64 stride, i64 R, i64 g0, i64 hi) {
+    T* dst[W];
+    block_rows(base, stride, 0, g0, hi, dst);
+    from_lanes_of<T>(in, R, dst, (int)std::min<i64>(W, hi - g0));
+  };
 
   // z_l = mix(gather(x_l)) of the sites [lo, hi) into the rows z0 + (g - lo) * zsize
   auto mix_sites = [&](i64 l, i64 lo, i64 hi, T* z0, T* scr, T* dummy) {
@@ -1418,6 +1448,16 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     }
   };
 
+  // layer l of the block from g0: b.h = CG(z, Y) [+ x] from the z rows z0 + (g - first) * zsize (and
+  // the block's z, Y and x in b.z, b.Y, b.x)
+  auto block_h = [&](i64 l, const T* z0, i64 first, i64 g0, i64 hi, const BlockRows& b) {
+    const Layer& ly = net.layers[l];
+    load_block(z0, ly.zsize, first, ly.zsize, g0, hi, b.z);
+    load_block(Y, J, 0, J, g0, hi, b.Y);
+    if (ly.residual) load_block(xin(l), ly.din, 0, ly.din, g0, hi, b.x);
+    cg_forward_lanes<T>(ly, b.z, b.Y, params, ly.residual ? b.x : nullptr, b.h);
+  };
+
   Passes passes;
   for (i64 l = 0; l + 1 < L; ++l)
     passes.fns.push_back([&, l](i64 lo, i64 hi) {
@@ -1428,27 +1468,12 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* dummy = zt + tile * zmax + tile * dmax;
       T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
       mix_sites(l, lo, hi, z0, scr, dummy);
-      V* zl = (V*)lane_base(dummy);
-      V* Yl = zl + zmax;
-      V* xl = Yl + J;
-      V* hl = xl + dmax;
-      const T* src[W];
-      T* dst[W];
+      const BlockRows b = tile_rows(dummy);
       for (i64 g0 = lo; g0 < hi; g0 += W) {
-        const int n = (int)std::min<i64>(W, hi - g0);
-        prefetch_w(xs[l + 1] + g0 * ly.dout, n * ly.dout);
-        block_rows(z0, ly.zsize, lo, g0, hi, src);
-        to_lanes_of<T>(src, ly.zsize, zl);
-        block_rows(Y, J, 0, g0, hi, src);
-        to_lanes_of<T>(src, J, Yl);
-        if (ly.residual) {
-          block_rows(xin(l), ly.din, 0, g0, hi, src);
-          to_lanes_of<T>(src, ly.din, xl);
-        }
-        cg_forward_lanes<T>(ly, zl, Yl, params, ly.residual ? xl : nullptr, hl);
-        act_forward_lanes<T>(hl, hl, ly, eps2);
-        block_rows(xs[l + 1], ly.dout, 0, g0, hi, dst);
-        from_lanes_of<T>(hl, ly.dout, dst, n);
+        prefetch_w(xs[l + 1] + g0 * ly.dout, std::min<i64>(W, hi - g0) * ly.dout);
+        block_h(l, z0, lo, g0, hi, b);
+        act_forward_lanes<T>(b.h, b.h, ly, eps2);
+        store_block(b.h, xs[l + 1], ly.dout, ly.dout, g0, hi);
       }
     });
   // output convolution + read-out forward and backward + the convolution's per-site backward
@@ -1461,45 +1486,23 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* dummy = zt + tile * zmax + tile * dmax;
     T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
     mix_sites(l, lo, hi, z0, scr, dummy);
-    V* zl = (V*)lane_base(dummy);
-    V* gzl = zl + zmax;
-    V* Yl = gzl + zmax;
-    V* gyl = Yl + J;
-    V* xl = gyl + J;
-    V* hl = xl + dmax;
-    V* gradl = hl + dmax;             // dE/d(activation) of the current level
-    V* gnextl = gradl + dmax;
-    V* asl = gnextl + dmax;           // activations a_0 .. a_nmlp, dmax each
-    V* ysl = asl + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
-    const T* src[W];
-    T* dst[W];
+    const BlockRows b = tile_rows(dummy);
     for (i64 g0 = lo; g0 < hi; g0 += W) {
       const int n = (int)std::min<i64>(W, hi - g0);
       if (want_x || want_p) {
         prefetch_w(gz[l] + g0 * ly.zsize, n * ly.zsize);
         prefetch_w(gh[l] + g0 * ly.dout, n * ly.dout);
       }
-      block_rows(z0, ly.zsize, lo, g0, hi, src);
-      to_lanes_of<T>(src, ly.zsize, zl);
-      block_rows(Y, J, 0, g0, hi, src);
-      to_lanes_of<T>(src, J, Yl);
-      if (ly.residual) {
-        block_rows(xin(l), ly.din, 0, g0, hi, src);
-        to_lanes_of<T>(src, ly.din, xl);
-      }
-      cg_forward_lanes<T>(ly, zl, Yl, params, ly.residual ? xl : nullptr, hl);
+      block_h(l, z0, lo, g0, hi, b);
       V seeds;
       for (i64 s = 0; s < W; ++s) set_lane<T>(seeds, (int)s, seed_of(std::min(g0 + s, hi - 1)));
-      const V e = readout_lanes<T>(net, params, hl, ly.dout, seeds, eps2, dmax, asl, ysl, gradl, gnextl);
+      const V e = readout_lanes<T>(net, params, b.h, ly.dout, seeds, eps2, dmax, b.as, b.ys, b.grad, b.gnext);
       for (int s = 0; s < n; ++s) energy[g0 + s] = get_lane<T>(e, s);
       if (!want_x && !want_p) continue;
-      cg_backward_lanes<T>(ly, zl, Yl, J, params, gradl, gzl, nullptr, gyl);
-      block_rows(gz[l], ly.zsize, 0, g0, hi, dst);
-      from_lanes_of<T>(gzl, ly.zsize, dst, n);
-      block_rows(gy, J, 0, g0, hi, dst);
-      from_lanes_of<T>(gyl, J, dst, n);
-      block_rows(gh[l], ly.dout, 0, g0, hi, dst);
-      from_lanes_of<T>(gradl, ly.dout, dst, n);
+      cg_backward_lanes<T>(ly, b.z, b.Y, J, params, b.grad, b.gz, nullptr, b.gy);
+      store_block(b.gz, gz[l], ly.zsize, ly.zsize, g0, hi);
+      store_block(b.gy, gy, J, J, g0, hi);
+      store_block(b.grad, gh[l], ly.dout, ly.dout, g0, hi);
     }
   });
   // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward (z_l and
@@ -1545,41 +1548,19 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       const Layer& ly = net.layers[l];
       T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
       if (!want_p) mix_sites(l, lo, hi, zt, scr, dummy);
-      V* zl = (V*)lane_base(dummy);
-      V* gzl = zl + zmax;
-      V* Yl = gzl + zmax;
-      V* gyl = Yl + J;
-      V* xl = gyl + J;
-      V* hl = xl + dmax;
-      V* gxl = hl + dmax;
-      V* ghl = gxl + dmax;
-      const T* src[W];
-      T* dst[W];
+      const BlockRows b = tile_rows(dummy);
       for (i64 g0 = lo; g0 < hi; g0 += W) {
-        const int n = (int)std::min<i64>(W, hi - g0);
+        const i64 n = std::min<i64>(W, hi - g0);
         prefetch_w(gz[l] + g0 * ly.zsize, n * ly.zsize);
         prefetch_w(gh[l] + g0 * ly.dout, n * ly.dout);
-        block_rows(gxt, up.din, lo, g0, hi, src);
-        to_lanes_of<T>(src, up.din, gxl);
-        block_rows(z0, ly.zsize, lo, g0, hi, src);
-        to_lanes_of<T>(src, ly.zsize, zl);
-        block_rows(Y, J, 0, g0, hi, src);
-        to_lanes_of<T>(src, J, Yl);
-        block_rows(gy, J, 0, g0, hi, src);
-        to_lanes_of<T>(src, J, gyl);
-        if (ly.residual) {
-          block_rows(xin(l), ly.din, 0, g0, hi, src);
-          to_lanes_of<T>(src, ly.din, xl);
-        }
-        cg_forward_lanes<T>(ly, zl, Yl, params, ly.residual ? xl : nullptr, hl);
-        act_backward_lanes<T>(hl, gxl, ghl, ly, eps2);
-        cg_backward_lanes<T>(ly, zl, Yl, J, params, ghl, gzl, gyl, gyl);
-        block_rows(gz[l], ly.zsize, 0, g0, hi, dst);
-        from_lanes_of<T>(gzl, ly.zsize, dst, n);
-        block_rows(gy, J, 0, g0, hi, dst);
-        from_lanes_of<T>(gyl, J, dst, n);
-        block_rows(gh[l], ly.dout, 0, g0, hi, dst);
-        from_lanes_of<T>(ghl, ly.dout, dst, n);
+        load_block(gxt, up.din, lo, up.din, g0, hi, b.gx);
+        load_block(gy, J, 0, J, g0, hi, b.gy);
+        block_h(l, z0, lo, g0, hi, b);
+        act_backward_lanes<T>(b.h, b.gx, b.gh, ly, eps2);
+        cg_backward_lanes<T>(ly, b.z, b.Y, J, params, b.gh, b.gz, b.gy, b.gy);
+        store_block(b.gz, gz[l], ly.zsize, ly.zsize, g0, hi);
+        store_block(b.gy, gy, J, J, g0, hi);
+        store_block(b.gh, gh[l], ly.dout, ly.dout, g0, hi);
       }
     });
   passes.run(S, tile, threads);
@@ -1612,20 +1593,11 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   i64 nro = 0;
   for (const Linear& li : net.mlp) nro += li.nout * (li.nin + 1);
   auto group_work = [&]() {
-    Buf<T> buf = alloc<T>(W * (zmax + J + (2 * nmlp + 6) * dmax) + 64 / (i64)sizeof(T));
-    V* zl = (V*)(((uintptr_t)buf.get() + 63) & ~(uintptr_t)63);
-    V* ghl = zl + zmax;
-    V* Yl = ghl + dmax;
-    V* xl = Yl + J;
-    V* hl = xl + dmax;
-    V* gradl = hl + dmax;
-    V* gnextl = gradl + dmax;
-    V* asl = gnextl + dmax;
-    V* ysl = asl + (nmlp + 1) * dmax;
+    Buf<T> buf = alloc<T>(W * lane_rows + 64 / (i64)sizeof(T));
+    const BlockRows b = carve((V*)(((uintptr_t)buf.get() + 63) & ~(uintptr_t)63));
     std::vector<V> acc(cgoff[L] + nro);
     typename Lanes<R>::IV lane;
     for (int k = 0; k < W; ++k) lane[k] = k;
-    const T* src[W];
     for (;;) {
       const i64 grp = next_group.fetch_add(1);
       if (grp >= G) break;
@@ -1648,33 +1620,26 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       for (i64 g0 = lo; g0 < hi; g0 += W) {
         const auto real = lane < lane * 0 + (typename Lanes<R>::I)std::min<i64>(W, hi - g0);  // lanes of sites
         const V zero = V{};
-        block_rows(Y, J, 0, g0, hi, src);
-        to_lanes_of<T>(src, J, Yl);
+        load_block(Y, J, 0, J, g0, hi, b.Y);
         for (i64 l = 0; l < L; ++l) {
           const Layer& ly = net.layers[l];
-          block_rows(zs[l], ly.zsize, 0, g0, hi, src);
-          to_lanes_of<T>(src, ly.zsize, zl);
-          block_rows(gh[l], ly.dout, 0, g0, hi, src);
-          to_lanes_of<T>(src, ly.dout, ghl);
+          load_block(zs[l], ly.zsize, 0, ly.zsize, g0, hi, b.z);
+          load_block(gh[l], ly.dout, 0, ly.dout, g0, hi, b.gh);
           // coefficient e: out_c[w][k] += coef * Y[j] * z[zb + w], so dE/dcoef = Y[j] sum_w z[zb + w] gout_c[w][k]
           for (size_t x = 0; x < ly.cg.size(); ++x) {
             const CGEntry& e = ly.cg[x];
             const OutIrrep& o = ly.out[e.c];
             V t = V{};
-            for (i64 w = 0; w < o.mul; ++w) t += zl[e.zb + w] * ghl[o.off + w * o.d + e.k];
-            acc[cgoff[l] + x] += Yl[e.j] * lsel(real, t, zero);
+            for (i64 w = 0; w < o.mul; ++w) t += b.z[e.zb + w] * b.gh[o.off + w * o.d + e.k];
+            acc[cgoff[l] + x] += b.Y[e.j] * lsel(real, t, zero);
           }
         }
-        // the read-out's gradient: h of the last layer again (its z is in zl), seed 0 in the lanes past hi
-        const Layer& last = net.layers[L - 1];
-        if (last.residual) {
-          block_rows(xin(L - 1), last.din, 0, g0, hi, src);
-          to_lanes_of<T>(src, last.din, xl);
-        }
-        cg_forward_lanes<T>(last, zl, Yl, params, last.residual ? xl : nullptr, hl);
+        // the read-out's gradient: h of the last layer again, seed 0 in the lanes past hi
+        block_h(L - 1, zs[L - 1], 0, g0, hi, b);
         V seeds;
         for (i64 s = 0; s < W; ++s) set_lane<T>(seeds, (int)s, g0 + s < hi ? seed_of(g0 + s) : T(0));
-        readout_lanes<T>(net, params, hl, last.dout, seeds, eps2, dmax, asl, ysl, gradl, gnextl, acc.data() + cgoff[L]);
+        readout_lanes<T>(net, params, b.h, net.layers[L - 1].dout, seeds, eps2, dmax, b.as, b.ys, b.grad, b.gnext,
+                         acc.data() + cgoff[L]);
       }
       auto total = [&](const V& a) {
         T t = T(0);
