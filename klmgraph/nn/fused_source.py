@@ -13,9 +13,10 @@ every pass reads each site's K neighbours straight from the previous pass's per-
 (in cache), mixes channels with register-blocked multiply-adds over blocks of 1-8 sites (each
 row of mixing weights loaded once for the block, 64-byte vectors; the backward's transposed
 mixing runs the same micro-kernel on transposed weights), applies the Clebsch-Gordan
-product with the centre filter, the residual and the norm activation, and writes one row per
-site. A site's sums run in the same order wherever its block starts, so results do not depend
-on the number of threads. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
+product with the centre filter, the residual and the norm activation to blocks of 16 (float) or
+8 (double) sites at once, one site per vector lane (the block's rows transposed), and writes one
+row per site. A site's sums run in the same order wherever its block starts, so results do not
+depend on the number of threads. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
 bilinear, so its input gradient is the same gather-mix with the transposed weights read through
 the inverse neighbour table, and its weight gradient the outer product of the gathered inputs
 with dE/dz (a last pass over sites, summed per fixed group of tiles in its own buffer).
@@ -57,6 +58,7 @@ SOURCE = r"""
 #include <memory>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 typedef int64_t i64;
@@ -756,179 +758,417 @@ inline void outer(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, const i
   }
 }
 
-// ---------------------------------------------------------------- per-site pieces
+// the norm activation's factor silu(n) / n = sigmoid(n) of one number (the read-out's below its clamp)
 #ifdef KLM_FAKE
 template <typename T> inline T sigmoid(T t) { return T(0.5) + T(0.2) * t; }
 #else
 template <typename T> inline T sigmoid(T t) { return T(1) / (T(1) + kexp(-t)); }
 #endif
 
-// norm activation V -> SiLU(|V|) V / |V| per (mul, d) block, |V| clamped below at eps. The channels
-// go 16 at a time through one simple loop per step (norms, square roots, sigmoids, divisions), so
-// that the square roots and divisions vectorise and the exponentials overlap instead of chaining.
-constexpr i64 KLM_ACT = 16;
+// ---------------------------------------------------------------- per-site passes over blocks of sites
+// One site at a time, the per-site work (Clebsch-Gordan product, norm activation, read-out and their
+// backward) costs a scalar index computation or a half-filled vector per multiply-add and a scalar
+// exponential per channel. Here W sites (one 64-byte vector: 16 floats, 8 doubles) go together: a
+// block's rows are transposed to [row][site] at its start (the rows of e3nn layout, z or dE/dz each one
+// vector), every operation runs once for the W sites in the lanes of one vector, and the results are
+// transposed back to the per-site rows that the mixing passes read. No operation mixes lanes, so a
+// site's result does not depend on its lane (nor on the number of threads); a short block repeats its
+// last site in the lanes it does not store. Dual numbers: a vector of values and one of derivatives
+// (DualLanes), on the lanes of their real type.
+template <typename T> struct Lanes {
+  static constexpr int W = 64 / (int)sizeof(T);
+  typedef T V __attribute__((vector_size(64)));
+  typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type I;
+  typedef I IV __attribute__((vector_size(64)));
+};
 
-template <typename T>
-inline void act_forward(const T* h, T* y, const Layer& ly, T eps2) {
-  for (const OutIrrep& o : ly.out)
-    for (i64 u0 = 0; u0 < o.mul; u0 += KLM_ACT) {
-      const i64 n = std::min<i64>(KLM_ACT, o.mul - u0);
-      const T* v = h + o.off + u0 * o.d;
-      T f[KLM_ACT];
-      for (i64 u = 0; u < n; ++u) {
-        T sq = 0;
-        for (i64 i = 0; i < o.d; ++i) sq += v[u * o.d + i] * v[u * o.d + i];
-        f[u] = sq < eps2 ? eps2 : sq;
-      }
-      for (i64 u = 0; u < n; ++u) f[u] = ksqrt(f[u]);
-      for (i64 u = 0; u < n; ++u) f[u] = sigmoid(f[u]);  // silu(n) / n
-      for (i64 u = 0; u < n; ++u)
-        for (i64 i = 0; i < o.d; ++i) y[o.off + (u0 + u) * o.d + i] = v[u * o.d + i] * f[u];
+template <typename T> inline typename Lanes<T>::V lsplat(T x) {
+  return typename Lanes<T>::V{} + x;
+}
+
+// lane l of the results of one butterfly stage on rows A (row index bit b clear) and B (bit b set)
+constexpr int klm_swap(int W, int b, bool first, int l) {
+  return first ? ((l & b) ? W + (l ^ b) : l) : ((l & b) ? W + l : (l ^ b));
+}
+template <typename T, int b, bool first, int... L>
+inline typename Lanes<T>::V klm_shuffle(typename Lanes<T>::V A, typename Lanes<T>::V B,
+                                        std::integer_sequence<int, L...>) {
+#if defined(__clang__)
+  return __builtin_shufflevector(A, B, klm_swap(Lanes<T>::W, b, first, L)...);
+#else
+  return __builtin_shuffle(A, B, typename Lanes<T>::IV{klm_swap(Lanes<T>::W, b, first, L)...});
+#endif
+}
+// a butterfly stage of the W x W transpose: swaps bit b of the row index with bit b of the lane index
+template <typename T, int b>
+inline void klm_stage(typename Lanes<T>::V* x) {
+  constexpr int W = Lanes<T>::W;
+  for (int r = 0; r < W; ++r)
+    if (!(r & b)) {
+      const typename Lanes<T>::V A = x[r], B = x[r | b];
+      x[r] = klm_shuffle<T, b, true>(A, B, std::make_integer_sequence<int, W>{});
+      x[r | b] = klm_shuffle<T, b, false>(A, B, std::make_integer_sequence<int, W>{});
     }
 }
-
+// x[r][l] <- x[l][r] (log2 W stages of W two-source shuffles)
 template <typename T>
-inline void act_backward(const T* h, const T* g, T* gh, const Layer& ly, T eps2) {
-  for (const OutIrrep& o : ly.out)
-    for (i64 u0 = 0; u0 < o.mul; u0 += KLM_ACT) {
-      const i64 n = std::min<i64>(KLM_ACT, o.mul - u0);
-      const T* v = h + o.off + u0 * o.d;
-      const T* gv = g + o.off + u0 * o.d;
-      T* out = gh + o.off + u0 * o.d;
-      T nrm[KLM_ACT], vg[KLM_ACT], s[KLM_ACT], c[KLM_ACT];
-      bool small[KLM_ACT];
-      for (i64 u = 0; u < n; ++u) {
-        T sq = 0, d = 0;
-        for (i64 i = 0; i < o.d; ++i) { sq += v[u * o.d + i] * v[u * o.d + i]; d += v[u * o.d + i] * gv[u * o.d + i]; }
-        small[u] = sq < eps2;
-        nrm[u] = small[u] ? eps2 : sq;
-        vg[u] = d;
-      }
-      for (i64 u = 0; u < n; ++u) nrm[u] = ksqrt(nrm[u]);
-      for (i64 u = 0; u < n; ++u) s[u] = sigmoid(nrm[u]);  // f = silu(n) / n = sigmoid(n)
-      // below the clamp f is constant: dE/dV = f dE/dy; above, + f'(n) (V . dE/dy) / n V
-      for (i64 u = 0; u < n; ++u) c[u] = small[u] ? T(0) : s[u] * (T(1) - s[u]) * vg[u] / nrm[u];
-      for (i64 u = 0; u < n; ++u)
-        for (i64 i = 0; i < o.d; ++i) out[u * o.d + i] = s[u] * gv[u * o.d + i] + c[u] * v[u * o.d + i];
-    }
+inline void transpose_lanes(typename Lanes<T>::V* x) {
+  klm_stage<T, 1>(x);
+  klm_stage<T, 2>(x);
+  klm_stage<T, 4>(x);
+  if constexpr (Lanes<T>::W == 16) klm_stage<T, 8>(x);
 }
 
-// whether every output irrep of the layer has 8 channels (the published models): the Clebsch-Gordan
-// entries are then one vector operation each
-inline bool eight_channels(const Layer& ly) {
-  for (const OutIrrep& o : ly.out)
-    if (o.mul != 8) return false;
-  return true;
-}
-
-// Per run of entries (8 channels): *dest(first entry) = sum over the run of params[e.p] Y[e.j] *row(e),
-// the sum in a register, in the entries' order
-template <typename T, typename Row, typename Dest>
-inline void cg_runs(const CGRuns& r, const T* __restrict params, const T* __restrict Y, Row row, Dest dest) {
-  typedef typename Vec8<T>::type V;
-  for (size_t run = 0; run + 1 < r.starts.size(); ++run) {
-    V a = V{};
-    for (i64 x = r.starts[run]; x < r.starts[run + 1]; ++x) {
-      const CGEntry& e = r.e[x];
-      V b;
-      __builtin_memcpy(&b, row(e), sizeof(V));
-      a += splat<T>(params[e.p] * Y[e.j]) * b;
-    }
-    __builtin_memcpy(dest(r.e[r.starts[run]]), &a, sizeof(V));
-  }
-}
-
-// out = CG(z, Y) [+ residual] for one site, from the sparse coefficient list: per entry one multiply-add over
-// the output channels w (contiguous in z); T_c scratch holds out_c as [k][w], then e3nn layout.
+// out[r][s] = src[s][r] for the rows r < R of the W sites' rows src[s]. Rows in groups of W, the last
+// group ending at row R (overlapping the one before: rows written twice with the same value).
 template <typename T>
-inline void cg_forward(const Layer& ly, const T* __restrict z, const T* __restrict Y, const T* __restrict params,
-                       const T* __restrict residual, T* __restrict tmp, T* __restrict out) {
-  i64 toff[16], base = 0;
-  for (const OutIrrep& o : ly.out) { for (i64 j = 0; j < o.mul * o.d; ++j) tmp[base + j] = 0; base += o.mul * o.d; }
-  base = 0;
-  for (size_t c = 0; c < ly.out.size(); ++c) { toff[c] = base; base += ly.out[c].mul * ly.out[c].d; }
-  if constexpr (std::is_floating_point<T>::value) {
-    if (eight_channels(ly)) {  // one vector multiply-add per entry, each output row's sum in a register
-      cg_runs<T>(ly.by_out, params, Y, [&](const CGEntry& e) { return z + e.zb; },
-                 [&](const CGEntry& e) { return tmp + toff[e.c] + e.k * 8; });
-      goto layout;
-    }
+inline void to_lanes(const T* const* src, i64 R, typename Lanes<T>::V* __restrict out) {
+  typedef typename Lanes<T>::V V;
+  constexpr int W = Lanes<T>::W;
+  V x[W];
+  if (R < W) {  // element by element (rows of a few entries: dE/dY)
+    for (i64 r = 0; r < R; ++r)
+      for (int s = 0; s < W; ++s) out[r][s] = src[s][r];
+    return;
   }
-  for (const CGEntry& e : ly.cg) {
-    const i64 mul = ly.out[e.c].mul;
-    const T cy = params[e.p] * Y[e.j];
-    T* __restrict t = tmp + toff[e.c] + e.k * mul;
-    const T* __restrict zz = z + e.zb;
-    for (i64 w = 0; w < mul; ++w) t[w] += cy * zz[w];
-  }
-layout:
-  for (size_t c = 0; c < ly.out.size(); ++c) {
-    const OutIrrep& o = ly.out[c];
-    for (i64 w = 0; w < o.mul; ++w)
-      for (i64 k = 0; k < o.d; ++k)
-        out[o.off + w * o.d + k] = tmp[toff[c] + k * o.mul + w] + (residual ? residual[o.off + w * o.d + k] : T(0));
+  for (i64 g = 0; g < R; g += W) {
+    const i64 r0 = g + W <= R ? g : R - W;
+    for (int s = 0; s < W; ++s) __builtin_memcpy(&x[s], src[s] + r0, sizeof(V));
+    transpose_lanes<T>(x);
+    for (int r = 0; r < W; ++r) out[r0 + r] = x[r];
   }
 }
 
-// dE/dout of one site from e3nn layout (gout[off + w * d + k]) to the Clebsch-Gordan sums' layout:
-// per output irrep c, tmp[toff[c] + k * mul + w]
+// dst[s][r] = in[r][s] for the rows r < R and the first n sites
 template <typename T>
-inline void to_cg_layout(const Layer& ly, const T* __restrict gout, T* __restrict tmp, i64* toff) {
-  i64 base = 0;
-  for (size_t c = 0; c < ly.out.size(); ++c) {
-    const OutIrrep& o = ly.out[c];
-    toff[c] = base;
-    for (i64 w = 0; w < o.mul; ++w)
-      for (i64 k = 0; k < o.d; ++k) tmp[base + k * o.mul + w] = gout[o.off + w * o.d + k];
-    base += o.mul * o.d;
+inline void from_lanes(const typename Lanes<T>::V* __restrict in, i64 R, T* const* dst, int n) {
+  typedef typename Lanes<T>::V V;
+  constexpr int W = Lanes<T>::W;
+  V x[W];
+  if (R < W) {
+    for (i64 r = 0; r < R; ++r)
+      for (int s = 0; s < n; ++s) dst[s][r] = in[r][s];
+    return;
+  }
+  for (i64 g = 0; g < R; g += W) {
+    const i64 r0 = g + W <= R ? g : R - W;
+    for (int r = 0; r < W; ++r) x[r] = in[r0 + r];
+    transpose_lanes<T>(x);
+    for (int s = 0; s < n; ++s) __builtin_memcpy(dst[s] + r0, &x[s], sizeof(V));
   }
 }
 
-// per-site backward of out = CG(z, Y): gz and gY = gY_in + dE/dY (gY_in may be null or gY itself: the
-// running dE/dY is updated in place). The dE/dz sums run in scratch (gz) and are stored once.
+// prefetch for writing of n entries from p (a block's output rows, stored at its end: a store that
+// misses the cache waits for its line, and the block's stores fill the store queue)
+template <typename T> inline void prefetch_w(T* p, i64 n) {
+  for (i64 b = 0; b < n * (i64)sizeof(T); b += 64) __builtin_prefetch((char*)p + b, 1, 3);
+}
+
+template <typename T> inline typename Lanes<T>::V vsqrt(typename Lanes<T>::V x) {
+  for (int l = 0; l < Lanes<T>::W; ++l) x[l] = std::sqrt(x[l]);  // one vector square root
+  return x;
+}
+
+// exp of each lane. float: x = n ln2 + r (|r| <= ln2 / 2, ln2 in two parts), exp(r) by the degree-6
+// polynomial of Cephes' expf, times 2^n (as two factors, so that each is a normal number): within about
+// 1 ulp of exp over the normal range (tests/test_fused.py); 0 below it (x < -87.34), inf above. double:
+// std::exp per lane (the accuracy of the float64 path is checked to 1e-10).
+template <typename T> inline typename Lanes<T>::V vexp(typename Lanes<T>::V x) {
+  typedef typename Lanes<T>::V V;
+  typedef typename Lanes<T>::IV IV;
+  if constexpr (sizeof(T) == 8) {
+    for (int l = 0; l < Lanes<T>::W; ++l) x[l] = std::exp(x[l]);
+    return x;
+  } else {
+    const V hi = lsplat<T>(88.7228391f), lo = lsplat<T>(-87.3365447504f);
+    const V x0 = x;
+    x = x > hi ? hi : x;
+    x = x < lo ? lo : x;
+    const V magic = lsplat<T>(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+    const V n = (x * lsplat<T>(1.44269504088896341f) + magic) - magic;
+    V r = x - n * lsplat<T>(0.693359375f);
+    r = r - n * lsplat<T>(-2.12194440e-4f);
+    V p = lsplat<T>(1.9875691500e-4f);
+    p = p * r + lsplat<T>(1.3981999507e-3f);
+    p = p * r + lsplat<T>(8.3334519073e-3f);
+    p = p * r + lsplat<T>(4.1665795894e-2f);
+    p = p * r + lsplat<T>(1.6666665459e-1f);
+    p = p * r + lsplat<T>(5.0000001201e-1f);
+    p = p * (r * r) + r + lsplat<T>(1.0f);
+    const IV ni = __builtin_convertvector(n, IV), n1 = ni >> 1;
+    const IV e1 = (n1 + 127) << 23, e2 = (ni - n1 + 127) << 23;
+    V s1, s2;
+    __builtin_memcpy(&s1, &e1, sizeof(V));
+    __builtin_memcpy(&s2, &e2, sizeof(V));
+    V y = (p * s1) * s2;
+    y = x0 > hi ? lsplat<T>(INFINITY) : y;
+    return x0 < lo ? V{} : y;
+  }
+}
+
+// The lanes of T: a vector for a real T; for Dual<R>, a vector of values and one of derivatives (the
+// arithmetic of Dual, lane by lane). A block's transposed rows of dual numbers are these pairs as they
+// are: row r of reals 2 r (values) and 2 r + 1 (derivatives).
+template <typename R> struct DualLanes {
+  typedef typename Lanes<R>::V V;
+  V a, b;
+  DualLanes& operator+=(const DualLanes& o) { a += o.a; b += o.b; return *this; }
+};
+template <typename R> inline DualLanes<R> operator+(const DualLanes<R>& x, const DualLanes<R>& y) { return {x.a + y.a, x.b + y.b}; }
+template <typename R> inline DualLanes<R> operator-(const DualLanes<R>& x, const DualLanes<R>& y) { return {x.a - y.a, x.b - y.b}; }
+template <typename R> inline DualLanes<R> operator-(const DualLanes<R>& x) { return {-x.a, -x.b}; }
+template <typename R> inline DualLanes<R> operator*(const DualLanes<R>& x, const DualLanes<R>& y) {
+  return {x.a * y.a, x.b * y.a + x.a * y.b};
+}
+template <typename R> inline DualLanes<R> operator/(const DualLanes<R>& x, const DualLanes<R>& y) {
+  const typename Lanes<R>::V q = x.a / y.a;
+  return {q, (x.b - q * y.b) / y.a};
+}
+template <typename R> inline DualLanes<R> operator*(const Dual<R>& x, const DualLanes<R>& y) {
+  return {x.a * y.a, x.b * y.a + x.a * y.b};
+}
+template <typename R> inline DualLanes<R> operator*(const DualLanes<R>& x, const Dual<R>& y) {
+  return {x.a * y.a, x.b * y.a + x.a * y.b};
+}
+template <typename R> inline DualLanes<R> operator+(const Dual<R>& x, const DualLanes<R>& y) { return {x.a + y.a, x.b + y.b}; }
+template <typename R> inline DualLanes<R> operator-(const Dual<R>& x, const DualLanes<R>& y) { return {x.a - y.a, x.b - y.b}; }
+template <typename R> inline DualLanes<R> operator/(const Dual<R>& x, const DualLanes<R>& y) {
+  const typename Lanes<R>::V q = x.a / y.a;
+  return {q, (x.b - q * y.b) / y.a};
+}
+
+template <typename T> struct LaneOf { typedef typename Lanes<T>::V type; typedef T real; };
+template <typename R> struct LaneOf<Dual<R>> { typedef DualLanes<R> type; typedef R real; };
+template <typename T> using LV = typename LaneOf<T>::type;
+
+template <typename T> inline LV<T> lane_splat(const T& x) {
+  if constexpr (Scalar<T>::dual) return {lsplat(x.a), lsplat(x.b)}; else return lsplat<T>(x);
+}
+template <typename T> inline void set_lane(LV<T>& v, int l, const T& x) {
+  if constexpr (Scalar<T>::dual) { v.a[l] = x.a; v.b[l] = x.b; } else { v[l] = x; }
+}
+template <typename T> inline T get_lane(const LV<T>& v, int l) {
+  if constexpr (Scalar<T>::dual) return T(v.a[l], v.b[l]); else return v[l];
+}
+// x < y lane by lane (dual numbers: their values), and the lanes of x where m holds, else of y
+template <typename V> inline auto lless(const V& x, const V& y) { return x < y; }
+template <typename R> inline auto lless(const DualLanes<R>& x, const DualLanes<R>& y) { return x.a < y.a; }
+template <typename M, typename V> inline V lsel(const M& m, const V& x, const V& y) { return m ? x : y; }
+template <typename M, typename R> inline DualLanes<R> lsel(const M& m, const DualLanes<R>& x, const DualLanes<R>& y) {
+  return {m ? x.a : y.a, m ? x.b : y.b};
+}
+inline Lanes<float>::V lsqrt(const Lanes<float>::V& x) { return vsqrt<float>(x); }
+inline Lanes<double>::V lsqrt(const Lanes<double>::V& x) { return vsqrt<double>(x); }
+template <typename R> inline DualLanes<R> lsqrt(const DualLanes<R>& x) {
+  const typename Lanes<R>::V r = vsqrt<R>(x.a);
+  return {r, x.b / (R(2) * r)};
+}
+inline Lanes<float>::V lexp(const Lanes<float>::V& x) { return vexp<float>(x); }
+inline Lanes<double>::V lexp(const Lanes<double>::V& x) { return vexp<double>(x); }
+template <typename R> inline DualLanes<R> lexp(const DualLanes<R>& x) {
+  const typename Lanes<R>::V e = vexp<R>(x.a);
+  return {e, e * x.b};
+}
+#ifdef KLM_FAKE
+template <typename T> inline LV<T> lsigmoid(const LV<T>& t) {
+  return lane_splat<T>(T(0.5)) + T(0.2) * t;
+}
+#else
+template <typename T> inline LV<T> lsigmoid(const LV<T>& t) {
+  return T(1) / (T(1) + lexp(-t));
+}
+#endif
+
+// to_lanes and from_lanes for the rows of T (dual numbers: their reals, twice as many rows)
 template <typename T>
-inline void cg_backward(const Layer& ly, const T* __restrict z, const T* __restrict Y, i64 J,
-                        const T* __restrict params, const T* __restrict gout, T* __restrict gz_out,
-                        const T* gY_in, T* gY, T* __restrict tmp, T* __restrict gz) {
-  i64 toff[16];
-  to_cg_layout<T>(ly, gout, tmp, toff);
-  for (i64 j = 0; j < ly.zsize; ++j) gz[j] = 0;
-  T gy[16] = {0};
-  if constexpr (std::is_floating_point<T>::value) {
-    if (eight_channels(ly)) {  // vector multiply-adds; the dE/dY sums in vector lanes until the end
-      typedef typename Vec8<T>::type V;
-      // dE/dz: runs by z row; dE/dY: runs by filter component (the sums in the entries' order)
-      cg_runs<T>(ly.by_z, params, Y, [&](const CGEntry& e) { return tmp + toff[e.c] + e.k * 8; },
-                 [&](const CGEntry& e) { return gz + e.zb; });
-      const CGRuns& rj = ly.by_j;
-      for (size_t run = 0; run + 1 < rj.starts.size(); ++run) {
-        V gyv = V{};
-        for (i64 x = rj.starts[run]; x < rj.starts[run + 1]; ++x) {
-          const CGEntry& e = rj.e[x];
-          V t, zz;
-          __builtin_memcpy(&t, tmp + toff[e.c] + e.k * 8, sizeof(V));
-          __builtin_memcpy(&zz, z + e.zb, sizeof(V));
-          gyv += splat<T>(params[e.p]) * (zz * t);
+inline void to_lanes_of(const T* const* src, i64 R, LV<T>* __restrict out) {
+  typedef typename LaneOf<T>::real Re;
+  constexpr int W = Lanes<Re>::W, F = sizeof(T) / sizeof(Re);
+  const Re* rows[W];
+  for (int s = 0; s < W; ++s) rows[s] = (const Re*)src[s];
+  to_lanes<Re>(rows, F * R, (typename Lanes<Re>::V*)out);
+}
+template <typename T>
+inline void from_lanes_of(const LV<T>* __restrict in, i64 R, T* const* dst, int n) {
+  typedef typename LaneOf<T>::real Re;
+  constexpr int W = Lanes<Re>::W, F = sizeof(T) / sizeof(Re);
+  Re* rows[W];
+  for (int s = 0; s < W; ++s) rows[s] = (Re*)dst[s];
+  from_lanes<Re>((const typename Lanes<Re>::V*)in, F * R, rows, n);
+}
+
+// f(std::integral_constant<int, M>) for M = min(m, 8): the channels whose sums a run keeps in registers
+template <typename F> inline void klm_chunk(i64 m, F f) {
+  switch (m) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
+// Per run of entries (one destination row group), for the channels w of the output irrep c, in groups
+// of up to 8: out(w) = sum over the run, in the entries' order, of params[e.p] Y[e.j] src(e, w)
+template <typename T, typename Src, typename Dst>
+inline void cg_runs_lanes(const Layer& ly, const CGRuns& runs, const T* __restrict params,
+                          const LV<T>* __restrict Y, Src src, Dst dst) {
+  typedef LV<T> V;
+  for (size_t run = 0; run + 1 < runs.starts.size(); ++run) {
+    const CGEntry* first = runs.e.data() + runs.starts[run];
+    const CGEntry* end = runs.e.data() + runs.starts[run + 1];
+    const i64 mul = ly.out[first->c].mul;
+    for (i64 w0 = 0; w0 < mul; w0 += 8)
+      klm_chunk(mul - w0, [&](auto chunk) {
+        constexpr int M = decltype(chunk)::value;
+        V acc[M];
+        for (int w = 0; w < M; ++w) acc[w] = V{};
+        for (const CGEntry* e = first; e < end; ++e) {
+          const V cy = params[e->p] * Y[e->j];
+          for (int w = 0; w < M; ++w) acc[w] += cy * src(*e, w0 + w);
         }
-        const i64 j = rj.e[rj.starts[run]].j;
-        for (int w = 0; w < 8; ++w) gy[j] += gyv[w];
-      }
-      goto store;
+        for (int w = 0; w < M; ++w) dst(*first, w0 + w, acc[w]);
+      });
+  }
+}
+
+// h = CG(z, Y) [+ residual] for a block (rows: z of zsize, Y of J, h and residual of dout)
+template <typename T>
+inline void cg_forward_lanes(const Layer& ly, const LV<T>* __restrict z,
+                             const LV<T>* __restrict Y, const T* __restrict params,
+                             const LV<T>* __restrict residual, LV<T>* __restrict h) {
+  typedef LV<T> V;
+  for (i64 r = 0; r < ly.dout; ++r) h[r] = residual ? residual[r] : V{};
+  cg_runs_lanes<T>(ly, ly.by_out, params, Y, [&](const CGEntry& e, i64 w) { return z[e.zb + w]; },
+                   [&](const CGEntry& e, i64 w, const V& a) {
+                     const OutIrrep& o = ly.out[e.c];
+                     const i64 r = o.off + w * o.d + e.k;
+                     h[r] = residual ? a + residual[r] : a;
+                   });
+}
+
+// norm activation V -> SiLU(|V|) V / |V| per (mul, d) block of a block of sites, |V| clamped below at
+// eps; y may be h
+template <typename T>
+inline void act_forward_lanes(const LV<T>* h, LV<T>* y, const Layer& ly, T eps2) {
+  typedef LV<T> V;
+  const V e2 = lane_splat<T>(eps2);
+  for (const OutIrrep& o : ly.out)
+    for (i64 u = 0; u < o.mul; ++u) {
+      const i64 at = o.off + u * o.d;
+      V sq = V{};
+      for (i64 i = 0; i < o.d; ++i) sq += h[at + i] * h[at + i];
+      const V f = lsigmoid<T>(lsqrt(lsel(lless(sq, e2), e2, sq)));  // silu(n) / n
+      for (i64 i = 0; i < o.d; ++i) y[at + i] = h[at + i] * f;
+    }
+}
+
+// the activation's backward for a block of sites: gh = dE/dh from h and g = dE/dy. Below the clamp
+// f = silu(n) / n = sigmoid(n) is constant: dE/dV = f dE/dy; above, + f'(n) (V . dE/dy) / n V
+template <typename T>
+inline void act_backward_lanes(const LV<T>* __restrict h, const LV<T>* __restrict g,
+                               LV<T>* __restrict gh, const Layer& ly, T eps2) {
+  typedef LV<T> V;
+  const V e2 = lane_splat<T>(eps2), zero = V{};
+  for (const OutIrrep& o : ly.out)
+    for (i64 u = 0; u < o.mul; ++u) {
+      const i64 at = o.off + u * o.d;
+      V sq = V{}, vg = V{};
+      for (i64 i = 0; i < o.d; ++i) { sq += h[at + i] * h[at + i]; vg += h[at + i] * g[at + i]; }
+      const auto small = lless(sq, e2);
+      const V nrm = lsqrt(lsel(small, e2, sq));
+      const V s = lsigmoid<T>(nrm);
+      const V c = lsel(small, zero, s * (T(1) - s) * vg / nrm);
+      for (i64 i = 0; i < o.d; ++i) gh[at + i] = s * g[at + i] + c * h[at + i];
+    }
+}
+
+// the backward of h = CG(z, Y) for a block: gz (zsize rows, all written) from g = dE/dh, and
+// gY = gY_in + dE/dY (gY_in may be null or gY itself)
+template <typename T>
+inline void cg_backward_lanes(const Layer& ly, const LV<T>* __restrict z,
+                              const LV<T>* __restrict Y, i64 J, const T* __restrict params,
+                              const LV<T>* __restrict g, LV<T>* __restrict gz,
+                              const LV<T>* gY_in, LV<T>* gY) {
+  typedef LV<T> V;
+  for (i64 r = 0; r < ly.zsize; ++r) gz[r] = V{};
+  auto grow = [&](const CGEntry& e, i64 w) -> const V& {
+    const OutIrrep& o = ly.out[e.c];
+    return g[o.off + w * o.d + e.k];
+  };
+  cg_runs_lanes<T>(ly, ly.by_z, params, Y, grow, [&](const CGEntry& e, i64 w, const V& a) { gz[e.zb + w] = a; });
+  for (i64 j = 0; j < J; ++j) gY[j] = gY_in ? gY_in[j] : V{};
+  const CGRuns& rj = ly.by_j;
+  for (size_t run = 0; run + 1 < rj.starts.size(); ++run) {
+    V a = V{};
+    for (i64 x = rj.starts[run]; x < rj.starts[run + 1]; ++x) {
+      const CGEntry& e = rj.e[x];
+      const i64 mul = ly.out[e.c].mul;
+      V t = V{};
+      for (i64 w = 0; w < mul; ++w) t += z[e.zb + w] * grow(e, w);
+      a += params[e.p] * t;
+    }
+    const i64 j = rj.e[rj.starts[run]].j;
+    gY[j] = gY[j] + a;
+  }
+}
+
+// the read-out MLP of a block of sites: a_0 = h, y_m = A_m a_m + b_m, a_{m+1} = act(y_m) (no act after
+// the last); returns the site energies and leaves seed * dE/dh in grad (rows: as of
+// (nmlp + 1) * dmax, ys of nmlp * dmax, grad and gnext of dmax). With gp, adds seed * dE/dA_m and
+// seed * dE/db_m to gp, per lane: for each m, A_m's entries (o, i) then b_m's.
+template <typename T>
+inline LV<T> readout_lanes(const Net& net, const T* params, const LV<T>* h, i64 dh,
+                                          const LV<T>& seed, T eps2, i64 dmax,
+                                          LV<T>* as, LV<T>* ys,
+                                          LV<T>* grad, LV<T>* gnext, LV<T>* gp = nullptr) {
+  typedef LV<T> V;
+  const i64 nmlp = (i64)net.mlp.size();
+  const T f0 = sigmoid(ksqrt(eps2));
+  const V e2 = lane_splat<T>(eps2);
+  for (i64 j = 0; j < dh; ++j) as[j] = h[j];
+  for (i64 m = 0; m < nmlp; ++m) {
+    const Linear& li = net.mlp[m];
+    const V* a = as + m * dmax;
+    V* y = ys + m * dmax;
+    V* an = as + (m + 1) * dmax;
+    for (i64 o = 0; o < li.nout; ++o) {
+      V sum = lane_splat<T>(params[li.b + o]);
+      for (i64 i = 0; i < li.nin; ++i) sum += params[li.w + o * li.nin + i] * a[i];
+      y[o] = sum;
+      const V sq = sum * sum;
+      an[o] = m + 1 < nmlp ? sum * lsigmoid<T>(lsqrt(lsel(lless(sq, e2), e2, sq))) : sum;
     }
   }
-  for (const CGEntry& e : ly.cg) {
-    const i64 mul = ly.out[e.c].mul;
-    const T coef = params[e.p];
-    const T cy = coef * Y[e.j];
-    const T* __restrict t = tmp + toff[e.c] + e.k * mul;
-    const T* __restrict zz = z + e.zb;
-    T* __restrict gg = gz + e.zb;
-    for (i64 w = 0; w < mul; ++w) gg[w] += cy * t[w];
-    gy[e.j] += coef * dot<T>(zz, t, mul);
+  grad[0] = seed;
+  for (i64 m = nmlp; m-- > 0;) {
+    const Linear& li = net.mlp[m];
+    const V* y = ys + m * dmax;
+    if (m + 1 < nmlp)
+      for (i64 o = 0; o < li.nout; ++o) {
+        const V sq = y[o] * y[o];
+        const V r = lsqrt(sq), sg = lsigmoid<T>(r);
+        const V big = sg * grad[o] + sg * (T(1) - sg) * r * grad[o];
+        grad[o] = lsel(lless(sq, e2), grad[o] * f0, big);
+      }
+    if (gp) {
+      i64 at = 0;
+      for (i64 k = 0; k < m; ++k) at += net.mlp[k].nout * (net.mlp[k].nin + 1);
+      const V* a = as + m * dmax;
+      for (i64 o = 0; o < li.nout; ++o) {
+        gp[at + li.nout * li.nin + o] += grad[o];
+        for (i64 i = 0; i < li.nin; ++i) gp[at + o * li.nin + i] += grad[o] * a[i];
+      }
+    }
+    for (i64 i = 0; i < li.nin; ++i) gnext[i] = V{};
+    for (i64 o = 0; o < li.nout; ++o)
+      for (i64 i = 0; i < li.nin; ++i) gnext[i] += params[li.w + o * li.nin + i] * grad[o];
+    for (i64 i = 0; i < li.nin; ++i) grad[i] = gnext[i];
   }
-store:
-  for (i64 j = 0; j < ly.zsize; ++j) gz_out[j] = gz[j];
-  for (i64 j = 0; j < J; ++j) gY[j] = (gY_in ? gY_in[j] : T(0)) + gy[j];
+  return as[nmlp * dmax];
 }
 
 // ---------------------------------------------------------------- scheduling
@@ -1042,57 +1282,6 @@ struct Layout {
   }
 };
 
-// read-out MLP of one site: a_0 = h, y_m = A_m a_m + b_m, a_{m+1} = act(y_m) (no act after the
-// last); returns the site energy and leaves seed * dE/dh in grad. With gp, adds seed * dE/dA_m
-// and seed * dE/db_m to gp (scratch: as, ys of (nmlp + 1) * dmax, gnext of dmax).
-template <typename T>
-inline T readout(const Net& net, const T* params, const T* h, i64 dh, T seed, T eps2, i64 dmax, T* as, T* ys,
-                 T* grad, T* gnext, T* gp) {
-  const i64 nmlp = (i64)net.mlp.size();
-  const T f0 = sigmoid(ksqrt(eps2));
-  for (i64 j = 0; j < dh; ++j) as[j] = h[j];
-  for (i64 m = 0; m < nmlp; ++m) {
-    const Linear& li = net.mlp[m];
-    const T* a = as + m * dmax;
-    T* y = ys + m * dmax;
-    T* an = as + (m + 1) * dmax;
-    for (i64 o = 0; o < li.nout; ++o) {
-      T sum = params[li.b + o];
-      for (i64 i = 0; i < li.nin; ++i) sum += params[li.w + o * li.nin + i] * a[i];
-      y[o] = sum;
-      T sq = sum * sum;
-      an[o] = m + 1 < nmlp ? sum * sigmoid(ksqrt(sq < eps2 ? eps2 : sq)) : sum;
-    }
-  }
-  grad[0] = seed;
-  for (i64 m = nmlp; m-- > 0;) {
-    const Linear& li = net.mlp[m];
-    const T* y = ys + m * dmax;
-    if (m + 1 < nmlp)
-      for (i64 o = 0; o < li.nout; ++o) {
-        T sq = y[o] * y[o];
-        if (sq < eps2) {
-          grad[o] *= f0;
-        } else {
-          T sg = sigmoid(ksqrt(sq));
-          grad[o] = sg * grad[o] + sg * (T(1) - sg) * ksqrt(sq) * grad[o];
-        }
-      }
-    if (gp) {
-      const T* a = as + m * dmax;
-      for (i64 o = 0; o < li.nout; ++o) {
-        gp[li.b + o] += grad[o];
-        for (i64 i = 0; i < li.nin; ++i) gp[li.w + o * li.nin + i] += grad[o] * a[i];
-      }
-    }
-    for (i64 i = 0; i < li.nin; ++i) gnext[i] = T(0);
-    for (i64 o = 0; o < li.nout; ++o)
-      for (i64 i = 0; i < li.nin; ++i) gnext[i] += params[li.w + o * li.nin + i] * grad[o];
-    for (i64 i = 0; i < li.nin; ++i) grad[i] = gnext[i];
-  }
-  return as[nmlp * dmax];
-}
-
 // What a call computes (bits of `mode`): site energies always; KLM_GRAD_X: seed-weighted
 // dE/dx0 and dE/dY; KLM_GRAD_P: seed-weighted dE/dparams, summed over all configurations, or
 // one sum per configuration (B x nparams) with KLM_PER_CONFIG.
@@ -1184,16 +1373,57 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   T* const gy = work + lay.gy;
   const i64 zmax = lay.zmax, dmax = lay.dmax, scratch = lay.scratch;
   const i64 nmlp = (i64)net.mlp.size();
-  // per thread: mixing scratch, z and dE/dz of one site, and dmax-sized rows (see the passes)
-  const i64 per_thread = scratch + 2 * zmax + (8 + 2 * nmlp) * dmax + 64;
+  // per thread: the site-by-site mixing's scratch (shapes without a block kernel)
+  const i64 per_thread = scratch + 64;
   auto xin = [&](i64 l) -> const T* { return l == 0 ? x0 : xs[l]; };
   auto seed_of = [&](i64 g) -> T { return seed ? seed[g] : T(1); };
 
   // sites per tile of the passes; per thread and tile, z of the tile's sites, dE/dx of its sites,
   // and a dummy output row for the padding of short blocks (see over_blocks)
   const i64 tile = 32, zdmax = std::max(zmax, dmax);
-  const i64 per_tile = tile * zmax + tile * dmax + zdmax + 64 / (i64)sizeof(T);  // + room to align
+  // and the rows of one block of W sites, transposed (see Lanes): z and dE/dz (zmax each), Y and dE/dY
+  // (J each), x, h, dE/dx, dE/dh and the read-out's (dmax each)
+  constexpr i64 W = Lanes<R>::W;
+  typedef LV<T> V;
+  const i64 lane_rows = 2 * zmax + 2 * J + (7 + 2 * nmlp) * dmax;  // see carve
+  const i64 per_tile = tile * zmax + tile * dmax + zdmax + W * lane_rows + 128 / (i64)sizeof(T);  // + room to align
   const std::vector<T> zero(zdmax, T(0));  // the row of a missing neighbour (block kernels)
+  // the rows base + (g - first) * stride of the block of W sites from g0 (past hi: the last site again)
+  auto block_rows = [&](auto* base, i64 stride, i64 first, i64 g0, i64 hi, auto** out) {
+    for (i64 s = 0; s < W; ++s) out[s] = base + (std::min(g0 + s, hi - 1) - first) * stride;
+  };
+  // a block's transposed rows (lane_rows in all) from p
+  struct BlockRows { V *z, *gz, *Y, *gy, *x, *h, *gx, *gh, *grad, *gnext, *as, *ys; };
+  auto carve = [&](V* p) {
+    BlockRows b;
+    b.z = p;
+    b.gz = b.z + zmax;
+    b.Y = b.gz + zmax;
+    b.gy = b.Y + J;
+    b.x = b.gy + J;
+    b.h = b.x + dmax;
+    b.gx = b.h + dmax;
+    b.gh = b.gx + dmax;
+    b.grad = b.gh + dmax;  // the read-out's dE/d(activation) of the current level
+    b.gnext = b.grad + dmax;
+    b.as = b.gnext + dmax;  // the read-out's activations a_0 .. a_nmlp, dmax each
+    b.ys = b.as + (nmlp + 1) * dmax;  // and pre-activations y_0 .. y_{nmlp-1}
+    return b;
+  };
+  // those of a tile: after its dummy row, on 64 bytes
+  auto tile_rows = [&](T* dummy) { return carve((V*)(((uintptr_t)(dummy + zdmax) + 63) & ~(uintptr_t)63)); };
+  // the first R entries of the rows base + (g - first) * stride of the block from g0, transposed to out
+  auto load_block = [&](const T* base, i64 stride, i64 first, i64 R, i64 g0, i64 hi, V* out) {
+    const T* src[W];
+    block_rows(base, stride, first, g0, hi, src);
+    to_lanes_of<T>(src, R, out);
+  };
+  // and back, to the rows base + g * stride of the block's sites below hi
+  auto store_block = [&](const V* in, T* base, i64 stride, i64 R, i64 g0, i64 hi) {
+    T* dst[W];
+    block_rows(base, stride, 0, g0, hi, dst);
+    from_lanes_of<T>(in, R, dst, (int)std::min<i64>(W, hi - g0));
+  };
 
   // z_l = mix(gather(x_l)) of the sites [lo, hi) into the rows z0 + (g - lo) * zsize
   auto mix_sites = [&](i64 l, i64 lo, i64 hi, T* z0, T* scr, T* dummy) {
@@ -1217,10 +1447,15 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       }
     }
   };
-  // layer l at site g: h_l = CG(z_l, Y) [+ x_l] (into h)
-  auto cg_site = [&](i64 l, i64 g, const T* z, T* tmp, T* h) {
+
+  // layer l of the block from g0: b.h = CG(z, Y) [+ x] from the z rows z0 + (g - first) * zsize (and
+  // the block's z, Y and x in b.z, b.Y, b.x)
+  auto block_h = [&](i64 l, const T* z0, i64 first, i64 g0, i64 hi, const BlockRows& b) {
     const Layer& ly = net.layers[l];
-    cg_forward<T>(ly, z, Y + g * J, params, ly.residual ? xin(l) + g * ly.din : nullptr, tmp, h);
+    load_block(z0, ly.zsize, first, ly.zsize, g0, hi, b.z);
+    load_block(Y, J, 0, J, g0, hi, b.Y);
+    if (ly.residual) load_block(xin(l), ly.din, 0, ly.din, g0, hi, b.x);
+    cg_forward_lanes<T>(ly, b.z, b.Y, params, ly.residual ? b.x : nullptr, b.h);
   };
 
   Passes passes;
@@ -1229,16 +1464,16 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       Buf<T> buf = alloc<T>(per_thread + per_tile);
       const Layer& ly = net.layers[l];
       T* scr = buf.get();
-      T* tmp = scr + scratch;
-      T* h = tmp + dmax;
       T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
       T* dummy = zt + tile * zmax + tile * dmax;
       T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
       mix_sites(l, lo, hi, z0, scr, dummy);
-      for (i64 g = lo; g < hi; ++g) {
-        const T* z = z0 + (g - lo) * ly.zsize;
-        cg_site(l, g, z, tmp, h);
-        act_forward<T>(h, xs[l + 1] + g * ly.dout, ly, eps2);
+      const BlockRows b = tile_rows(dummy);
+      for (i64 g0 = lo; g0 < hi; g0 += W) {
+        prefetch_w(xs[l + 1] + g0 * ly.dout, std::min<i64>(W, hi - g0) * ly.dout);
+        block_h(l, z0, lo, g0, hi, b);
+        act_forward_lanes<T>(b.h, b.h, ly, eps2);
+        store_block(b.h, xs[l + 1], ly.dout, ly.dout, g0, hi);
       }
     });
   // output convolution + read-out forward and backward + the convolution's per-site backward
@@ -1247,24 +1482,27 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     const i64 l = L - 1;
     const Layer& ly = net.layers[l];
     T* scr = buf.get();
-    T* tmp = scr + scratch;
-    T* grad = tmp + dmax;            // dE/d(activation) of the current level
-    T* gnext = grad + dmax;
-    T* h = gnext + dmax;
-    T* as = h + dmax;                // activations a_0 .. a_nmlp, dmax each
-    T* ys = as + (nmlp + 1) * dmax;  // pre-activations y_0 .. y_{nmlp-1}
-    T* gzs = ys + nmlp * dmax;       // dE/dz of one site
     T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
     T* dummy = zt + tile * zmax + tile * dmax;
     T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
     mix_sites(l, lo, hi, z0, scr, dummy);
-    for (i64 g = lo; g < hi; ++g) {
-      const T* z = z0 + (g - lo) * ly.zsize;
-      cg_site(l, g, z, tmp, h);
-      energy[g] = readout<T>(net, params, h, ly.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, nullptr);
+    const BlockRows b = tile_rows(dummy);
+    for (i64 g0 = lo; g0 < hi; g0 += W) {
+      const int n = (int)std::min<i64>(W, hi - g0);
+      if (want_x || want_p) {
+        prefetch_w(gz[l] + g0 * ly.zsize, n * ly.zsize);
+        prefetch_w(gh[l] + g0 * ly.dout, n * ly.dout);
+      }
+      block_h(l, z0, lo, g0, hi, b);
+      V seeds;
+      for (i64 s = 0; s < W; ++s) set_lane<T>(seeds, (int)s, seed_of(std::min(g0 + s, hi - 1)));
+      const V e = readout_lanes<T>(net, params, b.h, ly.dout, seeds, eps2, dmax, b.as, b.ys, b.grad, b.gnext);
+      for (int s = 0; s < n; ++s) energy[g0 + s] = get_lane<T>(e, s);
       if (!want_x && !want_p) continue;
-      cg_backward<T>(ly, z, Y + g * J, J, params, grad, gz[l] + g * ly.zsize, nullptr, gy + g * J, tmp, gzs);
-      for (i64 j = 0; j < ly.dout; ++j) gh[l][g * ly.dout + j] = grad[j];
+      cg_backward_lanes<T>(ly, b.z, b.Y, J, params, b.grad, b.gz, nullptr, b.gy);
+      store_block(b.gz, gz[l], ly.zsize, ly.zsize, g0, hi);
+      store_block(b.gy, gy, J, J, g0, hi);
+      store_block(b.grad, gh[l], ly.dout, ly.dout, g0, hi);
     }
   });
   // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward (z_l and
@@ -1274,10 +1512,6 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       Buf<T> buf = alloc<T>(per_thread + per_tile);
       const Layer& up = net.layers[l + 1];
       T* scr = buf.get();
-      T* tmp = scr + scratch;
-      T* ghl = tmp + dmax;            // dE/dh_l at one site
-      T* h = ghl + dmax;              // h_l at one site
-      T* gzs = h + dmax;              // dE/dz_l of one site
       T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);  // z_l of the tile's sites
       T* gxt = zt + tile * zmax;      // dE/dx_{l+1} of the tile's sites
       T* dummy = gxt + tile * dmax;
@@ -1304,23 +1538,29 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
                ir.d, ir.d, ir.mul, scr);
         }
       }
-      const Layer* ly = l >= 0 ? &net.layers[l] : nullptr;
-      T* z0 = ly && want_p ? zs[l] + lo * ly->zsize : zt;
-      if (ly && !want_p) mix_sites(l, lo, hi, zt, scr, dummy);
-      for (i64 g = lo; g < hi; ++g) {
-        T* gx = gxt + (g - lo) * up.din;
-        if (up.residual)
-          for (i64 j = 0; j < up.din; ++j) gx[j] += gh[l + 1][g * up.dout + j];
-        if (!ly) {
-          for (i64 j = 0; j < up.din; ++j) gx0[g * up.din + j] = gx[j];
-          for (i64 j = 0; j < J; ++j) gY[g * J + j] = gy[g * J + j];
-          continue;
-        }
-        const T* z = z0 + (g - lo) * ly->zsize;
-        cg_site(l, g, z, tmp, h);
-        act_backward<T>(h, gx, ghl, *ly, eps2);
-        cg_backward<T>(*ly, z, Y + g * J, J, params, ghl, gz[l] + g * ly->zsize, gy + g * J, gy + g * J, tmp, gzs);
-        for (i64 j = 0; j < ly->dout; ++j) gh[l][g * ly->dout + j] = ghl[j];
+      if (up.residual)  // dE/dx_{l+1} += dE/dh_{l+1} (the tile's rows are contiguous)
+        for (i64 j = 0; j < (hi - lo) * up.din; ++j) gxt[j] += gh[l + 1][lo * up.dout + j];
+      if (l < 0) {
+        for (i64 j = 0; j < (hi - lo) * up.din; ++j) gx0[lo * up.din + j] = gxt[j];
+        for (i64 j = 0; j < (hi - lo) * J; ++j) gY[lo * J + j] = gy[lo * J + j];
+        return;
+      }
+      const Layer& ly = net.layers[l];
+      T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
+      if (!want_p) mix_sites(l, lo, hi, zt, scr, dummy);
+      const BlockRows b = tile_rows(dummy);
+      for (i64 g0 = lo; g0 < hi; g0 += W) {
+        const i64 n = std::min<i64>(W, hi - g0);
+        prefetch_w(gz[l] + g0 * ly.zsize, n * ly.zsize);
+        prefetch_w(gh[l] + g0 * ly.dout, n * ly.dout);
+        load_block(gxt, up.din, lo, up.din, g0, hi, b.gx);
+        load_block(gy, J, 0, J, g0, hi, b.gy);
+        block_h(l, z0, lo, g0, hi, b);
+        act_backward_lanes<T>(b.h, b.gx, b.gh, ly, eps2);
+        cg_backward_lanes<T>(ly, b.z, b.Y, J, params, b.gh, b.gz, b.gy, b.gy);
+        store_block(b.gz, gz[l], ly.zsize, ly.zsize, g0, hi);
+        store_block(b.gy, gy, J, J, g0, hi);
+        store_block(b.gh, gh[l], ly.dout, ly.dout, g0, hi);
       }
     });
   passes.run(S, tile, threads);
@@ -1345,14 +1585,19 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   std::vector<T> sums(G * net.nparams, T(0));
   std::vector<R> split(Scalar<T>::dual ? 2 * G * net.nparams : 0, R(0));  // dual: mixing weights' sums
   std::atomic<i64> next_group(0);
+  // the Clebsch-Gordan coefficients' and the read-out's gradients: per thread and group, one lane
+  // sum per parameter over blocks of W sites (from the group's start: the same blocks for any
+  // number of threads), added up once at the group's end
+  std::vector<i64> cgoff(L + 1, 0);
+  for (i64 l = 0; l < L; ++l) cgoff[l + 1] = cgoff[l] + (i64)net.layers[l].cg.size();
+  i64 nro = 0;
+  for (const Linear& li : net.mlp) nro += li.nout * (li.nin + 1);
   auto group_work = [&]() {
-    Buf<T> buf = alloc<T>(per_thread);
-    T* tmp = buf.get();
-    T* grad = tmp + dmax;
-    T* gnext = grad + dmax;
-    T* as = gnext + dmax;
-    T* ys = as + (nmlp + 1) * dmax;
-    T* h = ys + nmlp * dmax;
+    Buf<T> buf = alloc<T>(W * lane_rows + 64 / (i64)sizeof(T));
+    const BlockRows b = carve((V*)(((uintptr_t)buf.get() + 63) & ~(uintptr_t)63));
+    std::vector<V> acc(cgoff[L] + nro);
+    typename Lanes<R>::IV lane;
+    for (int k = 0; k < W; ++k) lane[k] = k;
     for (;;) {
       const i64 grp = next_group.fetch_add(1);
       if (grp >= G) break;
@@ -1369,18 +1614,45 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           for (const InIrrep& ir : ly.in)
             outer<T>(x, ly.din, ir.off, ir.d, ir.mul, table + n * K, base, K, N, gzg + ir.z, ir.d, ir.Q, gp + ir.w,
                      gpa ? gpa + ir.w : nullptr, gpb ? gpb + ir.w : nullptr);
+        }
+      }
+      for (V& a : acc) a = V{};
+      for (i64 g0 = lo; g0 < hi; g0 += W) {
+        const auto real = lane < lane * 0 + (typename Lanes<R>::I)std::min<i64>(W, hi - g0);  // lanes of sites
+        const V zero = V{};
+        load_block(Y, J, 0, J, g0, hi, b.Y);
+        for (i64 l = 0; l < L; ++l) {
+          const Layer& ly = net.layers[l];
+          load_block(zs[l], ly.zsize, 0, ly.zsize, g0, hi, b.z);
+          load_block(gh[l], ly.dout, 0, ly.dout, g0, hi, b.gh);
           // coefficient e: out_c[w][k] += coef * Y[j] * z[zb + w], so dE/dcoef = Y[j] sum_w z[zb + w] gout_c[w][k]
-          i64 toff[16];
-          to_cg_layout<T>(ly, gh[l] + g * ly.dout, tmp, toff);
-          const T* z = zs[l] + g * ly.zsize;
-          for (const CGEntry& e : ly.cg) {
-            const i64 mul = ly.out[e.c].mul;
-            gp[e.p] += Y[g * J + e.j] * dot<T>(z + e.zb, tmp + toff[e.c] + e.k * mul, mul);
+          for (size_t x = 0; x < ly.cg.size(); ++x) {
+            const CGEntry& e = ly.cg[x];
+            const OutIrrep& o = ly.out[e.c];
+            V t = V{};
+            for (i64 w = 0; w < o.mul; ++w) t += b.z[e.zb + w] * b.gh[o.off + w * o.d + e.k];
+            acc[cgoff[l] + x] += b.Y[e.j] * lsel(real, t, zero);
           }
         }
-        const Layer& last = net.layers[L - 1];
-        cg_site(L - 1, g, zs[L - 1] + g * last.zsize, tmp, h);
-        readout<T>(net, params, h, last.dout, seed_of(g), eps2, dmax, as, ys, grad, gnext, gp);
+        // the read-out's gradient: h of the last layer again, seed 0 in the lanes past hi
+        block_h(L - 1, zs[L - 1], 0, g0, hi, b);
+        V seeds;
+        for (i64 s = 0; s < W; ++s) set_lane<T>(seeds, (int)s, g0 + s < hi ? seed_of(g0 + s) : T(0));
+        readout_lanes<T>(net, params, b.h, net.layers[L - 1].dout, seeds, eps2, dmax, b.as, b.ys, b.grad, b.gnext,
+                         acc.data() + cgoff[L]);
+      }
+      auto total = [&](const V& a) {
+        T t = T(0);
+        for (int k = 0; k < W; ++k) t += get_lane<T>(a, k);
+        return t;
+      };
+      for (i64 l = 0; l < L; ++l)
+        for (size_t x = 0; x < net.layers[l].cg.size(); ++x) gp[net.layers[l].cg[x].p] += total(acc[cgoff[l] + x]);
+      i64 at = cgoff[L];
+      for (const Linear& li : net.mlp) {
+        for (i64 j = 0; j < li.nout * li.nin; ++j) gp[li.w + j] += total(acc[at + j]);
+        for (i64 o = 0; o < li.nout; ++o) gp[li.b + o] += total(acc[at + li.nout * li.nin + o]);
+        at += li.nout * (li.nin + 1);
       }
     }
   };
