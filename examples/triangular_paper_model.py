@@ -24,7 +24,8 @@ T = 0). Stages (each resumes where it stopped; ``--stage all`` runs them in orde
   differences per site between the states of one field (every pair; target |error| <= 2e-5);
   beside it the RMSE of the field error's part perpendicular to the spins (the part that drives
   the dynamics). ``--model FILE`` judges another model as ours (e.g. a ``klmgraph train`` run on
-  the loop's data). Writes eval_<model>.json, eval_states.csv and eval.png, and prints
+  the loop's data; its results go to ``--eval-dir``/model-<file stem>/). Writes eval_<model>.json,
+  eval_states.csv and eval.png, and prints
   ``<model>: rmse_field=<x> (transverse <t>) energy_difference_max=<y>`` lines.
 * ``ship``: evaluates our model and writes ``--dest``/triangular-paper.{pt,json} (the committee
   file and its card: data, solver and k-grid, configuration, held-out metrics, date). It refuses
@@ -306,9 +307,11 @@ def predict(model, graph, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return energy.double() / graph.num_nodes, field.double()
 
 
-def evaluate_models(s: Settings, eval_dir: Path, models: dict) -> dict:
+def evaluate_models(s: Settings, eval_dir: Path, models: dict, out_dir: Path | None = None) -> dict:
     """Metrics of every model and of the coarse grid against the fine one; writes
-    eval_<name>.json, eval_states.csv, eval.png."""
+    eval_<name>.json, eval_states.csv, eval.png to ``out_dir`` (default ``eval_dir``)."""
+    out_dir = eval_dir if out_dir is None else out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     info = json.loads((eval_dir / "states.json").read_text())
     graph = lattice_graph(s)
     spins = torch.load(eval_dir / "states.pt", weights_only=True)
@@ -329,10 +332,10 @@ def evaluate_models(s: Settings, eval_dir: Path, models: dict) -> dict:
         metrics["met"] = {"rmse_field": metrics["rmse_field"] <= TARGET["rmse_field"],
                           "energy_difference": metrics["energy_difference_max"] <= TARGET["energy_difference"]}
         results["models"][name] = metrics
-        with atomic_path(eval_dir / f"eval_{name}.json") as tmp:
+        with atomic_path(out_dir / f"eval_{name}.json") as tmp:
             tmp.write_text(json.dumps({**metrics, "reference": results["reference"], "states": info["states"]},
                                       indent=1) + "\n")
-    with atomic_path(eval_dir / "eval_states.csv") as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(out_dir / "eval_states.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["state", "hz", "kind", "n_sk_per_cell", "mz", "energy_ed_fine", "energy_ed_coarse",
                     "rmse_field_coarse_vs_fine"] + [f"{c}_{n}" for n in predictions for c in ("energy", "rmse_field")])
@@ -342,7 +345,7 @@ def evaluate_models(s: Settings, eval_dir: Path, models: dict) -> dict:
             for n in predictions:
                 row += [f"{float(predictions[n][0][i]):.8f}", f"{results['models'][n]['rmse_field_per_state'][i]:.2e}"]
             w.writerow(row)
-    plot(results, eval_dir / "eval.png")
+    plot(results, out_dir / "eval.png")
     return results
 
 
@@ -478,8 +481,10 @@ def main(argv=None):
 
         eval_data(s, eval_dir, make_explorer, None if args.phase_records is None else Path(args.phase_records))
     if args.stage in ("all", "eval", "ship"):
-        results = evaluate_models(s, eval_dir, load_models(out, Path(args.checkpoint), lattice_graph(s),
-                                                            None if args.model is None else Path(args.model)))
+        model = None if args.model is None else Path(args.model)
+        # another model's results go beside the set, not over the loop committee's
+        results = evaluate_models(s, eval_dir, load_models(out, Path(args.checkpoint), lattice_graph(s), model),
+                                  None if model is None else eval_dir / f"model-{model.stem}")
         conv = results["reference"]["coarse_vs_fine"]
         print(f"ED coarse vs fine grid: rmse_field={conv['rmse_field']:.2e} "
               f"energy_difference_max={conv['energy_difference_max']:.2e} on {conv['competing_states']} competing states")

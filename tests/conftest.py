@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+# the compiled ECNN kernel is tested on every machine: without AVX-512 the package takes the eager
+# path by default (klmgraph/nn/fused.py), the tests take the kernel anyway
+os.environ.setdefault("KLMGRAPH_KERNEL", "always")
+
 FIXTURES = Path(__file__).parent / "fixtures"
 # ../shared beside the checkout (never copied into the project)
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -300,6 +300,25 @@ def test_no_compiler_warns_once_and_uses_eager(monkeypatch):
     torch.testing.assert_close(got[1], expected[1], rtol=0, atol=1e-12)
 
 
+def test_without_wide_vectors_the_eager_path_runs_unless_asked(monkeypatch):
+    """A build without 64-byte vectors (no AVX-512) takes the eager path, with a warning that says
+    why; KLMGRAPH_KERNEL=always takes the kernel anyway. This machine's build reports its width."""
+    assert fused._vector_bytes() in (16, 32, 64)
+    graph = GRAPHS["square"]()
+    model = random_model(graph)
+    spins = klmgraph.random_spins(graph, seed=8, dtype=torch.float64)
+    neighbours = model.prepare(graph)
+    monkeypatch.setattr(fused, "_vector_bytes", lambda: 32)
+    assert model.fused_energy_and_field(spins, neighbours) is not None  # KLMGRAPH_KERNEL=always (conftest)
+    monkeypatch.delenv("KLMGRAPH_KERNEL")
+    with pytest.warns(UserWarning, match="no AVX-512.*32-byte here.*KLMGRAPH_KERNEL=always"):
+        assert model.fused_energy_and_field(spins, neighbours) is None
+    with pytest.warns(UserWarning, match="no AVX-512"):
+        assert not model.kernel_applies(spins, neighbours)
+    monkeypatch.setattr(fused, "_vector_bytes", lambda: 64)
+    assert model.fused_energy_and_field(spins, neighbours) is not None
+
+
 # ---------------------------------------------------------------- training through the kernel
 def loss_gradients(model, graph, spins, field_ref, energy_ref):
     """The trainer's path (model.energy + compute_field(training=True)), energy + force loss:

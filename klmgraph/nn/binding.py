@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 
 import torch
@@ -37,8 +38,8 @@ def _numbers_as_float(x):
         return {k: _numbers_as_float(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_numbers_as_float(v) for v in x]
-    if isinstance(x, (int, float)) and not isinstance(x, bool):
-        return float(x)
+    if isinstance(x, numbers.Real) and not isinstance(x, bool):
+        return float(x) + 0.0  # + 0.0: -0.0 becomes 0.0
     return x
 
 

@@ -20,12 +20,19 @@ Both answer None where the kernel does not apply, and the caller takes the eager
 path: devices other than the CPU, dtypes other than float32/float64 (or spins in another
 dtype than the model's), graphs whose classes repeat at a site (irregular graphs:
 scatter-add), inputs or weights wrapped by torch.func transforms (vmap, grad; a committee then
-evaluates its members in one vmapped call), or no C++ compiler.
+evaluates its members in one vmapped call), or no C++ compiler. They also answer None where the
+kernel is built without 64-byte vectors (no AVX-512: AVX2 machines, ARM): its block kernels then
+run in pieces, and on an AMD EPYC built with -march=x86-64-v3 or -mno-avx512f it took 114-126
+us/site against the eager path's 34-36 (triangular 96x96, 1 thread, 2026-12-03,
+docs/benchmarks.md). The environment variable ``KLMGRAPH_KERNEL=always`` takes the kernel
+anyway (the tests do, so that it is tested on every machine).
 """
 from __future__ import annotations
 
 import ctypes
 import math
+import os
+import warnings
 
 import torch
 
@@ -53,6 +60,8 @@ def _library():
             fn.restype = None
         lib.klm_ecnn_workspace.argtypes = [_P, _I, ctypes.c_int]
         lib.klm_ecnn_workspace.restype = _I
+        lib.klm_ecnn_vector_bytes.argtypes = []
+        lib.klm_ecnn_vector_bytes.restype = ctypes.c_int
         lib._klm_typed = True
     return lib
 
@@ -60,6 +69,28 @@ def _library():
 def available() -> bool:
     """Whether the compiled kernel can be built and loaded on this machine."""
     return _library() is not None
+
+
+def _vector_bytes() -> int | None:
+    """The vector width the kernel was built for (None without a kernel)."""
+    lib = _library()
+    return None if lib is None else int(lib.klm_ecnn_vector_bytes())
+
+
+def faster_than_eager() -> bool:
+    """Whether the kernel is built with the 64-byte vectors it is written for (AVX-512), or
+    ``KLMGRAPH_KERNEL=always`` asks for it anyway; warns where it is not (Python shows a warning
+    once per place by default; see the module docstring: without AVX-512 the eager path was
+    3.3-3.7x faster)."""
+    width = _vector_bytes()
+    if width is None:
+        return False
+    if os.environ.get("KLMGRAPH_KERNEL", "") == "always" or width >= 64:
+        return True
+    warnings.warn(f"klmgraph: this CPU has no AVX-512, so the compiled ECNN kernel (written for 64-byte "
+                  f"vectors, {width}-byte here) is slower than the eager PyTorch path, "
+                  "which runs instead; KLMGRAPH_KERNEL=always takes the kernel anyway", stacklevel=3)
+    return False
 
 
 def _linear_matrix(linear, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +194,7 @@ def applies(model, spins: torch.Tensor, neighbours) -> bool:
     """Whether :func:`fused_site_energies` would take the kernel for ``model`` (an ECNN whose
     ``fused`` switch and convolutions are not checked here) on ``spins`` and ``neighbours``:
     the device, dtype, graph and torch.func conditions of the module docstring, and a compiler."""
-    return _applies(model, spins, neighbours) and available()
+    return _applies(model, spins, neighbours) and faster_than_eager()
 
 
 def _inputs(model, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -338,11 +369,9 @@ def fused_site_energies(model, spins: torch.Tensor, neighbours) -> torch.Tensor 
     Shapes:
         spins: (..., N, 3) -> (..., N) (time-reversal symmetrised if the model is)
     """
-    if not _applies(model, spins, neighbours):
+    if not _applies(model, spins, neighbours) or not faster_than_eager():
         return None
     lib = _library()
-    if lib is None:
-        return None
     grad = torch.is_grad_enabled() and (spins.requires_grad or any(p.requires_grad for p in model.parameters()))
     meta, params, eps2 = _pack(model, spins.dtype) if grad else _packed(model, spins.dtype)
     x0, filt = _inputs(model, spins)
@@ -367,11 +396,9 @@ def fused_energy_and_field(model, spins: torch.Tensor, neighbours,
     Shapes:
         spins: (..., N, 3) -> energy (...), field (..., N, 3)
     """
-    if not _applies(model, spins, neighbours):
+    if not _applies(model, spins, neighbours) or not faster_than_eager():
         return None
     lib = _library()
-    if lib is None:
-        return None
     meta, params, eps2 = _packed(model, spins.dtype)
     threads = threads or torch.get_num_threads()
     with one_torch_thread():  # torch's part (about 1% of the call) beside the kernel's threads

@@ -1678,6 +1678,17 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
 }  // namespace
 
 extern "C" {
+// the vector width the build targets: the block kernels are written for 64-byte vectors (AVX-512);
+// narrower builds run them as pieces, slower than the eager path (fused.py reads this)
+int klm_ecnn_vector_bytes() {
+#if defined(__AVX512F__)
+  return 64;
+#elif defined(__AVX__)
+  return 32;
+#else
+  return 16;
+#endif
+}
 i64 klm_ecnn_workspace(const i64* meta, i64 sites, int mode) {
   return Layout(parse(meta), sites, mode & KLM_GRAD_P).total;
 }
