@@ -24,7 +24,8 @@ T = 0). Stages (each resumes where it stopped; ``--stage all`` runs them in orde
   differences per site between the states of one field (every pair; target |error| <= 2e-5);
   beside it the RMSE of the field error's part perpendicular to the spins (the part that drives
   the dynamics). ``--model FILE`` judges another model as ours (e.g. a ``klmgraph train`` run on
-  the loop's data; its results go to ``--eval-dir``/model-<file stem>/). Writes eval_<model>.json,
+  the loop's data; its results go to ``--eval-dir``/model-<folder>-<file stem>/,
+  e.g. model-run-best/ for run/best.pt). Writes eval_<model>.json,
   eval_states.csv and eval.png, and prints
   ``<model>: rmse_field=<x> (transverse <t>) energy_difference_max=<y>`` lines.
 * ``ship``: evaluates our model and writes ``--dest``/triangular-paper.{pt,json} (the committee
@@ -484,7 +485,7 @@ def main(argv=None):
         model = None if args.model is None else Path(args.model)
         # another model's results go beside the set, not over the loop committee's
         results = evaluate_models(s, eval_dir, load_models(out, Path(args.checkpoint), lattice_graph(s), model),
-                                  None if model is None else eval_dir / f"model-{model.stem}")
+                                  None if model is None else eval_dir / f"model-{model.parent.name}-{model.stem}")
         conv = results["reference"]["coarse_vs_fine"]
         print(f"ED coarse vs fine grid: rmse_field={conv['rmse_field']:.2e} "
               f"energy_difference_max={conv['energy_difference_max']:.2e} on {conv['competing_states']} competing states")

@@ -421,7 +421,7 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     alone = example.main(["--stage", "eval", "--model", str(other)] + base)["models"]["ours"]
     assert alone["source"] == str(other) and alone["rmse_field"] != ours["rmse_field"]
     assert (evals / "eval_ours.json").read_text() == before  # the loop committee's results stay
-    assert json.loads((evals / "model-other" / "eval_ours.json").read_text())["source"] == str(other)
+    assert json.loads((evals / f"model-{tmp_path.name}-other" / "eval_ours.json").read_text())["source"] == str(other)
     with pytest.raises(SystemExit, match="--model is for --stage eval only"):
         example.main(["--stage", "ship", "--model", str(other)] + base)
 
