@@ -233,4 +233,3 @@ def transverse_part(vectors: torch.Tensor, spins: torch.Tensor) -> torch.Tensor:
         vectors, spins: (..., N, 3), broadcastable; returns their broadcast shape.
     """
     return vectors - (vectors * spins).sum(-1, keepdim=True) * spins
-
