@@ -217,3 +217,41 @@ def test_select_ranks_by_the_configured_spread(tmp_path, by, key):
     chosen = json.loads((loop.it(0) / "selection.json").read_text())["labels"]
     ranking = {"predicted_rmse_field": rmse, "max_site_error": largest}[key]
     assert chosen == torch.argsort(ranking, descending=True)[:3].tolist()
+
+
+def test_initial_data_sets_join_the_first_training_and_every_later_one(tmp_path, one_thread):
+    """[initial] data: labelled data sets (here two ferromagnets, relative to the configuration
+    file) train the first committee beside the random configurations and stay in the
+    fine-tunings' data; a data set of another Hamiltonian is refused by name."""
+    from klmgraph.learn import load_learn_config
+
+    raw = {k: dict(v) for k, v in TINY.items()}
+    config = learn_config_from_dict(raw)
+    ed = config.system.solver()
+    extra = torch.stack([klmgraph.ferromagnet(ed.graph), -klmgraph.ferromagnet(ed.graph)])
+    klmgraph.generate_dataset(tmp_path / "extra.h5", ed, spins=extra, progress=False)
+    toml = tmp_path / "learn.toml"
+    toml.write_text('[system]\nlattice = "square"\nsize = [4, 4]\nJ = 7.0\nfilling = 0.48\n'
+                    '[initial]\ndata = ["extra.h5"]\n')
+    assert load_learn_config(toml).initial.data == [str(tmp_path / "extra.h5")]
+
+    raw["initial"] = {**raw["initial"], "data": [str(tmp_path / "extra.h5")]}
+    result = run_learning(learn_config_from_dict(raw), tmp_path / "out", progress=False, log=lambda line: None)
+    first = json.loads((tmp_path / "out" / "iter000" / "training" / "config.json").read_text())
+    assert first["data"]["train"].endswith("initial_train.h5")
+    initial = klmgraph.load_dataset(tmp_path / "out" / "data" / "initial_train.h5")
+    assert len(initial) == 6 + 2
+    assert torch.equal(initial.spins[6:], extra.double()) and torch.equal(initial.field[6:], klmgraph.load_dataset(
+        tmp_path / "extra.h5").field)
+    later = klmgraph.load_dataset(tmp_path / "out" / "iter001" / "train.h5")
+    assert torch.equal(later.spins[:8], initial.spins) and len(later) == 8 + 3
+    assert result["iterations"][1]["training_configurations"] == 8 + 3
+
+    other = ExactDiagonalization(ed.graph, J=5.0, filling=0.48)
+    klmgraph.generate_dataset(tmp_path / "other.h5", other, spins=extra, progress=False)
+    raw["initial"]["data"] = [str(tmp_path / "other.h5")]
+    with pytest.raises(ValueError, match=r"other\.h5 holds another lattice or Hamiltonian"):
+        run_learning(learn_config_from_dict(raw), tmp_path / "out2", progress=False, log=lambda line: None)
+    raw["initial"]["data"] = "extra.h5"
+    with pytest.raises(ValueError, match=r"\[initial\] data must be a list of data set paths"):
+        learn_config_from_dict(raw)

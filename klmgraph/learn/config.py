@@ -59,17 +59,23 @@ class SystemConfig:
 
 @dataclass(frozen=True)
 class InitialConfig:
-    """[initial]: the random configurations labelled before the loop.
+    """[initial]: the configurations labelled before the loop.
 
     Attributes:
         train_samples: random configurations to train on (default 40).
         validation_samples: random configurations to validate on (default 20).
         seed: seed of the configurations (the validation set uses seed + 1; default 0).
+        data: labelled data sets to train on beside the random configurations from the first
+            training on (default none): klmgraph data sets of the loop's lattice and
+            Hamiltonian, e.g. ED-LLG snapshots near the states of interest (the paper trained on
+            random configurations and such snapshots). Relative paths are relative to the
+            configuration file.
     """
 
     train_samples: int = 40
     validation_samples: int = 20
     seed: int = 0
+    data: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -201,6 +207,8 @@ class LearnConfig:
             del d["select"]["by"]
         if d["finetune"]["energy_weight"] is None:  # unset: loops stored before the key still resume
             del d["finetune"]["energy_weight"]
+        if not d["initial"]["data"]:  # likewise
+            del d["initial"]["data"]
         d.update(self.train)
         return d
 
@@ -223,6 +231,8 @@ def _check(config: LearnConfig) -> None:
     i = config.initial
     _positive_int("initial", "train_samples", i.train_samples)
     _positive_int("initial", "validation_samples", i.validation_samples)
+    if not isinstance(i.data, list) or not all(isinstance(x, str) and x for x in i.data):
+        raise ValueError(f"[initial] data must be a list of data set paths, got {i.data!r}")
     f = config.finetune
     _positive_int("finetune", "epochs", f.epochs)
     if f.minutes <= 0 or f.lr < 0:
@@ -315,6 +325,14 @@ def learn_config_from_dict(raw: dict, quick: bool = False) -> LearnConfig:
 
 def load_learn_config(path, quick: bool = False) -> LearnConfig:
     """Read learn.toml (see :func:`learn_config_from_dict`)."""
+    from pathlib import Path
+
     from ..train import read_toml
 
-    return learn_config_from_dict(read_toml(path), quick=quick)
+    path = Path(path)
+    raw = read_toml(path)
+    extra = raw.get("initial", {}).get("data")
+    if isinstance(extra, list):  # relative to the configuration file, as klmgraph train's data paths
+        raw["initial"]["data"] = [str(path.parent / x) if isinstance(x, str) and x and not Path(x).is_absolute()
+                                  else x for x in extra]
+    return learn_config_from_dict(raw, quick=quick)

@@ -20,6 +20,8 @@ the output folder::
 
     config.json                  the resolved configuration (a rerun must match it)
     data/train.h5, data/val.h5   random configurations, ED labels
+    data/initial_train.h5        with [initial] data: data/train.h5 and those data sets, the
+                                 first training's data
     iterNNN/model.pt             the committee that explores in iteration NNN
     iterNNN/training/            its training run (fine-tuning from iter(NNN-1)/model.pt)
     iterNNN/train.h5, val.h5     its data: random + explored labels (with provenance) and the
@@ -107,7 +109,17 @@ class _Loop:
         for name, n, seed in (("train", i.train_samples, i.seed), ("val", i.validation_samples, i.seed + 1)):
             generate_dataset(data / f"{name}.h5", self.ed, num_samples=n, seed=seed, batch_size=4,
                              progress=self.progress)
+        if i.data and not self.initial_train.exists():
+            # merge_datasets refuses a data set of another lattice or Hamiltonian than the loop's
+            merge_datasets(self.initial_train, [(data / "train.h5", None)] + [(p, None) for p in i.data])
+            self.log(f"[start] training data: {i.train_samples} random configurations + "
+                     f"{len(load_dataset(self.initial_train)) - i.train_samples} from {', '.join(i.data)}")
         self.stage_done("random_data")
+
+    @property
+    def initial_train(self) -> Path:
+        """The first training's data: the random configurations and the [initial] data sets."""
+        return self.out / "data" / ("initial_train.h5" if self.c.initial.data else "train.h5")
 
     def train(self, k: int) -> None:
         """iterNNN/model.pt: trained from scratch (k = 0) or fine-tuned from iteration k - 1."""
@@ -117,8 +129,7 @@ class _Loop:
         raw = {name: dict(v) for name, v in self.c.train.items()}
         raw["training"]["out"] = str(self.it(k) / "training")
         if k == 0:
-            raw["data"] = {"train": str(self.out / "data" / "train.h5"),
-                           "validation": str(self.out / "data" / "val.h5")}
+            raw["data"] = {"train": str(self.initial_train), "validation": str(self.out / "data" / "val.h5")}
             what = "training the committee on random configurations"
         else:
             raw["data"] = {"train": str(self.it(k) / "train.h5"), "validation": str(self.it(k) / "val.h5")}
@@ -267,8 +278,7 @@ class _Loop:
             # (leave one out), so the comparison with ED stays out of sample
             spread = u.field_error.double().cpu() / committee.calibration
             predicted = cross_fitted_rmse(spread, err)
-            train_set = load_dataset(self.out / "data" / "train.h5" if k == 0 else self.it(k) / "train.h5",
-                                     graph=self.graph)
+            train_set = load_dataset(self.initial_train if k == 0 else self.it(k) / "train.h5", graph=self.graph)
             old = float(cand["calibration"]) if "calibration" in cand else committee.calibration
             committee = calibrate_file(path, train_set, torch.arange(len(train_set)), held,
                                        torch.arange(len(held)), self.threshold_margin)
@@ -278,7 +288,7 @@ class _Loop:
         result = {
             "iteration": k,
             "labels": self.labelled(k, with_train_labels_of_last=False),
-            "training_configurations": self.c.initial.train_samples + k * self.c.select.labels,
+            "training_configurations": len(load_dataset(self.initial_train)) + k * self.c.select.labels,
             "explored_rmse_field": float(err.pow(2).mean().sqrt()),
             "predicted_rmse_field": float(predicted.pow(2).mean().sqrt()),
             "val_rmse_field": val["rmse_field"],
@@ -308,7 +318,7 @@ class _Loop:
             return
         conditions = [c.describe() for c in self.c.explore.conditions]
         data = self.out / "data"
-        train_parts = [(data / "train.h5", None)] + [(self.it(j) / "labels.h5", self.provenance(j, "labels"))
+        train_parts = [(self.initial_train, None)] + [(self.it(j) / "labels.h5", self.provenance(j, "labels"))
                                                      for j in range(k + 1)]
         val_parts = [(data / "val.h5", None)] + [(self.it(j) / "holdout.h5", self.provenance(j, "holdout"))
                                                  for j in range(k + 1)]
