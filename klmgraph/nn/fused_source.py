@@ -758,6 +758,119 @@ inline void outer(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, const i
   }
 }
 
+// The mixing weights' gradient of a block of n sites from g0 (one configuration's or not: each site
+// its own), as a matrix product over the block: for each class k and each group of UC inputs u,
+// gW[(k * U + u) * Q + q] += sum_s sum_i x_s[nb_k][off + u * ustride + i] gz_s[i * Q + q] in
+// UC x NV vector registers (the sum over the block's sites and i, then added to gW once: per site,
+// the gradient rows were read and written once per site and class, more memory operations than
+// multiply-adds). x: rows of F reals per entry (F = 2: dual numbers, value then derivative);
+// ga (and gb, derivatives) the block's dE/dz rows, site s at s * gstride, split into values and
+// derivatives; gWa (gWb) the values' (derivatives') sums. A missing neighbour reads the zero row. A
+// site's terms are added in the order of the sites of the block (blocks start at fixed places:
+// see the caller), so the sums do not depend on the number of threads.
+template <typename R, int D, int Q, int UC, bool DUAL>
+inline void outer_block(const R* __restrict src, i64 rowlen, i64 off, i64 ustride, i64 U,
+                        const i64* __restrict table, i64 g0, i64 n, i64 K, i64 N, const R* __restrict zero,
+                        const R* __restrict ga, const R* __restrict gb, i64 gstride, R* __restrict gWa,
+                        R* __restrict gWb) {
+  typedef RowVec<R, Q> RV;
+  typedef typename RV::type V;
+  constexpr int NV = RV::NV, VL = RV::VL, DUP = RV::DUP, F = DUAL ? 2 : 1;
+  constexpr i64 SB = 32;
+  const R* xr[SB];
+  V keep;  // the lanes of a row's last vector that are not repeated from the one before
+  for (int e = 0; e < VL; ++e) keep[e] = e < DUP ? R(0) : R(1);
+  for (i64 k = 0; k < K; ++k) {
+    for (i64 s = 0; s < n; ++s) {
+      const i64 g = g0 + s, c = g % N, j = table[c * K + k];
+      xr[s] = j == N ? zero : src + ((g - c + j) * rowlen + off) * F;
+    }
+    for (i64 u0 = 0; u0 < U; u0 += UC) {
+      V a[UC][NV], b[UC][NV];
+      for (int uu = 0; uu < UC; ++uu)
+        for (int v = 0; v < NV; ++v) a[uu][v] = b[uu][v] = V{};
+      for (i64 s = 0; s < n; ++s) {
+        const R* xs = xr[s] + u0 * ustride * F;
+        const R* gas = ga + s * gstride;
+        const R* gbs = gb + s * gstride;
+        for (int i = 0; i < D; ++i) {
+          V gav[NV], gbv[NV];
+          for (int v = 0; v < NV; ++v) {
+            gav[v] = RV::load(gas + i * Q, v);
+            if (DUAL) gbv[v] = RV::load(gbs + i * Q, v);
+          }
+          for (int uu = 0; uu < UC; ++uu) {
+            const R xa = xs[(uu * ustride + i) * F];
+            for (int v = 0; v < NV; ++v) a[uu][v] += xa * gav[v];
+            if constexpr (DUAL) {
+              const R xb = xs[(uu * ustride + i) * F + 1];
+              for (int v = 0; v < NV; ++v) b[uu][v] += xb * gav[v] + xa * gbv[v];
+            }
+          }
+        }
+      }
+      auto add = [&](R* row, V x, int v) {  // the last vector ends at the row's end, its repeated lanes zeroed
+        R* p = row + (v + 1 < NV ? VL * v : Q - VL);
+        if (DUP > 0 && v + 1 == NV) x *= keep;
+        V r;
+        __builtin_memcpy(&r, p, sizeof(V));
+        r += x;
+        __builtin_memcpy(p, &r, sizeof(V));
+      };
+      for (int uu = 0; uu < UC; ++uu)
+        for (int v = 0; v < NV; ++v) {
+          const i64 row = (k * U + u0 + uu) * Q;
+          add(gWa + row, a[uu][v], v);
+          if (DUAL) add(gWb + row, b[uu][v], v);
+        }
+    }
+  }
+}
+
+// outer_block for the n <= 32 sites from g0 (dE/dz of site s at gz + s * gzrow, D x Q), the sums
+// into gW (reals) or split into gWa, gWb (dual numbers; their dE/dz split first into `split`, 2 x 32
+// x D x Q reals); false (nothing added) where no block kernel has the shape (D, Q)
+template <typename T>
+inline bool outer_tile(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, const i64* table, i64 g0, i64 n,
+                       i64 K, i64 N, const T* zero, const T* gz, i64 gzrow, i64 D, i64 Q, T* gW,
+                       typename Scalar<T>::real* gWa, typename Scalar<T>::real* gWb,
+                       typename Scalar<T>::real* split) {
+  typedef typename Scalar<T>::real R;
+  constexpr bool dual = Scalar<T>::dual;
+  if (!((D == 1 || D == 3 || D == 5) && (Q == 8 || Q == 16 || Q == 24 || Q == 32))) return false;
+  const R *ga, *gb;
+  i64 gstride;
+  R *wa, *wb;
+  if constexpr (dual) {
+    const i64 DQ = D * Q;
+    R* sa = split;
+    R* sb = split + 32 * DQ;
+    for (i64 s = 0; s < n; ++s)
+      for (i64 j = 0; j < DQ; ++j) { sa[s * DQ + j] = gz[s * gzrow + j].a; sb[s * DQ + j] = gz[s * gzrow + j].b; }
+    ga = sa; gb = sb; gstride = DQ; wa = gWa; wb = gWb;
+  } else {
+    ga = gb = gz; gstride = gzrow; wa = (R*)gW; wb = nullptr;
+  }
+  const R* x = (const R*)src;
+  const R* z = (const R*)zero;
+  // UC inputs per register block: UC x NV accumulators (twice for dual numbers) within the 32 registers
+  constexpr int B = dual ? 8 : 16;
+#define KLM_OUTB(DD, QQ)                                                                                         \
+  if (D == DD && Q == QQ) {                                                                                      \
+    constexpr int NV = RowVec<R, QQ>::NV, UC = B / NV > 8 ? 8 : B / NV;                                          \
+    if (U % UC == 0)                                                                                             \
+      outer_block<R, DD, QQ, UC, dual>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride, wa, wb); \
+    else                                                                                                         \
+      outer_block<R, DD, QQ, 1, dual>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride, wa, wb); \
+    return true;                                                                                                 \
+  }
+  KLM_OUTB(1, 8) KLM_OUTB(1, 16) KLM_OUTB(1, 24) KLM_OUTB(1, 32)
+  KLM_OUTB(3, 8) KLM_OUTB(3, 16) KLM_OUTB(3, 24) KLM_OUTB(3, 32)
+  KLM_OUTB(5, 8) KLM_OUTB(5, 16) KLM_OUTB(5, 24) KLM_OUTB(5, 32)
+#undef KLM_OUTB
+  return false;
+}
+
 // the norm activation's factor silu(n) / n = sigmoid(n) of one number (the read-out's below its clamp)
 #ifdef KLM_FAKE
 template <typename T> inline T sigmoid(T t) { return T(0.5) + T(0.2) * t; }
@@ -1596,6 +1709,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     Buf<T> buf = alloc<T>(W * lane_rows + 64 / (i64)sizeof(T));
     const BlockRows b = carve((V*)(((uintptr_t)buf.get() + 63) & ~(uintptr_t)63));
     std::vector<V> acc(cgoff[L] + nro);
+    std::vector<R> osplit(2 * 32 * zmax);  // a block's dE/dz split into values and derivatives (outer_tile)
     typename Lanes<R>::IV lane;
     for (int k = 0; k < W; ++k) lane[k] = k;
     for (;;) {
@@ -1605,15 +1719,24 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       R* gpa = Scalar<T>::dual ? split.data() + grp * net.nparams : nullptr;
       R* gpb = Scalar<T>::dual ? split.data() + (G + grp) * net.nparams : nullptr;
       const i64 lo = glo[grp], hi = ghi[grp];
-      for (i64 g = lo; g < hi; ++g) {
-        const i64 n = g % N, base = g - n;
+      // the mixing weights: blocks of 32 sites from the group's start (outer_tile), else site by site
+      for (i64 g0 = lo; g0 < hi; g0 += 32) {
+        const i64 nb = std::min<i64>(32, hi - g0);
         for (i64 l = 0; l < L; ++l) {
           const Layer& ly = net.layers[l];
           const T* x = xin(l);
-          const T* gzg = gz[l] + g * ly.zsize;
-          for (const InIrrep& ir : ly.in)
-            outer<T>(x, ly.din, ir.off, ir.d, ir.mul, table + n * K, base, K, N, gzg + ir.z, ir.d, ir.Q, gp + ir.w,
-                     gpa ? gpa + ir.w : nullptr, gpb ? gpb + ir.w : nullptr);
+          for (const InIrrep& ir : ly.in) {
+            if (ir.Q == 0) continue;
+            if (outer_tile<T>(x, ly.din, ir.off, ir.d, ir.mul, table, g0, nb, K, N, zero.data(),
+                              gz[l] + g0 * ly.zsize + ir.z, ly.zsize, ir.d, ir.Q, gp + ir.w, gpa ? gpa + ir.w : nullptr,
+                              gpb ? gpb + ir.w : nullptr, osplit.data()))
+              continue;
+            for (i64 g = g0; g < g0 + nb; ++g) {
+              const i64 n = g % N;
+              outer<T>(x, ly.din, ir.off, ir.d, ir.mul, table + n * K, g - n, K, N, gz[l] + g * ly.zsize + ir.z, ir.d,
+                       ir.Q, gp + ir.w, gpa ? gpa + ir.w : nullptr, gpb ? gpb + ir.w : nullptr);
+            }
+          }
         }
       }
       for (V& a : acc) a = V{};
