@@ -1685,9 +1685,12 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // groups: [lo, hi) ranges of whole tiles, within one configuration with KLM_PER_CONFIG
   std::vector<i64> glo, ghi, gconf;
   const bool per_config = mode & KLM_PER_CONFIG;
-  for (i64 b = 0; b < (per_config ? B : 1); ++b) {
+  const i64 nconf = per_config ? B : 1;
+  for (i64 b = 0; b < nconf; ++b) {
     const i64 first = per_config ? b * N : 0, count = per_config ? N : S;
-    const i64 nt = (count + tile - 1) / tile, ng = std::min<i64>(KLM_GROUPS, nt);
+    // KLM_GROUPS in all (at least one per configuration): every group is a row of sums to clear
+    // and add up (nparams each; a few MB with many configurations)
+    const i64 nt = (count + tile - 1) / tile, ng = std::min<i64>((KLM_GROUPS + nconf - 1) / nconf, nt);
     for (i64 q = 0; q < ng; ++q) {
       glo.push_back(first + std::min(count, nt * q / ng * tile));
       ghi.push_back(first + std::min(count, nt * (q + 1) / ng * tile));
@@ -1786,16 +1789,17 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     group_work();
     for (auto& th : pool) th.join();
   }
-  for (i64 b = 0; b < (per_config ? B : 1); ++b)
+  // each configuration's sum over its groups, in the groups' order (one pass over each group's row)
+  for (i64 j = 0; j < nconf * net.nparams; ++j) gparams[j] = T(0);
+  for (i64 grp = 0; grp < G; ++grp) {
+    T* out = gparams + gconf[grp] * net.nparams;
+    const T* sg = sums.data() + grp * net.nparams;
     for (i64 j = 0; j < net.nparams; ++j) {
-      T total = T(0);
-      for (i64 grp = 0; grp < G; ++grp) {
-        if (gconf[grp] != b) continue;
-        total += sums[grp * net.nparams + j];
-        if constexpr (Scalar<T>::dual) total += T(split[grp * net.nparams + j], split[(G + grp) * net.nparams + j]);
-      }
-      gparams[b * net.nparams + j] = total;
+      T total = out[j] + sg[j];
+      if constexpr (Scalar<T>::dual) total += T(split[grp * net.nparams + j], split[(G + grp) * net.nparams + j]);
+      out[j] = total;
     }
+  }
 }
 
 }  // namespace
