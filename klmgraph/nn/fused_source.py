@@ -441,7 +441,9 @@ constexpr int mixt_sites(int D) { return 24 / D > 4 ? 4 : 24 / D; }
 // accumulators reduced once per site, W loads shared by the S sites (the lanes a row's last
 // vector repeats are zeroed in x):
 // out_s[i * ostride_i] = sum_k sum_q src[nb_k][off + i * Q + q] W[k * Q + q]
-template <typename T, int D, int Q>
+// PAIR (dual numbers as pairs of reals, W's entries repeated twice): the even lanes and the odd lanes
+// are summed apart, to out_s[i * ostride_i] (values) and out_s[i * ostride_i + 1] (derivatives).
+template <typename T, int D, int Q, bool PAIR = false>
 inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* __restrict table, const i64* g,
                        i64 K, i64 N, const T* __restrict zero, const T* __restrict W, T* const* out,
                        i64 ostride_i) {
@@ -476,7 +478,17 @@ inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* 
     }
   }
   for (int s = 0; s < S; ++s)
-    for (int i = 0; i < D; ++i) out[s][i * ostride_i] = lane_total<T, V>(acc[s][i]);
+    for (int i = 0; i < D; ++i) {
+      if constexpr (PAIR) {
+        static_assert(VL == 16 && DUP == 0, "pairs of floats in 64-byte vectors");
+        typename Vec8<T>::type e, o;
+        for (int m = 0; m < 8; ++m) { e[m] = acc[s][i][2 * m]; o[m] = acc[s][i][2 * m + 1]; }
+        out[s][i * ostride_i] = lane_total<T>(e);
+        out[s][i * ostride_i + 1] = lane_total<T>(o);
+      } else {
+        out[s][i * ostride_i] = lane_total<T, V>(acc[s][i]);
+      }
+    }
 }
 
 // Runs kern(g, out) over the sites [lo, hi) in blocks of S: g the S site indices, out their output
@@ -664,6 +676,42 @@ inline bool mix_tile_dual(const Dual<R>* src, i64 rowlen, i64 off, i64 istride, 
     KLM_MIXD(5, 8) KLM_MIXD(5, 16) KLM_MIXD(5, 24) KLM_MIXD(5, 32)
 #undef KLM_MIXD
     return false;
+  }
+}
+
+// mixt_tile's single-output transposed mixing (UO = 1: the first layer) for dual features and real
+// weights: each input's (value, derivative) pair times W's entry repeated twice (WD, as for
+// mix_tile_dual), the values' and the derivatives' lanes summed apart (mixt_block with PAIR).
+// Dual<float> only; false (nothing written) where no block kernel has the shape.
+template <typename R>
+inline bool mixt_tile_dual(const Dual<R>* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi,
+                           i64 K, i64 N, const Dual<R>* zero, const R* WD, Dual<R>* out0, i64 orow,
+                           Dual<R>* dummy, i64 ostride_i, i64 D, i64 UO) {
+  if constexpr (!std::is_same<R, float>::value) {
+    return false;
+  } else {
+    if (UO != 1 || Q % 8 != 0 || Q > 32 || Q == 0) return false;
+    const R* x = (const R*)src;
+    const R* z = (const R*)zero;
+    R* dm = (R*)dummy;
+    for (i64 i = 0; i < D;) {
+      const i64 n = std::min<i64>(D - i, 5);
+      const i64 o = 2 * (off + i * Q);
+      R* op = (R*)(out0 + i * ostride_i);
+#define KLM_MIXTD(NN, QQ)                                                                                        \
+  if (n == NN && Q == QQ)                                                                                        \
+    over_blocks<R, mixt_sites(NN)>(lo, hi, op, 2 * orow, dm, [&](const i64* g, R* const* out) {                  \
+      mixt_block<R, NN, 2 * QQ, true>(x, 2 * rowlen, o, table, g, K, N, z, WD, out, 2 * ostride_i);              \
+    });
+      KLM_MIXTD(1, 8) KLM_MIXTD(1, 16) KLM_MIXTD(1, 24) KLM_MIXTD(1, 32)
+      KLM_MIXTD(2, 8) KLM_MIXTD(2, 16) KLM_MIXTD(2, 24) KLM_MIXTD(2, 32)
+      KLM_MIXTD(3, 8) KLM_MIXTD(3, 16) KLM_MIXTD(3, 24) KLM_MIXTD(3, 32)
+      KLM_MIXTD(4, 8) KLM_MIXTD(4, 16) KLM_MIXTD(4, 24) KLM_MIXTD(4, 32)
+      KLM_MIXTD(5, 8) KLM_MIXTD(5, 16) KLM_MIXTD(5, 24) KLM_MIXTD(5, 32)
+#undef KLM_MIXTD
+      i += n;
+    }
+    return true;
   }
 }
 
@@ -1643,6 +1691,9 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
         if constexpr (Scalar<T>::dual) {  // the transposed weights WT
           if (!wtan && mix_tile_dual<R>(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse, lo, hi, K, N, zero.data(),
                                         pd.data() + 2 * ir.wt, gxt + ir.off, up.din, dummy, 1, ir.d, ir.d, ir.mul))
+            continue;
+          if (!wtan && mixt_tile_dual<R>(gzu, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, zero.data(),
+                                         pd.data() + 2 * ir.wt, gxt + ir.off, up.din, dummy, 1, ir.d, ir.mul))
             continue;
         }
         for (i64 g = lo; g < hi; ++g) {
