@@ -533,6 +533,32 @@ inline bool mix_tile(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride
   }
 }
 
+// The single-output transposed mixing (UO = 1: the first layer's single channel) over the sites
+// [lo, hi), Q = 8, 16, 24 or 32 inputs per row, up to 5 rows at a time (mixt_block). PAIR (dual
+// numbers as pairs of reals, see mixt_block): rowlen, off, orow and ostride_i in reals, Q in pairs.
+template <typename T, bool PAIR = false>
+inline void mixt1_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi, i64 K, i64 N,
+                       const T* zero, const T* W, T* out0, i64 orow, T* dummy, i64 ostride_i, i64 D) {
+  constexpr i64 F = PAIR ? 2 : 1;
+  for (i64 i = 0; i < D;) {
+    const i64 n = std::min<i64>(D - i, 5);
+    const i64 o = off + i * Q * F;
+    T* op = out0 + i * ostride_i;
+#define KLM_MIXT(NN, QQ)                                                                                         \
+  if (n == NN && Q == QQ)                                                                                        \
+    over_blocks<T, mixt_sites(NN)>(lo, hi, op, orow, dummy, [&](const i64* g, T* const* out) {                  \
+      mixt_block<T, NN, F * QQ, PAIR>(src, rowlen, o, table, g, K, N, zero, W, out, ostride_i);                  \
+    });
+    KLM_MIXT(1, 8) KLM_MIXT(1, 16) KLM_MIXT(1, 24) KLM_MIXT(1, 32)
+    KLM_MIXT(2, 8) KLM_MIXT(2, 16) KLM_MIXT(2, 24) KLM_MIXT(2, 32)
+    KLM_MIXT(3, 8) KLM_MIXT(3, 16) KLM_MIXT(3, 24) KLM_MIXT(3, 32)
+    KLM_MIXT(4, 8) KLM_MIXT(4, 16) KLM_MIXT(4, 24) KLM_MIXT(4, 32)
+    KLM_MIXT(5, 8) KLM_MIXT(5, 16) KLM_MIXT(5, 24) KLM_MIXT(5, 32)
+#undef KLM_MIXT
+    i += n;
+  }
+}
+
 // The transposed mixing over the sites [lo, hi):
 // out[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * UO + u) * Q + q].
 // UO = 8 outputs (hidden layers): the forward's micro-kernel (mix_block) on the transposed
@@ -563,23 +589,7 @@ inline bool mixt_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table
       return false;
     }
     if (Q % 8 != 0 || Q > 32 || Q == 0 || UO != 1) return false;
-    for (i64 i = 0; i < D;) {
-      const i64 n = std::min<i64>(D - i, 5);
-      const i64 o = off + i * Q;
-      T* op = out0 + i * ostride_i;
-#define KLM_MIXT(NN, QQ)                                                                                         \
-  if (n == NN && Q == QQ)                                                                                        \
-    over_blocks<T, mixt_sites(NN)>(lo, hi, op, orow, dummy, [&](const i64* g, T* const* out) {                  \
-      mixt_block<T, NN, QQ>(src, rowlen, o, table, g, K, N, zero, W, out, ostride_i);                            \
-    });
-      KLM_MIXT(1, 8) KLM_MIXT(1, 16) KLM_MIXT(1, 24) KLM_MIXT(1, 32)
-      KLM_MIXT(2, 8) KLM_MIXT(2, 16) KLM_MIXT(2, 24) KLM_MIXT(2, 32)
-      KLM_MIXT(3, 8) KLM_MIXT(3, 16) KLM_MIXT(3, 24) KLM_MIXT(3, 32)
-      KLM_MIXT(4, 8) KLM_MIXT(4, 16) KLM_MIXT(4, 24) KLM_MIXT(4, 32)
-      KLM_MIXT(5, 8) KLM_MIXT(5, 16) KLM_MIXT(5, 24) KLM_MIXT(5, 32)
-#undef KLM_MIXT
-      i += n;
-    }
+    mixt1_tile<T>(src, rowlen, off, Q, table, lo, hi, K, N, zero, W, out0, orow, dummy, ostride_i, D);
     return true;
   }
 }
@@ -691,26 +701,8 @@ inline bool mixt_tile_dual(const Dual<R>* src, i64 rowlen, i64 off, i64 Q, const
     return false;
   } else {
     if (UO != 1 || Q % 8 != 0 || Q > 32 || Q == 0) return false;
-    const R* x = (const R*)src;
-    const R* z = (const R*)zero;
-    R* dm = (R*)dummy;
-    for (i64 i = 0; i < D;) {
-      const i64 n = std::min<i64>(D - i, 5);
-      const i64 o = 2 * (off + i * Q);
-      R* op = (R*)(out0 + i * ostride_i);
-#define KLM_MIXTD(NN, QQ)                                                                                        \
-  if (n == NN && Q == QQ)                                                                                        \
-    over_blocks<R, mixt_sites(NN)>(lo, hi, op, 2 * orow, dm, [&](const i64* g, R* const* out) {                  \
-      mixt_block<R, NN, 2 * QQ, true>(x, 2 * rowlen, o, table, g, K, N, z, WD, out, 2 * ostride_i);              \
-    });
-      KLM_MIXTD(1, 8) KLM_MIXTD(1, 16) KLM_MIXTD(1, 24) KLM_MIXTD(1, 32)
-      KLM_MIXTD(2, 8) KLM_MIXTD(2, 16) KLM_MIXTD(2, 24) KLM_MIXTD(2, 32)
-      KLM_MIXTD(3, 8) KLM_MIXTD(3, 16) KLM_MIXTD(3, 24) KLM_MIXTD(3, 32)
-      KLM_MIXTD(4, 8) KLM_MIXTD(4, 16) KLM_MIXTD(4, 24) KLM_MIXTD(4, 32)
-      KLM_MIXTD(5, 8) KLM_MIXTD(5, 16) KLM_MIXTD(5, 24) KLM_MIXTD(5, 32)
-#undef KLM_MIXTD
-      i += n;
-    }
+    mixt1_tile<R, true>((const R*)src, 2 * rowlen, 2 * off, Q, table, lo, hi, K, N, (const R*)zero, WD, (R*)out0,
+                        2 * orow, (R*)dummy, 2 * ostride_i, D);
     return true;
   }
 }
