@@ -19,7 +19,8 @@ row per site. A site's sums run in the same order wherever its block starts, so 
 depend on the number of threads. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
 bilinear, so its input gradient is the same gather-mix with the transposed weights read through
 the inverse neighbour table, and its weight gradient the outer product of the gathered inputs
-with dE/dz (a last pass over sites, summed per fixed group of tiles in its own buffer).
+with dE/dz (a last pass over sites, summed per fixed group of tiles in its own buffer, as a
+matrix product over blocks of 32 sites).
 
 Passes (L convolutions, the last one the output convolution followed by the scalar read-out):
   F_0 .. F_{L-2}: z_l = mix(gather(x_l)), h_l = CG(z_l, Y) [+ x_l], x_{l+1} = act(h_l)
