@@ -19,7 +19,8 @@ row per site. A site's sums run in the same order wherever its block starts, so 
 depend on the number of threads. The backward (dE/dx0 and dE/dY for B = -dE/dS) is hand-written: the convolution is
 bilinear, so its input gradient is the same gather-mix with the transposed weights read through
 the inverse neighbour table, and its weight gradient the outer product of the gathered inputs
-with dE/dz (a last pass over sites, summed per fixed group of tiles in its own buffer).
+with dE/dz (a last pass over sites, summed per fixed group of tiles in its own buffer, as a
+matrix product over blocks of 32 sites).
 
 Passes (L convolutions, the last one the output convolution followed by the scalar read-out):
   F_0 .. F_{L-2}: z_l = mix(gather(x_l)), h_l = CG(z_l, Y) [+ x_l], x_{l+1} = act(h_l)
@@ -441,7 +442,9 @@ constexpr int mixt_sites(int D) { return 24 / D > 4 ? 4 : 24 / D; }
 // accumulators reduced once per site, W loads shared by the S sites (the lanes a row's last
 // vector repeats are zeroed in x):
 // out_s[i * ostride_i] = sum_k sum_q src[nb_k][off + i * Q + q] W[k * Q + q]
-template <typename T, int D, int Q>
+// PAIR (dual numbers as pairs of reals, W's entries repeated twice): the even lanes and the odd lanes
+// are summed apart, to out_s[i * ostride_i] (values) and out_s[i * ostride_i + 1] (derivatives).
+template <typename T, int D, int Q, bool PAIR = false>
 inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* __restrict table, const i64* g,
                        i64 K, i64 N, const T* __restrict zero, const T* __restrict W, T* const* out,
                        i64 ostride_i) {
@@ -476,7 +479,17 @@ inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* 
     }
   }
   for (int s = 0; s < S; ++s)
-    for (int i = 0; i < D; ++i) out[s][i * ostride_i] = lane_total<T, V>(acc[s][i]);
+    for (int i = 0; i < D; ++i) {
+      if constexpr (PAIR) {
+        static_assert(VL == 16 && DUP == 0, "pairs of floats in 64-byte vectors");
+        typename Vec8<T>::type e, o;
+        for (int m = 0; m < 8; ++m) { e[m] = acc[s][i][2 * m]; o[m] = acc[s][i][2 * m + 1]; }
+        out[s][i * ostride_i] = lane_total<T>(e);
+        out[s][i * ostride_i + 1] = lane_total<T>(o);
+      } else {
+        out[s][i * ostride_i] = lane_total<T, V>(acc[s][i]);
+      }
+    }
 }
 
 // Runs kern(g, out) over the sites [lo, hi) in blocks of S: g the S site indices, out their output
@@ -521,6 +534,32 @@ inline bool mix_tile(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride
   }
 }
 
+// The single-output transposed mixing (UO = 1: the first layer's single channel) over the sites
+// [lo, hi), Q = 8, 16, 24 or 32 inputs per row, up to 5 rows at a time (mixt_block). PAIR (dual
+// numbers as pairs of reals, see mixt_block): rowlen, off, orow and ostride_i in reals, Q in pairs.
+template <typename T, bool PAIR = false>
+inline void mixt1_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi, i64 K, i64 N,
+                       const T* zero, const T* W, T* out0, i64 orow, T* dummy, i64 ostride_i, i64 D) {
+  constexpr i64 F = PAIR ? 2 : 1;
+  for (i64 i = 0; i < D;) {
+    const i64 n = std::min<i64>(D - i, 5);
+    const i64 o = off + i * Q * F;
+    T* op = out0 + i * ostride_i;
+#define KLM_MIXT(NN, QQ)                                                                                         \
+  if (n == NN && Q == QQ)                                                                                        \
+    over_blocks<T, mixt_sites(NN)>(lo, hi, op, orow, dummy, [&](const i64* g, T* const* out) {                  \
+      mixt_block<T, NN, F * QQ, PAIR>(src, rowlen, o, table, g, K, N, zero, W, out, ostride_i);                  \
+    });
+    KLM_MIXT(1, 8) KLM_MIXT(1, 16) KLM_MIXT(1, 24) KLM_MIXT(1, 32)
+    KLM_MIXT(2, 8) KLM_MIXT(2, 16) KLM_MIXT(2, 24) KLM_MIXT(2, 32)
+    KLM_MIXT(3, 8) KLM_MIXT(3, 16) KLM_MIXT(3, 24) KLM_MIXT(3, 32)
+    KLM_MIXT(4, 8) KLM_MIXT(4, 16) KLM_MIXT(4, 24) KLM_MIXT(4, 32)
+    KLM_MIXT(5, 8) KLM_MIXT(5, 16) KLM_MIXT(5, 24) KLM_MIXT(5, 32)
+#undef KLM_MIXT
+    i += n;
+  }
+}
+
 // The transposed mixing over the sites [lo, hi):
 // out[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * UO + u) * Q + q].
 // UO = 8 outputs (hidden layers): the forward's micro-kernel (mix_block) on the transposed
@@ -551,23 +590,7 @@ inline bool mixt_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table
       return false;
     }
     if (Q % 8 != 0 || Q > 32 || Q == 0 || UO != 1) return false;
-    for (i64 i = 0; i < D;) {
-      const i64 n = std::min<i64>(D - i, 5);
-      const i64 o = off + i * Q;
-      T* op = out0 + i * ostride_i;
-#define KLM_MIXT(NN, QQ)                                                                                         \
-  if (n == NN && Q == QQ)                                                                                        \
-    over_blocks<T, mixt_sites(NN)>(lo, hi, op, orow, dummy, [&](const i64* g, T* const* out) {                  \
-      mixt_block<T, NN, QQ>(src, rowlen, o, table, g, K, N, zero, W, out, ostride_i);                            \
-    });
-      KLM_MIXT(1, 8) KLM_MIXT(1, 16) KLM_MIXT(1, 24) KLM_MIXT(1, 32)
-      KLM_MIXT(2, 8) KLM_MIXT(2, 16) KLM_MIXT(2, 24) KLM_MIXT(2, 32)
-      KLM_MIXT(3, 8) KLM_MIXT(3, 16) KLM_MIXT(3, 24) KLM_MIXT(3, 32)
-      KLM_MIXT(4, 8) KLM_MIXT(4, 16) KLM_MIXT(4, 24) KLM_MIXT(4, 32)
-      KLM_MIXT(5, 8) KLM_MIXT(5, 16) KLM_MIXT(5, 24) KLM_MIXT(5, 32)
-#undef KLM_MIXT
-      i += n;
-    }
+    mixt1_tile<T>(src, rowlen, off, Q, table, lo, hi, K, N, zero, W, out0, orow, dummy, ostride_i, D);
     return true;
   }
 }
@@ -667,6 +690,24 @@ inline bool mix_tile_dual(const Dual<R>* src, i64 rowlen, i64 off, i64 istride, 
   }
 }
 
+// mixt_tile's single-output transposed mixing (UO = 1: the first layer) for dual features and real
+// weights: each input's (value, derivative) pair times W's entry repeated twice (WD, as for
+// mix_tile_dual), the values' and the derivatives' lanes summed apart (mixt_block with PAIR).
+// Dual<float> only; false (nothing written) where no block kernel has the shape.
+template <typename R>
+inline bool mixt_tile_dual(const Dual<R>* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi,
+                           i64 K, i64 N, const Dual<R>* zero, const R* WD, Dual<R>* out0, i64 orow,
+                           Dual<R>* dummy, i64 ostride_i, i64 D, i64 UO) {
+  if constexpr (!std::is_same<R, float>::value) {
+    return false;
+  } else {
+    if (UO != 1 || Q % 8 != 0 || Q > 32 || Q == 0) return false;
+    mixt1_tile<R, true>((const R*)src, 2 * rowlen, 2 * off, Q, table, lo, hi, K, N, (const R*)zero, WD, (R*)out0,
+                        2 * orow, (R*)dummy, 2 * ostride_i, D);
+    return true;
+  }
+}
+
 // gW[(k * U + u) * Q + q] += sum_i x[nb_k][u * ustride + i] gz[i * Q + q]: the mixing weights'
 // gradient at one site, the sum over i in vector registers (gW is read and written once per
 // (k, u)). Dual numbers: gz split into values ga and derivatives gb first, and the sums go to the
@@ -756,6 +797,119 @@ inline void outer(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, const i
       }
     }
   }
+}
+
+// The mixing weights' gradient of a block of n sites from g0 (one configuration's or not: each site
+// its own), as a matrix product over the block: for each class k and each group of UC inputs u,
+// gW[(k * U + u) * Q + q] += sum_s sum_i x_s[nb_k][off + u * ustride + i] gz_s[i * Q + q] in
+// UC x NV vector registers (the sum over the block's sites and i, then added to gW once: per site,
+// the gradient rows were read and written once per site and class, more memory operations than
+// multiply-adds). x: rows of F reals per entry (F = 2: dual numbers, value then derivative);
+// ga (and gb, derivatives) the block's dE/dz rows, site s at s * gstride, split into values and
+// derivatives; gWa (gWb) the values' (derivatives') sums. A missing neighbour reads the zero row. A
+// site's terms are added in the order of the sites of the block (blocks start at fixed places:
+// see the caller), so the sums do not depend on the number of threads.
+template <typename R, int D, int Q, int UC, bool DUAL>
+inline void outer_block(const R* __restrict src, i64 rowlen, i64 off, i64 ustride, i64 U,
+                        const i64* __restrict table, i64 g0, i64 n, i64 K, i64 N, const R* __restrict zero,
+                        const R* __restrict ga, const R* __restrict gb, i64 gstride, R* __restrict gWa,
+                        R* __restrict gWb) {
+  typedef RowVec<R, Q> RV;
+  typedef typename RV::type V;
+  constexpr int NV = RV::NV, VL = RV::VL, DUP = RV::DUP, F = DUAL ? 2 : 1;
+  constexpr i64 SB = 32;
+  const R* xr[SB];
+  V keep;  // the lanes of a row's last vector that are not repeated from the one before
+  for (int e = 0; e < VL; ++e) keep[e] = e < DUP ? R(0) : R(1);
+  for (i64 k = 0; k < K; ++k) {
+    for (i64 s = 0; s < n; ++s) {
+      const i64 g = g0 + s, c = g % N, j = table[c * K + k];
+      xr[s] = j == N ? zero : src + ((g - c + j) * rowlen + off) * F;
+    }
+    for (i64 u0 = 0; u0 < U; u0 += UC) {
+      V a[UC][NV], b[UC][NV];
+      for (int uu = 0; uu < UC; ++uu)
+        for (int v = 0; v < NV; ++v) a[uu][v] = b[uu][v] = V{};
+      for (i64 s = 0; s < n; ++s) {
+        const R* xs = xr[s] + u0 * ustride * F;
+        const R* gas = ga + s * gstride;
+        const R* gbs = gb + s * gstride;
+        for (int i = 0; i < D; ++i) {
+          V gav[NV], gbv[NV];
+          for (int v = 0; v < NV; ++v) {
+            gav[v] = RV::load(gas + i * Q, v);
+            if (DUAL) gbv[v] = RV::load(gbs + i * Q, v);
+          }
+          for (int uu = 0; uu < UC; ++uu) {
+            const R xa = xs[(uu * ustride + i) * F];
+            for (int v = 0; v < NV; ++v) a[uu][v] += xa * gav[v];
+            if constexpr (DUAL) {
+              const R xb = xs[(uu * ustride + i) * F + 1];
+              for (int v = 0; v < NV; ++v) b[uu][v] += xb * gav[v] + xa * gbv[v];
+            }
+          }
+        }
+      }
+      auto add = [&](R* row, V x, int v) {  // the last vector ends at the row's end, its repeated lanes zeroed
+        R* p = row + (v + 1 < NV ? VL * v : Q - VL);
+        if (DUP > 0 && v + 1 == NV) x *= keep;
+        V r;
+        __builtin_memcpy(&r, p, sizeof(V));
+        r += x;
+        __builtin_memcpy(p, &r, sizeof(V));
+      };
+      for (int uu = 0; uu < UC; ++uu)
+        for (int v = 0; v < NV; ++v) {
+          const i64 row = (k * U + u0 + uu) * Q;
+          add(gWa + row, a[uu][v], v);
+          if (DUAL) add(gWb + row, b[uu][v], v);
+        }
+    }
+  }
+}
+
+// outer_block for the n <= 32 sites from g0 (dE/dz of site s at gz + s * gzrow, D x Q), the sums
+// into gW (reals) or split into gWa, gWb (dual numbers; their dE/dz split first into `split`, 2 x 32
+// x D x Q reals); false (nothing added) where no block kernel has the shape (D, Q)
+template <typename T>
+inline bool outer_tile(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, const i64* table, i64 g0, i64 n,
+                       i64 K, i64 N, const T* zero, const T* gz, i64 gzrow, i64 D, i64 Q, T* gW,
+                       typename Scalar<T>::real* gWa, typename Scalar<T>::real* gWb,
+                       typename Scalar<T>::real* split) {
+  typedef typename Scalar<T>::real R;
+  constexpr bool dual = Scalar<T>::dual;
+  if (!((D == 1 || D == 3 || D == 5) && (Q == 8 || Q == 16 || Q == 24 || Q == 32))) return false;
+  const R *ga, *gb;
+  i64 gstride;
+  R *wa, *wb;
+  if constexpr (dual) {
+    const i64 DQ = D * Q;
+    R* sa = split;
+    R* sb = split + 32 * DQ;
+    for (i64 s = 0; s < n; ++s)
+      for (i64 j = 0; j < DQ; ++j) { sa[s * DQ + j] = gz[s * gzrow + j].a; sb[s * DQ + j] = gz[s * gzrow + j].b; }
+    ga = sa; gb = sb; gstride = DQ; wa = gWa; wb = gWb;
+  } else {
+    ga = gb = gz; gstride = gzrow; wa = (R*)gW; wb = nullptr;
+  }
+  const R* x = (const R*)src;
+  const R* z = (const R*)zero;
+  // UC inputs per register block: UC x NV accumulators (twice for dual numbers) within the 32 registers
+  constexpr int B = dual ? 8 : 16;
+#define KLM_OUTB(DD, QQ)                                                                                         \
+  if (D == DD && Q == QQ) {                                                                                      \
+    constexpr int NV = RowVec<R, QQ>::NV, UC = B / NV > 8 ? 8 : B / NV;                                          \
+    if (U % UC == 0)                                                                                             \
+      outer_block<R, DD, QQ, UC, dual>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride, wa, wb); \
+    else                                                                                                         \
+      outer_block<R, DD, QQ, 1, dual>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride, wa, wb); \
+    return true;                                                                                                 \
+  }
+  KLM_OUTB(1, 8) KLM_OUTB(1, 16) KLM_OUTB(1, 24) KLM_OUTB(1, 32)
+  KLM_OUTB(3, 8) KLM_OUTB(3, 16) KLM_OUTB(3, 24) KLM_OUTB(3, 32)
+  KLM_OUTB(5, 8) KLM_OUTB(5, 16) KLM_OUTB(5, 24) KLM_OUTB(5, 32)
+#undef KLM_OUTB
+  return false;
 }
 
 // the norm activation's factor silu(n) / n = sigmoid(n) of one number (the read-out's below its clamp)
@@ -1531,6 +1685,9 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           if (!wtan && mix_tile_dual<R>(gzu, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse, lo, hi, K, N, zero.data(),
                                         pd.data() + 2 * ir.wt, gxt + ir.off, up.din, dummy, 1, ir.d, ir.d, ir.mul))
             continue;
+          if (!wtan && mixt_tile_dual<R>(gzu, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, zero.data(),
+                                         pd.data() + 2 * ir.wt, gxt + ir.off, up.din, dummy, 1, ir.d, ir.mul))
+            continue;
         }
         for (i64 g = lo; g < hi; ++g) {
           const i64 n = g % N;
@@ -1572,9 +1729,12 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // groups: [lo, hi) ranges of whole tiles, within one configuration with KLM_PER_CONFIG
   std::vector<i64> glo, ghi, gconf;
   const bool per_config = mode & KLM_PER_CONFIG;
-  for (i64 b = 0; b < (per_config ? B : 1); ++b) {
+  const i64 nconf = per_config ? B : 1;
+  for (i64 b = 0; b < nconf; ++b) {
     const i64 first = per_config ? b * N : 0, count = per_config ? N : S;
-    const i64 nt = (count + tile - 1) / tile, ng = std::min<i64>(KLM_GROUPS, nt);
+    // KLM_GROUPS in all (at least one per configuration): every group is a row of sums to clear
+    // and add up (nparams each; a few MB with many configurations)
+    const i64 nt = (count + tile - 1) / tile, ng = std::min<i64>((KLM_GROUPS + nconf - 1) / nconf, nt);
     for (i64 q = 0; q < ng; ++q) {
       glo.push_back(first + std::min(count, nt * q / ng * tile));
       ghi.push_back(first + std::min(count, nt * (q + 1) / ng * tile));
@@ -1596,6 +1756,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     Buf<T> buf = alloc<T>(W * lane_rows + 64 / (i64)sizeof(T));
     const BlockRows b = carve((V*)(((uintptr_t)buf.get() + 63) & ~(uintptr_t)63));
     std::vector<V> acc(cgoff[L] + nro);
+    std::vector<R> osplit(2 * 32 * zmax);  // a block's dE/dz split into values and derivatives (outer_tile)
     typename Lanes<R>::IV lane;
     for (int k = 0; k < W; ++k) lane[k] = k;
     for (;;) {
@@ -1605,15 +1766,24 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       R* gpa = Scalar<T>::dual ? split.data() + grp * net.nparams : nullptr;
       R* gpb = Scalar<T>::dual ? split.data() + (G + grp) * net.nparams : nullptr;
       const i64 lo = glo[grp], hi = ghi[grp];
-      for (i64 g = lo; g < hi; ++g) {
-        const i64 n = g % N, base = g - n;
+      // the mixing weights: blocks of 32 sites from the group's start (outer_tile), else site by site
+      for (i64 g0 = lo; g0 < hi; g0 += 32) {
+        const i64 nb = std::min<i64>(32, hi - g0);
         for (i64 l = 0; l < L; ++l) {
           const Layer& ly = net.layers[l];
           const T* x = xin(l);
-          const T* gzg = gz[l] + g * ly.zsize;
-          for (const InIrrep& ir : ly.in)
-            outer<T>(x, ly.din, ir.off, ir.d, ir.mul, table + n * K, base, K, N, gzg + ir.z, ir.d, ir.Q, gp + ir.w,
-                     gpa ? gpa + ir.w : nullptr, gpb ? gpb + ir.w : nullptr);
+          for (const InIrrep& ir : ly.in) {
+            if (ir.Q == 0) continue;
+            if (outer_tile<T>(x, ly.din, ir.off, ir.d, ir.mul, table, g0, nb, K, N, zero.data(),
+                              gz[l] + g0 * ly.zsize + ir.z, ly.zsize, ir.d, ir.Q, gp + ir.w, gpa ? gpa + ir.w : nullptr,
+                              gpb ? gpb + ir.w : nullptr, osplit.data()))
+              continue;
+            for (i64 g = g0; g < g0 + nb; ++g) {
+              const i64 n = g % N;
+              outer<T>(x, ly.din, ir.off, ir.d, ir.mul, table + n * K, g - n, K, N, gz[l] + g * ly.zsize + ir.z, ir.d,
+                       ir.Q, gp + ir.w, gpa ? gpa + ir.w : nullptr, gpb ? gpb + ir.w : nullptr);
+            }
+          }
         }
       }
       for (V& a : acc) a = V{};
@@ -1663,16 +1833,17 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     group_work();
     for (auto& th : pool) th.join();
   }
-  for (i64 b = 0; b < (per_config ? B : 1); ++b)
+  // each configuration's sum over its groups, in the groups' order (one pass over each group's row)
+  for (i64 j = 0; j < nconf * net.nparams; ++j) gparams[j] = T(0);
+  for (i64 grp = 0; grp < G; ++grp) {
+    T* out = gparams + gconf[grp] * net.nparams;
+    const T* sg = sums.data() + grp * net.nparams;
     for (i64 j = 0; j < net.nparams; ++j) {
-      T total = T(0);
-      for (i64 grp = 0; grp < G; ++grp) {
-        if (gconf[grp] != b) continue;
-        total += sums[grp * net.nparams + j];
-        if constexpr (Scalar<T>::dual) total += T(split[grp * net.nparams + j], split[(G + grp) * net.nparams + j]);
-      }
-      gparams[b * net.nparams + j] = total;
+      T total = out[j] + sg[j];
+      if constexpr (Scalar<T>::dual) total += T(split[grp * net.nparams + j], split[(G + grp) * net.nparams + j]);
+      out[j] = total;
     }
+  }
 }
 
 }  // namespace
