@@ -3,6 +3,14 @@
 DESIGN.md section 1's triangular model (t1 = 1, t3 = -0.85, J = -1, mu = -3.5, grand canonical,
 T = 0). Stages (each resumes where it stopped; ``--stage all`` runs them in order):
 
+* ``snapshots``: near-equilibrium training data (the paper trained on random configurations
+  and ED-LLG snapshots): LLG with k-grid ED forces on 12 x 12 (a) at T = 0.0015 and 0.003 from
+  the k-grid-ED-relaxed branches of ``--phase-records`` at the fields at least 0.001 from every
+  evaluation field (the relaxed states themselves included), and (b) damped (T = 0) from random
+  starts at Hz = 0, 0.001, 0.0035, 0.0065, 0.0105; tiled onto the loop's lattice and labelled
+  there by ED on its k-grid, solved on 12 x 12 (``klmgraph.FoldedED``: the same numbers at
+  1/16 of the cost). Writes ``--snapshots``; the ``learn`` stage trains on it beside the random
+  configurations where it exists ([initial] data).
 * ``learn``: the active-learning loop of examples/learn_triangular.toml (a committee of 4 on
   24 x 24, labels by ED with a 4 x 4 k-grid), i.e. ``klmgraph learn --config
   examples/learn_triangular.toml --out OUT`` through the Python API (``--quick``: its 12 x 12
@@ -33,6 +41,7 @@ T = 0). Stages (each resumes where it stopped; ``--stage all`` runs them in orde
   while ``--out`` holds no trained model, and while the loop has not finished unless
   ``--partial`` (the card then says so).
 
+    python examples/triangular_paper_model.py --stage snapshots --phase-records R  # ~1.5 CPU hours of ED
     python examples/triangular_paper_model.py --stage learn --out learn-tri      # hours (resumable)
     python examples/triangular_paper_model.py --stage eval-data                  # ~30 CPU minutes of ED
     python examples/triangular_paper_model.py --stage eval --out learn-tri       # seconds
@@ -83,6 +92,28 @@ class Settings:
 TINY = Settings(size=12, fields=(0.002, 0.008), seeds=(100,), steps=20, lattice_grids=(1, 2), cell_grids=(2, 4))
 
 
+@dataclass(frozen=True)
+class SnapshotSettings:
+    """The ED-LLG snapshots of the ``snapshots`` stage (Heun, alpha = 1, dt = 5)."""
+
+    size: int = 12  # the sampling lattice: 3 magnetic cells, 1/16 of 24 x 24's ED cost per k-point
+    min_distance: float = 0.001  # from every evaluation field
+    temperatures: tuple = (0.003, 0.0015)  # (a): around the relaxed states
+    thermal_steps: int = 60
+    thermal_every: int = 20
+    thermal_grid: int = 4  # k-grid of the forces on 12 x 12 (= 48 x 48)
+    random_fields: tuple = (0.0, 0.001, 0.0035, 0.0065, 0.0105)  # (b): damped, from random starts
+    random_runs: int = 4
+    random_steps: int = 800
+    random_every: int = 100
+    random_grid: int = 2  # a cheap sampler: only the labels need the converged grid
+
+
+TINY_SNAPSHOTS = SnapshotSettings(temperatures=(0.003,), thermal_steps=2, thermal_every=1, thermal_grid=1,
+                                  random_fields=(0.0035,), random_runs=1, random_steps=2, random_every=2,
+                                  random_grid=1)
+
+
 def lattice_graph(s: Settings):
     return klmgraph.triangular(s.size, s.size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
 
@@ -117,6 +148,18 @@ def load_models(out: Path | None, checkpoint: Path, graph, model: Path | None = 
 
 # ------------------------------------------------------------------------------ the evaluation set
 
+def relaxed_records(phase_records: Path, keep) -> list[dict]:
+    """The k-grid-ED-relaxed branches of a phase-diagram run at the fields where ``keep(hz)``."""
+    found = []
+    for path in sorted(Path(phase_records).glob("*/*.json")):
+        record = json.loads(path.read_text())
+        if keep(record["hz"]):
+            found.append({"name": record["branch"], "hz": record["hz"],
+                          "source": f"{path.parent.name}/{path.name} (k-grid ED relaxed)",
+                          "cell_spins": record["spins"]})
+    return found
+
+
 def cell_states(s: Settings, phase_records: Path | None) -> list[dict]:
     """Periodic states of the 48-site cell at the evaluation fields: data/states, then the
     distinct branches of a phase-diagram run (states equal to 1e-3 counted once)."""
@@ -127,12 +170,7 @@ def cell_states(s: Settings, phase_records: Path | None) -> list[dict]:
             found.append({"name": f"{name}_cell", "hz": record["hz"], "source": f"data/states/{path.name}",
                           "cell_spins": record["spins"]})
     if phase_records is not None:
-        for path in sorted(Path(phase_records).glob("*/*.json")):
-            record = json.loads(path.read_text())
-            if any(math.isclose(record["hz"], hz) for hz in s.fields):
-                found.append({"name": record["branch"], "hz": record["hz"],
-                              "source": f"{path.parent.name}/{path.name} (k-grid ED relaxed)",
-                              "cell_spins": record["spins"]})
+        found += relaxed_records(phase_records, lambda h: any(math.isclose(h, hz) for hz in s.fields))
     distinct = []
     for state in found:
         spins = torch.tensor(state["cell_spins"], dtype=torch.float64)
@@ -140,6 +178,72 @@ def cell_states(s: Settings, phase_records: Path | None) -> list[dict]:
                    for o in distinct):
             distinct.append({**state, "t": spins})
     return [{k: v for k, v in d.items() if k != "t"} for d in distinct]
+
+
+# ------------------------------------------------------------------------------ training snapshots
+
+def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path, path: Path) -> Path:
+    """The ``snapshots`` stage: ED-LLG snapshots near the equilibria, labelled for the loop.
+
+    Each run's snapshots are stored in ``path``'s folder as parts/<name>.npy as soon as the run
+    ends, and the labels resume by themselves (klmgraph.generate_dataset), so a killed stage
+    continues where it stopped. ``system`` is the learn configuration's [system]: the data set
+    is of its lattice and Hamiltonian ([initial] data of the loop)."""
+    import numpy as np
+
+    ed = system.solver()
+    sampler = klmgraph.triangular(t.size, t.size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
+    labeller = klmgraph.FoldedED(ed, sampler)  # refuses a loop lattice that 12 x 12 does not tile
+    far = [h for h in sorted({r["hz"] for r in relaxed_records(phase_records, lambda h: True)})
+           if all(abs(h - hz) >= t.min_distance - 1e-12 for hz in s.fields)]
+    if not far:
+        raise SystemExit(f"--phase-records {phase_records} holds no relaxed state at least {t.min_distance} from "
+                         f"the evaluation fields {list(s.fields)}")
+    index = to_lattice(cell_graph(), sampler)
+    parts_dir = path.parent / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+
+    def part(name: str, make) -> torch.Tensor:
+        file = parts_dir / f"{name}.npy"
+        if not file.exists():
+            spins = make().double()
+            with atomic_path(file) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, spins.numpy())
+        return torch.from_numpy(np.load(file))
+
+    def equilibria(hz: float) -> torch.Tensor:
+        states = []
+        for record in relaxed_records(phase_records, lambda h: math.isclose(h, hz)):
+            spins = torch.tensor(record["cell_spins"], dtype=torch.float64)
+            if not any(float((spins - o).norm(dim=-1).max()) < 1e-3 for o in states):
+                states.append(spins)
+        return torch.stack(states)[:, index]
+
+    def thermal(hz: float, T: float, k: int) -> torch.Tensor:
+        llg = klmgraph.LLG(solver(sampler, t.thermal_grid), dt=5.0, alpha=1.0, temperature=T,
+                           field=(0.0, 0.0, hz), integrator="heun")
+        run = llg.run(equilibria(hz), t.thermal_steps, record_every=t.thermal_every, record_spins=True,
+                      seed=1000 * k + round(hz * 1e5))
+        return run.snapshots[1:].reshape(-1, sampler.num_nodes, 3)
+
+    def relaxation(hz: float, k: int) -> torch.Tensor:
+        llg = klmgraph.LLG(solver(sampler, t.random_grid), dt=5.0, alpha=1.0, field=(0.0, 0.0, hz), integrator="heun")
+        start = klmgraph.random_spins(sampler, batch=t.random_runs, seed=500 + k)
+        run = llg.run(start, t.random_steps, record_every=t.random_every, record_spins=True)
+        return run.snapshots[1:].reshape(-1, sampler.num_nodes, 3)
+
+    jobs = [(f"equilibria_{hz:.4f}", lambda hz=hz: equilibria(hz)) for hz in far]
+    jobs += [(f"thermal_{hz:.4f}_T{T:g}", lambda hz=hz, T=T, k=k: thermal(hz, T, k))
+             for k, T in enumerate(t.temperatures) for hz in far]
+    jobs += [(f"random_{hz:.4f}", lambda hz=hz, k=k: relaxation(hz, k)) for k, hz in enumerate(t.random_fields)]
+    print(f"snapshots: ED-LLG on {sampler.describe()} at Hz = {far} (relaxed states +- T = {list(t.temperatures)}) "
+          f"and from random starts at Hz = {list(t.random_fields)}; labels by {labeller.solver}")
+    from tqdm.auto import tqdm
+
+    spins = torch.cat([part(name, make) for name, make in tqdm(jobs, desc="ED-LLG", unit="run")])
+    spins = spins / spins.norm(dim=-1, keepdim=True)
+    return klmgraph.generate_dataset(path, labeller, spins=spins[:, labeller.tile], batch_size=2)
 
 
 def make_states(s: Settings, explorer, graph, phase_records: Path | None) -> tuple[list[dict], torch.Tensor]:
@@ -441,7 +545,7 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", choices=("all", "learn", "eval-data", "eval", "ship"), default="all")
+    p.add_argument("--stage", choices=("all", "snapshots", "learn", "eval-data", "eval", "ship"), default="all")
     p.add_argument("--out", default="klmgraph-output/learn-tri", help="the klmgraph learn folder (read by eval/ship)")
     p.add_argument("--eval-dir", default="klmgraph-output/triangular_paper_eval", help="the evaluation set and results")
     p.add_argument("--config", default=str(LEARN_CONFIG), help="learn configuration (stage learn)")
@@ -452,6 +556,8 @@ def main(argv=None):
                                            "states at the evaluation fields join the set")
     p.add_argument("--dest", default=str(REPO / "data" / "models"), help="where ship writes the model and card")
     p.add_argument("--partial", action="store_true", help="ship the newest committee of an unfinished loop")
+    p.add_argument("--snapshots", default="klmgraph-output/triangular_snapshots/snapshots.h5",
+                   help="the snapshots stage's data set (written by it, trained on by learn where it exists)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", help="stage eval: judge this model file (klmgraph train's best.pt, a committee) as "
                                    "ours instead of the newest committee in --out; ship refuses it")
@@ -465,10 +571,30 @@ def main(argv=None):
         raise SystemExit(f"--model: no file at {args.model}")
     if args.phase_records is not None and not Path(args.phase_records).is_dir():
         raise SystemExit(f"--phase-records: no folder at {args.phase_records}")
+    snapshots = Path(args.snapshots)
+    if args.stage in ("all", "snapshots"):
+        from klmgraph.learn import load_learn_config
+
+        if args.phase_records is not None:
+            system = load_learn_config(args.config, quick=args.quick).system
+            snapshot_data(s, TINY_SNAPSHOTS if args.tiny else SnapshotSettings(), system, Path(args.phase_records),
+                          snapshots)
+        elif args.stage == "snapshots":
+            raise SystemExit("--stage snapshots needs --phase-records (the relaxed states of "
+                             "examples/triangular_phase_diagram.py)")
+        else:
+            print("snapshots: skipped (no --phase-records); the loop trains on random configurations alone")
     if args.stage in ("all", "learn"):
+        import dataclasses
+
         from klmgraph.learn import load_learn_config, run_learning
 
-        result = run_learning(load_learn_config(args.config, quick=args.quick), out)
+        config = load_learn_config(args.config, quick=args.quick)
+        if snapshots.is_file():
+            print(f"learn: training on {snapshots} beside the random configurations ([initial] data)")
+            config = dataclasses.replace(config, initial=dataclasses.replace(
+                config.initial, data=list(config.initial.data) + [str(snapshots.resolve())]))
+        result = run_learning(config, out)
         print(f"learning loop: {result['stopped']}; newest committee {result['model']}")
     if args.stage in ("all", "eval-data"):
         def make_explorer():

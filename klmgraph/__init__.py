@@ -5,7 +5,7 @@ from .lattice import (BravaisLattice, Hopping, cubic, cubic_lattice, graph_from_
                       square, square_lattice, triangular, triangular_lattice)
 from .graph import from_networkx
 from .checks import check_spins
-from .electrons import KPM, ExactDiagonalization, richardson
+from .electrons import KPM, ExactDiagonalization, FoldedED, richardson
 from .data import SpinDataset, generate_dataset, load_dataset, read_spins
 from .spins import (double_skyrmion_crystal, ferromagnet, multi_q, random_spins, skyrmion_crystal, spiral,
                     tile_spins, transverse_part, triple_q_vectors)
@@ -32,7 +32,7 @@ __all__ = [
     "square", "triangular", "honeycomb", "kagome", "cubic",
     "square_lattice", "triangular_lattice", "honeycomb_lattice", "kagome_lattice", "cubic_lattice",
     "graph_from_description", "site_permutation", "from_networkx",
-    "ExactDiagonalization", "KPM", "richardson", "check_spins",
+    "ExactDiagonalization", "FoldedED", "KPM", "richardson", "check_spins",
     "generate_dataset", "load_dataset", "SpinDataset", "read_spins",
     "random_spins", "ferromagnet", "spiral", "multi_q", "triple_q_vectors", "skyrmion_crystal", "double_skyrmion_crystal",
     "tile_spins", "transverse_part",

@@ -204,6 +204,13 @@ def tile_spins(graph: HoppingGraph, spins: torch.Tensor, reps: Sequence[int]) ->
     Raises:
         ValueError: for a graph that is not a periodic Bravais lattice, or bad ``reps``.
     """
+    tiled, index = tiling(graph, reps)
+    return tiled, spins[..., index.to(spins.device), :]
+
+
+def tiling(graph: HoppingGraph, reps: Sequence[int]) -> tuple[HoppingGraph, torch.Tensor]:
+    """The lattice of ``graph`` repeated ``reps`` times, and (N * prod(reps),) the site of
+    ``graph`` that each of its sites is a copy of (see :func:`tile_spins`)."""
     from .lattice import lattice_from_description
 
     description = graph.description
@@ -220,7 +227,7 @@ def tile_spins(graph: HoppingGraph, spins: torch.Tensor, reps: Sequence[int]) ->
     strides = torch.tensor([math.prod(size[k + 1:]) for k in range(len(size))])
     nb = lattice.num_basis
     index = ((small @ strides)[:, None] * nb + torch.arange(nb)).reshape(-1)
-    return lattice.graph(big_size), spins[..., index.to(spins.device), :]
+    return lattice.graph(big_size), index
 
 
 def transverse_part(vectors: torch.Tensor, spins: torch.Tensor) -> torch.Tensor:

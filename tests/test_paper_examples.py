@@ -481,3 +481,41 @@ def test_square_paper_model_polish_and_ship(tmp_path, capsys, one_thread):
     expected = example.evaluate(klmgraph.load_model(out / chosen / "best.pt"), test, batch_size=4)["rmse_field"]
     assert card["metrics"]["test"]["rmse_field"] == pytest.approx(expected, abs=1e-6)
     assert f"square_paper_test_rmse={expected:.4f}" in capsys.readouterr().out
+
+
+def test_triangular_paper_model_snapshots_tiny(tmp_path, monkeypatch, one_thread):
+    """The snapshots stage on --tiny: relaxed states far enough from the evaluation fields (0.0065
+    kept, 0.0075 left out under TINY's 0.002 / 0.008), their thermal ED-LLG snapshots and a
+    random start's, labelled for the loop's lattice and k-grid; a rerun recomputes nothing."""
+    example = load_example("triangular_paper_model")
+    from klmgraph.learn import load_learn_config
+
+    state = json.loads((Path(example.__file__).parents[1] / "data" / "states" / "triangular_sk1_hz0.008.json").read_text())
+    records = tmp_path / "records" / "sk1_up"
+    records.mkdir(parents=True)
+    for hz in (0.0065, 0.0075):
+        (records / f"{hz:.5f}.json").write_text(json.dumps({"branch": "sk1_up", "hz": hz, "spins": state["spins"]}))
+    path = tmp_path / "snap" / "snapshots.h5"
+    argv = ["--stage", "snapshots", "--tiny", "--quick", "--phase-records", str(tmp_path / "records"),
+            "--snapshots", str(path)]
+    example.main(argv)
+    parts = sorted(p.name for p in (path.parent / "parts").iterdir())
+    assert parts == ["equilibria_0.0065.npy", "random_0.0035.npy", "thermal_0.0065_T0.003.npy"]
+    data = klmgraph.load_dataset(path)
+    system = load_learn_config(example.LEARN_CONFIG, quick=True).system
+    ed = system.solver()
+    assert len(data) == 1 + 2 + 1 and data.graph.same_lattice(ed.graph.description)
+    assert data.hamiltonian == ed.parameters()
+    energy, field = ed.energy_and_field(data.spins[1])
+    torch.testing.assert_close(data.field[1], field, rtol=0, atol=1e-10)
+    assert float(data.energy[1]) == pytest.approx(float(energy), abs=1e-10)
+    # the relaxed state itself, tiled, is the first configuration
+    index = example.to_lattice(example.cell_graph(), ed.graph)
+    torch.testing.assert_close(data.spins[0], torch.tensor(state["spins"], dtype=torch.float64)[index])
+    stamps = [p.stat().st_mtime_ns for p in sorted((path.parent / "parts").iterdir())]
+    labelled = []
+    monkeypatch.setattr(klmgraph.FoldedED, "energy_and_field", lambda self, spins: labelled.append(1))
+    example.main(argv)
+    assert [p.stat().st_mtime_ns for p in sorted((path.parent / "parts").iterdir())] == stamps and not labelled
+    with pytest.raises(SystemExit, match="needs --phase-records"):
+        example.main(["--stage", "snapshots", "--tiny", "--snapshots", str(path)])
