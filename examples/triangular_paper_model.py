@@ -224,12 +224,12 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
         llg = klmgraph.LLG(solver(sampler, t.thermal_grid), dt=5.0, alpha=1.0, temperature=T,
                            field=(0.0, 0.0, hz), integrator="heun")
         run = llg.run(equilibria(hz), t.thermal_steps, record_every=t.thermal_every, record_spins=True,
-                      seed=1000 * k + round(hz * 1e5))
+                      seed=round(hz * 1e5) + 7 * k)
         return run.snapshots[1:].reshape(-1, sampler.num_nodes, 3)
 
     def relaxation(hz: float, k: int) -> torch.Tensor:
         llg = klmgraph.LLG(solver(sampler, t.random_grid), dt=5.0, alpha=1.0, field=(0.0, 0.0, hz), integrator="heun")
-        start = klmgraph.random_spins(sampler, batch=t.random_runs, seed=500 + k)
+        start = klmgraph.random_spins(sampler, batch=t.random_runs, seed=21 + k).double()
         run = llg.run(start, t.random_steps, record_every=t.random_every, record_spins=True)
         return run.snapshots[1:].reshape(-1, sampler.num_nodes, 3)
 
