@@ -67,6 +67,7 @@ import torch
 import klmgraph
 from klmgraph.files import atomic_path
 from triangular_phase_diagram import HAMILTONIAN, RANDOM_STARTS, cell_graph, solver, to_lattice
+from triangular_training import ed_llg_snapshots
 
 REPO = Path(__file__).resolve().parents[1]
 LEARN_CONFIG = REPO / "examples" / "learn_triangular.toml"
@@ -228,10 +229,11 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
         return run.snapshots[1:].reshape(-1, sampler.num_nodes, 3)
 
     def relaxation(hz: float, k: int) -> torch.Tensor:
-        llg = klmgraph.LLG(solver(sampler, t.random_grid), dt=5.0, alpha=1.0, field=(0.0, 0.0, hz), integrator="heun")
-        start = klmgraph.random_spins(sampler, batch=t.random_runs, seed=21 + k).double()
-        run = llg.run(start, t.random_steps, record_every=t.random_every, record_spins=True)
-        return run.snapshots[1:].reshape(-1, sampler.num_nodes, 3)
+        # examples/triangular_training.py's ED-LLG runs (each resumable by itself), on the sampler
+        return torch.cat([ed_llg_snapshots(solver(sampler, t.random_grid), hz, t.random_steps, t.random_every, 5.0,
+                                           seed=2100 + 100 * k + run, folder=parts_dir / f"random_{hz:.4f}_run{run}",
+                                           progress=False)
+                          for run in range(t.random_runs)])
 
     jobs = [(f"equilibria_{hz:.4f}", lambda hz=hz: equilibria(hz)) for hz in far]
     jobs += [(f"thermal_{hz:.4f}_T{T:g}", lambda hz=hz, T=T, k=k: thermal(hz, T, k))
