@@ -41,7 +41,7 @@ T = 0). Stages (each resumes where it stopped; ``--stage all`` runs them in orde
   while ``--out`` holds no trained model, and while the loop has not finished unless
   ``--partial`` (the card then says so).
 
-    python examples/triangular_paper_model.py --stage snapshots --phase-records R  # ~1.5 CPU hours of ED
+    python examples/triangular_paper_model.py --stage snapshots --phase-records R  # ~3 CPU hours of ED
     python examples/triangular_paper_model.py --stage learn --out learn-tri      # hours (resumable)
     python examples/triangular_paper_model.py --stage eval-data                  # ~30 CPU minutes of ED
     python examples/triangular_paper_model.py --stage eval --out learn-tri       # seconds
@@ -203,6 +203,13 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
     index = to_lattice(cell_graph(), sampler)
     parts_dir = path.parent / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
+    made_by = {"settings": asdict(t), "evaluation_fields": list(s.fields),
+               "phase_records": str(Path(phase_records).resolve())}
+    stored = parts_dir / "settings.json"
+    if stored.is_file() and json.loads(stored.read_text()) != json.loads(json.dumps(made_by)):
+        raise SystemExit(f"{parts_dir} holds snapshots of other settings ({stored}); use another --snapshots")
+    with atomic_path(stored) as tmp:
+        tmp.write_text(json.dumps(made_by, indent=1) + "\n")
 
     def part(name: str, make) -> torch.Tensor:
         file = parts_dir / f"{name}.npy"
@@ -231,14 +238,14 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
     def relaxation(hz: float, k: int) -> torch.Tensor:
         # examples/triangular_training.py's ED-LLG runs (each resumable by itself), on the sampler
         return torch.cat([ed_llg_snapshots(solver(sampler, t.random_grid), hz, t.random_steps, t.random_every, 5.0,
-                                           seed=2100 + 100 * k + run, folder=parts_dir / f"random_{hz:.4f}_run{run}",
+                                           seed=2100 + 100 * k + run, folder=parts_dir / f"random_{hz:.5f}_run{run}",
                                            progress=False)
                           for run in range(t.random_runs)])
 
-    jobs = [(f"equilibria_{hz:.4f}", lambda hz=hz: equilibria(hz)) for hz in far]
-    jobs += [(f"thermal_{hz:.4f}_T{T:g}", lambda hz=hz, T=T, k=k: thermal(hz, T, k))
+    jobs = [(f"equilibria_{hz:.5f}", lambda hz=hz: equilibria(hz)) for hz in far]
+    jobs += [(f"thermal_{hz:.5f}_T{T:g}", lambda hz=hz, T=T, k=k: thermal(hz, T, k))
              for k, T in enumerate(t.temperatures) for hz in far]
-    jobs += [(f"random_{hz:.4f}", lambda hz=hz, k=k: relaxation(hz, k)) for k, hz in enumerate(t.random_fields)]
+    jobs += [(f"random_{hz:.5f}", lambda hz=hz, k=k: relaxation(hz, k)) for k, hz in enumerate(t.random_fields)]
     print(f"snapshots: ED-LLG on {sampler.describe()} at Hz = {far} (relaxed states +- T = {list(t.temperatures)}) "
           f"and from random starts at Hz = {list(t.random_fields)}; labels by {labeller.solver}")
     from tqdm.auto import tqdm
@@ -592,10 +599,14 @@ def main(argv=None):
         from klmgraph.learn import load_learn_config, run_learning
 
         config = load_learn_config(args.config, quick=args.quick)
-        if snapshots.is_file():
-            print(f"learn: training on {snapshots} beside the random configurations ([initial] data)")
-            config = dataclasses.replace(config, initial=dataclasses.replace(
-                config.initial, data=list(config.initial.data) + [str(snapshots.resolve())]))
+        saved = out / "config.json"
+        if saved.is_file():  # a loop continues with the data it began with
+            extra = json.loads(saved.read_text()).get("initial", {}).get("data", [])
+        else:  # a new one takes the snapshots where they exist (the loop checks them before any ED)
+            extra = list(config.initial.data) + ([str(snapshots.resolve())] if snapshots.is_file() else [])
+        if extra:
+            print(f"learn: training on {', '.join(extra)} beside the random configurations ([initial] data)")
+        config = dataclasses.replace(config, initial=dataclasses.replace(config.initial, data=extra))
         result = run_learning(config, out)
         print(f"learning loop: {result['stopped']}; newest committee {result['model']}")
     if args.stage in ("all", "eval-data"):

@@ -14,6 +14,8 @@ def _tiled(small, big, seed):
 @pytest.mark.parametrize("build, sizes, k_grid, ensemble", [
     (lambda size: klmgraph.triangular(*size, t1=1.0, t3=-0.85), ((5, 6), (10, 6)), (2, 1), {"mu": -3.5}),
     (lambda size: klmgraph.square(*size), ((3, 3), (6, 3)), None, {"filling": 0.48}),
+    # canonical on a k-grid at T > 0: the electrons are counted over all twists, the same in both
+    (lambda size: klmgraph.kagome(*size), ((2, 3), (4, 3)), (1, 2), {"filling": 0.4, "temperature": 0.05}),
 ])
 def test_folded_ed_equals_ed_of_the_whole_lattice(build, sizes, k_grid, ensemble):
     small, big = build(sizes[0]), build(sizes[1])

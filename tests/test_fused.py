@@ -366,6 +366,23 @@ def test_training_gradients_equal_eager_float64(graph_name, time_reversal, monke
     assert_same_gradients(kernel, eager)
 
 
+@pytest.mark.parametrize("graph_name", ["triangular", "square-open"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_training_gradients_of_the_block_paths_equal_eager_float64(graph_name, batch):
+    """channels = 8 gives the mixing widths (Q = 16, 32, 24) that the blocked mixing-weights
+    gradient and the dual first-layer transposed mixing take (channels = 3 falls back to the
+    per-site paths); float64, so a wrong sum shows far above rounding."""
+    graph = GRAPHS[graph_name]()
+    model = random_model(graph, channels=8)
+    spins = klmgraph.random_spins(graph, batch=batch, seed=3, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(4)
+    field_ref = torch.randn(spins.shape, dtype=torch.float64, generator=gen)
+    energy_ref = torch.randn(batch, dtype=torch.float64, generator=gen)
+    kernel = loss_gradients(model, graph, spins, field_ref, energy_ref)
+    model.fused = False
+    assert_same_gradients(kernel, loss_gradients(model, graph, spins, field_ref, energy_ref))
+
+
 @pytest.mark.parametrize("graph_name", list(GRAPHS))
 def test_training_gradients_published_size_float32(graph_name):
     """Published hyper-parameters in float32: the dual-number call's block kernels (mixing and

@@ -233,7 +233,7 @@ def test_initial_data_sets_join_the_first_training_and_every_later_one(tmp_path,
     toml = tmp_path / "learn.toml"
     toml.write_text('[system]\nlattice = "square"\nsize = [4, 4]\nJ = 7.0\nfilling = 0.48\n'
                     '[initial]\ndata = ["extra.h5"]\n')
-    assert load_learn_config(toml).initial.data == [str(tmp_path / "extra.h5")]
+    assert load_learn_config(toml).initial.data == [str((tmp_path / "extra.h5").resolve())]
 
     raw["initial"] = {**raw["initial"], "data": [str(tmp_path / "extra.h5")]}
     result = run_learning(learn_config_from_dict(raw), tmp_path / "out", progress=False, log=lambda line: None)
@@ -250,8 +250,12 @@ def test_initial_data_sets_join_the_first_training_and_every_later_one(tmp_path,
     other = ExactDiagonalization(ed.graph, J=5.0, filling=0.48)
     klmgraph.generate_dataset(tmp_path / "other.h5", other, spins=extra, progress=False)
     raw["initial"]["data"] = [str(tmp_path / "other.h5")]
-    with pytest.raises(ValueError, match=r"other\.h5 holds another lattice or Hamiltonian"):
+    with pytest.raises(ValueError, match=r"\[initial\] data .*other\.h5 holds another Hamiltonian than \[system\]"):
         run_learning(learn_config_from_dict(raw), tmp_path / "out2", progress=False, log=lambda line: None)
+    assert not (tmp_path / "out2" / "data").exists()  # refused before any ED
+    raw["initial"]["data"] = [str(tmp_path / "absent.h5")]
+    with pytest.raises(ValueError, match=r"absent\.h5 does not exist"):
+        run_learning(learn_config_from_dict(raw), tmp_path / "out3", progress=False, log=lambda line: None)
     raw["initial"]["data"] = "extra.h5"
     with pytest.raises(ValueError, match=r"\[initial\] data must be a list of data set paths"):
         learn_config_from_dict(raw)

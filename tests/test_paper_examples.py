@@ -500,7 +500,7 @@ def test_triangular_paper_model_snapshots_tiny(tmp_path, monkeypatch, one_thread
             "--snapshots", str(path)]
     example.main(argv)
     parts = sorted(p.name for p in (path.parent / "parts").glob("*.npy"))
-    assert parts == ["equilibria_0.0065.npy", "random_0.0035.npy", "thermal_0.0065_T0.003.npy"]
+    assert parts == ["equilibria_0.00650.npy", "random_0.00350.npy", "thermal_0.00650_T0.003.npy"]
     data = klmgraph.load_dataset(path)
     system = load_learn_config(example.LEARN_CONFIG, quick=True).system
     ed = system.solver()
@@ -519,3 +519,6 @@ def test_triangular_paper_model_snapshots_tiny(tmp_path, monkeypatch, one_thread
     assert [p.stat().st_mtime_ns for p in sorted((path.parent / "parts").glob("*.npy"))] == stamps and not labelled
     with pytest.raises(SystemExit, match="needs --phase-records"):
         example.main(["--stage", "snapshots", "--tiny", "--snapshots", str(path)])
+    # the full settings refuse the tiny run's parts
+    with pytest.raises(SystemExit, match="holds snapshots of other settings"):
+        example.main([a for a in argv if a != "--tiny"])

@@ -21,8 +21,9 @@ __all__ = ["FoldedED"]
 class FoldedED:
     """The solver ``ed`` on configurations that repeat ``graph``, a smaller lattice of its kind.
 
-    It stands in for ``ed`` where a solver is taken (:func:`klmgraph.generate_dataset`,
-    :class:`klmgraph.LLG`): same ``graph``, same ``parameters()``, same numbers.
+    It stands in for ``ed`` where a solver is taken (:func:`klmgraph.generate_dataset`, and
+    :class:`klmgraph.LLG` at T = 0 from a repeating start: thermal noise breaks the repetition,
+    and the next call raises): same ``graph``, same ``parameters()``, same numbers.
 
     Args:
         ed: the solver of the large lattice (Gamma or a k-grid).

@@ -333,6 +333,5 @@ def load_learn_config(path, quick: bool = False) -> LearnConfig:
     raw = read_toml(path)
     extra = raw.get("initial", {}).get("data")
     if isinstance(extra, list):  # relative to the configuration file, as klmgraph train's data paths
-        raw["initial"]["data"] = [str(path.parent / x) if isinstance(x, str) and x and not Path(x).is_absolute()
-                                  else x for x in extra]
+        raw["initial"]["data"] = [str((path.parent / x).resolve()) if isinstance(x, str) and x else x for x in extra]
     return learn_config_from_dict(raw, quick=quick)

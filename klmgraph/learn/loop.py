@@ -335,6 +335,10 @@ class _Loop:
         if saved.exists() and _read_json(saved) != json.loads(json.dumps(resolved)):
             raise ValueError(f"{self.out} holds a learning run with another configuration ({saved}); use another "
                              "--out or delete it")
+        for extra in self.c.initial.data:  # before the random data's ED, not after it
+            if load_dataset(extra, graph=self.graph).hamiltonian != json.loads(json.dumps(self.ed.parameters())):
+                raise ValueError(f"[initial] data {extra} holds another Hamiltonian than [system] "
+                                 f"({self.ed.parameters()})")
         _write_json(saved, resolved)
         self.log(f"[start] labels by {self.ed.solver} on {self.graph.describe()}; output {self.out}")
         self.random_data()
