@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from typing import Any
 
 import torch
@@ -103,6 +104,30 @@ class HoppingGraph(Data):
 
 def _canonical(description: dict) -> str:
     return json.dumps(description, sort_keys=True)
+
+
+# description entries that may differ between two graphs of one lattice
+SIZE_KEYS = ("size", "periodic", "nodes", "edges")
+
+
+def _numbers_as_float(x):
+    # t1=1 and t1=1.0 build the same lattice; JSON would tell them apart
+    if isinstance(x, dict):
+        return {k: _numbers_as_float(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_numbers_as_float(v) for v in x]
+    if isinstance(x, numbers.Real) and not isinstance(x, bool):
+        return float(x) + 0.0  # + 0.0: -0.0 becomes 0.0
+    return x
+
+
+def lattice_key(description: dict | None) -> str | None:
+    """What two graphs of one lattice (any size, boundaries) share: their description without
+    :data:`SIZE_KEYS`, numbers compared as numbers (None for None)."""
+    if description is None:
+        return None
+    return json.dumps(_numbers_as_float({k: v for k, v in description.items() if k not in SIZE_KEYS}),
+                      sort_keys=True)
 
 
 def hermiticity_error(graph: HoppingGraph) -> float:

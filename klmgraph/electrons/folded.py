@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_spins
-from ..graph import HoppingGraph
+from ..graph import HoppingGraph, lattice_key
 from ..spins import tiling
 from .ed import ExactDiagonalization
 
@@ -36,12 +36,13 @@ class FoldedED:
 
     def __init__(self, ed: ExactDiagonalization, graph: HoppingGraph):
         big, small = ed.graph.description, graph.description
-        same = {k: v for k, v in big.items() if k != "size"} == {k: v for k, v in small.items() if k != "size"}
+        same = lattice_key(big) == lattice_key(small)
         if not same or "size" not in big or len(big["size"]) != len(small.get("size", ())):
             raise ValueError(f"FoldedED: {graph.describe()} is not a lattice of the same kind and hoppings as "
                              f"{ed.graph.describe()}")
-        if not all(big["periodic"]):
-            raise ValueError(f"FoldedED: {ed.graph.describe()} has open boundaries; folding needs a periodic lattice")
+        for g, d in ((ed.graph, big), (graph, small)):
+            if not all(d.get("periodic", [False])):
+                raise ValueError(f"FoldedED: {g.describe()} has open boundaries; folding needs periodic lattices")
         ratio = []
         for large, little in zip(big["size"], small["size"]):
             if large % little:

@@ -13,9 +13,7 @@ by a chunk and its halo); the distributed runner runs it on the domain of its pr
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import numbers
 import os
 
 import torch
@@ -23,32 +21,11 @@ from torch import nn
 
 from ..checks import check_spins
 from ..domains import Domain, check_halo, decompose, domain_of, partition
+from ..graph import SIZE_KEYS, lattice_key
 from .forces import compute_field
 from .threads import ThreadChoice, one_torch_thread
 
 __all__ = ["BoundModel", "DomainModel", "check_graph", "receptive_hops", "SIZE_KEYS"]
-
-# description entries that may differ between a model and the graph it runs on
-SIZE_KEYS = ("size", "periodic", "nodes", "edges")
-
-
-def _numbers_as_float(x):
-    # t1=1 and t1=1.0 build the same lattice; JSON would tell them apart
-    if isinstance(x, dict):
-        return {k: _numbers_as_float(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_numbers_as_float(v) for v in x]
-    if isinstance(x, numbers.Real) and not isinstance(x, bool):
-        return float(x) + 0.0  # + 0.0: -0.0 becomes 0.0
-    return x
-
-
-def _lattice_key(description: dict | None):
-    if description is None:
-        return None
-    return json.dumps(_numbers_as_float({k: v for k, v in description.items() if k not in SIZE_KEYS}),
-                      sort_keys=True)
-
 
 def check_graph(model, graph) -> None:
     """Raise ValueError unless ``graph`` is the lattice (any size) with the classes ``model`` was built for."""
@@ -58,7 +35,7 @@ def check_graph(model, graph) -> None:
     if model.edge_classes is not None and list(graph.edge_classes) != list(model.edge_classes):
         raise ValueError(f"the model was built for neighbour classes {model.edge_classes}, the graph has "
                          f"{graph.edge_classes}")
-    mine, theirs = _lattice_key(model.lattice), _lattice_key(getattr(graph, "description", None))
+    mine, theirs = lattice_key(model.lattice), lattice_key(getattr(graph, "description", None))
     if mine is not None and theirs is not None and mine != theirs:
         raise ValueError(f"the model was built for the lattice {mine}, the graph is {theirs} "
                          "(only the size may differ)")
