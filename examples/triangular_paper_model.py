@@ -172,6 +172,11 @@ def cell_states(s: Settings, phase_records: Path | None) -> list[dict]:
                           "cell_spins": record["spins"]})
     if phase_records is not None:
         found += relaxed_records(phase_records, lambda h: any(math.isclose(h, hz) for hz in s.fields))
+    return distinct_states(found)
+
+
+def distinct_states(found: list[dict]) -> list[dict]:
+    """``found`` with each state of a field counted once (spins equal to 1e-3), in order."""
     distinct = []
     for state in found:
         spins = torch.tensor(state["cell_spins"], dtype=torch.float64)
@@ -195,7 +200,8 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
     ed = system.solver()
     sampler = klmgraph.triangular(t.size, t.size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
     labeller = klmgraph.FoldedED(ed, sampler)  # refuses a loop lattice that 12 x 12 does not tile
-    far = [h for h in sorted({r["hz"] for r in relaxed_records(phase_records, lambda h: True)})
+    records = relaxed_records(phase_records, lambda h: True)  # read once; every job takes its field's
+    far = [h for h in sorted({r["hz"] for r in records})
            if all(abs(h - hz) >= t.min_distance - 1e-12 for hz in s.fields)]
     if not far:
         raise SystemExit(f"--phase-records {phase_records} holds no relaxed state at least {t.min_distance} from "
@@ -221,12 +227,8 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
         return torch.from_numpy(np.load(file))
 
     def equilibria(hz: float) -> torch.Tensor:
-        states = []
-        for record in relaxed_records(phase_records, lambda h: math.isclose(h, hz)):
-            spins = torch.tensor(record["cell_spins"], dtype=torch.float64)
-            if not any(float((spins - o).norm(dim=-1).max()) < 1e-3 for o in states):
-                states.append(spins)
-        return torch.stack(states)[:, index]
+        states = distinct_states([r for r in records if math.isclose(r["hz"], hz)])
+        return torch.tensor([r["cell_spins"] for r in states], dtype=torch.float64)[:, index]
 
     def thermal(hz: float, T: float, k: int) -> torch.Tensor:
         llg = klmgraph.LLG(solver(sampler, t.thermal_grid), dt=5.0, alpha=1.0, temperature=T,
