@@ -357,9 +357,11 @@ def test_training_gradients_equal_eager_float64(graph_name, time_reversal, monke
     energy_ref = torch.randn(2, dtype=torch.float64, generator=gen)
     calls = count_kernel_calls(monkeypatch)
     kernel = loss_gradients(model, graph, spins, field_ref, energy_ref)
-    # forward with dE/dx (the field scales it), force loss (dual numbers: Hessian products, and the first
-    # derivatives per configuration that the energy loss then uses without a call of its own)
-    assert calls == [fused._GRAD_X, fused._GRAD_P | fused._GRAD_X | fused._PER_CONFIG]
+    # forward with dE/dx (the field scales it) keeping its values, force loss (dual numbers on them:
+    # Hessian products, and the first derivatives per configuration that the energy loss then uses
+    # without a call of its own)
+    assert calls == [fused._GRAD_X | fused._SAVE,
+                     fused._GRAD_P | fused._GRAD_X | fused._PER_CONFIG | fused._REUSE]
     model.fused = False
     eager = loss_gradients(model, graph, spins, field_ref, energy_ref)
     assert len(calls) == 2  # the eager path does not touch the kernel

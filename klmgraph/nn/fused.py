@@ -48,6 +48,7 @@ _I = ctypes.c_int64
 
 _ENTRIES = ("klm_ecnn_f32", "klm_ecnn_f64", "klm_ecnn_dual_f32", "klm_ecnn_dual_f64")
 _GRAD_X, _GRAD_P, _PER_CONFIG = 1, 2, 4  # the kernel's mode bits (fused_source: KLM_GRAD_X, ...)
+_SAVE, _REUSE = 8, 16  # a real call keeps its values for the dual call on the same inputs (KLM_SAVE, ...)
 
 
 def _library():
@@ -56,10 +57,12 @@ def _library():
         for name in _ENTRIES:
             fn = getattr(lib, name)
             fn.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, ctypes.c_double, ctypes.c_int, _P, ctypes.c_int,
-                           _P, _P, _P, _P, _P]
+                           _P, _P, _P, _P, _P, _P]
             fn.restype = None
         lib.klm_ecnn_workspace.argtypes = [_P, _I, ctypes.c_int]
         lib.klm_ecnn_workspace.restype = _I
+        lib.klm_ecnn_saved.argtypes = [_P, _I]
+        lib.klm_ecnn_saved.restype = _I
         lib.klm_ecnn_vector_bytes.argtypes = []
         lib.klm_ecnn_vector_bytes.restype = ctypes.c_int
         lib._klm_typed = True
@@ -173,6 +176,19 @@ def _workspace(neighbours, size: int, dtype) -> torch.Tensor:
     return work
 
 
+def _saved_values(call, size: int, dtype) -> torch.Tensor:
+    """Room for what a real call keeps for its dual call (``_SAVE``), kept with the graph's
+    neighbour table like the workspace, and marked as ``call``'s: a later call on the same graph
+    takes it over, and :meth:`_Call.owns_saved` then tells the earlier call's dual call not to use it."""
+    neighbours = call.neighbours
+    kept = neighbours.__dict__.get("_fused_saved")
+    values = kept[0] if kept is not None else None
+    if values is None or values.dtype != dtype or values.numel() < size:
+        values = torch.empty(size, dtype=dtype)
+    neighbours.__dict__["_fused_saved"] = (values, call.token)
+    return values
+
+
 def _fits(model) -> bool:
     """The kernel's fixed limits: at most 16 filter components and 16 irreps per layer."""
     convs = [b.conv for b in model.blocks] + [model.output.conv]
@@ -226,6 +242,13 @@ class _Call:
         self.first_derivatives = None
         # (dE/dx0, dE/dfilt), left by the forward for the field (_Gradients.forward)
         self.field_derivatives = None
+        self.token = object()  # marks the saved values of this call's _SAVE run (_saved_values)
+
+    def owns_saved(self) -> bool:
+        """Whether the values a ``_SAVE`` run of this call kept are still there (no later call on
+        the same graph has overwritten them)."""
+        kept = self.neighbours.__dict__.get("_fused_saved")
+        return kept is not None and kept[1] is self.token
 
     def run(self, params, x0, filt, seed=None, mode: int = 0, tangents=None):
         dual = tangents is not None
@@ -247,12 +270,17 @@ class _Call:
         table, inverse = self.neighbours.table.contiguous(), self.neighbours.inverse.contiguous()
         size = self.lib.klm_ecnn_workspace(self.meta.data_ptr(), self.batch * self.n, mode) * (2 if dual else 1)
         work = _workspace(self.neighbours, size, dtype)
+        saved = None
+        if mode & (_SAVE | _REUSE):
+            count = self.lib.klm_ecnn_saved(self.meta.data_ptr(), self.batch * self.n)
+            saved = (_saved_values(self, count, dtype) if mode & _SAVE
+                     else self.neighbours.__dict__["_fused_saved"][0])
         name = ("klm_ecnn_dual_" if dual else "klm_ecnn_") + ("f32" if dtype == torch.float32 else "f64")
         ptr = (lambda t: None if t is None else t.data_ptr())
         getattr(self.lib, name)(self.meta.data_ptr(), params.data_ptr(), x0.data_ptr(), filt.data_ptr(),
                                 table.data_ptr(), inverse.data_ptr(), self.batch, self.n, self.eps2,
                                 self.threads or torch.get_num_threads(), ptr(seed), mode, energy.data_ptr(), ptr(gx0),
-                                ptr(gfilt), ptr(gparams), ptr(work))
+                                ptr(gfilt), ptr(gparams), ptr(work), ptr(saved))
         return energy, gx0, gfilt, gparams
 
 
@@ -276,8 +304,9 @@ class _SiteEnergies(torch.autograd.Function):
             # training (parameters and spins require grad): the field will be asked for, and its
             # reverse pass costs less in this call than in one of its own (which repeats the
             # forward). Frozen weights (chunked evaluation: seeds that differ between owned and
-            # halo sites) skip it.
-            energy, gx0, gfilt, _ = call.run(params, x0, filt, mode=_GRAD_X)
+            # halo sites) skip it. The call keeps its values for the dual-number call of the force
+            # loss's backward (_Curvature), which then computes only their derivatives.
+            energy, gx0, gfilt, _ = call.run(params, x0, filt, mode=_GRAD_X | _SAVE)
             call.field_derivatives = (gx0, gfilt)
             return energy
         return call.run(params, x0, filt)[0]
@@ -341,8 +370,13 @@ class _Curvature(torch.autograd.Function):
     @staticmethod
     def forward(ctx, seed, params, x0, filt, v_params, v_x0, v_filt, call, mode):
         per_config = bool(mode & _GRAD_P and mode & _GRAD_X)
+        # the real call's saved values serve where they are this call's and scale with the seed
+        # (constant over each configuration), and the parameters carry no derivative (the kernel
+        # mixes the features' derivatives with the weights' values alone)
+        c = seed.reshape(call.batch, call.n)
+        reuse = (mode & _GRAD_P and v_params is None and call.owns_saved() and bool((c == c[:, :1]).all()))
         energy, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed,
-                                               mode=mode | (_PER_CONFIG if per_config else 0),
+                                               mode=mode | (_PER_CONFIG if per_config else 0) | (_REUSE if reuse else 0),
                                                tangents=(v_params, v_x0, v_filt))
         if per_config:
             s = seed.reshape(call.batch, call.n)[:, :1]

@@ -993,20 +993,21 @@ inline void to_lanes(const T* const* src, i64 R, typename Lanes<T>::V* __restric
   }
 }
 
-// dst[s][r] = in[r][s] for the rows r < R and the first n sites
-template <typename T>
+// dst[s][r] = in[r * STEP][s] for the rows r < R and the first n sites (STEP 2: every other row, the
+// derivatives of a block's dual rows)
+template <typename T, int STEP = 1>
 inline void from_lanes(const typename Lanes<T>::V* __restrict in, i64 R, T* const* dst, int n) {
   typedef typename Lanes<T>::V V;
   constexpr int W = Lanes<T>::W;
   V x[W];
   if (R < W) {
     for (i64 r = 0; r < R; ++r)
-      for (int s = 0; s < n; ++s) dst[s][r] = in[r][s];
+      for (int s = 0; s < n; ++s) dst[s][r] = in[r * STEP][s];
     return;
   }
   for (i64 g = 0; g < R; g += W) {
     const i64 r0 = g + W <= R ? g : R - W;
-    for (int r = 0; r < W; ++r) x[r] = in[r0 + r];
+    for (int r = 0; r < W; ++r) x[r] = in[(r0 + r) * STEP];
     transpose_lanes<T>(x);
     for (int s = 0; s < n; ++s) __builtin_memcpy(dst[s] + r0, &x[s], sizeof(V));
   }
@@ -1398,10 +1399,14 @@ struct Passes {
 // which no pass reads after P_{l+1}; the running dE/dY is read and overwritten at the same site.
 // With `keep` (a parameter gradient, read after the passes by the last one) every layer keeps its
 // own z_l, dE/dz_l and dE/dh_l. Rows: x_l din, z_l and dE/dz_l zsize, dE/dh_l dout of layer l.
+// With `tangents` (a dual call that reuses a real call's values, KLM_REUSE) two planes of reals hold
+// the derivatives of dE/dz apart (S x zmax reals each, alternating between layers like dE/dz without
+// `keep`): the transposed mixing of the derivatives reads them as real rows. Both fit in S x zmax
+// entries of Dual<R>.
 struct Layout {
   std::vector<i64> xs, zs, gz, gh;
-  i64 gy = 0, zmax = 0, dmax = 0, scratch = 0, total = 0;
-  Layout(const Net& net, i64 S, bool keep) {
+  i64 gy = 0, gzt = 0, zmax = 0, dmax = 0, scratch = 0, total = 0;
+  Layout(const Net& net, i64 S, bool keep, bool tangents = false) {
     for (const Layer& ly : net.layers) {
       zmax = std::max(zmax, ly.zsize);
       dmax = std::max(dmax, std::max(ly.din, ly.dout));
@@ -1430,16 +1435,37 @@ struct Layout {
       }
     }
     if (!keep) off += 2 * S * zmax + S * net.layers[L - 1].dout;
+    if (tangents) { align(); gzt = off; off += S * zmax; }
     align();
     gy = off; off += S * net.J;
     total = off;
   }
 };
 
+// What a real call keeps for a later dual call on the same inputs (KLM_SAVE, KLM_REUSE), in reals:
+// z_l of every layer (S x zsize) and dE/dx_l of every layer's input before the residual, the
+// transposed mixing's output (S x din; l = 0 is dE/dx_0), for a seed of 1.
+struct SavedLayout {
+  std::vector<i64> z, gx;
+  i64 total = 0;
+  SavedLayout(const Net& net, i64 S) {
+    for (const Layer& ly : net.layers) {
+      z.push_back(total); total += S * ly.zsize;
+      gx.push_back(total); total += S * ly.din;
+    }
+  }
+};
+
 // What a call computes (bits of `mode`): site energies always; KLM_GRAD_X: seed-weighted
 // dE/dx0 and dE/dY; KLM_GRAD_P: seed-weighted dE/dparams, summed over all configurations, or
 // one sum per configuration (B x nparams) with KLM_PER_CONFIG.
-constexpr int KLM_GRAD_X = 1, KLM_GRAD_P = 2, KLM_PER_CONFIG = 4;
+// KLM_SAVE (a real call): keep z_l and dE/dx_l in `saved` (SavedLayout). KLM_REUSE (a dual call
+// with KLM_GRAD_P and no parameter derivatives): the values of z_l and dE/dx_l are the `saved` ones
+// of a real call on the same parameters and inputs (dE/dx_l scaled by the seed, which must then be
+// constant over each configuration), and the mixing and transposed mixing run on the derivatives
+// alone, as real numbers: half the multiply-adds of mixing (value, derivative) pairs. The caller
+// checks that `saved` is that call's (fused.py).
+constexpr int KLM_GRAD_X = 1, KLM_GRAD_P = 2, KLM_PER_CONFIG = 4, KLM_SAVE = 8, KLM_REUSE = 16;
 
 // Groups of tiles whose parameter gradients are summed in their own buffer: a fixed number, so
 // that the sum's rounding is the same for any number of threads.
@@ -1448,11 +1474,16 @@ constexpr i64 KLM_GROUPS = 8;
 template <typename T>
 void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const T* Y, const i64* table,
                       const i64* inverse, i64 B, i64 N, T eps2, int threads, const T* seed, int mode, T* energy,
-                      T* gx0, T* gY, T* gparams, T* work) {
+                      T* gx0, T* gY, T* gparams, T* work, typename Scalar<T>::real* saved) {
+  typedef typename Scalar<T>::real R;
   const Net net = parse(meta);
   const i64 L = net.L, K = net.K, J = net.J, S = B * N;
   const bool want_x = mode & KLM_GRAD_X, want_p = mode & KLM_GRAD_P;
-  const Layout lay(net, S, want_p);
+  const bool tangents = (mode & KLM_REUSE) && want_p;
+  const Layout lay(net, S, want_p, tangents);
+  const SavedLayout sl(net, S);
+  // KLM_SAVE: a real call to the inputs, z_l kept in `saved` instead of recomputed in the backward
+  const bool save = !Scalar<T>::dual && (mode & KLM_SAVE) && want_x && !want_p && saved;
   // the caller's parameters followed by the transposed mixing matrices (the backward's layout)
   std::vector<T> pstore(net.nparams + net.nwt);
   std::copy(user_params, user_params + net.nparams, pstore.begin());
@@ -1481,7 +1512,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     }
   // and transposed, interleaved for the transposed block mixing (see mixt_tile): wpal + wa[l][a]
   // holds layer l's WP_a[(k * Q / P + c) * mul * P + u * P + p] = W_a[(k * mul + u) * Q + c * P + p]
-  constexpr i64 P = std::is_floating_point<T>::value ? 8 / (i64)sizeof(T) : 1;
+  // (for dual numbers the interleaving of their reals: KLM_REUSE runs mixt_tile on the reals)
+  constexpr i64 P = 8 / (i64)sizeof(typename Scalar<T>::real);
   std::vector<T> wpstore(nwa + 64 / sizeof(T));
   T* const wpal = (T*)(((uintptr_t)wpstore.data() + 63) & ~(uintptr_t)63);
   for (i64 l = 0; l < L; ++l)
@@ -1495,7 +1527,6 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
             wp[(k * (ir.Q / P) + q / P) * ir.mul * P + u * P + q % P] = params[ir.w + (k * ir.mul + u) * ir.Q + q];
     }
   // dual numbers: the parameters' values and derivatives apart, for the vectorised mixing
-  typedef typename Scalar<T>::real R;
   std::vector<R> pa, pb;
   bool wtan = false;
   if constexpr (Scalar<T>::dual) {
@@ -1506,6 +1537,24 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // and the values repeated twice for the block mixing of dual features (see mix_tile_dual)
   std::vector<R> pd(Scalar<T>::dual && !wtan ? 2 * pa.size() : 0);
   for (size_t j = 0; j < pd.size(); ++j) pd[j] = pa[j / 2];
+  // KLM_REUSE: the derivatives mixed by the real block kernels, on the weights' values (aligned and
+  // interleaved copies of reals, as wal and wpal); the values come from the real call's `saved`
+  const bool reuse = tangents && Scalar<T>::dual && !wtan && saved;
+  std::vector<R> wrstore(reuse ? nwa + 64 / sizeof(R) : 0), wprstore(wrstore.size());
+  const R* walr = nullptr;
+  const R* wpalr = nullptr;
+  if constexpr (Scalar<T>::dual) {
+    if (reuse) {
+      R* a = (R*)(((uintptr_t)wrstore.data() + 63) & ~(uintptr_t)63);
+      R* b = (R*)(((uintptr_t)wprstore.data() + 63) & ~(uintptr_t)63);
+      for (i64 j = 0; j < nwa; ++j) { a[j] = wal[j].a; b[j] = wpal[j].a; }
+      walr = a;
+      wpalr = b;
+    }
+  }
+  // the derivatives of layer l's dE/dz (KLM_REUSE): two planes of reals in the workspace, alternating
+  auto gz_tangents = [&](i64 l) { return (R*)(work + lay.gzt) + (l % 2) * S * lay.zmax; };
+  auto saved_z = [&](i64 l) { return (T*)(saved + sl.z[l]); };  // KLM_SAVE (real T)
   // out = mix(gather(src)) with the weights at params + woff (see mix)
   auto mixp = [&](const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* nbr, i64 base,
                   i64 woff, T* out, i64 ostride_i, i64 ostride_q, i64 D, i64 Q, T* scr) {
@@ -1578,11 +1627,46 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     block_rows(base, stride, 0, g0, hi, dst);
     from_lanes_of<T>(in, R, dst, (int)std::min<i64>(W, hi - g0));
   };
+  // the derivatives of a block's first Rr dual rows, to the rows base + g * Rr of reals (KLM_REUSE)
+  auto store_tangents = [&](const V* in, R* base, i64 Rr, i64 g0, i64 hi) {
+    if constexpr (Scalar<T>::dual) {
+      R* dst[W];
+      block_rows(base, Rr, 0, g0, hi, dst);
+      from_lanes<R, 2>((const typename Lanes<R>::V*)in + 1, Rr, dst, (int)std::min<i64>(W, hi - g0));
+    }
+  };
 
   // z_l = mix(gather(x_l)) of the sites [lo, hi) into the rows z0 + (g - lo) * zsize
-  auto mix_sites = [&](i64 l, i64 lo, i64 hi, T* z0, T* scr, T* dummy) {
+  // (spare: room for tile x zmax entries that this call's pass does not use otherwise)
+  auto mix_sites = [&](i64 l, i64 lo, i64 hi, T* z0, T* scr, T* dummy, T* spare) {
     const Layer& ly = net.layers[l];
     const T* x = xin(l);
+    if constexpr (Scalar<T>::dual) {
+      if (reuse) {  // the derivatives of x (every other real) mixed as reals; the values are the saved z
+        R* tz = (R*)spare;
+        const R* xr = (const R*)x + 1;
+        for (size_t a = 0; a < ly.in.size(); ++a) {
+          const InIrrep& ir = ly.in[a];
+          if (ir.Q == 0) continue;
+          if (!mix_tile<R>(xr, 2 * ly.din, 2 * ir.off, 2, 2 * ir.d, ir.mul, table, lo, hi, K, N,
+                           (const R*)zero.data(), walr + wa[l][a], tz + ir.z, ly.zsize, (R*)dummy, ir.Q, 1, ir.d,
+                           ir.Q))
+            for (i64 g = lo; g < hi; ++g) {
+              const i64 n = g % N;
+              mix<R>(xr, 2 * ly.din, 2 * ir.off, 2, 2 * ir.d, ir.mul, table + n * K, g - n, K, N, pa.data() + ir.w,
+                     tz + (g - lo) * ly.zsize + ir.z, ir.Q, 1, ir.d, ir.Q, (R*)scr);
+            }
+          const R* sz = saved + sl.z[l];
+          for (i64 g = lo; g < hi; ++g) {
+            T* o = z0 + (g - lo) * ly.zsize;
+            const R* v = sz + g * ly.zsize;
+            const R* d = tz + (g - lo) * ly.zsize;
+            for (i64 e = ir.z; e < ir.z + ir.d * ir.Q; ++e) o[e] = T(v[e], d[e]);
+          }
+        }
+        return;
+      }
+    }
     for (size_t a = 0; a < ly.in.size(); ++a) {
       const InIrrep& ir = ly.in[a];
       if (ir.Q == 0) continue;
@@ -1620,8 +1704,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* scr = buf.get();
       T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
       T* dummy = zt + tile * zmax + tile * dmax;
-      T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
-      mix_sites(l, lo, hi, z0, scr, dummy);
+      T* z0 = want_p ? zs[l] + lo * ly.zsize : save ? saved_z(l) + lo * ly.zsize : zt;
+      mix_sites(l, lo, hi, z0, scr, dummy, zt);
       const BlockRows b = tile_rows(dummy);
       for (i64 g0 = lo; g0 < hi; g0 += W) {
         prefetch_w(xs[l + 1] + g0 * ly.dout, std::min<i64>(W, hi - g0) * ly.dout);
@@ -1638,8 +1722,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* scr = buf.get();
     T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
     T* dummy = zt + tile * zmax + tile * dmax;
-    T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
-    mix_sites(l, lo, hi, z0, scr, dummy);
+    T* z0 = want_p ? zs[l] + lo * ly.zsize : save ? saved_z(l) + lo * ly.zsize : zt;
+    mix_sites(l, lo, hi, z0, scr, dummy, zt);
     const BlockRows b = tile_rows(dummy);
     for (i64 g0 = lo; g0 < hi; g0 += W) {
       const int n = (int)std::min<i64>(W, hi - g0);
@@ -1655,6 +1739,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       if (!want_x && !want_p) continue;
       cg_backward_lanes<T>(ly, b.z, b.Y, J, params, b.grad, b.gz, nullptr, b.gy);
       store_block(b.gz, gz[l], ly.zsize, ly.zsize, g0, hi);
+      if (reuse) store_tangents(b.gz, gz_tangents(l), ly.zsize, g0, hi);
       store_block(b.gy, gy, J, J, g0, hi);
       store_block(b.grad, gh[l], ly.dout, ly.dout, g0, hi);
     }
@@ -1670,7 +1755,32 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* gxt = zt + tile * zmax;      // dE/dx_{l+1} of the tile's sites
       T* dummy = gxt + tile * dmax;
       const T* gzu = gz[l + 1];
-      for (size_t a = 0; a < up.in.size(); ++a) {
+      if constexpr (Scalar<T>::dual) {
+        if (reuse) {  // the derivatives by the real transposed mixing; the values saved, times the seed
+          R* tx = (R*)zt;
+          const R* gzr = gz_tangents(l + 1);
+          const R* sx = saved + sl.gx[l + 1];
+          for (size_t a = 0; a < up.in.size(); ++a) {
+            const InIrrep& ir = up.in[a];
+            if (ir.Q != 0 && !mixt_tile<R>(gzr, up.zsize, ir.z, ir.Q, inverse, lo, hi, K, N, (const R*)zero.data(),
+                                           walr + wa[l + 1][a], wpalr + wa[l + 1][a], tx + ir.off, up.din, (R*)dummy,
+                                           1, ir.d, ir.d, ir.mul))
+              for (i64 g = lo; g < hi; ++g) {
+                const i64 n = g % N;
+                mix<R>(gzr, up.zsize, ir.z, ir.Q, 1, ir.Q, inverse + n * K, g - n, K, N, pa.data() + ir.wt,
+                       tx + (g - lo) * up.din + ir.off, 1, ir.d, ir.d, ir.mul, (R*)scr);
+              }
+            for (i64 g = lo; g < hi; ++g) {
+              const R sd = seed_of(g).a;
+              T* o = gxt + (g - lo) * up.din;
+              const R* v = sx + g * up.din;
+              const R* d = tx + (g - lo) * up.din;
+              for (i64 e = ir.off; e < ir.off + ir.mul * ir.d; ++e) o[e] = ir.Q == 0 ? T(0) : T(sd * v[e], d[e]);
+            }
+          }
+        }
+      }
+      for (size_t a = 0; a < up.in.size() && !reuse; ++a) {
         const InIrrep& ir = up.in[a];
         if (ir.Q == 0) {
           for (i64 g = lo; g < hi; ++g)
@@ -1695,6 +1805,9 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
                ir.d, ir.d, ir.mul, scr);
         }
       }
+      if constexpr (!Scalar<T>::dual) {
+        if (save) std::copy(gxt, gxt + (hi - lo) * up.din, saved + sl.gx[l + 1] + lo * up.din);
+      }
       if (up.residual)  // dE/dx_{l+1} += dE/dh_{l+1} (the tile's rows are contiguous)
         for (i64 j = 0; j < (hi - lo) * up.din; ++j) gxt[j] += gh[l + 1][lo * up.dout + j];
       if (l < 0) {
@@ -1703,8 +1816,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
         return;
       }
       const Layer& ly = net.layers[l];
-      T* z0 = want_p ? zs[l] + lo * ly.zsize : zt;
-      if (!want_p) mix_sites(l, lo, hi, zt, scr, dummy);
+      T* z0 = want_p ? zs[l] + lo * ly.zsize : save ? saved_z(l) + lo * ly.zsize : zt;
+      if (!want_p && !save) mix_sites(l, lo, hi, zt, scr, dummy, zt);
       const BlockRows b = tile_rows(dummy);
       for (i64 g0 = lo; g0 < hi; g0 += W) {
         const i64 n = std::min<i64>(W, hi - g0);
@@ -1716,6 +1829,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
         act_backward_lanes<T>(b.h, b.gx, b.gh, ly, eps2);
         cg_backward_lanes<T>(ly, b.z, b.Y, J, params, b.gh, b.gz, b.gy, b.gy);
         store_block(b.gz, gz[l], ly.zsize, ly.zsize, g0, hi);
+        if (reuse) store_tangents(b.gz, gz_tangents(l), ly.zsize, g0, hi);
         store_block(b.gy, gy, J, J, g0, hi);
         store_block(b.gh, gh[l], ly.dout, ly.dout, g0, hi);
       }
@@ -1861,14 +1975,16 @@ int klm_ecnn_vector_bytes() {
 #endif
 }
 i64 klm_ecnn_workspace(const i64* meta, i64 sites, int mode) {
-  return Layout(parse(meta), sites, mode & KLM_GRAD_P).total;
+  return Layout(parse(meta), sites, mode & KLM_GRAD_P, (mode & KLM_REUSE) && (mode & KLM_GRAD_P)).total;
 }
+// the reals that KLM_SAVE keeps (SavedLayout)
+i64 klm_ecnn_saved(const i64* meta, i64 sites) { return SavedLayout(parse(meta), sites).total; }
 #define KLM_ENTRY(NAME, T, R)                                                                                    \
   void NAME(const i64* meta, const T* params, const T* x0, const T* Y, const i64* table, const i64* inverse,     \
             i64 B, i64 N, double eps2, int threads, const T* seed, int mode, T* energy, T* gx0, T* gY,          \
-            T* gparams, T* work) {                                                                               \
+            T* gparams, T* work, R* saved) {                                                                     \
     energy_and_grads<T>(meta, params, x0, Y, table, inverse, B, N, T((R)eps2), threads, seed, mode, energy, gx0, \
-                        gY, gparams, work);                                                                      \
+                        gY, gparams, work, saved);                                                               \
   }
 KLM_ENTRY(klm_ecnn_f32, float, float)
 KLM_ENTRY(klm_ecnn_f64, double, double)
