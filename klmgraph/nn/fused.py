@@ -49,6 +49,7 @@ _I = ctypes.c_int64
 _ENTRIES = ("klm_ecnn_f32", "klm_ecnn_f64", "klm_ecnn_dual_f32", "klm_ecnn_dual_f64")
 _GRAD_X, _GRAD_P, _PER_CONFIG = 1, 2, 4  # the kernel's mode bits (fused_source: KLM_GRAD_X, ...)
 _SAVE, _REUSE = 8, 16  # a real call keeps its values for the dual call on the same inputs (KLM_SAVE, ...)
+_CONST_CG = 32  # no gradient for the Clebsch-Gordan entries of the flat parameters (KLM_CONST_CG)
 
 
 def _library():
@@ -243,6 +244,10 @@ class _Call:
         # (dE/dx0, dE/dfilt), left by the forward for the field (_Gradients.forward)
         self.field_derivatives = None
         self.token = object()  # marks the saved values of this call's _SAVE run (_saved_values)
+        # whether the Clebsch-Gordan entries of the flat parameters are constants to the caller
+        # (fused_site_energies: _pack builds them from the model's buffers, so autograd drops their
+        # gradient), which the kernel then leaves 0 (_CONST_CG)
+        self.constant_cg = False
 
     def owns_saved(self) -> bool:
         """Whether the values a ``_SAVE`` run of this call kept are still there (no later call on
@@ -260,6 +265,8 @@ class _Call:
         else:
             params, x0, filt = (t.detach().contiguous() for t in (params, x0, filt))
             seed = None if seed is None else seed.detach().contiguous()
+        if mode & _GRAD_P and self.constant_cg:
+            mode |= _CONST_CG
         dtype, tail = params.dtype, (2,) if dual else ()
         energy = torch.empty(self.lead + (self.n,) + tail, dtype=dtype)
         gx0 = torch.empty_like(x0) if mode & _GRAD_X else None
@@ -410,6 +417,7 @@ def fused_site_energies(model, spins: torch.Tensor, neighbours) -> torch.Tensor 
     meta, params, eps2 = _pack(model, spins.dtype) if grad else _packed(model, spins.dtype)
     x0, filt = _inputs(model, spins)
     call = _Call(lib, meta, eps2, neighbours, x0.shape[:-1])
+    call.constant_cg = True
     e = _SiteEnergies.apply(params, x0, filt, call) if grad else call.run(params, x0, filt)[0]
     return 0.5 * (e[0] + e[1]) if model.time_reversal else e
 

@@ -1465,7 +1465,9 @@ struct SavedLayout {
 // constant over each configuration), and the mixing and transposed mixing run on the derivatives
 // alone, as real numbers: half the multiply-adds of mixing (value, derivative) pairs. The caller
 // checks that `saved` is that call's (fused.py).
-constexpr int KLM_GRAD_X = 1, KLM_GRAD_P = 2, KLM_PER_CONFIG = 4, KLM_SAVE = 8, KLM_REUSE = 16;
+// KLM_CONST_CG (with KLM_GRAD_P): the Clebsch-Gordan coefficients are constants for the caller (the
+// model's buffers), so their entries of dE/dparams are left 0 instead of computed.
+constexpr int KLM_GRAD_X = 1, KLM_GRAD_P = 2, KLM_PER_CONFIG = 4, KLM_SAVE = 8, KLM_REUSE = 16, KLM_CONST_CG = 32;
 
 // Groups of tiles whose parameter gradients are summed in their own buffer: a fixed number, so
 // that the sum's rounding is the same for any number of threads.
@@ -1905,7 +1907,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
         const auto real = lane < lane * 0 + (typename Lanes<R>::I)std::min<i64>(W, hi - g0);  // lanes of sites
         const V zero = V{};
         load_block(Y, J, 0, J, g0, hi, b.Y);
-        for (i64 l = 0; l < L; ++l) {
+        for (i64 l = 0; l < L && !(mode & KLM_CONST_CG); ++l) {
           const Layer& ly = net.layers[l];
           load_block(zs[l], ly.zsize, 0, ly.zsize, g0, hi, b.z);
           load_block(gh[l], ly.dout, 0, ly.dout, g0, hi, b.gh);
