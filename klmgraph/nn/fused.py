@@ -99,27 +99,52 @@ def faster_than_eager() -> bool:
 
 def _linear_matrix(linear, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, in) matrix and bias of an e3nn o3.Linear on scalars (its normalisation folded in;
-    differentiable with respect to its weights where autograd is on)."""
+    differentiable with respect to its weights where autograd is on): one call on zero and the
+    unit vectors."""
     n = linear.irreps_in.dim
-    zero = torch.zeros(1, n, dtype=dtype, device=linear.weight.device)
-    bias = linear(zero)[0]
-    matrix = (linear(torch.eye(n, dtype=dtype, device=linear.weight.device)) - bias).T
-    return matrix.contiguous(), bias
+    probe = torch.cat([torch.zeros(1, n, dtype=dtype, device=linear.weight.device),
+                       torch.eye(n, dtype=dtype, device=linear.weight.device)])
+    out = linear(probe)
+    bias = out[0]
+    return (out[1:] - bias).T.contiguous(), bias
 
 
-def _pack(model, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(meta int64, params, eps^2): the network as the kernel's flat description (see
-    fused_source). ``params`` is a function of the model's parameters that autograd follows
-    where it is on (training); the Clebsch-Gordan coefficients in it are constants."""
+def _trainable_chunks(model, dtype) -> list[torch.Tensor]:
+    """The parts of the flat parameters that depend on the model's parameters, flattened, in the
+    order of :func:`_structure`'s offsets: each convolution's mixing matrices, then each read-out
+    linear's matrix and bias (autograd as set)."""
+    convs = [b.conv for b in model.blocks] + [model.output.conv]
+    chunks = [m.to(dtype).reshape(-1) for conv in convs for m in conv.mixing_matrices()]
+    for linear in model.output.linears:
+        chunks += [t.reshape(-1) for t in _linear_matrix(linear, dtype)]
+    return chunks
+
+
+def _structure(model, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(meta int64, the constant tail of the flat parameters, eps^2): the network as the kernel's
+    flat description (see fused_source), with the Clebsch-Gordan coefficients (the model's
+    buffers) after the trainable parts of :func:`_trainable_chunks`. Fixed for a model, so cached
+    on it per dtype: a training step then only rebuilds the trainable parts."""
+    cached = model.__dict__.setdefault("_fused_structure", {})
+    if dtype in cached:
+        return cached[dtype]
     convs = [(b.conv, bool(b.residual), True) for b in model.blocks] + [(model.output.conv, False, False)]
-    meta, chunks = [], []
-    offset = 0
+    with torch.no_grad():
+        sizes = [t.numel() for t in _trainable_chunks(model, dtype)]
+    meta, constants = [], []
+    trainable, offset = iter(sizes), 0
+    constant_offset = sum(sizes)
 
-    def put(t: torch.Tensor) -> int:
+    def put(size: int) -> int:  # the next trainable chunk (its size checked against the order)
         nonlocal offset
-        t = t.to(dtype).reshape(-1)
-        chunks.append(t)
-        start, offset = offset, offset + t.numel()
+        assert next(trainable) == size, "the flat parameters' order changed"
+        start, offset = offset, offset + size
+        return start
+
+    def put_constant(t: torch.Tensor) -> int:
+        nonlocal constant_offset
+        constants.append(t.to(dtype).reshape(-1))
+        start, constant_offset = constant_offset, constant_offset + t.numel()
         return start
 
     j_dim = model.filter_irreps.dim
@@ -130,7 +155,7 @@ def _pack(model, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
         ins, z_offset = [], 0
         for a, (mul, ir) in enumerate(conv.irreps_in):
             q = mats[a].shape[1]
-            ins.append([mul, ir.dim, in_slices[a].start, q, put(mats[a]), z_offset])  # (K * mul, Q), rows k * mul + u
+            ins.append([mul, ir.dim, in_slices[a].start, q, put(mats[a].numel()), z_offset])  # (K * mul, Q), rows k * mul + u
             z_offset += ir.dim * q
         outs, entries = [], []
         for c, (mul, ir) in enumerate(conv.irreps_out):
@@ -141,17 +166,27 @@ def _pack(model, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
                         + [v for p in pieces for v in p])
             rows = [ins[a][5] + i * ins[a][3] + col for a, col, d in pieces for i in range(d)]  # z offset of row r
             nonzero = cg.nonzero()
-            first = put(cg[tuple(nonzero.T)])
+            first = put_constant(cg[tuple(nonzero.T)])
             entries += [[c, rows[r], j, kk, first + e] for e, (r, j, kk) in enumerate(nonzero.tolist())]
         meta += [conv.irreps_in.dim, conv.irreps_out.dim, int(residual), int(act), z_offset, len(ins), len(outs)]
         meta += [v for i in ins for v in i] + [v for o in outs for v in o] + [len(entries)]
         meta += [v for e in entries for v in e]
     for linear in model.output.linears:
-        matrix, bias = _linear_matrix(linear, dtype)
-        meta += [matrix.shape[1], matrix.shape[0], put(matrix), put(bias)]
-    meta[4] = offset
+        n_in, n_out = linear.irreps_in.dim, linear.irreps_out.dim
+        meta += [n_in, n_out, put(n_out * n_in), put(n_out)]
+    meta[4] = constant_offset
     eps2 = float(model.blocks[0].act._eps_squared)
-    return torch.tensor(meta, dtype=torch.int64), torch.cat(chunks).contiguous(), eps2
+    empty = torch.zeros(0, dtype=dtype)
+    cached[dtype] = (torch.tensor(meta, dtype=torch.int64), torch.cat(constants) if constants else empty, eps2)
+    return cached[dtype]
+
+
+def _pack(model, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(meta int64, params, eps^2): the network as the kernel's flat description (see
+    fused_source). ``params`` is a function of the model's parameters that autograd follows
+    where it is on (training); the Clebsch-Gordan coefficients in it (its tail) are constants."""
+    meta, constants, eps2 = _structure(model, dtype)
+    return meta, torch.cat(_trainable_chunks(model, dtype) + [constants]).contiguous(), eps2
 
 
 def _packed(model, dtype):
