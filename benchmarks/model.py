@@ -336,11 +336,11 @@ def training_step(kind: str, lattice: str, size: int, batch: int):
         params = list(model.parameters())
     optimiser = torch.optim.Adam(params, lr=1e-4)
 
-    def step():
+    def step():  # every implementation alike: the parameters' gradient only, as klmgraph's trainer asks
         optimiser.zero_grad()
         energy, field = predict()
         loss = ((field - b_ref) ** 2).mean() + (((energy - e_ref) / graph.num_nodes) ** 2).mean()
-        loss.backward()
+        loss.backward(inputs=params)
         optimiser.step()
     return step
 

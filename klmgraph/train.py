@@ -677,7 +677,9 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
             if members:  # the sum of the members' losses: each member's gradient is its own
                 loss = loss * config.model.committee
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # the parameters' gradient only: the spins' (a leaf of the field's graph) is not needed,
+            # and the compiled kernel then skips its second derivatives to the inputs
+            loss.backward(inputs=[p for p in model.parameters() if p.requires_grad])
             optimizer.step()
             if config.optimizer.schedule == "onecycle":
                 scheduler.step()

@@ -320,14 +320,18 @@ def test_without_wide_vectors_the_eager_path_runs_unless_asked(monkeypatch):
 
 
 # ---------------------------------------------------------------- training through the kernel
-def loss_gradients(model, graph, spins, field_ref, energy_ref):
+def loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad=True):
     """The trainer's path (model.energy + compute_field(training=True)), energy + force loss:
-    energy, field, the parameters' gradients and the spins' gradient."""
+    energy, field, the parameters' gradients and the spins' gradient (or, with ``spins_grad``
+    False, the parameters' alone, as the trainer asks: loss.backward(inputs=parameters))."""
     model.zero_grad()
     s = spins.detach().clone().requires_grad_(True)
     energy = model.energy(s, model.prepare(graph))
     field = compute_field(energy, s, training=True)
     loss = ((field - field_ref) ** 2).mean() + ((energy - energy_ref) ** 2).mean()
+    if not spins_grad:
+        loss.backward(inputs=list(model.parameters()))
+        return [energy.detach(), field.detach()] + [p.grad.clone() for p in model.parameters()]
     loss.backward()
     return [energy.detach(), field.detach(), s.grad] + [p.grad.clone() for p in model.parameters()]
 
@@ -383,6 +387,52 @@ def test_training_gradients_of_the_block_paths_equal_eager_float64(graph_name, b
     kernel = loss_gradients(model, graph, spins, field_ref, energy_ref)
     model.fused = False
     assert_same_gradients(kernel, loss_gradients(model, graph, spins, field_ref, energy_ref))
+
+
+@pytest.mark.parametrize("graph_name", ["triangular", "square-open"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_training_gradients_of_the_parameters_alone_equal_eager_float64(graph_name, batch, monkeypatch):
+    """The trainer's backward (loss.backward(inputs=parameters)): the dual-number call takes the
+    real call's values (_REUSE), leaves out the second derivatives to the inputs and still leaves
+    the per-configuration first derivatives that the energy loss uses (two kernel calls in all);
+    channels = 8 (the block kernels of both calls), float64."""
+    graph = GRAPHS[graph_name]()
+    model = random_model(graph, channels=8)
+    spins = klmgraph.random_spins(graph, batch=batch, seed=5, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(6)
+    field_ref = torch.randn(spins.shape, dtype=torch.float64, generator=gen)
+    energy_ref = torch.randn(batch, dtype=torch.float64, generator=gen)
+    calls = count_kernel_calls(monkeypatch)
+    kernel = loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad=False)
+    assert calls == [fused._GRAD_X | fused._SAVE, fused._GRAD_P | fused._PER_CONFIG | fused._REUSE]
+    model.fused = False
+    assert_same_gradients(kernel, loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad=False))
+
+
+def test_overwritten_saved_values_are_not_reused(monkeypatch):
+    """Two forwards on one graph before the backward: the second real call overwrites the values
+    the first kept, so the first's dual-number call computes its own (no _REUSE); the gradients
+    equal the eager path's."""
+    graph = GRAPHS["triangular"]()
+    model = random_model(graph, channels=8)
+    prepared = model.prepare(graph)
+    spins = [klmgraph.random_spins(graph, batch=2, seed=seed, dtype=torch.float64) for seed in (7, 8)]
+    field_ref = torch.randn(spins[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    calls = count_kernel_calls(monkeypatch)
+    grads = []
+    for fused_path in (True, False):
+        model.fused = fused_path
+        model.zero_grad()
+        loss = 0
+        for s in spins:
+            s = s.clone().requires_grad_(True)
+            energy = model.energy(s, prepared)
+            loss = loss + ((compute_field(energy, s, training=True) - field_ref) ** 2).mean() + energy.pow(2).mean()
+        loss.backward(inputs=list(model.parameters()))
+        grads.append([p.grad.clone() for p in model.parameters()])
+    dual = [mode for mode in calls if mode & fused._GRAD_P]
+    assert len(calls) == 4 and sorted(mode & fused._REUSE for mode in dual) == [0, fused._REUSE]
+    assert_same_gradients(*grads)
 
 
 @pytest.mark.parametrize("graph_name", list(GRAPHS))

@@ -396,7 +396,9 @@ class _Gradients(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_params, v_x0, v_filt):
         seed, params, x0, filt = ctx.saved_tensors
-        need = ctx.needs_input_grad
+        # a backward that skips the spins (the trainer's loss.backward(inputs=parameters)) needs no
+        # second derivatives to x0 and the filter: the dual call then leaves out its last pass
+        need = [n and _will_be_used(t) for n, t in zip(ctx.needs_input_grad, (seed, params, x0, filt))]
         mode = (_GRAD_P if need[1] else 0) | (_GRAD_X if need[2] or need[3] else 0)
         out = _Curvature.apply(seed, params, x0, filt, v_params, v_x0, v_filt, ctx.call, mode)
         return (out[0] if need[0] else None, *out[1:], None, None)
@@ -411,22 +413,24 @@ class _Curvature(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, seed, params, x0, filt, v_params, v_x0, v_filt, call, mode):
-        per_config = bool(mode & _GRAD_P and mode & _GRAD_X)
+        per_config = bool(mode & _GRAD_P)
         # the real call's saved values serve where they are this call's and scale with the seed
         # (constant over each configuration), and the parameters carry no derivative (the kernel
         # mixes the features' derivatives with the weights' values alone)
         c = seed.reshape(call.batch, call.n)
-        reuse = (mode & _GRAD_P and v_params is None and call.owns_saved() and bool((c == c[:, :1]).all()))
+        s = c[:, :1]
+        constant = bool((c == s).all())
+        reuse = bool(mode & _GRAD_P) and v_params is None and call.owns_saved() and constant
         energy, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed,
                                                mode=mode | (_PER_CONFIG if per_config else 0) | (_REUSE if reuse else 0),
                                                tangents=(v_params, v_x0, v_filt))
         if per_config:
-            s = seed.reshape(call.batch, call.n)[:, :1]
-            if bool((seed.reshape(call.batch, call.n) == s).all() and (s != 0).all()):
+            if constant and bool((s != 0).all()):
                 # the field's seed, constant over each configuration: the values are s_b dE_b/d(.)
                 shape = call.lead + (1, 1)
-                call.first_derivatives = (gparams[..., 0] / s, gx0[..., 0] / s.reshape(shape),
-                                          gfilt[..., 0] / s.reshape(shape))
+                call.first_derivatives = (gparams[..., 0] / s,
+                                          None if gx0 is None else gx0[..., 0] / s.reshape(shape),
+                                          None if gfilt is None else gfilt[..., 0] / s.reshape(shape))
             gparams = gparams.sum(0)
         return tuple(None if t is None else t[..., 1].contiguous() for t in (energy, gparams, gx0, gfilt))
 
