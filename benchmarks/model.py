@@ -306,8 +306,12 @@ def batch_table(args) -> list:
     return rows
 
 
-def training_step(kind: str, lattice: str, size: int, batch: int):
-    """One Adam step, loss mean|B - B_ref|^2 + mean((E - E_ref) / N)^2 (double backward)."""
+def training_step(kind: str, lattice: str, size: int, batch: int, peer_backward: str = "own"):
+    """One Adam step, loss mean|B - B_ref|^2 + mean((E - E_ref) / N)^2 (double backward), each
+    implementation's own: klmgraph's trainer asks for the parameters' gradient alone
+    (``loss.backward(inputs=parameters)``); ecnn4klm's learn.py calls ``loss.backward()``, which
+    also differentiates with respect to the input spins (``peer_backward="params"``: the peer
+    asked for the parameters alone too, a like-for-like comparison)."""
     graph = LATTICES[lattice](size)
     spins0 = klmgraph.random_spins(graph, batch=batch, seed=1, dtype=torch.float32)
     gen = torch.Generator().manual_seed(2)
@@ -336,11 +340,13 @@ def training_step(kind: str, lattice: str, size: int, batch: int):
         params = list(model.parameters())
     optimiser = torch.optim.Adam(params, lr=1e-4)
 
-    def step():  # every implementation alike: the parameters' gradient only, as klmgraph's trainer asks
+    own_peer = kind == "ecnn4klm" and peer_backward == "own"
+
+    def step():
         optimiser.zero_grad()
         energy, field = predict()
         loss = ((field - b_ref) ** 2).mean() + (((energy - e_ref) / graph.num_nodes) ** 2).mean()
-        loss.backward(inputs=params)
+        loss.backward() if own_peer else loss.backward(inputs=params)
         optimiser.step()
     return step
 
@@ -350,12 +356,14 @@ def training_table(args) -> list:
     rows = []
     for lattice in args.lattices:
         size, batch = args.train_size[lattice], args.train_batch
-        fns = {k: training_step(k, lattice, size, batch) for k in ("kernel", "eager", "ecnn4klm")}
+        fns = {k: training_step(k, lattice, size, batch, args.peer_backward) for k in ("kernel", "eager", "ecnn4klm")}
         fns = {k: v for k, v in fns.items() if v is not None}
         best = interleaved(fns, max(2, args.rounds // 2), budget=args.budget, block=args.train_block)
         for kind, (wall, cpu) in best.items():
             rows.append({"lattice": lattice, "size": size, "batch": batch, "implementation": kind, "seconds": wall,
-                         "cpu_seconds": cpu, "us_per_site": wall / (batch * size * size) * 1e6})
+                         "cpu_seconds": cpu, "us_per_site": wall / (batch * size * size) * 1e6,
+                         "backward": "loss.backward()" if kind == "ecnn4klm" and args.peer_backward == "own"
+                         else "loss.backward(inputs=parameters)"})
             print(rows[-1], flush=True)
     return rows
 
@@ -474,13 +482,13 @@ def markdown(info: dict, res: dict) -> str:
         out += [f"| {r['lattice']} | {r['batch']} x {r['size']}x{r['size']} | {r['us_per_site']:.2f} | "
                 f"{r['cpu_us_per_site']:.2f} |" for r in res["batch"]]
     if res.get("training"):
-        out += ["", "| training step (1 thread) | batch | implementation | s (wall) | CPU s | us / site | x ecnn4klm |",
-                "|---|---|---|---|---|---|---|"]
+        out += ["", "| training step (1 thread) | batch | implementation | backward | s (wall) | CPU s | us / site | x ecnn4klm |",
+                "|---|---|---|---|---|---|---|---|"]
         for r in res["training"]:
             peer = [q for q in res["training"] if q["lattice"] == r["lattice"] and q["implementation"] == "ecnn4klm"]
             ratio = f"{peer[0]['cpu_seconds'] / r['cpu_seconds']:.1f}x" if peer else ""
             out.append(f"| {r['lattice']} {r['size']}x{r['size']} | {r['batch']} | {r['implementation']} | "
-                       f"{r['seconds']:.3f} | {r['cpu_seconds']:.3f} | {r['us_per_site']:.1f} | {ratio} |")
+                       f"`{r['backward']}` | {r['seconds']:.3f} | {r['cpu_seconds']:.3f} | {r['us_per_site']:.1f} | {ratio} |")
     if res.get("llg"):
         out += ["", f"| LLG step, triangular {res['llg'][0]['size']}x{res['llg'][0]['size']}, published model, 1 thread | ms / step | in the provider | outside |",
                 "|---|---|---|---|"]
@@ -510,6 +518,9 @@ def main(argv=None):
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--train-block", type=int, default=3,
                         help="consecutive training steps per entry and round (training section)")
+    parser.add_argument("--peer-backward", choices=["own", "params"], default="own",
+                        help="the peer's training step: its learn.py's loss.backward() (also the spins' "
+                             "gradient), or the parameters' gradient alone as klmgraph's trainer asks")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=90.0, help="seconds per interleaved comparison")
