@@ -374,39 +374,27 @@ def test_training_gradients_equal_eager_float64(graph_name, time_reversal, monke
 
 @pytest.mark.parametrize("graph_name", ["triangular", "square-open"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_training_gradients_of_the_block_paths_equal_eager_float64(graph_name, batch):
+@pytest.mark.parametrize("spins_grad", [True, False])
+def test_training_gradients_of_the_block_paths_equal_eager_float64(graph_name, batch, spins_grad, monkeypatch):
     """channels = 8 gives the mixing widths (Q = 16, 32, 24) that the blocked mixing-weights
-    gradient and the dual first-layer transposed mixing take (channels = 3 falls back to the
-    per-site paths); float64, so a wrong sum shows far above rounding."""
+    gradient, the dual first-layer transposed mixing and the real block kernels on the
+    derivatives (_REUSE: the dual call takes the real call's values) take (channels = 3 falls
+    back to the per-site paths); float64, so a wrong sum shows far above rounding. Without the
+    spins' gradient (the trainer's loss.backward(inputs=parameters)) the dual call leaves out the
+    second derivatives to the inputs and still leaves the per-configuration first derivatives
+    that the energy loss uses: two kernel calls in all, either way."""
     graph = GRAPHS[graph_name]()
     model = random_model(graph, channels=8)
     spins = klmgraph.random_spins(graph, batch=batch, seed=3, dtype=torch.float64)
     gen = torch.Generator().manual_seed(4)
     field_ref = torch.randn(spins.shape, dtype=torch.float64, generator=gen)
     energy_ref = torch.randn(batch, dtype=torch.float64, generator=gen)
-    kernel = loss_gradients(model, graph, spins, field_ref, energy_ref)
-    model.fused = False
-    assert_same_gradients(kernel, loss_gradients(model, graph, spins, field_ref, energy_ref))
-
-
-@pytest.mark.parametrize("graph_name", ["triangular", "square-open"])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_training_gradients_of_the_parameters_alone_equal_eager_float64(graph_name, batch, monkeypatch):
-    """The trainer's backward (loss.backward(inputs=parameters)): the dual-number call takes the
-    real call's values (_REUSE), leaves out the second derivatives to the inputs and still leaves
-    the per-configuration first derivatives that the energy loss uses (two kernel calls in all);
-    channels = 8 (the block kernels of both calls), float64."""
-    graph = GRAPHS[graph_name]()
-    model = random_model(graph, channels=8)
-    spins = klmgraph.random_spins(graph, batch=batch, seed=5, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(6)
-    field_ref = torch.randn(spins.shape, dtype=torch.float64, generator=gen)
-    energy_ref = torch.randn(batch, dtype=torch.float64, generator=gen)
     calls = count_kernel_calls(monkeypatch)
-    kernel = loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad=False)
-    assert calls == [fused._GRAD_X | fused._SAVE, fused._GRAD_P | fused._PER_CONFIG | fused._REUSE]
+    kernel = loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad)
+    dual = fused._GRAD_P | fused._PER_CONFIG | fused._REUSE | (fused._GRAD_X if spins_grad else 0)
+    assert calls == [fused._GRAD_X | fused._SAVE, dual]
     model.fused = False
-    assert_same_gradients(kernel, loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad=False))
+    assert_same_gradients(kernel, loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad))
 
 
 def test_overwritten_saved_values_are_not_reused(monkeypatch):
