@@ -13,7 +13,8 @@ site energies that autograd differentiates twice: the first backward (:class:`_G
 the field) is the kernel's reverse to the inputs and, where a loss needs it, to the flat
 parameters; the second (:class:`_Curvature`, the parameter gradient of a loss on the field)
 is a Hessian-vector product, computed forward-over-reverse by the same kernel instantiated
-with dual numbers. The flat parameter vector is built from the model's parameters with
+with dual numbers; it takes the values that the first call kept (``_SAVE``, ``_REUSE``) and
+mixes only their derivatives. The flat parameter vector is built from the model's parameters with
 autograd on, so its gradient reaches them through the packing. A third derivative raises.
 
 Both answer None where the kernel does not apply, and the caller takes the eager PyTorch
