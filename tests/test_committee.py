@@ -147,8 +147,9 @@ def test_committee_training_through_the_kernel_equals_the_vmapped_path(lattice, 
     energy_ref = torch.randn(3, 2, dtype=torch.float64, generator=gen)
     calls = count_kernel_calls(monkeypatch)
     kernel = _training_gradients(committee, graph, spins, field_ref, energy_ref)
-    # per member: forward with dE/dx, then the force loss's dual-number call
-    assert sorted(calls) == sorted([fused._GRAD_X, fused._GRAD_P | fused._GRAD_X | fused._PER_CONFIG] * 3)
+    # per member: forward with dE/dx keeping its values, then the force loss's dual-number call on them
+    assert sorted(calls) == sorted([fused._GRAD_X | fused._SAVE,
+                                    fused._GRAD_P | fused._GRAD_X | fused._PER_CONFIG | fused._REUSE] * 3)
     committee.fused = False
     vmapped = _training_gradients(committee, graph, spins, field_ref, energy_ref)
     assert len(calls) == 6  # the vmapped path does not touch the kernel

@@ -397,10 +397,13 @@ def test_training_gradients_of_the_block_paths_equal_eager_float64(graph_name, b
     assert_same_gradients(kernel, loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad))
 
 
-def test_overwritten_saved_values_are_not_reused(monkeypatch):
-    """Two forwards on one graph before the backward: the second real call overwrites the values
-    the first kept, so the first's dual-number call computes its own (no _REUSE); the gradients
-    equal the eager path's."""
+@pytest.mark.parametrize("pool", [1, 2])
+def test_overwritten_saved_values_are_not_reused(pool, monkeypatch):
+    """Two forwards on one graph before the backward: with room for one real call's values (the
+    pool of a graph holds fused._SAVED_MAX), the second takes over the buffer of the first, whose
+    dual-number call then computes its own values (no _REUSE); with room for two, both reuse. The
+    gradients equal the eager path's either way."""
+    monkeypatch.setattr(fused, "_SAVED_MAX", pool)
     graph = GRAPHS["triangular"]()
     model = random_model(graph, channels=8)
     prepared = model.prepare(graph)
@@ -419,7 +422,8 @@ def test_overwritten_saved_values_are_not_reused(monkeypatch):
         loss.backward(inputs=list(model.parameters()))
         grads.append([p.grad.clone() for p in model.parameters()])
     dual = [mode for mode in calls if mode & fused._GRAD_P]
-    assert len(calls) == 4 and sorted(mode & fused._REUSE for mode in dual) == [0, fused._REUSE]
+    assert len(calls) == 4 and sorted(mode & fused._REUSE for mode in dual) == [0 if pool == 1 else fused._REUSE,
+                                                                              fused._REUSE]
     assert_same_gradients(*grads)
 
 

@@ -213,17 +213,30 @@ def _workspace(neighbours, size: int, dtype) -> torch.Tensor:
     return work
 
 
+# at most this many real calls' saved values are kept per graph (a committee's members each have
+# theirs); a further call takes over the least recently used, whose dual call then computes its own
+_SAVED_MAX = 8
+
+
 def _saved_values(call, size: int, dtype) -> torch.Tensor:
-    """Room for what a real call keeps for its dual call (``_SAVE``), kept with the graph's
-    neighbour table like the workspace, and marked as ``call``'s: a later call on the same graph
-    takes it over, and :meth:`_Call.owns_saved` then tells the earlier call's dual call not to use it."""
-    neighbours = call.neighbours
-    kept = neighbours.__dict__.get("_fused_saved")
-    values = kept[0] if kept is not None else None
-    if values is None or values.dtype != dtype or values.numel() < size:
-        values = torch.empty(size, dtype=dtype)
-    neighbours.__dict__["_fused_saved"] = (values, call.token)
-    return values
+    """Room for what a real call keeps for its dual call (``_SAVE``): a pool of buffers kept with
+    the graph's neighbour table like the workspace, [values, owner] pairs, least recently taken
+    first. An entry whose dual call has run is free again (:meth:`_Call.release_saved`); with
+    none free and the pool full, the oldest is taken over, and :meth:`_Call.owns_saved` then tells
+    its earlier owner's dual call not to use it."""
+    pool = call.neighbours.__dict__.setdefault("_fused_saved", [])
+    entry = next((e for e in pool if e[1] is None), None)
+    if entry is None and len(pool) >= _SAVED_MAX:
+        entry = pool[0]
+    if entry is None:
+        entry = [torch.empty(size, dtype=dtype), None]
+    else:
+        pool.remove(entry)
+        if entry[0].dtype != dtype or entry[0].numel() < size:
+            entry[0] = torch.empty(size, dtype=dtype)
+    entry[1] = call.token
+    pool.append(entry)
+    return entry[0]
 
 
 def _fits(model) -> bool:
@@ -285,11 +298,19 @@ class _Call:
         # gradient), which the kernel then leaves 0 (_CONST_CG)
         self.constant_cg = False
 
+    def _saved_entry(self):
+        return next((e for e in self.neighbours.__dict__.get("_fused_saved", []) if e[1] is self.token), None)
+
     def owns_saved(self) -> bool:
         """Whether the values a ``_SAVE`` run of this call kept are still there (no later call on
-        the same graph has overwritten them)."""
-        kept = self.neighbours.__dict__.get("_fused_saved")
-        return kept is not None and kept[1] is self.token
+        the same graph has taken their buffer over)."""
+        return self._saved_entry() is not None
+
+    def release_saved(self):
+        """Frees this call's saved values for the next real call (its dual call has used them)."""
+        entry = self._saved_entry()
+        if entry is not None:
+            entry[1] = None
 
     def run(self, params, x0, filt, seed=None, mode: int = 0, tangents=None):
         dual = tangents is not None
@@ -316,8 +337,7 @@ class _Call:
         saved = None
         if mode & (_SAVE | _REUSE):
             count = self.lib.klm_ecnn_saved(self.meta.data_ptr(), self.batch * self.n)
-            saved = (_saved_values(self, count, dtype) if mode & _SAVE
-                     else self.neighbours.__dict__["_fused_saved"][0])
+            saved = _saved_values(self, count, dtype) if mode & _SAVE else self._saved_entry()[0]
         name = ("klm_ecnn_dual_" if dual else "klm_ecnn_") + ("f32" if dtype == torch.float32 else "f64")
         ptr = (lambda t: None if t is None else t.data_ptr())
         getattr(self.lib, name)(self.meta.data_ptr(), params.data_ptr(), x0.data_ptr(), filt.data_ptr(),
@@ -425,6 +445,7 @@ class _Curvature(torch.autograd.Function):
         energy, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed,
                                                mode=mode | (_PER_CONFIG if per_config else 0) | (_REUSE if reuse else 0),
                                                tangents=(v_params, v_x0, v_filt))
+        call.release_saved()
         if per_config:
             if constant and bool((s != 0).all()):
                 # the field's seed, constant over each configuration: the values are s_b dE_b/d(.)
