@@ -508,6 +508,133 @@ inline void over_blocks(i64 lo, i64 hi, T* out0, i64 orow, T* dummy, Kern kern) 
   }
 }
 
+// out[u * ostride] = the sum of the 16 lanes of a[u], u = 0..7, for all eight at once: a fixed tree
+// of lane shuffles (halves, quarters, pairs, then neighbours added), 8 additions instead of 8 lane
+// totals; every row is reduced in the same order wherever its block starts.
+typedef float KlmF16 __attribute__((vector_size(64)));
+typedef float KlmF8 __attribute__((vector_size(32)));
+inline void lane_totals8(const KlmF16 (&a)[8], float* out, i64 ostride) {
+  KlmF16 r1[4], r2[2];
+  for (int u = 0; u < 4; ++u)  // lanes 0-7: 8 partial sums of 2u, 8-15: of 2u + 1
+    r1[u] = __builtin_shufflevector(a[2 * u], a[2 * u + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+            __builtin_shufflevector(a[2 * u], a[2 * u + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int u = 0; u < 2; ++u)  // 4 partial sums each of 4u .. 4u + 3
+    r2[u] = __builtin_shufflevector(r1[2 * u], r1[2 * u + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+            __builtin_shufflevector(r1[2 * u], r1[2 * u + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  const KlmF16 r3 =  // 2 partial sums each of 0 .. 7
+      __builtin_shufflevector(r2[0], r2[1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+      __builtin_shufflevector(r2[0], r2[1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  const KlmF8 r4 = __builtin_shufflevector(r3, r3, 0, 2, 4, 6, 8, 10, 12, 14) +
+                   __builtin_shufflevector(r3, r3, 1, 3, 5, 7, 9, 11, 13, 15);
+  for (int u = 0; u < 8; ++u) out[u * ostride] = r4[u];
+}
+
+// Transposed mixing with 8 outputs (hidden layers) of floats, weights in registers: for each
+// neighbour class and 16 inputs q, the 8 rows W[k * 8 + u][q..] are loaded once for the block's
+// S sites x D rows, whose dE/dz vectors x multiply them lane by lane into 8 accumulators each (the
+// sums over q stay in lanes, reduced once per row at the end by lane_totals8). Against the
+// interleaved form (mix_block with P = 2: one 8-byte broadcast of two inputs per multiply-add)
+// this loads (8 + S D) vectors per 8 S D multiply-adds. Q = 24 takes a last vector ending at the
+// row's end with its first 8 lanes zeroed in x.
+// out_s[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * 8 + u) * Q + q]
+constexpr i64 KLM_AHEAD8 = 4;  // classes ahead for mixt8_block's prefetch
+// Transposed mixing with 8 outputs (hidden layers) of floats, weights in registers: for each
+// neighbour class and 16 inputs q, the 8 rows W[k * 8 + u][q..] are loaded once for the block's
+// S sites x D rows, whose dE/dz vectors x multiply them lane by lane into 8 accumulators each (the
+// sums over q stay in lanes, reduced once per row at the end by lane_totals8). Against the
+// interleaved form (mix_block with P = 2: one 8-byte broadcast of two inputs per multiply-add)
+// this loads (8 + S D) vectors per 8 S D multiply-adds. Q = 24 takes a last vector ending at the
+// row's end with its first 8 lanes zeroed in x. The rows the block reads next are prefetched
+// AHEAD classes ahead, over plen floats of each row; past the last class, the next sites' (up to
+// gnext, excluded) first classes.
+// out_s[i * ostride_i + u * ostride_u] = sum_k sum_q src[nb_k][off + i * Q + q] W[(k * 8 + u) * Q + q]
+template <int D, int Q, int S>
+inline void mixt8_block(const float* __restrict src, i64 rowlen, i64 off, const i64* __restrict table, const i64* g,
+                        i64 K, i64 N, const float* __restrict zero, const float* __restrict W, float* const* out,
+                        i64 ostride_i, i64 ostride_u, i64 poff, i64 plen, i64 gend) {
+  typedef RowVec<float, Q> RV;
+  typedef typename RV::type V;
+  static_assert(RV::VL == 16, "64-byte vectors");
+  constexpr int NV = RV::NV, DUP = RV::DUP;
+  V mask;
+  for (int e = 0; e < 16; ++e) mask[e] = e < DUP ? 0.0f : 1.0f;
+  V acc[S][D][8];
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < D; ++i)
+      for (int u = 0; u < 8; ++u) acc[s][i][u] = V{};
+  const i64* nb[S];
+  i64 base[S];
+  for (int s = 0; s < S; ++s) { const i64 n = g[s] % N; nb[s] = table + n * K; base[s] = g[s] - n; }
+  for (i64 k = 0; k < K; ++k) {
+    const float* xs[S];
+    for (int s = 0; s < S; ++s) {
+      const i64 j = nb[s][k];
+      xs[s] = j == N ? zero : src + (base[s] + j) * rowlen + off;
+    }
+    if (plen > 0) {
+      const i64 ka = k + KLM_AHEAD8;
+      for (int s = 0; s < S; ++s) {
+        i64 gg = g[s], kk = ka;
+        if (kk >= K) { gg = g[S - 1] + 1 + s; kk -= K; }  // the next block's sites
+        if (gg >= gend) continue;
+        const i64 n = gg % N, j = table[n * K + kk];
+        if (j == N) continue;
+        const char* p = (const char*)(src + (gg - n + j) * rowlen + poff);
+        for (i64 b = 0; b < plen * (i64)sizeof(float); b += 64) __builtin_prefetch(p + b, 0, 3);
+      }
+    }
+    const float* wk = W + k * 8 * Q;
+    for (int v = 0; v < NV; ++v) {
+      V x[S][D];
+      for (int s = 0; s < S; ++s)
+        for (int i = 0; i < D; ++i) {
+          x[s][i] = RV::load(xs[s] + i * Q, v);
+          if (DUP > 0 && v + 1 == NV) x[s][i] *= mask;
+        }
+      for (int u = 0; u < 8; ++u) {
+        V w = RV::load(wk + u * Q, v);
+        KLM_REG(w);
+        for (int s = 0; s < S; ++s)
+          for (int i = 0; i < D; ++i) acc[s][i][u] += x[s][i] * w;
+      }
+    }
+  }
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < D; ++i) lane_totals8(acc[s][i], out[s] + i * ostride_i, ostride_u);
+}
+
+// mixt8_block over the sites [lo, hi) for D = 1, 3 or 5 rows of Q = 16, 24 or 32 inputs: scalars
+// 3 sites per block, otherwise one site per block, its rows in chunks of at most 3 (5 = 3 + 2; the
+// first chunk prefetches the rows of all D). False for other shapes.
+inline bool mixt8_tile(const float* src, i64 rowlen, i64 off, i64 Q, const i64* table, i64 lo, i64 hi, i64 K,
+                       i64 N, const float* zero, const float* W, float* out0, i64 orow, float* dummy, i64 ostride_i,
+                       i64 ostride_u, i64 D) {
+  if (Q != 16 && Q != 24 && Q != 32) return false;
+  if (D != 1 && D != 3 && D != 5) return false;
+#define KLM_MIXT8(QQ)                                                                                            \
+  if (Q == QQ) {                                                                                                 \
+    if (D == 1) {                                                                                                \
+      over_blocks<float, 3>(lo, hi, out0, orow, dummy, [&](const i64* g, float* const* out) {                    \
+        mixt8_block<1, QQ, 3>(src, rowlen, off, table, g, K, N, zero, W, out, ostride_i, ostride_u, off, QQ, hi); \
+      });                                                                                                        \
+    } else {                                                                                                     \
+      over_blocks<float, 1>(lo, hi, out0, orow, dummy, [&](const i64* g, float* const* out) {                    \
+        mixt8_block<3, QQ, 1>(src, rowlen, off, table, g, K, N, zero, W, out, ostride_i, ostride_u, off, D * QQ, \
+                              hi);                                                                               \
+        if (D == 5) {                                                                                            \
+          float* o2[1] = {out[0] + 3 * ostride_i};                                                               \
+          mixt8_block<2, QQ, 1>(src, rowlen, off + 3 * QQ, table, g, K, N, zero, W, o2, ostride_i, ostride_u,    \
+                                off, 0, hi);                                                                     \
+        }                                                                                                        \
+      });                                                                                                        \
+    }                                                                                                            \
+    return true;                                                                                                 \
+  }
+  KLM_MIXT8(16) KLM_MIXT8(24) KLM_MIXT8(32)
+#undef KLM_MIXT8
+  return false;
+}
+
 // mix_block over the sites [lo, hi) (output rows out0 + (g - lo) * orow); false where no block
 // kernel has the shape (D, Q) or T is not a real type (the caller then mixes site by site)
 template <typename T>
@@ -575,6 +702,11 @@ inline bool mixt_tile(const T* src, i64 rowlen, i64 off, i64 Q, const i64* table
   } else {
     constexpr int P = 8 / sizeof(T);
     if (UO == 8) {
+#if defined(__AVX512F__) && !defined(KLM_MIXT_INTERLEAVED)
+      if constexpr (std::is_same<T, float>::value)
+        if (mixt8_tile(src, rowlen, off, Q, table, lo, hi, K, N, zero, W, out0, orow, dummy, ostride_i, ostride_u, D))
+          return true;
+#endif
       if (Q % P != 0) return false;
 #define KLM_MIXTP(DD)                                                                                            \
   if (D == DD) {                                                                                                 \
