@@ -521,7 +521,8 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
     card = {
         "name": "triangular-paper",
         "summary": "committee of 4 ECNNs for the paper's triangular Kondo lattice model, trained by klmgraph learn "
-                   "on k-grid ED labels (thermodynamic-limit fields and energies; energy weight 100)",
+                   "on k-grid ED labels (thermodynamic-limit fields and energies; energy weight "
+                   f"{config['training']['energy_weight']:g})",
         "date": datetime.date.today().isoformat(),
         "lattice": f"triangular {'x'.join(map(str, config['system']['size']))} periodic (applies to any size)",
         "hamiltonian": {**HAMILTONIAN, "ensemble": "grand canonical", "temperature": 0.0},
