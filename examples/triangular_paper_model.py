@@ -522,7 +522,9 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
         "name": "triangular-paper",
         "summary": "committee of 4 ECNNs for the paper's triangular Kondo lattice model, trained by klmgraph learn "
                    "on k-grid ED labels (thermodynamic-limit fields and energies; energy weight "
-                   f"{config['training']['energy_weight']:g})",
+                   f"{config['training'].get('energy_weight', 0.0):g}"
+                   + (f", fine-tunings {config['finetune']['energy_weight']:g}"
+                      if config.get("finetune", {}).get("energy_weight") is not None else "") + ")",
         "date": datetime.date.today().isoformat(),
         "lattice": f"triangular {'x'.join(map(str, config['system']['size']))} periodic (applies to any size)",
         "hamiltonian": {**HAMILTONIAN, "ensemble": "grand canonical", "temperature": 0.0},

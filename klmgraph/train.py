@@ -623,6 +623,9 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
     model = build(config, train_set).to(device=device, dtype=dtype)
     if t.init:
         _start_from(model, t.init)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("train: the model has no trainable parameters (every one has requires_grad=False)")
     optimizer = _make_optimizer(model.parameters(), config.optimizer)
     steps = math.ceil(len(train_idx) / t.batch_size)
     scheduler = _make_scheduler(optimizer, config.optimizer, t.epochs, steps)
@@ -679,7 +682,7 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
             optimizer.zero_grad(set_to_none=True)
             # the parameters' gradient only: the spins' (a leaf of the field's graph) is not needed,
             # and the compiled kernel then skips its second derivatives to the inputs
-            loss.backward(inputs=[p for p in model.parameters() if p.requires_grad])
+            loss.backward(inputs=trainable)
             optimizer.step()
             if config.optimizer.schedule == "onecycle":
                 scheduler.step()

@@ -427,6 +427,51 @@ def test_overwritten_saved_values_are_not_reused(pool, monkeypatch):
     assert_same_gradients(*grads)
 
 
+def test_one_call_two_forwards_each_backward_takes_its_own_values():
+    """One kernel call description running two forwards (as gradcheck does) before the backward
+    of the first: that backward must use the first forward's values, never the second's (a
+    SavedToken per forward), and its gradients equal those of a call that ran it alone."""
+    graph = GRAPHS["triangular"]()
+    model = random_model(graph, channels=8)
+    neighbours = model.prepare(graph)
+    meta, params, eps2 = fused._pack(model, torch.float64)
+    spins = [klmgraph.random_spins(graph, batch=2, seed=seed, dtype=torch.float64) for seed in (1, 2)]
+    field_ref = torch.randn(spins[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    def first_loss_gradient(two_forwards: bool):
+        p = params.detach().clone().requires_grad_(True)
+        call = fused._Call(fused._library(), meta, eps2, neighbours, spins[0].shape[:-1])
+        energies = []
+        for s in spins[:2 if two_forwards else 1]:
+            s = s.clone().requires_grad_(True)
+            x0, filt = fused._inputs(model, s)
+            energies.append((s, fused._SiteEnergies.apply(p, x0, filt, call).sum(-1)))
+        s, energy = energies[0]
+        field = compute_field(energy, s, training=True)
+        (grad,) = torch.autograd.grad(((field - field_ref) ** 2).mean(), p)
+        return grad
+
+    alone, second_between = first_loss_gradient(False), first_loss_gradient(True)
+    torch.testing.assert_close(second_between, alone, rtol=0, atol=1e-12 * alone.abs().max().item())
+
+
+def test_saved_values_are_freed_when_no_dual_call_follows():
+    """An evaluation (the field without create_graph) and a forward whose graph is dropped leave
+    no buffer of the graph's pool owned: the next real calls find them free."""
+    graph = GRAPHS["triangular"]()
+    model = random_model(graph, channels=8)
+    prepared = model.prepare(graph)
+    for seed in range(3):
+        s = klmgraph.random_spins(graph, batch=2, seed=seed, dtype=torch.float64).requires_grad_(True)
+        compute_field(model.energy(s, prepared), s, training=False)
+    s = klmgraph.random_spins(graph, batch=2, seed=9, dtype=torch.float64).requires_grad_(True)
+    energy = model.energy(s, prepared)
+    pool = prepared.__dict__["_fused_saved"]
+    assert sum(fused._owner(e) is not None for e in pool) == 1  # the live forward's
+    del energy
+    assert len(pool) >= 1 and all(fused._owner(e) is None for e in pool)
+
+
 @pytest.mark.parametrize("graph_name", list(GRAPHS))
 def test_training_gradients_published_size_float32(graph_name):
     """Published hyper-parameters in float32: the dual-number call's block kernels (mixing and

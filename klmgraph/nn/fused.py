@@ -34,6 +34,7 @@ import ctypes
 import math
 import os
 import warnings
+import weakref
 
 import torch
 
@@ -138,7 +139,8 @@ def _structure(model, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
 
     def put(size: int) -> int:  # the next trainable chunk (its size checked against the order)
         nonlocal offset
-        assert next(trainable) == size, "the flat parameters' order changed"
+        if next(trainable) != size:  # not an assert: python -O must not pack the wrong chunks
+            raise RuntimeError("the flat parameters' order changed: the kernel's packing no longer matches the model")
         start, offset = offset, offset + size
         return start
 
@@ -218,23 +220,35 @@ def _workspace(neighbours, size: int, dtype) -> torch.Tensor:
 _SAVED_MAX = 8
 
 
-def _saved_values(call, size: int, dtype) -> torch.Tensor:
+class SavedToken:
+    """Marks the values one ``_SAVE`` run kept (one forward of :class:`_SiteEnergies`). The pool
+    holds it weakly: once autograd frees that forward's graph (no dual call will come, e.g. an
+    evaluation or an energy without its field), the buffer is free again."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _owner(entry):
+    return None if entry[1] is None else entry[1]()
+
+
+def _saved_values(neighbours, token: SavedToken, size: int, dtype) -> torch.Tensor:
     """Room for what a real call keeps for its dual call (``_SAVE``): a pool of buffers kept with
-    the graph's neighbour table like the workspace, [values, owner] pairs, least recently taken
-    first. An entry whose dual call has run is free again (:meth:`_Call.release_saved`); with
-    none free and the pool full, the oldest is taken over, and :meth:`_Call.owns_saved` then tells
-    its earlier owner's dual call not to use it."""
-    pool = call.neighbours.__dict__.setdefault("_fused_saved", [])
-    entry = next((e for e in pool if e[1] is None), None)
+    the graph's neighbour table like the workspace, [values, weak reference to the owner's token]
+    pairs, least recently taken first. An entry whose dual call has run, or whose owner is gone,
+    is free again (:meth:`_Call.release_saved`); with none free and the pool full, the oldest is
+    taken over, and :meth:`_Call.owns_saved` then tells its earlier owner's dual call not to use it."""
+    pool = neighbours.__dict__.setdefault("_fused_saved", [])
+    entry = next((e for e in pool if _owner(e) is None), None)
     if entry is None and len(pool) >= _SAVED_MAX:
         entry = pool[0]
     if entry is None:
         entry = [torch.empty(size, dtype=dtype), None]
     else:
-        pool.remove(entry)
+        del pool[next(i for i, e in enumerate(pool) if e is entry)]  # by identity: == compares the tensors
         if entry[0].dtype != dtype or entry[0].numel() < size:
             entry[0] = torch.empty(size, dtype=dtype)
-    entry[1] = call.token
+    entry[1] = weakref.ref(token)
     pool.append(entry)
     return entry[0]
 
@@ -287,32 +301,35 @@ class _Call:
         self.threads = threads  # None: torch's count at the time of the call
         self.lead, self.n = shape[:-1], shape[-1]
         self.batch = math.prod(self.lead)
-        # (dE_b/dparams per configuration, dE/dx0, dE/dfilt), left by the force loss's backward
-        # (_Curvature) for the energy loss's (_SiteEnergies.backward): see there
+        # (token, dE_b/dparams per configuration, dE/dx0, dE/dfilt), left by the force loss's
+        # backward (_Curvature) for the energy loss's (_SiteEnergies.backward): see there; the
+        # token (SavedToken) names the forward they belong to
         self.first_derivatives = None
-        # (dE/dx0, dE/dfilt), left by the forward for the field (_Gradients.forward)
+        # (token, dE/dx0, dE/dfilt), left by the forward for the field (_Gradients.forward)
         self.field_derivatives = None
-        self.token = object()  # marks the saved values of this call's _SAVE run (_saved_values)
         # whether the Clebsch-Gordan entries of the flat parameters are constants to the caller
         # (fused_site_energies: _pack builds them from the model's buffers, so autograd drops their
         # gradient), which the kernel then leaves 0 (_CONST_CG)
         self.constant_cg = False
 
-    def _saved_entry(self):
-        return next((e for e in self.neighbours.__dict__.get("_fused_saved", []) if e[1] is self.token), None)
+    def _saved_entry(self, token: SavedToken | None):
+        pool = self.neighbours.__dict__.get("_fused_saved", [])
+        return None if token is None else next((e for e in pool if _owner(e) is token), None)
 
-    def owns_saved(self) -> bool:
-        """Whether the values a ``_SAVE`` run of this call kept are still there (no later call on
-        the same graph has taken their buffer over)."""
-        return self._saved_entry() is not None
+    def owns_saved(self, token: SavedToken | None) -> bool:
+        """Whether the values that the ``_SAVE`` run marked ``token`` kept are still there (no
+        later call on the same graph has taken their buffer over)."""
+        return self._saved_entry(token) is not None
 
-    def release_saved(self):
-        """Frees this call's saved values for the next real call (its dual call has used them)."""
-        entry = self._saved_entry()
+    def release_saved(self, token: SavedToken | None):
+        """Frees the values of the run marked ``token`` for the next real call (its dual call
+        has used them, or none will come)."""
+        entry = self._saved_entry(token)
         if entry is not None:
             entry[1] = None
 
-    def run(self, params, x0, filt, seed=None, mode: int = 0, tangents=None):
+    def run(self, params, x0, filt, seed=None, mode: int = 0, tangents=None, token: SavedToken | None = None):
+        """``token``: the mark of the values that ``_SAVE`` keeps and ``_REUSE`` reads."""
         dual = tangents is not None
         if dual:  # interleaved (value, derivative) pairs: the kernel's Dual<T> layout
             pair = (lambda t, d: torch.stack([t.detach(), torch.zeros_like(t) if d is None else d.detach()], -1)
@@ -337,7 +354,7 @@ class _Call:
         saved = None
         if mode & (_SAVE | _REUSE):
             count = self.lib.klm_ecnn_saved(self.meta.data_ptr(), self.batch * self.n)
-            saved = _saved_values(self, count, dtype) if mode & _SAVE else self._saved_entry()[0]
+            saved = _saved_values(self.neighbours, token, count, dtype) if mode & _SAVE else self._saved_entry(token)[0]
         name = ("klm_ecnn_dual_" if dual else "klm_ecnn_") + ("f32" if dtype == torch.float32 else "f64")
         ptr = (lambda t: None if t is None else t.data_ptr())
         getattr(self.lib, name)(self.meta.data_ptr(), params.data_ptr(), x0.data_ptr(), filt.data_ptr(),
@@ -361,7 +378,7 @@ class _SiteEnergies(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, params, x0, filt, call):
-        ctx.call = call
+        ctx.call, ctx.token = call, None
         ctx.save_for_backward(params, x0, filt)
         if ctx.needs_input_grad[0] and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
             # training (parameters and spins require grad): the field will be asked for, and its
@@ -369,8 +386,12 @@ class _SiteEnergies(torch.autograd.Function):
             # forward). Frozen weights (chunked evaluation: seeds that differ between owned and
             # halo sites) skip it. The call keeps its values for the dual-number call of the force
             # loss's backward (_Curvature), which then computes only their derivatives.
-            energy, gx0, gfilt, _ = call.run(params, x0, filt, mode=_GRAD_X | _SAVE)
-            call.field_derivatives = (gx0, gfilt)
+            # What this forward leaves for its own backward passes is marked with a token of its
+            # own (a call may run several forwards, e.g. gradcheck): another forward's values
+            # must never serve it.
+            ctx.token = SavedToken()
+            energy, gx0, gfilt, _ = call.run(params, x0, filt, mode=_GRAD_X | _SAVE, token=ctx.token)
+            call.field_derivatives = (ctx.token, gx0, gfilt)
             return energy
         return call.run(params, x0, filt)[0]
 
@@ -379,6 +400,8 @@ class _SiteEnergies(torch.autograd.Function):
         params, x0, filt = ctx.saved_tensors
         want = [ctx.needs_input_grad[i] and _will_be_used(t) for i, t in enumerate((params, x0, filt))]
         mode = (_GRAD_P if want[0] else 0) | (_GRAD_X if want[1] or want[2] else 0)
+        if not torch.is_grad_enabled():  # a last backward: no dual call of this forward will come
+            ctx.call.release_saved(ctx.token)
         if not mode:
             return None, None, None, None
         # The energy loss of training: its backward runs after the force loss's (autograd runs
@@ -386,14 +409,15 @@ class _SiteEnergies(torch.autograd.Function):
         # configuration; a seed constant over each configuration's sites (a loss on E = sum e)
         # scales them, saving a kernel call. They are a function of the saved inputs only.
         cached = ctx.call.first_derivatives
-        if cached is not None and not torch.is_grad_enabled() and (cached[1] is not None or not mode & _GRAD_X):
+        if (cached is not None and ctx.token is not None and cached[0] is ctx.token and not torch.is_grad_enabled()
+                and (cached[2] is not None or not mode & _GRAD_X)):
             c = seed.reshape(ctx.call.batch, ctx.call.n)
             if bool((c == c[:, :1]).all()):
                 per_config = c[:, 0]
                 scale = per_config.reshape(ctx.call.lead + (1, 1))
-                return ((per_config[:, None] * cached[0]).sum(0) if want[0] else None,
-                        scale * cached[1] if want[1] else None, scale * cached[2] if want[2] else None, None)
-        gparams, gx0, gfilt = _Gradients.apply(seed, params, x0, filt, ctx.call, mode)
+                return ((per_config[:, None] * cached[1]).sum(0) if want[0] else None,
+                        scale * cached[2] if want[1] else None, scale * cached[3] if want[2] else None, None)
+        gparams, gx0, gfilt = _Gradients.apply(seed, params, x0, filt, ctx.call, mode, ctx.token)
         return gparams, gx0, gfilt, None
 
 
@@ -401,16 +425,16 @@ class _Gradients(torch.autograd.Function):
     """(dF/dparams, dF/dx0, dF/dfilt) of F = sum_g seed_g e_g; backward: :class:`_Curvature`."""
 
     @staticmethod
-    def forward(ctx, seed, params, x0, filt, call, mode):
+    def forward(ctx, seed, params, x0, filt, call, mode, token):
         ctx.set_materialize_grads(False)
-        ctx.call, ctx.mode = call, mode
+        ctx.call, ctx.mode, ctx.token = call, mode, token
         ctx.save_for_backward(seed, params, x0, filt)
         cached = call.field_derivatives
-        if mode == _GRAD_X and cached is not None:
+        if mode == _GRAD_X and cached is not None and token is not None and cached[0] is token:
             c = seed.reshape(call.batch, call.n)
             if bool((c == c[:, :1]).all()):  # a seed constant over each configuration: scale
                 scale = c[:, :1].reshape(call.lead + (1, 1))
-                return None, scale * cached[0], scale * cached[1]
+                return None, scale * cached[1], scale * cached[2]
         _, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed, mode=mode)
         return gparams, gx0, gfilt
 
@@ -421,8 +445,8 @@ class _Gradients(torch.autograd.Function):
         # second derivatives to x0 and the filter: the dual call then leaves out its last pass
         need = [n and _will_be_used(t) for n, t in zip(ctx.needs_input_grad, (seed, params, x0, filt))]
         mode = (_GRAD_P if need[1] else 0) | (_GRAD_X if need[2] or need[3] else 0)
-        out = _Curvature.apply(seed, params, x0, filt, v_params, v_x0, v_filt, ctx.call, mode)
-        return (out[0] if need[0] else None, *out[1:], None, None)
+        out = _Curvature.apply(seed, params, x0, filt, v_params, v_x0, v_filt, ctx.call, mode, ctx.token)
+        return (out[0] if need[0] else None, *out[1:], None, None, None)
 
 
 class _Curvature(torch.autograd.Function):
@@ -433,7 +457,7 @@ class _Curvature(torch.autograd.Function):
     ``once_differentiable`` does for ``autograd.grad``)."""
 
     @staticmethod
-    def forward(ctx, seed, params, x0, filt, v_params, v_x0, v_filt, call, mode):
+    def forward(ctx, seed, params, x0, filt, v_params, v_x0, v_filt, call, mode, token):
         per_config = bool(mode & _GRAD_P)
         # the real call's saved values serve where they are this call's and scale with the seed
         # (constant over each configuration), and the parameters carry no derivative (the kernel
@@ -441,16 +465,16 @@ class _Curvature(torch.autograd.Function):
         c = seed.reshape(call.batch, call.n)
         s = c[:, :1]
         constant = bool((c == s).all())
-        reuse = bool(mode & _GRAD_P) and v_params is None and call.owns_saved() and constant
+        reuse = bool(mode & _GRAD_P) and v_params is None and call.owns_saved(token) and constant
         energy, gx0, gfilt, gparams = call.run(params, x0, filt, seed=seed,
                                                mode=mode | (_PER_CONFIG if per_config else 0) | (_REUSE if reuse else 0),
-                                               tangents=(v_params, v_x0, v_filt))
-        call.release_saved()
+                                               tangents=(v_params, v_x0, v_filt), token=token)
+        call.release_saved(token)
         if per_config:
             if constant and bool((s != 0).all()):
                 # the field's seed, constant over each configuration: the values are s_b dE_b/d(.)
                 shape = call.lead + (1, 1)
-                call.first_derivatives = (gparams[..., 0] / s,
+                call.first_derivatives = (token, gparams[..., 0] / s,
                                           None if gx0 is None else gx0[..., 0] / s.reshape(shape),
                                           None if gfilt is None else gfilt[..., 0] / s.reshape(shape))
             gparams = gparams.sum(0)
