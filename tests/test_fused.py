@@ -427,6 +427,26 @@ def test_overwritten_saved_values_are_not_reused(pool, monkeypatch):
     assert_same_gradients(*grads)
 
 
+@pytest.mark.parametrize("spins_grad", [True, False])
+def test_training_gradients_are_identical_for_1_and_3_threads(spins_grad):
+    """The trainer's step through the kernel (saved values reused, parameter-gradient groups)
+    gives bit-identical energies, fields and gradients with 1 and 3 threads."""
+    graph = GRAPHS["triangular"]()
+    model = random_model(graph, channels=8)
+    spins = klmgraph.random_spins(graph, batch=3, seed=11, dtype=torch.float64)
+    field_ref, energy_ref = torch.randn_like(spins), torch.randn(3, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            results.append(loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad))
+    finally:
+        torch.set_num_threads(threads)
+    for one, three in zip(*results, strict=True):
+        assert torch.equal(one, three)
+
+
 def test_one_call_two_forwards_each_backward_takes_its_own_values():
     """One kernel call description running two forwards (as gradcheck does) before the backward
     of the first: that backward must use the first forward's values, never the second's (a
