@@ -447,6 +447,28 @@ def test_training_gradients_are_identical_for_1_and_3_threads(spins_grad):
         assert torch.equal(one, three)
 
 
+@pytest.mark.parametrize("pool", [0, 8])
+def test_the_dual_call_reads_the_saved_values(pool, monkeypatch):
+    """The values a real call keeps are what its dual call uses: spoiled (NaN) between the
+    forward and the backward, they spoil the parameters' gradients; with no room to keep them
+    (pool 0: the dual call computes its own) the gradients stay finite."""
+    monkeypatch.setattr(fused, "_SAVED_MAX", max(pool, 1))
+    graph = GRAPHS["triangular"]()
+    model = random_model(graph, channels=8)
+    prepared = model.prepare(graph)
+    s = klmgraph.random_spins(graph, batch=2, seed=4, dtype=torch.float64).requires_grad_(True)
+    energy = model.energy(s, prepared)
+    field = compute_field(energy, s, training=True)
+    for entry in prepared.__dict__["_fused_saved"]:
+        entry[0].fill_(float("nan"))
+        if pool == 0:
+            entry[1] = None  # taken over: as if a later call had needed the room
+    model.zero_grad()
+    field.pow(2).mean().backward(inputs=list(model.parameters()))
+    finite = all(bool(p.grad.isfinite().all()) for p in model.parameters() if p.grad is not None)
+    assert finite == (pool == 0)
+
+
 def test_one_call_two_forwards_each_backward_takes_its_own_values():
     """One kernel call description running two forwards (as gradcheck does) before the backward
     of the first: that backward must use the first forward's values, never the second's (a
