@@ -7,13 +7,13 @@ T = 0). Stages (each resumes where it stopped; ``--stage all`` runs them in orde
   and ED-LLG snapshots): LLG with k-grid ED forces on 12 x 12 (a) at T = 0.0015 and 0.003 from
   the k-grid-ED-relaxed branches of ``--phase-records`` at the fields at least 0.001 from every
   evaluation field (the relaxed states themselves included), and (b) damped (T = 0) from random
-  starts at Hz = 0, 0.001, 0.0035, 0.0065, 0.0105; tiled onto the loop's lattice and labelled
-  there by ED on its k-grid, solved on 12 x 12 (``klmgraph.FoldedED``: the same numbers at
-  1/16 of the cost). Writes ``--snapshots``; the ``learn`` stage trains on it beside the random
-  configurations where it exists ([initial] data).
+  starts at Hz = 0, 0.001, 0.0035, 0.0065, 0.0105; labelled by the loop's ED (its lattice and
+  k-grid; a loop lattice that tiles 12 x 12, e.g. 24 x 24, is solved on 12 x 12 by
+  ``klmgraph.FoldedED``: the same numbers at 1/copies^2 of the cost). Writes ``--snapshots``; the
+  ``learn`` stage trains on it beside the random configurations where it exists ([initial] data).
 * ``learn``: the active-learning loop of examples/learn_triangular.toml (a committee of 4 on
-  24 x 24, labels by ED with a 4 x 4 k-grid), i.e. ``klmgraph learn --config
-  examples/learn_triangular.toml --out OUT`` through the Python API (``--quick``: its 12 x 12
+  12 x 12, labels by ED with an 8 x 8 k-grid: those of 24 x 24 with 4 x 4), i.e. ``klmgraph learn --config
+  examples/learn_triangular.toml --out OUT`` through the Python API (``--quick``: its 2 x 2-grid
   setting).
 * ``eval-data``: an evaluation set that no training saw, in ``--eval-dir``: equilibrium states
   at Hz = 0.002, 0.005, 0.008: (a) damped ML-LLG from random starts on the lattice (the

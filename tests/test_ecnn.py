@@ -253,3 +253,18 @@ def test_gather_backward_used_on_gpus_gives_the_same_field():
     e2, b2 = provider.energy_and_field(spins)
     assert e1.equal(e2)
     torch.testing.assert_close(b2, b1, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("reps", [(2, 2), (1, 3)])
+def test_energy_per_site_and_field_of_a_tiled_lattice_equal_the_original(reps):
+    # message passing commutes with the covering map of a periodic lattice onto a tiling of it, so
+    # the triangular recipe trains on 12 x 12 for every lattice that tiles it (learn_triangular.toml)
+    graph = klmgraph.triangular(6, 6, 1.0, 0.0, -0.85)
+    tiled, spins_tiled = klmgraph.tile_spins(graph, spins_for(graph, batch=2), reps)
+    copies = reps[0] * reps[1]
+    model = small_model(graph, num_interactions=3)
+    energy, field = model.bind(graph).energy_and_field(spins_for(graph, batch=2))
+    energy_t, field_t = model.bind(tiled).energy_and_field(spins_tiled)
+    _, index = klmgraph.spins.tiling(graph, reps)
+    torch.testing.assert_close(energy_t / copies, energy, rtol=1e-12, atol=0)
+    torch.testing.assert_close(field_t, field[:, index], rtol=1e-12, atol=1e-12)
