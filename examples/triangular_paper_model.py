@@ -41,7 +41,7 @@ T = 0). Stages (each resumes where it stopped; ``--stage all`` runs them in orde
   while ``--out`` holds no trained model, and while the loop has not finished unless
   ``--partial`` (the card then says so).
 
-    python examples/triangular_paper_model.py --stage snapshots --phase-records R  # ~3 CPU hours of ED
+    python examples/triangular_paper_model.py --stage snapshots --phase-records R --workers 2  # ~2 CPU hours of ED
     python examples/triangular_paper_model.py --stage learn --out learn-tri      # hours (resumable)
     python examples/triangular_paper_model.py --stage eval-data                  # ~30 CPU minutes of ED
     python examples/triangular_paper_model.py --stage eval --out learn-tri       # seconds
@@ -188,18 +188,57 @@ def distinct_states(found: list[dict]) -> list[dict]:
 
 # ------------------------------------------------------------------------------ training snapshots
 
-def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path, path: Path) -> Path:
+def snapshot_part(task: tuple) -> str:
+    """Make one part of the ``snapshots`` stage and store it as ``file`` (.npy) unless it exists
+    (module level: for the workers). ``task``: (file, kind, settings, hz, start, k) with kind
+    "equilibria" (``start`` itself), "thermal" (LLG at temperature ``k`` from ``start``) or
+    "random" (damped ED-LLG runs from random starts, the k-th field of the settings)."""
+    import numpy as np
+
+    file, kind, t, hz, start, k = task
+    file = Path(file)
+    if file.exists():
+        return file.name
+    torch.set_num_threads(1)
+    sampler = klmgraph.triangular(t.size, t.size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
+    if kind == "equilibria":
+        spins = start
+    elif kind == "thermal":
+        temperature, n = k
+        llg = klmgraph.LLG(solver(sampler, t.thermal_grid), dt=5.0, alpha=1.0, temperature=temperature,
+                           field=(0.0, 0.0, hz), integrator="heun")
+        run = llg.run(start, t.thermal_steps, record_every=t.thermal_every, record_spins=True,
+                      seed=round(hz * 1e5) + 7 * n)
+        spins = run.snapshots[1:].reshape(-1, sampler.num_nodes, 3)
+    else:  # examples/triangular_training.py's ED-LLG runs (each resumable by itself), on the sampler
+        spins = torch.cat([ed_llg_snapshots(solver(sampler, t.random_grid), hz, t.random_steps, t.random_every, 5.0,
+                                            seed=2100 + 100 * k + run, folder=file.parent / f"random_{hz:.5f}_run{run}",
+                                            progress=False)
+                           for run in range(t.random_runs)])
+    with atomic_path(file) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, spins.double().numpy())
+    return file.name
+
+
+def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path, path: Path,
+                  workers: int = 1) -> Path:
     """The ``snapshots`` stage: ED-LLG snapshots near the equilibria, labelled for the loop.
 
     Each run's snapshots are stored in ``path``'s folder as parts/<name>.npy as soon as the run
-    ends, and the labels resume by themselves (klmgraph.generate_dataset), so a killed stage
-    continues where it stopped. ``system`` is the learn configuration's [system]: the data set
-    is of its lattice and Hamiltonian ([initial] data of the loop)."""
+    ends (in ``workers`` processes), and the labels resume by themselves
+    (klmgraph.generate_dataset), so a killed stage continues where it stopped. ``system`` is the
+    learn configuration's [system]: the data set is of its lattice and Hamiltonian ([initial]
+    data of the loop)."""
     import numpy as np
+    from tqdm.auto import tqdm
+
+    from triangular_phase_diagram import in_workers
 
     ed = system.solver()
     sampler = klmgraph.triangular(t.size, t.size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
-    labeller = klmgraph.FoldedED(ed, sampler)  # refuses a loop lattice that 12 x 12 does not tile
+    # the loop's own lattice needs no folding; one that 12 x 12 tiles is solved on 12 x 12
+    labeller = ed if ed.graph.same_lattice(sampler.description) else klmgraph.FoldedED(ed, sampler)
     records = relaxed_records(phase_records, lambda h: True)  # read once; every job takes its field's
     far = [h for h in sorted({r["hz"] for r in records})
            if all(abs(h - hz) >= t.min_distance - 1e-12 for hz in s.fields)]
@@ -217,44 +256,26 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
     with atomic_path(stored) as tmp:
         tmp.write_text(json.dumps(made_by, indent=1) + "\n")
 
-    def part(name: str, make) -> torch.Tensor:
-        file = parts_dir / f"{name}.npy"
-        if not file.exists():
-            spins = make().double()
-            with atomic_path(file) as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, spins.numpy())
-        return torch.from_numpy(np.load(file))
-
     def equilibria(hz: float) -> torch.Tensor:
         states = distinct_states([r for r in records if math.isclose(r["hz"], hz)])
         return torch.tensor([r["cell_spins"] for r in states], dtype=torch.float64)[:, index]
 
-    def thermal(hz: float, T: float, k: int) -> torch.Tensor:
-        llg = klmgraph.LLG(solver(sampler, t.thermal_grid), dt=5.0, alpha=1.0, temperature=T,
-                           field=(0.0, 0.0, hz), integrator="heun")
-        run = llg.run(equilibria(hz), t.thermal_steps, record_every=t.thermal_every, record_spins=True,
-                      seed=round(hz * 1e5) + 7 * k)
-        return run.snapshots[1:].reshape(-1, sampler.num_nodes, 3)
-
-    def relaxation(hz: float, k: int) -> torch.Tensor:
-        # examples/triangular_training.py's ED-LLG runs (each resumable by itself), on the sampler
-        return torch.cat([ed_llg_snapshots(solver(sampler, t.random_grid), hz, t.random_steps, t.random_every, 5.0,
-                                           seed=2100 + 100 * k + run, folder=parts_dir / f"random_{hz:.5f}_run{run}",
-                                           progress=False)
-                          for run in range(t.random_runs)])
-
-    jobs = [(f"equilibria_{hz:.5f}", lambda hz=hz: equilibria(hz)) for hz in far]
-    jobs += [(f"thermal_{hz:.5f}_T{T:g}", lambda hz=hz, T=T, k=k: thermal(hz, T, k))
-             for k, T in enumerate(t.temperatures) for hz in far]
-    jobs += [(f"random_{hz:.5f}", lambda hz=hz, k=k: relaxation(hz, k)) for k, hz in enumerate(t.random_fields)]
+    tasks = [(parts_dir / f"equilibria_{hz:.5f}.npy", "equilibria", t, hz, equilibria(hz), None) for hz in far]
+    tasks += [(parts_dir / f"thermal_{hz:.5f}_T{T:g}.npy", "thermal", t, hz, equilibria(hz), (T, k))
+              for k, T in enumerate(t.temperatures) for hz in far]
+    tasks += [(parts_dir / f"random_{hz:.5f}.npy", "random", t, hz, None, k) for k, hz in enumerate(t.random_fields)]
     print(f"snapshots: ED-LLG on {sampler.describe()} at Hz = {far} (relaxed states +- T = {list(t.temperatures)}) "
-          f"and from random starts at Hz = {list(t.random_fields)}; labels by {labeller.solver}")
-    from tqdm.auto import tqdm
-
-    spins = torch.cat([part(name, make) for name, make in tqdm(jobs, desc="ED-LLG", unit="run")])
+          f"and from random starts at Hz = {list(t.random_fields)}, {workers} process(es); labels by {labeller.solver}")
+    # the slowest parts (the random-start runs, then the thermal ones) first, so that workers finish together
+    order = sorted(range(len(tasks)), key=lambda i: {"random": 0, "thermal": 1, "equilibria": 2}[tasks[i][1]])
+    for _ in in_workers(snapshot_part, [tasks[i] for i in order], workers,
+                        tqdm(total=len(tasks), desc="ED-LLG", unit="run")):
+        pass
+    spins = torch.cat([torch.from_numpy(np.load(task[0])) for task in tasks])
     spins = spins / spins.norm(dim=-1, keepdim=True)
-    return klmgraph.generate_dataset(path, labeller, spins=spins[:, labeller.tile], batch_size=2)
+    if labeller is not ed:
+        spins = spins[:, labeller.tile]
+    return klmgraph.generate_dataset(path, labeller, spins=spins, batch_size=2)
 
 
 def make_states(s: Settings, explorer, graph, phase_records: Path | None) -> tuple[list[dict], torch.Tensor]:
@@ -573,6 +594,7 @@ def main(argv=None):
     p.add_argument("--snapshots", default="klmgraph-output/triangular_snapshots/snapshots.h5",
                    help="the snapshots stage's data set (written by it, trained on by learn where it exists)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="stage snapshots: processes for its ED-LLG runs")
     p.add_argument("--model", help="stage eval: judge this model file (klmgraph train's best.pt, a committee) as "
                                    "ours instead of the newest committee in --out; ship refuses it")
     args = p.parse_args(argv)
@@ -592,7 +614,7 @@ def main(argv=None):
         if args.phase_records is not None:
             system = load_learn_config(args.config, quick=args.quick).system
             snapshot_data(s, TINY_SNAPSHOTS if args.tiny else SnapshotSettings(), system, Path(args.phase_records),
-                          snapshots)
+                          snapshots, workers=args.workers)
         elif args.stage == "snapshots":
             raise SystemExit("--stage snapshots needs --phase-records (the relaxed states of "
                              "examples/triangular_phase_diagram.py)")

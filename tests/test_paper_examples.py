@@ -483,10 +483,12 @@ def test_square_paper_model_polish_and_ship(tmp_path, capsys, one_thread):
     assert f"square_paper_test_rmse={expected:.4f}" in capsys.readouterr().out
 
 
-def test_triangular_paper_model_snapshots_tiny(tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("loop_size", [12, 24])
+def test_triangular_paper_model_snapshots_tiny(tmp_path, monkeypatch, one_thread, loop_size):
     """The snapshots stage on --tiny: relaxed states far enough from the evaluation fields (0.0065
     kept, 0.0075 left out under TINY's 0.002 / 0.008), their thermal ED-LLG snapshots and a
-    random start's, labelled for the loop's lattice and k-grid; a rerun recomputes nothing."""
+    random start's, labelled for the loop's lattice and k-grid (12 x 12 directly, 24 x 24 folded
+    onto 12 x 12); a rerun recomputes nothing."""
     example = load_example("triangular_paper_model")
     from klmgraph.learn import load_learn_config
 
@@ -495,14 +497,20 @@ def test_triangular_paper_model_snapshots_tiny(tmp_path, monkeypatch, one_thread
     records.mkdir(parents=True)
     for hz in (0.0065, 0.0075):
         (records / f"{hz:.5f}.json").write_text(json.dumps({"branch": "sk1_up", "hz": hz, "spins": state["spins"]}))
+    config = example.LEARN_CONFIG
+    if loop_size != 12:
+        config = tmp_path / "learn.toml"
+        config.write_text(example.LEARN_CONFIG.read_text().replace("size = [12, 12]", f"size = [{loop_size}, {loop_size}]")
+                          .replace('"system.k_grid" = [2, 2]', '"system.k_grid" = [1, 1]'))
     path = tmp_path / "snap" / "snapshots.h5"
     argv = ["--stage", "snapshots", "--tiny", "--quick", "--phase-records", str(tmp_path / "records"),
-            "--snapshots", str(path)]
+            "--snapshots", str(path), "--config", str(config)]
     example.main(argv)
     parts = sorted(p.name for p in (path.parent / "parts").glob("*.npy"))
     assert parts == ["equilibria_0.00650.npy", "random_0.00350.npy", "thermal_0.00650_T0.003.npy"]
     data = klmgraph.load_dataset(path)
-    system = load_learn_config(example.LEARN_CONFIG, quick=True).system
+    system = load_learn_config(config, quick=True).system
+    assert system.size == [loop_size, loop_size]
     ed = system.solver()
     assert len(data) == 1 + 2 + 1 and data.graph.same_lattice(ed.graph.description)
     assert data.hamiltonian == ed.parameters()
@@ -514,7 +522,8 @@ def test_triangular_paper_model_snapshots_tiny(tmp_path, monkeypatch, one_thread
     torch.testing.assert_close(data.spins[0], torch.tensor(state["spins"], dtype=torch.float64)[index])
     stamps = [p.stat().st_mtime_ns for p in sorted((path.parent / "parts").glob("*.npy"))]
     labelled = []
-    monkeypatch.setattr(klmgraph.FoldedED, "energy_and_field", lambda self, spins: labelled.append(1))
+    for solver in (klmgraph.FoldedED, klmgraph.ExactDiagonalization):
+        monkeypatch.setattr(solver, "energy_and_field", lambda self, spins: labelled.append(1))
     example.main(argv)
     assert [p.stat().st_mtime_ns for p in sorted((path.parent / "parts").glob("*.npy"))] == stamps and not labelled
     with pytest.raises(SystemExit, match="needs --phase-records"):
