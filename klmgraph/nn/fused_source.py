@@ -495,42 +495,35 @@ inline void mixt_block(const T* __restrict src, i64 rowlen, i64 off, const i64* 
 
 // Runs kern(g, out) over the sites [lo, hi) in blocks of S: g the S site indices, out their output
 // rows (out0 + (g - lo) * orow); the last block is padded with its last site, writing to `dummy`.
-// With `lanes` > 1 (a multiple of S) the output is in blocks of `lanes` sites, transposed as the
-// per-site passes read them (see Lanes): site g's entry j at out0 + block * lanes * orow + j * lanes +
-// lane, for (g - lo) = block * lanes + lane (the caller's strides in entries times `lanes`); the
-// padding of the last block then goes to its own lanes, which no site uses.
 template <typename T, int S, typename Kern>
-inline void over_blocks(i64 lo, i64 hi, T* out0, i64 orow, T* dummy, Kern kern, i64 lanes = 1) {
+inline void over_blocks(i64 lo, i64 hi, T* out0, i64 orow, T* dummy, Kern kern) {
   for (i64 g0 = lo; g0 < hi; g0 += S) {
     i64 g[S];
     T* out[S];
     for (int s = 0; s < S; ++s) {
       const bool in = g0 + s < hi;
-      const i64 r = g0 + s - lo;
       g[s] = in ? g0 + s : hi - 1;
-      out[s] = lanes > 1 ? out0 + r / lanes * lanes * orow + r % lanes : in ? out0 + r * orow : dummy;
+      out[s] = in ? out0 + (g0 + s - lo) * orow : dummy;
     }
     kern(g, out);
   }
 }
 
-// mix_block over the sites [lo, hi) (output rows out0 + (g - lo) * orow, or blocks of `lanes` sites:
-// see over_blocks); false where no block kernel has the shape (D, Q) or T is not a real type (the
-// caller then mixes site by site)
+// mix_block over the sites [lo, hi) (output rows out0 + (g - lo) * orow); false where no block
+// kernel has the shape (D, Q) or T is not a real type (the caller then mixes site by site)
 template <typename T>
 inline bool mix_tile(const T* src, i64 rowlen, i64 off, i64 istride, i64 ustride, i64 U, const i64* table, i64 lo,
                      i64 hi, i64 K, i64 N, const T* zero, const T* W, T* out0, i64 orow, T* dummy, i64 ostride_i,
-                     i64 ostride_q, i64 D, i64 Q, i64 lanes = 1) {
+                     i64 ostride_q, i64 D, i64 Q) {
   if constexpr (!std::is_floating_point<T>::value) {
     return false;
   } else {
 #define KLM_MIXB(DD, QQ)                                                                                         \
   if (D == DD && Q == QQ) {                                                                                      \
-    if (lanes % MixShape<T, DD, QQ>::S != 0) return false;                                                       \
     over_blocks<T, MixShape<T, DD, QQ>::S>(lo, hi, out0, orow, dummy, [&](const i64* g, T* const* out) {         \
       mix_block<T, DD, QQ>(src, rowlen, off, istride, ustride, U, table, g, K, N, zero, W, out, ostride_i,       \
                            ostride_q);                                                                           \
-    }, lanes);                                                                                                   \
+    });                                                                                                          \
     return true;                                                                                                 \
   }
     // the shapes of the published architecture (8 channels, l <= 2, filter l <= 1)
@@ -1471,13 +1464,12 @@ struct Layout {
         if (l > 0) off += S * width[l];
       }
       align();
-      const i64 Sp = (S + 15) / 16 * 16;  // a kept z_l is stored in blocks of up to 16 sites (see zlanes)
       for (i64 l = 0; l < L; ++l) {
-        gz.push_back(off + (l % 2) * Sp * zmax);
+        gz.push_back(off + (l % 2) * S * zmax);
         zs.push_back(kept[l] ? gz[l] : -1);
         gh.push_back(l + 1 < L ? xs[slot[l]] : -1);
       }
-      off += 2 * Sp * zmax;
+      off += 2 * S * zmax;
       const Layer& last = net.layers[L - 1];
       if (L >= 3 && !recompute) { align(); gz[L - 1] = off; off += S * last.zsize; }
       if (last.residual) { align(); gh[L - 1] = off; off += S * last.dout; }
@@ -1641,10 +1633,6 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   // (J each), x, h, dE/dx, dE/dh and the read-out's (dmax each)
   constexpr i64 W = Lanes<R>::W;
   typedef LV<T> V;
-  // z_l in blocks of W sites transposed (the mixing writes them as the per-site passes read them; no
-  // to_lanes): energy + field in reals. Calls that keep z for a parameter gradient or a dual call read
-  // it by site (rows).
-  const bool zlanes = !Scalar<T>::dual && !want_p && !save;
   const i64 lane_rows = 2 * zmax + 2 * J + (7 + 2 * nmlp) * dmax;  // see carve
   const i64 per_tile = tile * zmax + tile * dmax + zdmax + W * lane_rows + 128 / (i64)sizeof(T);  // + room to align
   const std::vector<T> zero(zdmax, T(0));  // the row of a missing neighbour (block kernels)
@@ -1693,9 +1681,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     }
   };
 
-  // z_l = mix(gather(x_l)) of the sites [lo, hi) into the rows z0 + (g - lo) * zsize, or with zlanes
-  // into blocks of W sites transposed as the per-site passes read them (see over_blocks; the lanes
-  // of a short last block that no site fills are zeroed)
+  // z_l = mix(gather(x_l)) of the sites [lo, hi) into the rows z0 + (g - lo) * zsize
   // (spare: room for tile x zmax entries that this call's pass does not use otherwise)
   auto mix_sites = [&](i64 l, i64 lo, i64 hi, T* z0, T* scr, T* dummy, T* spare) {
     const Layer& ly = net.layers[l];
@@ -1727,16 +1713,11 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       }
     }
     const i64 xw = lay.xw[l];  // x_l's rows (din where a parameter gradient keeps them whole)
-    const i64 zl = zlanes ? W : 1;
-    if (zlanes && (hi - lo) % W != 0) {
-      T* last = z0 + (hi - lo) / W * W * ly.zsize;
-      std::fill(last, last + W * ly.zsize, T(0));
-    }
     for (size_t a = 0; a < ly.in.size(); ++a) {
       const InIrrep& ir = ly.in[a];
       if (ir.Q == 0) continue;
-      if (mix_tile<T>(x, xw, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(), wal + wa[l][a],
-                      z0 + ir.z * zl, ly.zsize, dummy, ir.Q * zl, zl, ir.d, ir.Q, zl))
+      if (mix_tile<T>(x, xw, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(), wal + wa[l][a], z0 + ir.z,
+                      ly.zsize, dummy, ir.Q, 1, ir.d, ir.Q))
         continue;
       if constexpr (Scalar<T>::dual) {
         if (!wtan && mix_tile_dual<R>(x, xw, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(),
@@ -1744,22 +1725,18 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
           continue;
       }
       for (i64 g = lo; g < hi; ++g) {
-        const i64 n = g % N, r = g - lo;
-        mixp(x, xw, ir.off, 1, ir.d, ir.mul, table + n * K, g - n, ir.w,
-             z0 + r / zl * zl * ly.zsize + r % zl + ir.z * zl, ir.Q * zl, zl, ir.d, ir.Q, scr);
+        const i64 n = g % N;
+        mixp(x, xw, ir.off, 1, ir.d, ir.mul, table + n * K, g - n, ir.w, z0 + (g - lo) * ly.zsize + ir.z, ir.Q,
+             1, ir.d, ir.Q, scr);
       }
     }
   };
 
   // layer l of the block from g0: b.h = CG(z, Y) [+ x] from the z rows z0 + (g - first) * zsize (and
-  // the block's z, Y and x in b.z, b.Y, b.x; with zlanes z0 holds blocks of W sites as b.z reads
-  // them: b.z points there)
-  auto block_h = [&](i64 l, const T* z0, i64 first, i64 g0, i64 hi, BlockRows& b) {
+  // the block's z, Y and x in b.z, b.Y, b.x)
+  auto block_h = [&](i64 l, const T* z0, i64 first, i64 g0, i64 hi, const BlockRows& b) {
     const Layer& ly = net.layers[l];
-    if constexpr (!Scalar<T>::dual) {
-      if (zlanes) b.z = (V*)(z0 + (g0 - first) * ly.zsize);
-    }
-    if (!zlanes) load_block(z0, ly.zsize, first, ly.zsize, g0, hi, b.z);
+    load_block(z0, ly.zsize, first, ly.zsize, g0, hi, b.z);
     load_block(Y, J, 0, J, g0, hi, b.Y);
     if (ly.residual) load_block(xin(l), lay.xw[l], 0, ly.din, g0, hi, b.x);
     cg_forward_lanes<T>(ly, b.z, b.Y, params, ly.residual ? b.x : nullptr, b.h);
@@ -1775,7 +1752,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* dummy = zt + tile * zmax + tile * dmax;
       T* z0 = zk[l] ? zk[l] + lo * ly.zsize : zt;
       mix_sites(l, lo, hi, z0, scr, dummy, zt);
-      BlockRows b = tile_rows(dummy);
+      const BlockRows b = tile_rows(dummy);
       for (i64 g0 = lo; g0 < hi; g0 += W) {
         const i64 xw = lay.xw[l + 1];  // the entries of x_{l+1} that are read
         prefetch_w(xs[l + 1] + g0 * xw, std::min<i64>(W, hi - g0) * xw);
@@ -1794,7 +1771,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* dummy = zt + tile * zmax + tile * dmax;
     T* z0 = zk[l] ? zk[l] + lo * ly.zsize : zt;
     mix_sites(l, lo, hi, z0, scr, dummy, zt);
-    BlockRows b = tile_rows(dummy);
+    const BlockRows b = tile_rows(dummy);
     for (i64 g0 = lo; g0 < hi; g0 += W) {
       const int n = (int)std::min<i64>(W, hi - g0);
       if (want_x || want_p) {
@@ -1888,7 +1865,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       const Layer& ly = net.layers[l];
       T* z0 = zk[l] ? zk[l] + lo * ly.zsize : zt;
       if (!zk[l]) mix_sites(l, lo, hi, zt, scr, dummy, zt);
-      BlockRows b = tile_rows(dummy);
+      const BlockRows b = tile_rows(dummy);
       for (i64 g0 = lo; g0 < hi; g0 += W) {
         const i64 n = std::min<i64>(W, hi - g0);
         prefetch_w(gz[l] + g0 * ly.zsize, n * ly.zsize);
@@ -1938,7 +1915,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   for (const Linear& li : net.mlp) nro += li.nout * (li.nin + 1);
   auto group_work = [&]() {
     Buf<T> buf = alloc<T>(W * lane_rows + 64 / (i64)sizeof(T));
-    BlockRows b = carve((V*)(((uintptr_t)buf.get() + 63) & ~(uintptr_t)63));
+    const BlockRows b = carve((V*)(((uintptr_t)buf.get() + 63) & ~(uintptr_t)63));
     std::vector<V> acc(cgoff[L] + nro);
     std::vector<R> osplit(2 * 32 * zmax);  // a block's dE/dz split into values and derivatives (outer_tile)
     typename Lanes<R>::IV lane;
