@@ -107,6 +107,68 @@ def test_published_size_blocks_equal_eager(graph_name, dtype):
         assert torch.equal(e_alone, e[i]) and torch.equal(b_alone, b[i])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("num_interactions", [1, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("graph_name", ["triangular", "square-open"])
+def test_kept_z_equals_recomputed_z(graph_name, dtype, num_interactions, threads):
+    """Energy + field keeps the mixed features z_l of layers L-3 and L-2 for the backward (in the
+    dE/dz buffers, which dE/dz_l then overwrites in place: fused_source's Layout); with
+    KLM_RECOMPUTE_Z every z_l is recomputed from the neighbours' inputs, as before. Same numbers
+    bit for bit: 8 channels (the block kernels), short blocks at tile ends (105 sites), missing
+    neighbours (open square), L = 2 (z_0 kept), 3 (z_0 and z_1) and 5 layers (the published
+    depth: z_2 and z_3). On the published model the kept z take no more workspace than none."""
+    graph = BLOCK_GRAPHS[graph_name]() if graph_name in BLOCK_GRAPHS else GRAPHS[graph_name]()
+    model = random_model(graph, dtype, seed=7, channels=8, num_interactions=num_interactions)
+    neighbours = model.prepare(graph)
+    meta, params, eps2 = fused._pack(model, dtype)
+    spins = klmgraph.random_spins(graph, batch=3, seed=8, dtype=dtype)
+    x0, filt = fused._inputs(model, spins)
+    call = fused._Call(fused._library(), meta, eps2, neighbours, x0.shape[:-1], threads=threads)
+    kept = call.run(params, x0, filt, mode=fused._GRAD_X)
+    recomputed = call.run(params, x0, filt, mode=fused._GRAD_X | fused._RECOMPUTE_Z)
+    assert recomputed[1].abs().max() > 1e-3
+    for got, want in zip(kept[:3], recomputed[:3]):
+        assert torch.equal(got, want)
+    lib, published = fused._library(), ECNN.for_graph(graph)
+    meta = fused._pack(published, torch.float32)[0]
+    workspace = [lib.klm_ecnn_workspace(meta.data_ptr(), 1000, mode)
+                 for mode in (fused._GRAD_X, fused._GRAD_X | fused._RECOMPUTE_Z)]
+    assert workspace[0] <= workspace[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("graph_name", ["triangular", "square-open"])
+def test_kept_z_in_the_dual_call_equals_recomputed_z(graph_name, dtype, monkeypatch):
+    """The derivative of the field along a direction with frozen weights runs the dual-number
+    kernel with the energy + field layout (z kept in dual numbers); recomputing every z instead
+    gives the same energies, fields and second derivatives bit for bit."""
+    graph = BLOCK_GRAPHS[graph_name]()
+    model = random_model(graph, dtype, seed=9, channels=8)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    spins = klmgraph.random_spins(graph, batch=3, seed=10, dtype=dtype)
+    direction = torch.randn(spins.shape, dtype=dtype, generator=torch.Generator().manual_seed(11))
+    run, results = fused._Call.run, []
+    for extra in (0, fused._RECOMPUTE_Z):
+        calls = []
+
+        def patched(self, *args, extra=extra, calls=calls, **kwargs):
+            calls.append((kwargs.get("mode", 0), kwargs.get("tangents") is not None))
+            return run(self, *args, **{**kwargs, "mode": kwargs.get("mode", 0) | extra})
+
+        monkeypatch.setattr(fused._Call, "run", patched)
+        s = spins.clone().requires_grad_(True)
+        energy = model.energy(s, model.prepare(graph))
+        field = compute_field(energy, s, training=True)
+        (curvature,) = torch.autograd.grad((field * direction).sum(), s)
+        assert (fused._GRAD_X, True) in calls  # the dual call without a parameter gradient
+        results.append((energy.detach(), field.detach(), curvature))
+    assert results[0][2].abs().max() > 1e-3
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or shutil.which("g++") is None,
                     reason="needs g++ on x86-64")
 @pytest.mark.parametrize("march", ["x86-64", "x86-64-v3", "x86-64-v4"])

@@ -52,6 +52,7 @@ _ENTRIES = ("klm_ecnn_f32", "klm_ecnn_f64", "klm_ecnn_dual_f32", "klm_ecnn_dual_
 _GRAD_X, _GRAD_P, _PER_CONFIG = 1, 2, 4  # the kernel's mode bits (fused_source: KLM_GRAD_X, ...)
 _SAVE, _REUSE = 8, 16  # a real call keeps its values for the dual call on the same inputs (KLM_SAVE, ...)
 _CONST_CG = 32  # no gradient for the Clebsch-Gordan entries of the flat parameters (KLM_CONST_CG)
+_RECOMPUTE_Z = 64  # energy + field recomputes every layer's z in the backward, none kept (tests: KLM_RECOMPUTE_Z)
 
 
 def _library():
@@ -534,8 +535,7 @@ def fused_energy_and_field(model, spins: torch.Tensor, neighbours,
             x0, filt = _inputs(model, s)
         call = _Call(lib, meta, eps2, neighbours, x0.shape[:-1], threads)
         energy, gx0, gfilt, _ = call.run(params, x0, filt, mode=_GRAD_X)
-        scale = 0.5 if model.time_reversal else 1.0
-        (grad,) = torch.autograd.grad([x0, filt], s, [gx0 * scale, gfilt * scale])
-        if model.time_reversal:
-            energy = 0.5 * (energy[0] + energy[1])
-        return energy.sum(-1), -grad
+        if model.time_reversal:  # no scaled copies otherwise: memory per site is what limits the kernel
+            gx0, gfilt, energy = 0.5 * gx0, 0.5 * gfilt, 0.5 * (energy[0] + energy[1])
+        (grad,) = torch.autograd.grad([x0, filt], s, [gx0, gfilt])
+        return energy.sum(-1), grad.neg_()

@@ -26,12 +26,13 @@ Passes (L convolutions, the last one the output convolution followed by the scal
   F_0 .. F_{L-2}: z_l = mix(gather(x_l)), h_l = CG(z_l, Y) [+ x_l], x_{l+1} = act(h_l)
   F_{L-1}:        the output convolution, the read-out MLP forward and backward (site energy
                   and dE/dh), and the convolution's per-site backward (dE/dz, dE/dY)
-  P_l (l = L-2 .. -1): dE/dx_{l+1} = mix^T(gather^-1(dE/dz_{l+1})) [+ residual], then z_l and
-                  h_l recomputed from the stored x_l, and the activation's and convolution's
-                  per-site backward of layer l (P_-1 writes dE/dx_0 only).
-Only the layers' inputs x_l are kept through an energy + field call (calls that need the
-parameter gradient keep every layer's z, dE/dz and dE/dh: see Layout); dE/dz alternates between two buffers
-(Layout), so passes are separated by a barrier; inside a pass, threads take tiles of sites from
+  P_l (l = L-2 .. -1): dE/dx_{l+1} = mix^T(gather^-1(dE/dz_{l+1})) [+ residual], then z_l (kept
+                  by the forward, or recomputed from the stored x_l) and h_l, and the activation's
+                  and convolution's per-site backward of layer l (P_-1 writes dE/dx_0 only).
+An energy + field call keeps the layers' inputs x_l and the z_l of the last two hidden layers (in
+the dE/dz buffers before the backward needs them; calls that need the parameter gradient keep every
+layer's z, dE/dz and dE/dh: see Layout); dE/dz alternates between two buffers (Layout), so passes
+are separated by a barrier; inside a pass, threads take tiles of sites from
 their own range, then from the others' (a thread the OS deschedules holds up one tile, not a
 fixed half).
 
@@ -1390,23 +1391,36 @@ struct Passes {
 };
 
 // Per-site storage of one call, as offsets into one workspace (reused between calls: fresh pages
-// for every call would cost a page fault per 4 KiB). Stored: the inputs x_l of the layers (x_0 is
-// the caller's), read by the neighbours in the forward and again in the backward, where each layer
-// recomputes its mixed features z_l and pre-activations h_l instead of keeping them (one more
-// gather-mix per layer against 2 x 232 floats per site). Of the backward, dE/dz lives from one
-// pass to the next (the neighbours read it): two buffers, alternating between layers. dE/dh_l
-// (written by P_l, read at the same site by P_{l-1} for the residual) takes the place of x_{l+1},
-// which no pass reads after P_{l+1}; the running dE/dY is read and overwritten at the same site.
+// for every call would cost a page fault per 4 KiB). Rows: x_l xw[l] entries, z_l and dE/dz_l
+// zsize, dE/dh_l dout of layer l.
 // With `keep` (a parameter gradient, read after the passes by the last one) every layer keeps its
-// own z_l, dE/dz_l and dE/dh_l. Rows: x_l din, z_l and dE/dz_l zsize, dE/dh_l dout of layer l.
+// input x_l (din), its z_l, dE/dz_l and dE/dh_l.
+// Energy + field (4 KB per site in all, PyTorch's part included, at 96 x 96): stored are the
+// inputs x_l of the layers (x_0 is the caller's), read by the neighbours in the forward, and the
+// z_l of layers L-3 and L-2 (the last two hidden layers of the published models); the backward
+// recomputes the other layers' z_l from the x_l of the neighbours (one more gather-mix) and every
+// layer's pre-activations h_l. Of the backward, dE/dz lives from one pass to the next (the
+// neighbours read it): two buffers, alternating between layers. A kept z_l waits in the buffer
+// that dE/dz_l will take: that buffer is free from the forward until P_l, which reads z_l only at
+// its own sites, block by block, before it writes dE/dz_l there; for l = L-3 this needs dE/dz of
+// the last layer in rows of its own (zsize 32 in the published models, against 232; a third
+// buffer of 232 for z_{L-4} would not fit in 4 KB per site). dE/dh_l (written by P_l, read at the
+// same site by P_{l-1} for the residual) takes the place of x_l where z_l is kept (P_l reads x_l
+// only at its own sites then) and of x_{l+1} otherwise (no pass reads x_{l+1} after P_{l+1});
+// dE/dh of the last layer is stored only where that layer has a residual; the running dE/dY is
+// read and overwritten at the same site. A layer without a residual reads of its input x_l only
+// the irreps that its mixing uses (Q > 0; the last layer of the published models reads the l = 0
+// and 1 channels, 32 of 72 entries): x_l is stored up to the last of them (xw[l]).
+// `recompute` (KLM_RECOMPUTE_Z, for the tests) keeps no z_l: every one is recomputed.
 // With `tangents` (a dual call that reuses a real call's values, KLM_REUSE) two planes of reals hold
 // the derivatives of dE/dz apart (S x zmax reals each, alternating between layers like dE/dz without
 // `keep`): the transposed mixing of the derivatives reads them as real rows. Both fit in S x zmax
 // entries of Dual<R>.
 struct Layout {
-  std::vector<i64> xs, zs, gz, gh;
+  // zs[l] < 0: z_l not stored (recomputed); gh[l] < 0: dE/dh_l not stored (no residual reads it)
+  std::vector<i64> xs, xw, zs, gz, gh;
   i64 gy = 0, gzt = 0, zmax = 0, dmax = 0, scratch = 0, total = 0;
-  Layout(const Net& net, i64 S, bool keep, bool tangents = false) {
+  Layout(const Net& net, i64 S, bool keep, bool tangents = false, bool recompute = false) {
     for (const Layer& ly : net.layers) {
       zmax = std::max(zmax, ly.zsize);
       dmax = std::max(dmax, std::max(ly.din, ly.dout));
@@ -1416,25 +1430,50 @@ struct Layout {
     const i64 L = net.L;
     i64 off = 0;
     auto align = [&] { off = (off + 15) / 16 * 16; };  // every buffer starts on 16 entries (64 bytes in float)
-    for (i64 l = 0; l < L; ++l) {
-      align();
-      xs.push_back(off);
-      if (l > 0) off += S * net.layers[l].din;
-    }
-    align();
-    for (i64 l = 0; l < L; ++l) {
-      const Layer& ly = net.layers[l];
-      if (keep) {
+    if (keep) {
+      for (i64 l = 0; l < L; ++l) {
+        align();
+        xs.push_back(off);
+        xw.push_back(net.layers[l].din);
+        if (l > 0) off += S * net.layers[l].din;
+      }
+      for (const Layer& ly : net.layers) {
         align(); zs.push_back(off); off += S * ly.zsize;
         align(); gz.push_back(off); off += S * ly.zsize;
         align(); gh.push_back(off); off += S * ly.dout;
-      } else {
-        zs.push_back(-1);
-        gz.push_back(off + (l % 2) * S * zmax);
-        gh.push_back(l + 1 < L ? xs[l + 1] : off + 2 * S * zmax);
       }
+    } else {
+      std::vector<char> kept(L, 0);
+      for (i64 l = std::max<i64>(0, L - 3); l + 1 < L && !recompute; ++l) kept[l] = 1;
+      std::vector<i64> width(L, 0), slot(L, -1);  // of x_l's rows; where dE/dh_l goes
+      for (i64 l = 0; l < L; ++l) {
+        const Layer& ly = net.layers[l];
+        i64 used = 0;
+        for (const InIrrep& ir : ly.in)
+          if (ir.Q > 0) used = std::max(used, ir.off + ir.mul * ir.d);
+        xw.push_back(l == 0 || ly.residual ? ly.din : used);
+        width[l] = xw[l];
+      }
+      for (i64 l = 0; l + 1 < L; ++l) {
+        slot[l] = kept[l] && l > 0 ? l : l + 1;
+        width[slot[l]] = std::max(width[slot[l]], net.layers[l].dout);
+      }
+      for (i64 l = 0; l < L; ++l) {
+        align();
+        xs.push_back(off);
+        if (l > 0) off += S * width[l];
+      }
+      align();
+      for (i64 l = 0; l < L; ++l) {
+        gz.push_back(off + (l % 2) * S * zmax);
+        zs.push_back(kept[l] ? gz[l] : -1);
+        gh.push_back(l + 1 < L ? xs[slot[l]] : -1);
+      }
+      off += 2 * S * zmax;
+      const Layer& last = net.layers[L - 1];
+      if (L >= 3 && !recompute) { align(); gz[L - 1] = off; off += S * last.zsize; }
+      if (last.residual) { align(); gh[L - 1] = off; off += S * last.dout; }
     }
-    if (!keep) off += 2 * S * zmax + S * net.layers[L - 1].dout;
     if (tangents) { align(); gzt = off; off += S * zmax; }
     align();
     gy = off; off += S * net.J;
@@ -1467,7 +1506,9 @@ struct SavedLayout {
 // checks that `saved` is that call's (fused.py).
 // KLM_CONST_CG (with KLM_GRAD_P): the Clebsch-Gordan coefficients are constants for the caller (the
 // model's buffers), so their entries of dE/dparams are left 0 instead of computed.
-constexpr int KLM_GRAD_X = 1, KLM_GRAD_P = 2, KLM_PER_CONFIG = 4, KLM_SAVE = 8, KLM_REUSE = 16, KLM_CONST_CG = 32;
+// KLM_RECOMPUTE_Z (tests): no z_l kept in the energy + field layout (see Layout), every one recomputed.
+constexpr int KLM_GRAD_X = 1, KLM_GRAD_P = 2, KLM_PER_CONFIG = 4, KLM_SAVE = 8, KLM_REUSE = 16, KLM_CONST_CG = 32,
+              KLM_RECOMPUTE_Z = 64;
 
 // Groups of tiles whose parameter gradients are summed in their own buffer: a fixed number, so
 // that the sum's rounding is the same for any number of threads.
@@ -1482,7 +1523,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
   const i64 L = net.L, K = net.K, J = net.J, S = B * N;
   const bool want_x = mode & KLM_GRAD_X, want_p = mode & KLM_GRAD_P;
   const bool tangents = (mode & KLM_REUSE) && want_p;
-  const Layout lay(net, S, want_p, tangents);
+  const Layout lay(net, S, want_p, tangents, mode & KLM_RECOMPUTE_Z);
   const SavedLayout sl(net, S);
   // KLM_SAVE: a real call to the inputs, z_l kept in `saved` instead of recomputed in the backward
   const bool save = !Scalar<T>::dual && (mode & KLM_SAVE) && want_x && !want_p && saved;
@@ -1568,12 +1609,14 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     mix<T>(src, rowlen, off, istride, ustride, U, nbr, base, K, N, params + woff, out, ostride_i, ostride_q, D, Q,
            scr);
   };
-  std::vector<T*> xs(L), zs(L), gz(L), gh(L);
+  // zk[l]: where the forward leaves z_l for the backward (null: P_l recomputes it)
+  std::vector<T*> xs(L), zs(L), gz(L), gh(L), zk(L);
   for (i64 l = 0; l < L; ++l) {
     xs[l] = work + lay.xs[l];
     zs[l] = want_p ? work + lay.zs[l] : nullptr;
     gz[l] = work + lay.gz[l];
-    gh[l] = work + lay.gh[l];
+    gh[l] = lay.gh[l] < 0 ? nullptr : work + lay.gh[l];
+    zk[l] = want_p ? zs[l] : save ? saved_z(l) : lay.zs[l] < 0 ? nullptr : work + lay.zs[l];
   }
   T* const gy = work + lay.gy;
   const i64 zmax = lay.zmax, dmax = lay.dmax, scratch = lay.scratch;
@@ -1669,20 +1712,21 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
         return;
       }
     }
+    const i64 xw = lay.xw[l];  // x_l's rows (din where a parameter gradient keeps them whole)
     for (size_t a = 0; a < ly.in.size(); ++a) {
       const InIrrep& ir = ly.in[a];
       if (ir.Q == 0) continue;
-      if (mix_tile<T>(x, ly.din, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(), wal + wa[l][a], z0 + ir.z,
+      if (mix_tile<T>(x, xw, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(), wal + wa[l][a], z0 + ir.z,
                       ly.zsize, dummy, ir.Q, 1, ir.d, ir.Q))
         continue;
       if constexpr (Scalar<T>::dual) {
-        if (!wtan && mix_tile_dual<R>(x, ly.din, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(),
+        if (!wtan && mix_tile_dual<R>(x, xw, ir.off, 1, ir.d, ir.mul, table, lo, hi, K, N, zero.data(),
                                       pd.data() + 2 * ir.w, z0 + ir.z, ly.zsize, dummy, ir.Q, 1, ir.d, ir.Q))
           continue;
       }
       for (i64 g = lo; g < hi; ++g) {
         const i64 n = g % N;
-        mixp(x, ly.din, ir.off, 1, ir.d, ir.mul, table + n * K, g - n, ir.w, z0 + (g - lo) * ly.zsize + ir.z, ir.Q,
+        mixp(x, xw, ir.off, 1, ir.d, ir.mul, table + n * K, g - n, ir.w, z0 + (g - lo) * ly.zsize + ir.z, ir.Q,
              1, ir.d, ir.Q, scr);
       }
     }
@@ -1694,7 +1738,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     const Layer& ly = net.layers[l];
     load_block(z0, ly.zsize, first, ly.zsize, g0, hi, b.z);
     load_block(Y, J, 0, J, g0, hi, b.Y);
-    if (ly.residual) load_block(xin(l), ly.din, 0, ly.din, g0, hi, b.x);
+    if (ly.residual) load_block(xin(l), lay.xw[l], 0, ly.din, g0, hi, b.x);
     cg_forward_lanes<T>(ly, b.z, b.Y, params, ly.residual ? b.x : nullptr, b.h);
   };
 
@@ -1706,14 +1750,15 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       T* scr = buf.get();
       T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
       T* dummy = zt + tile * zmax + tile * dmax;
-      T* z0 = want_p ? zs[l] + lo * ly.zsize : save ? saved_z(l) + lo * ly.zsize : zt;
+      T* z0 = zk[l] ? zk[l] + lo * ly.zsize : zt;
       mix_sites(l, lo, hi, z0, scr, dummy, zt);
       const BlockRows b = tile_rows(dummy);
       for (i64 g0 = lo; g0 < hi; g0 += W) {
-        prefetch_w(xs[l + 1] + g0 * ly.dout, std::min<i64>(W, hi - g0) * ly.dout);
+        const i64 xw = lay.xw[l + 1];  // the entries of x_{l+1} that are read
+        prefetch_w(xs[l + 1] + g0 * xw, std::min<i64>(W, hi - g0) * xw);
         block_h(l, z0, lo, g0, hi, b);
         act_forward_lanes<T>(b.h, b.h, ly, eps2);
-        store_block(b.h, xs[l + 1], ly.dout, ly.dout, g0, hi);
+        store_block(b.h, xs[l + 1], xw, xw, g0, hi);
       }
     });
   // output convolution + read-out forward and backward + the convolution's per-site backward
@@ -1724,14 +1769,14 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     T* scr = buf.get();
     T* zt = (T*)(((uintptr_t)(scr + per_thread) + 63) & ~(uintptr_t)63);
     T* dummy = zt + tile * zmax + tile * dmax;
-    T* z0 = want_p ? zs[l] + lo * ly.zsize : save ? saved_z(l) + lo * ly.zsize : zt;
+    T* z0 = zk[l] ? zk[l] + lo * ly.zsize : zt;
     mix_sites(l, lo, hi, z0, scr, dummy, zt);
     const BlockRows b = tile_rows(dummy);
     for (i64 g0 = lo; g0 < hi; g0 += W) {
       const int n = (int)std::min<i64>(W, hi - g0);
       if (want_x || want_p) {
         prefetch_w(gz[l] + g0 * ly.zsize, n * ly.zsize);
-        prefetch_w(gh[l] + g0 * ly.dout, n * ly.dout);
+        if (gh[l]) prefetch_w(gh[l] + g0 * ly.dout, n * ly.dout);
       }
       block_h(l, z0, lo, g0, hi, b);
       V seeds;
@@ -1743,7 +1788,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
       store_block(b.gz, gz[l], ly.zsize, ly.zsize, g0, hi);
       if (reuse) store_tangents(b.gz, gz_tangents(l), ly.zsize, g0, hi);
       store_block(b.gy, gy, J, J, g0, hi);
-      store_block(b.grad, gh[l], ly.dout, ly.dout, g0, hi);
+      if (gh[l]) store_block(b.grad, gh[l], ly.dout, ly.dout, g0, hi);
     }
   });
   // P_l: dE/dx_{l+1} from dE/dz_{l+1} of the neighbours, then layer l's per-site backward (z_l and
@@ -1818,8 +1863,8 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
         return;
       }
       const Layer& ly = net.layers[l];
-      T* z0 = want_p ? zs[l] + lo * ly.zsize : save ? saved_z(l) + lo * ly.zsize : zt;
-      if (!want_p && !save) mix_sites(l, lo, hi, zt, scr, dummy, zt);
+      T* z0 = zk[l] ? zk[l] + lo * ly.zsize : zt;
+      if (!zk[l]) mix_sites(l, lo, hi, zt, scr, dummy, zt);
       const BlockRows b = tile_rows(dummy);
       for (i64 g0 = lo; g0 < hi; g0 += W) {
         const i64 n = std::min<i64>(W, hi - g0);
@@ -1977,7 +2022,8 @@ int klm_ecnn_vector_bytes() {
 #endif
 }
 i64 klm_ecnn_workspace(const i64* meta, i64 sites, int mode) {
-  return Layout(parse(meta), sites, mode & KLM_GRAD_P, (mode & KLM_REUSE) && (mode & KLM_GRAD_P)).total;
+  return Layout(parse(meta), sites, mode & KLM_GRAD_P, (mode & KLM_REUSE) && (mode & KLM_GRAD_P),
+                mode & KLM_RECOMPUTE_Z).total;
 }
 // the reals that KLM_SAVE keeps (SavedLayout)
 i64 klm_ecnn_saved(const i64* meta, i64 sites) { return SavedLayout(parse(meta), sites).total; }
