@@ -172,3 +172,21 @@ def test_locality_of_heisenberg_and_ed_fields():
     near = float(top[shells.eq(1.0)])
     far = float(top[shells.ge(5.0)].max())
     assert near > 1e-2 and far < 0.15 * near
+
+
+def test_skyrmion_number_of_a_magnetic_supercell_lattice():
+    """A lattice whose unit cell is a 48-site magnetic cell (a basis of 48 sites) is triangulated
+    as quickly as a Bravais lattice, and counts the skyrmions of its tiling."""
+    import json
+    from pathlib import Path
+
+    state = json.loads((Path(__file__).parents[1] / "data" / "states" / "triangular_sk1_hz0.008.json").read_text())
+    lattice = klmgraph.triangular_lattice(1.0, 0.0, -0.85).supercell([[8, 4], [4, 8]], name="magnetic cell")
+    cell = lattice.graph((1, 1), symmetries=False)
+    spins = torch.tensor(state["spins"], dtype=torch.float64)
+    triangles, areas = elementary_triangles(cell)
+    assert triangles.shape == (2 * 48, 3) and float(areas.sum()) == pytest.approx(48 * math.sqrt(3) / 2)
+    n_cell = float(skyrmion_number(cell, spins))
+    assert abs(n_cell) == pytest.approx(1.0, abs=1e-9)
+    tiled, tiled_spins = klmgraph.tile_spins(cell, spins, (2, 3))
+    assert float(skyrmion_number(tiled, tiled_spins)) == pytest.approx(6 * n_cell, abs=1e-9)

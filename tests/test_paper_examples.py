@@ -531,3 +531,26 @@ def test_triangular_paper_model_snapshots_tiny(tmp_path, monkeypatch, one_thread
     # the full settings refuse the tiny run's parts
     with pytest.raises(SystemExit, match="holds snapshots of other settings"):
         example.main([a for a in argv if a != "--tiny"])
+
+
+def test_reference_phase_records_reproduce(one_thread):
+    """data/reference/triangular: a stored relaxed state gives its stored energy again (k-grid ED,
+    tetrahedron method, 32 x 32), its n_sk and M^z, and is relaxed (small torque) at its field."""
+    example = load_example("triangular_phase_diagram")
+    folder = Path(example.__file__).parents[1] / "data" / "reference" / "triangular" / "phase_records"
+    # every candidate at every field (a return sweep's first field is the first sweep's record)
+    found = {(path.parent.name.rsplit("_", 1)[0], path.stem) for path in folder.glob("*/*.json")}
+    fields = [f"{hz:.5f}" for hz in (0.002, 0.003, 0.0035, 0.004, 0.005, 0.006, 0.0065, 0.007, 0.008)]
+    assert found == {(state, hz) for state in ("sk2", "sk1", "sk1r", "tq0", "fm") for hz in fields}
+    record = json.loads((folder / "sk1r_down" / "0.00500.json").read_text())
+    cell = example.cell_graph()
+    spins = torch.tensor(record["spins"], dtype=torch.float64)
+    mz = float(spins[:, 2].mean())
+    assert mz == pytest.approx(record["mz"], abs=1e-12)
+    assert float(klmgraph.skyrmion_number(cell, spins)) == pytest.approx(record["n_sk_per_cell"], abs=1e-6)
+    energy = example.tetrahedron_energies(cell, (16, 32), spins, record["hz"], mz)["energy_k32"]
+    assert energy == pytest.approx(record["energy_k32"], abs=1e-11)
+    # relaxed at its field on the relaxation grid: the torque S x B_total is small
+    _, field = example.solver(cell, 16).energy_and_field(spins)
+    torque = torch.linalg.cross(spins, field + torch.tensor([0.0, 0.0, record["hz"]], dtype=torch.float64))
+    assert float(torque.norm(dim=-1).max()) < 1e-4
