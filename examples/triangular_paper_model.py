@@ -161,6 +161,18 @@ def relaxed_records(phase_records: Path, keep) -> list[dict]:
     return found
 
 
+def records_digest(phase_records: Path) -> str:
+    """The identity of a records folder by content (SHA-256 of every record's relative path and
+    bytes), so that a folder copied elsewhere (data/reference/triangular) continues the stages
+    made from the original."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(phase_records).glob("*/*.json")):
+        digest.update(path.relative_to(phase_records).as_posix().encode() + b"\0" + path.read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
 def cell_states(s: Settings, phase_records: Path | None) -> list[dict]:
     """Periodic states of the 48-site cell at the evaluation fields: data/states, then the
     distinct branches of a phase-diagram run (states equal to 1e-3 counted once)."""
@@ -249,7 +261,7 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
     parts_dir = path.parent / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
     made_by = {"settings": asdict(t), "evaluation_fields": list(s.fields),
-               "phase_records": str(Path(phase_records).resolve())}
+               "phase_records": records_digest(phase_records)}
     stored = parts_dir / "settings.json"
     if stored.is_file() and json.loads(stored.read_text()) != json.loads(json.dumps(made_by)):
         raise SystemExit(f"{parts_dir} holds snapshots of other settings ({stored}); use another --snapshots")
@@ -333,15 +345,16 @@ def eval_data(s: Settings, eval_dir: Path, make_explorer, phase_records: Path | 
     eval_dir.mkdir(parents=True, exist_ok=True)
     graph = lattice_graph(s)
     info_path = eval_dir / "states.json"
-    records = None if phase_records is None else str(phase_records.resolve())
+    records = None if phase_records is None else records_digest(phase_records)
     if info_path.exists():
         info = json.loads(info_path.read_text())
         if info["settings"] != json.loads(json.dumps(asdict(s))):
             raise SystemExit(f"{eval_dir} holds an evaluation set of other settings; use another --eval-dir")
         # sets written before the key recorded their cell states only in "states"
         if records is not None and info.get("phase_records", records) != records:
-            raise SystemExit(f"{eval_dir} holds an evaluation set made with --phase-records "
-                             f"{info.get('phase_records')}, not {records}; use another --eval-dir")
+            raise SystemExit(f"{eval_dir} holds an evaluation set made with other --phase-records "
+                             f"({info.get('phase_records_path', info.get('phase_records'))}, {info.get('phase_records')}), "
+                             f"not {phase_records} ({records}); use another --eval-dir")
         spins = torch.load(eval_dir / "states.pt", weights_only=True)
     else:
         explorer_name, explorer = make_explorer()
@@ -350,7 +363,8 @@ def eval_data(s: Settings, eval_dir: Path, make_explorer, phase_records: Path | 
         with atomic_path(eval_dir / "states.pt") as tmp:
             torch.save(spins, tmp)
         info = {"settings": asdict(s), "explorer": explorer_name, "lattice": graph.describe(),
-                "hamiltonian": HAMILTONIAN, "phase_records": records, "states": meta}
+                "hamiltonian": HAMILTONIAN, "phase_records": records,
+                "phase_records_path": None if phase_records is None else str(phase_records), "states": meta}
         with atomic_path(info_path) as tmp:
             tmp.write_text(json.dumps(info, indent=1) + "\n")
     (eval_dir / "labels").mkdir(exist_ok=True)

@@ -359,7 +359,7 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     # a label lost: resuming needs no model (the states exist), and refuses other --phase-records
     (evals / "labels" / "000_k2.pt").unlink()
     no_model = ["--checkpoint", str(tmp_path / "absent.cpt"), "--out", str(tmp_path / "empty")]
-    with pytest.raises(SystemExit, match="made with --phase-records None"):
+    with pytest.raises(SystemExit, match="made with other --phase-records"):
         example.main(["--stage", "eval-data", "--phase-records", str(tmp_path)] + base + no_model)
     example.main(["--stage", "eval-data"] + base + no_model)
     assert (evals / "labels" / "000_k2.pt").exists()
@@ -525,6 +525,11 @@ def test_triangular_paper_model_snapshots_tiny(tmp_path, monkeypatch, one_thread
     for solver in (klmgraph.FoldedED, klmgraph.ExactDiagonalization):
         monkeypatch.setattr(solver, "energy_and_field", lambda self, spins: labelled.append(1))
     example.main(argv)
+    assert [p.stat().st_mtime_ns for p in sorted((path.parent / "parts").glob("*.npy"))] == stamps and not labelled
+    # the records copied elsewhere (data/reference keeps them) continue the same parts
+    import shutil
+    shutil.copytree(tmp_path / "records", tmp_path / "copied")
+    example.main([str(tmp_path / "copied") if a == str(tmp_path / "records") else a for a in argv])
     assert [p.stat().st_mtime_ns for p in sorted((path.parent / "parts").glob("*.npy"))] == stamps and not labelled
     with pytest.raises(SystemExit, match="needs --phase-records"):
         example.main(["--stage", "snapshots", "--tiny", "--snapshots", str(path)])
