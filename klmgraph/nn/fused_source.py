@@ -2000,11 +2000,17 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     }
   };
   {
+#ifdef KLM_PROFILE
+    auto t0 = std::chrono::steady_clock::now();
+#endif
     const int R = (int)std::max<i64>(1, std::min<i64>(threads, G));
     std::vector<std::thread> pool;
     for (int r = 1; r < R; ++r) pool.emplace_back(group_work);
     group_work();
     for (auto& th : pool) th.join();
+#ifdef KLM_PROFILE
+    fprintf(stderr, "parameter gradients: %.3f ms\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e3);
+#endif
   }
   // each configuration's sum over its groups, in the groups' order (one pass over each group's row)
   for (i64 j = 0; j < nconf * net.nparams; ++j) gparams[j] = T(0);
