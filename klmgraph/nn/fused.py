@@ -14,8 +14,11 @@ the field) is the kernel's reverse to the inputs and, where a loss needs it, to 
 parameters; the second (:class:`_Curvature`, the parameter gradient of a loss on the field)
 is a Hessian-vector product, computed forward-over-reverse by the same kernel instantiated
 with dual numbers; it takes the values that the first call kept (``_SAVE``, ``_REUSE``) and
-mixes only their derivatives. The flat parameter vector is built from the model's parameters with
-autograd on, so its gradient reaches them through the packing. A third derivative raises.
+mixes only their derivatives. Where a backward asks for the parameters' gradient alone (the
+trainer's), that dual call waits for the energy loss's gradient and adds it as the seed's
+derivative (:func:`_curvature_and_energy_gradient`): one call for the whole parameter gradient.
+The flat parameter vector is built from the model's parameters with autograd on, so its
+gradient reaches them through the packing. A third derivative raises.
 
 Both answer None where the kernel does not apply, and the caller takes the eager PyTorch
 path: devices other than the CPU, dtypes other than float32/float64 (or spins in another

@@ -903,9 +903,11 @@ inline bool outer_tile(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, co
   {                                                                                                              \
     constexpr int NV = RowVec<R, QQ>::NV, UC = B / NV > 8 ? 8 : B / NV;                                          \
     if (U % UC == 0)                                                                                             \
-      outer_block<R, DD, QQ, UC, dual, VAL>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride, wa, wb); \
+      outer_block<R, DD, QQ, UC, dual, VAL>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride, \
+                                            wa, wb);                                                             \
     else                                                                                                         \
-      outer_block<R, DD, QQ, 1, dual, VAL>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride, wa, wb); \
+      outer_block<R, DD, QQ, 1, dual, VAL>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride,  \
+                                           wa, wb);                                                              \
   }
 #define KLM_OUTB(DD, QQ)                                                                                         \
   if (D == DD && Q == QQ) {                                                                                      \
