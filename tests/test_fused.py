@@ -442,10 +442,9 @@ def test_training_gradients_of_the_block_paths_equal_eager_float64(graph_name, b
     gradient, the dual first-layer transposed mixing and the real block kernels on the
     derivatives (_REUSE: the dual call takes the real call's values) take (channels = 3 falls
     back to the per-site paths); float64, so a wrong sum shows far above rounding. Without the
-    spins' gradient (the trainer's loss.backward(inputs=parameters)) the force loss's dual call
-    waits for the energy loss's gradient and adds it as the seed's derivative (_TANGENTS_ONLY: no
-    per-configuration first derivatives); with it, the dual call leaves the per-configuration first
-    derivatives that the energy loss uses: two kernel calls in all, either way."""
+    spins' gradient (the trainer's loss.backward(inputs=parameters)) the dual call leaves out the
+    second derivatives to the inputs and still leaves the per-configuration first derivatives
+    that the energy loss uses: two kernel calls in all, either way."""
     graph = GRAPHS[graph_name]()
     model = random_model(graph, channels=8)
     spins = klmgraph.random_spins(graph, batch=batch, seed=3, dtype=torch.float64)
@@ -454,57 +453,10 @@ def test_training_gradients_of_the_block_paths_equal_eager_float64(graph_name, b
     energy_ref = torch.randn(batch, dtype=torch.float64, generator=gen)
     calls = count_kernel_calls(monkeypatch)
     kernel = loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad)
-    dual = fused._GRAD_P | fused._REUSE | (fused._GRAD_X | fused._PER_CONFIG if spins_grad else fused._TANGENTS_ONLY)
+    dual = fused._GRAD_P | fused._PER_CONFIG | fused._REUSE | (fused._GRAD_X if spins_grad else 0)
     assert calls == [fused._GRAD_X | fused._SAVE, dual]
     model.fused = False
     assert_same_gradients(kernel, loss_gradients(model, graph, spins, field_ref, energy_ref, spins_grad))
-
-
-@pytest.mark.parametrize("graph_name", ["triangular", "square-open"])
-@pytest.mark.parametrize("time_reversal", [False, True])
-@pytest.mark.parametrize("energy_loss", ["configurations", "sites", "none"])
-def test_energy_gradient_as_the_seed_derivative_equals_the_first_derivatives_path(graph_name, time_reversal,
-                                                                                   energy_loss, monkeypatch):
-    """The trainer's parameters-only backward: the force loss's Hessian-vector product and the
-    energy loss's gradient in one dual call, the energy loss's gradient as the seed's derivative
-    (_TANGENTS_ONLY), equals in float64 the path that computes the per-configuration first
-    derivatives (the force loss's dual call, _PER_CONFIG, then the energy loss scaling them) and
-    the eager path; also for a loss on the site energies (a seed that differs between sites) and
-    for a force loss alone (the energies' node then runs on the zero gradient the field's node
-    gives it)."""
-    graph = GRAPHS[graph_name]()
-    model = random_model(graph, channels=8, time_reversal=time_reversal)
-    spins = klmgraph.random_spins(graph, batch=3, seed=12, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(13)
-    field_ref = torch.randn(spins.shape, dtype=torch.float64, generator=gen)
-    weights = torch.rand(spins.shape[:-1], dtype=torch.float64, generator=gen)
-    parameters = list(model.parameters())
-
-    def gradients():
-        model.zero_grad()
-        s = spins.clone().requires_grad_(True)
-        e = model.site_energies(s, model.prepare(graph))
-        loss = ((compute_field(e.sum(-1), s, training=True) - field_ref) ** 2).mean()
-        if energy_loss == "configurations":
-            loss = loss + (e.sum(-1) ** 2).mean()
-        elif energy_loss == "sites":
-            loss = loss + (e * weights).sum()
-        loss.backward(inputs=parameters)
-        # a force loss alone gives the read-out's last bias no gradient (None on the eager path)
-        return torch.cat([torch.zeros_like(p).reshape(-1) if p.grad is None else p.grad.reshape(-1)
-                          for p in parameters])
-
-    calls = count_kernel_calls(monkeypatch)
-    combined = gradients()
-    assert calls[1] == fused._GRAD_P | fused._REUSE | fused._TANGENTS_ONLY and len(calls) == 2
-    calls.clear()
-    monkeypatch.setattr(fused._Call, "owns_saved", lambda self, token: False)  # no deferral, no reuse
-    separate = gradients()
-    assert calls[1] == fused._GRAD_P | fused._PER_CONFIG
-    model.fused = False
-    eager = gradients()
-    assert_same_gradients([combined], [separate])
-    assert_same_gradients([combined], [eager])
 
 
 @pytest.mark.parametrize("pool", [1, 2])

@@ -14,11 +14,8 @@ the field) is the kernel's reverse to the inputs and, where a loss needs it, to 
 parameters; the second (:class:`_Curvature`, the parameter gradient of a loss on the field)
 is a Hessian-vector product, computed forward-over-reverse by the same kernel instantiated
 with dual numbers; it takes the values that the first call kept (``_SAVE``, ``_REUSE``) and
-mixes only their derivatives. Where a backward asks for the parameters' gradient alone (the
-trainer's), that dual call waits for the energy loss's gradient and adds it as the seed's
-derivative (:func:`_curvature_and_energy_gradient`): one call for the whole parameter gradient.
-The flat parameter vector is built from the model's parameters with autograd on, so its
-gradient reaches them through the packing. A third derivative raises.
+mixes only their derivatives. The flat parameter vector is built from the model's parameters with
+autograd on, so its gradient reaches them through the packing. A third derivative raises.
 
 Both answer None where the kernel does not apply, and the caller takes the eager PyTorch
 path: devices other than the CPU, dtypes other than float32/float64 (or spins in another
@@ -56,7 +53,6 @@ _GRAD_X, _GRAD_P, _PER_CONFIG = 1, 2, 4  # the kernel's mode bits (fused_source:
 _SAVE, _REUSE = 8, 16  # a real call keeps its values for the dual call on the same inputs (KLM_SAVE, ...)
 _CONST_CG = 32  # no gradient for the Clebsch-Gordan entries of the flat parameters (KLM_CONST_CG)
 _RECOMPUTE_Z = 64  # energy + field recomputes every layer's z in the backward, none kept (tests: KLM_RECOMPUTE_Z)
-_TANGENTS_ONLY = 128  # a dual call whose dE/dparams values are not read: their mixing part left out (KLM_TANGENTS_ONLY)
 
 
 def _library():
@@ -312,10 +308,6 @@ class _Call:
         self.first_derivatives = None
         # (token, dE/dx0, dE/dfilt), left by the forward for the field (_Gradients.forward)
         self.field_derivatives = None
-        # (token, the field's seed, v_x0, v_filt): the force loss's Hessian-vector product, left by
-        # _Gradients.backward for the energy loss's backward (_SiteEnergies.backward), which computes
-        # both in one dual call (see there)
-        self.pending_curvature = None
         # whether the Clebsch-Gordan entries of the flat parameters are constants to the caller
         # (fused_site_energies: _pack builds them from the model's buffers, so autograd drops their
         # gradient), which the kernel then leaves 0 (_CONST_CG)
@@ -337,16 +329,14 @@ class _Call:
         if entry is not None:
             entry[1] = None
 
-    def run(self, params, x0, filt, seed=None, mode: int = 0, tangents=None, token: SavedToken | None = None,
-            seed_tangent=None):
-        """``token``: the mark of the values that ``_SAVE`` keeps and ``_REUSE`` reads;
-        ``seed_tangent``: the seed's derivative in a dual call (default 0)."""
+    def run(self, params, x0, filt, seed=None, mode: int = 0, tangents=None, token: SavedToken | None = None):
+        """``token``: the mark of the values that ``_SAVE`` keeps and ``_REUSE`` reads."""
         dual = tangents is not None
         if dual:  # interleaved (value, derivative) pairs: the kernel's Dual<T> layout
             pair = (lambda t, d: torch.stack([t.detach(), torch.zeros_like(t) if d is None else d.detach()], -1)
                     .contiguous())
             params, x0, filt = (pair(t, d) for t, d in zip((params, x0, filt), tangents))
-            seed = None if seed is None else pair(seed, seed_tangent)
+            seed = None if seed is None else pair(seed, None)
         else:
             params, x0, filt = (t.detach().contiguous() for t in (params, x0, filt))
             seed = None if seed is None else seed.detach().contiguous()
@@ -390,6 +380,7 @@ class _SiteEnergies(torch.autograd.Function):
     @staticmethod
     def forward(ctx, params, x0, filt, call):
         ctx.call, ctx.token = call, None
+        ctx.save_for_backward(params, x0, filt)
         if ctx.needs_input_grad[0] and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
             # training (parameters and spins require grad): the field will be asked for, and its
             # reverse pass costs less in this call than in one of its own (which repeats the
@@ -402,23 +393,14 @@ class _SiteEnergies(torch.autograd.Function):
             ctx.token = SavedToken()
             energy, gx0, gfilt, _ = call.run(params, x0, filt, mode=_GRAD_X | _SAVE, token=ctx.token)
             call.field_derivatives = (ctx.token, gx0, gfilt)
-            # the site energies themselves go to the field's node (_Gradients) as an input: in the
-            # second backward, the energy loss's backward (this node's) then waits for the force
-            # loss's, and can take over its dual call (see backward)
-            ctx.save_for_backward(params, x0, filt, energy)
             return energy
-        ctx.save_for_backward(params, x0, filt)
         return call.run(params, x0, filt)[0]
 
     @staticmethod
     def backward(ctx, seed):
-        params, x0, filt, *energy = ctx.saved_tensors
+        params, x0, filt = ctx.saved_tensors
         want = [ctx.needs_input_grad[i] and _will_be_used(t) for i, t in enumerate((params, x0, filt))]
         mode = (_GRAD_P if want[0] else 0) | (_GRAD_X if want[1] or want[2] else 0)
-        pending = ctx.call.pending_curvature
-        if pending is not None and pending[0] is ctx.token:
-            ctx.call.pending_curvature = None
-            return _curvature_and_energy_gradient(ctx.call, params, x0, filt, seed, pending), None, None, None
         if not torch.is_grad_enabled():  # a last backward: no dual call of this forward will come
             ctx.call.release_saved(ctx.token)
         if not mode:
@@ -436,38 +418,18 @@ class _SiteEnergies(torch.autograd.Function):
                 scale = per_config.reshape(ctx.call.lead + (1, 1))
                 return ((per_config[:, None] * cached[1]).sum(0) if want[0] else None,
                         scale * cached[2] if want[1] else None, scale * cached[3] if want[2] else None, None)
-        gparams, gx0, gfilt = _Gradients.apply(seed, params, x0, filt, energy[0] if energy else None, ctx.call, mode,
-                                               ctx.token)
+        gparams, gx0, gfilt = _Gradients.apply(seed, params, x0, filt, ctx.call, mode, ctx.token)
         return gparams, gx0, gfilt, None
-
-
-def _curvature_and_energy_gradient(call, params, x0, filt, energy_seed, pending) -> torch.Tensor:
-    """The parameter gradient of an energy + force loss in one dual call: the force loss's
-    Hessian-vector product (left by :meth:`_Gradients.backward` with the field's seed s and its
-    direction v) plus the energy loss's sum_g c_g de_g/dparams (c = ``energy_seed``, the
-    gradient that reached the site energies) is the derivative of sum_g seed_g de_g/dparams along
-    (v, c): the dual call with the seed (s, c). Only the derivatives of its dE/dparams are read,
-    so the mixing weights' gradient leaves out its values (_TANGENTS_ONLY), and no first
-    derivatives per configuration are needed."""
-    token, seed, v_x0, v_filt = pending
-    reuse = _REUSE if call.owns_saved(token) else 0  # the seed is constant per configuration (checked)
-    c = torch.zeros_like(seed) if energy_seed is None else energy_seed
-    _, _, _, gparams = call.run(params, x0, filt, seed=seed, mode=_GRAD_P | _TANGENTS_ONLY | reuse,
-                                tangents=(None, v_x0, v_filt), token=token, seed_tangent=c)
-    call.release_saved(token)
-    return gparams[..., 1].contiguous()
 
 
 class _Gradients(torch.autograd.Function):
     """(dF/dparams, dF/dx0, dF/dfilt) of F = sum_g seed_g e_g; backward: :class:`_Curvature`."""
 
     @staticmethod
-    def forward(ctx, seed, params, x0, filt, energy, call, mode, token):
-        # energy: the site energies of the forward (its output) or None; an input only so that the
-        # energy loss's backward waits for this node's (see backward)
+    def forward(ctx, seed, params, x0, filt, call, mode, token):
         ctx.set_materialize_grads(False)
         ctx.call, ctx.mode, ctx.token = call, mode, token
-        ctx.save_for_backward(seed, params, x0, filt, energy)
+        ctx.save_for_backward(seed, params, x0, filt)
         cached = call.field_derivatives
         if mode == _GRAD_X and cached is not None and token is not None and cached[0] is token:
             c = seed.reshape(call.batch, call.n)
@@ -479,24 +441,13 @@ class _Gradients(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_params, v_x0, v_filt):
-        seed, params, x0, filt, energy = ctx.saved_tensors
+        seed, params, x0, filt = ctx.saved_tensors
         # a backward that skips the spins (the trainer's loss.backward(inputs=parameters)) needs no
         # second derivatives to x0 and the filter: the dual call then leaves out its last pass
         need = [n and _will_be_used(t) for n, t in zip(ctx.needs_input_grad, (seed, params, x0, filt))]
         mode = (_GRAD_P if need[1] else 0) | (_GRAD_X if need[2] or need[3] else 0)
-        call = ctx.call
-        if (mode == _GRAD_P and not need[0] and v_params is None and energy is not None and not torch.is_grad_enabled()
-                and _will_be_used(energy) and call.owns_saved(ctx.token)):
-            c = seed.reshape(call.batch, call.n)
-            if bool((c == c[:, :1]).all()):
-                # the parameters' gradient alone (the trainer's step): left to the site energies'
-                # node, which runs after this one (the zero gradient given to the energies makes it
-                # wait for it, and run even without an energy loss) and adds the energy loss's
-                # gradient in the same dual call (_curvature_and_energy_gradient)
-                call.pending_curvature = (ctx.token, seed, v_x0, v_filt)
-                return None, None, None, None, torch.zeros_like(energy), None, None, None
-        out = _Curvature.apply(seed, params, x0, filt, v_params, v_x0, v_filt, call, mode, ctx.token)
-        return (out[0] if need[0] else None, *out[1:], None, None, None, None)
+        out = _Curvature.apply(seed, params, x0, filt, v_params, v_x0, v_filt, ctx.call, mode, ctx.token)
+        return (out[0] if need[0] else None, *out[1:], None, None, None)
 
 
 class _Curvature(torch.autograd.Function):

@@ -810,7 +810,7 @@ inline void outer(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, const i
 // derivatives; gWa (gWb) the values' (derivatives') sums. A missing neighbour reads the zero row. A
 // site's terms are added in the order of the sites of the block (blocks start at fixed places:
 // see the caller), so the sums do not depend on the number of threads.
-template <typename R, int D, int Q, int UC, bool DUAL, bool VALUES = true>
+template <typename R, int D, int Q, int UC, bool DUAL>
 inline void outer_block(const R* __restrict src, i64 rowlen, i64 off, i64 ustride, i64 U,
                         const i64* __restrict table, i64 g0, i64 n, i64 K, i64 N, const R* __restrict zero,
                         const R* __restrict ga, const R* __restrict gb, i64 gstride, R* __restrict gWa,
@@ -843,8 +843,7 @@ inline void outer_block(const R* __restrict src, i64 rowlen, i64 off, i64 ustrid
           }
           for (int uu = 0; uu < UC; ++uu) {
             const R xa = xs[(uu * ustride + i) * F];
-            if constexpr (VALUES)
-              for (int v = 0; v < NV; ++v) a[uu][v] += xa * gav[v];
+            for (int v = 0; v < NV; ++v) a[uu][v] += xa * gav[v];
             if constexpr (DUAL) {
               const R xb = xs[(uu * ustride + i) * F + 1];
               for (int v = 0; v < NV; ++v) b[uu][v] += xb * gav[v] + xa * gbv[v];
@@ -863,7 +862,7 @@ inline void outer_block(const R* __restrict src, i64 rowlen, i64 off, i64 ustrid
       for (int uu = 0; uu < UC; ++uu)
         for (int v = 0; v < NV; ++v) {
           const i64 row = (k * U + u0 + uu) * Q;
-          if (VALUES) add(gWa + row, a[uu][v], v);
+          add(gWa + row, a[uu][v], v);
           if (DUAL) add(gWb + row, b[uu][v], v);
         }
     }
@@ -877,7 +876,7 @@ template <typename T>
 inline bool outer_tile(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, const i64* table, i64 g0, i64 n,
                        i64 K, i64 N, const T* zero, const T* gz, i64 gzrow, i64 D, i64 Q, T* gW,
                        typename Scalar<T>::real* gWa, typename Scalar<T>::real* gWb,
-                       typename Scalar<T>::real* split, bool values = true) {
+                       typename Scalar<T>::real* split) {
   typedef typename Scalar<T>::real R;
   constexpr bool dual = Scalar<T>::dual;
   if (!((D == 1 || D == 3 || D == 5) && (Q == 8 || Q == 16 || Q == 24 || Q == 32))) return false;
@@ -896,30 +895,21 @@ inline bool outer_tile(const T* src, i64 rowlen, i64 off, i64 ustride, i64 U, co
   }
   const R* x = (const R*)src;
   const R* z = (const R*)zero;
-  // UC inputs per register block: UC x NV accumulators (twice for dual numbers) within the 32 registers;
-  // without `values` (dual numbers, KLM_TANGENTS_ONLY) only the derivatives' sums, two multiply-adds
-  // per product instead of three, and as many accumulators as for reals
-#define KLM_OUTB_CALL(B, VAL, DD, QQ)                                                                             \
-  {                                                                                                              \
-    constexpr int NV = RowVec<R, QQ>::NV, UC = B / NV > 8 ? 8 : B / NV;                                          \
-    if (U % UC == 0)                                                                                             \
-      outer_block<R, DD, QQ, UC, dual, VAL>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride, \
-                                            wa, wb);                                                             \
-    else                                                                                                         \
-      outer_block<R, DD, QQ, 1, dual, VAL>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride,  \
-                                           wa, wb);                                                              \
-  }
+  // UC inputs per register block: UC x NV accumulators (twice for dual numbers) within the 32 registers
+  constexpr int B = dual ? 8 : 16;
 #define KLM_OUTB(DD, QQ)                                                                                         \
   if (D == DD && Q == QQ) {                                                                                      \
-    if (!dual || values) KLM_OUTB_CALL(dual ? 8 : 16, true, DD, QQ)                                              \
-    else KLM_OUTB_CALL(16, false, DD, QQ)                                                                        \
+    constexpr int NV = RowVec<R, QQ>::NV, UC = B / NV > 8 ? 8 : B / NV;                                          \
+    if (U % UC == 0)                                                                                             \
+      outer_block<R, DD, QQ, UC, dual>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride, wa, wb); \
+    else                                                                                                         \
+      outer_block<R, DD, QQ, 1, dual>(x, rowlen, off, ustride, U, table, g0, n, K, N, z, ga, gb, gstride, wa, wb); \
     return true;                                                                                                 \
   }
   KLM_OUTB(1, 8) KLM_OUTB(1, 16) KLM_OUTB(1, 24) KLM_OUTB(1, 32)
   KLM_OUTB(3, 8) KLM_OUTB(3, 16) KLM_OUTB(3, 24) KLM_OUTB(3, 32)
   KLM_OUTB(5, 8) KLM_OUTB(5, 16) KLM_OUTB(5, 24) KLM_OUTB(5, 32)
 #undef KLM_OUTB
-#undef KLM_OUTB_CALL
   return false;
 }
 
@@ -1517,12 +1507,8 @@ struct SavedLayout {
 // KLM_CONST_CG (with KLM_GRAD_P): the Clebsch-Gordan coefficients are constants for the caller (the
 // model's buffers), so their entries of dE/dparams are left 0 instead of computed.
 // KLM_RECOMPUTE_Z (tests): no z_l kept in the energy + field layout (see Layout), every one recomputed.
-// KLM_TANGENTS_ONLY (a dual call with KLM_GRAD_P): the caller reads only the derivatives of dE/dparams
-// (training: the whole parameter gradient of an energy + force loss, fused.py), so the mixing weights'
-// gradient leaves out the sums of its values in its block kernel (a third of its multiply-adds); the
-// values of dE/dparams are then incomplete and must not be read.
 constexpr int KLM_GRAD_X = 1, KLM_GRAD_P = 2, KLM_PER_CONFIG = 4, KLM_SAVE = 8, KLM_REUSE = 16, KLM_CONST_CG = 32,
-              KLM_RECOMPUTE_Z = 64, KLM_TANGENTS_ONLY = 128;
+              KLM_RECOMPUTE_Z = 64;
 
 // Groups of tiles whose parameter gradients are summed in their own buffer: a fixed number, so
 // that the sum's rounding is the same for any number of threads.
@@ -1951,7 +1937,7 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
             if (ir.Q == 0) continue;
             if (outer_tile<T>(x, ly.din, ir.off, ir.d, ir.mul, table, g0, nb, K, N, zero.data(),
                               gz[l] + g0 * ly.zsize + ir.z, ly.zsize, ir.d, ir.Q, gp + ir.w, gpa ? gpa + ir.w : nullptr,
-                              gpb ? gpb + ir.w : nullptr, osplit.data(), !(mode & KLM_TANGENTS_ONLY)))
+                              gpb ? gpb + ir.w : nullptr, osplit.data()))
               continue;
             for (i64 g = g0; g < g0 + nb; ++g) {
               const i64 n = g % N;
@@ -2002,17 +1988,11 @@ void energy_and_grads(const i64* meta, const T* user_params, const T* x0, const 
     }
   };
   {
-#ifdef KLM_PROFILE
-    auto t0 = std::chrono::steady_clock::now();
-#endif
     const int R = (int)std::max<i64>(1, std::min<i64>(threads, G));
     std::vector<std::thread> pool;
     for (int r = 1; r < R; ++r) pool.emplace_back(group_work);
     group_work();
     for (auto& th : pool) th.join();
-#ifdef KLM_PROFILE
-    fprintf(stderr, "parameter gradients: %.3f ms\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e3);
-#endif
   }
   // each configuration's sum over its groups, in the groups' order (one pass over each group's row)
   for (i64 j = 0; j < nconf * net.nparams; ++j) gparams[j] = T(0);
