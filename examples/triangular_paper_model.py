@@ -149,10 +149,19 @@ def load_models(out: Path | None, checkpoint: Path, graph, model: Path | None = 
 
 # ------------------------------------------------------------------------------ the evaluation set
 
+def record_files(phase_records: Path) -> list[Path]:
+    """The <branch>/<Hz>.json records of a phase-diagram run's records folder, sorted."""
+    files = sorted(Path(phase_records).glob("*/*.json"))
+    if not files:
+        raise SystemExit(f"--phase-records {phase_records}: no <branch>/<Hz>.json records there; pass the records "
+                         f"folder of examples/triangular_phase_diagram.py (e.g. data/reference/triangular/phase_records)")
+    return files
+
+
 def relaxed_records(phase_records: Path, keep) -> list[dict]:
     """The k-grid-ED-relaxed branches of a phase-diagram run at the fields where ``keep(hz)``."""
     found = []
-    for path in sorted(Path(phase_records).glob("*/*.json")):
+    for path in record_files(phase_records):
         record = json.loads(path.read_text())
         if keep(record["hz"]):
             found.append({"name": record["branch"], "hz": record["hz"],
@@ -168,7 +177,7 @@ def records_digest(phase_records: Path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted(Path(phase_records).glob("*/*.json")):
+    for path in record_files(phase_records):
         digest.update(path.relative_to(phase_records).as_posix().encode() + b"\0" + path.read_bytes())
     return "sha256:" + digest.hexdigest()
 
@@ -207,11 +216,11 @@ def snapshot_part(task: tuple) -> str:
     "random" (damped ED-LLG runs from random starts, the k-th field of the settings)."""
     import numpy as np
 
-    file, kind, t, hz, start, k = task
+    file, kind, t, hz, start, k, threads = task
     file = Path(file)
     if file.exists():
         return file.name
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     sampler = klmgraph.triangular(t.size, t.size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
     if kind == "equilibria":
         spins = start
@@ -272,10 +281,14 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
         states = distinct_states([r for r in records if math.isclose(r["hz"], hz)])
         return torch.tensor([r["cell_spins"] for r in states], dtype=torch.float64)[:, index]
 
-    tasks = [(parts_dir / f"equilibria_{hz:.5f}.npy", "equilibria", t, hz, equilibria(hz), None) for hz in far]
-    tasks += [(parts_dir / f"thermal_{hz:.5f}_T{T:g}.npy", "thermal", t, hz, equilibria(hz), (T, k))
+    # one thread per worker process; a single process keeps the caller's threads
+    threads = 1 if workers > 1 else torch.get_num_threads()
+    tasks = [(parts_dir / f"equilibria_{hz:.5f}.npy", "equilibria", t, hz, equilibria(hz), None, threads)
+             for hz in far]
+    tasks += [(parts_dir / f"thermal_{hz:.5f}_T{T:g}.npy", "thermal", t, hz, equilibria(hz), (T, k), threads)
               for k, T in enumerate(t.temperatures) for hz in far]
-    tasks += [(parts_dir / f"random_{hz:.5f}.npy", "random", t, hz, None, k) for k, hz in enumerate(t.random_fields)]
+    tasks += [(parts_dir / f"random_{hz:.5f}.npy", "random", t, hz, None, k, threads)
+              for k, hz in enumerate(t.random_fields)]
     print(f"snapshots: ED-LLG on {sampler.describe()} at Hz = {far} (relaxed states +- T = {list(t.temperatures)}) "
           f"and from random starts at Hz = {list(t.random_fields)}, {workers} process(es); labels by {labeller.solver}")
     # the slowest parts (the random-start runs, then the thermal ones) first, so that workers finish together
@@ -351,10 +364,14 @@ def eval_data(s: Settings, eval_dir: Path, make_explorer, phase_records: Path | 
         if info["settings"] != json.loads(json.dumps(asdict(s))):
             raise SystemExit(f"{eval_dir} holds an evaluation set of other settings; use another --eval-dir")
         # sets written before the key recorded their cell states only in "states"
-        if records is not None and info.get("phase_records", records) != records:
-            raise SystemExit(f"{eval_dir} holds an evaluation set made with other --phase-records "
-                             f"({info.get('phase_records_path', info.get('phase_records'))}, {info.get('phase_records')}), "
-                             f"not {phase_records} ({records}); use another --eval-dir")
+        stored = info.get("phase_records", records)
+        if records is not None and stored != records:
+            made = ("without --phase-records" if stored is None else
+                    f"with other --phase-records ({info.get('phase_records_path', stored)})"
+                    if str(stored).startswith("sha256:") else
+                    f"with --phase-records {stored} before records were known by content")
+            raise SystemExit(f"{eval_dir} holds an evaluation set made {made}, not {phase_records}; "
+                             "use another --eval-dir")
         spins = torch.load(eval_dir / "states.pt", weights_only=True)
     else:
         explorer_name, explorer = make_explorer()

@@ -140,7 +140,11 @@ def _motif_triangles(key: str) -> dict:
     from scipy.spatial import Delaunay
 
     spec = json.loads(key)
-    vectors, basis = np.asarray(spec["vectors"]), np.asarray(spec["basis"])
+    given, basis = np.asarray(spec["vectors"]), np.asarray(spec["basis"])
+    # a 5 x 5 patch of a skewed cell (a supercell such as [[1, 0], [3, 1]]) is a thin strip whose
+    # middle cell's triangles reach past it: build the patch from the Lagrange-Gauss reduced cell
+    # (the same lattice, vectors = unimodular @ given) and give the offsets in the given cell
+    vectors, unimodular = _reduced_cell(given)
     nb = len(basis)
     frac_basis = basis @ np.linalg.inv(vectors)
     offsets = np.array(list(itertools.product(range(-2, 3), repeat=2)))
@@ -152,7 +156,10 @@ def _motif_triangles(key: str) -> dict:
     # triangulation is unique
     shear = np.array([[1.0, 0.0137], [0.0071, 1.0]])
     x = frac @ vectors @ shear.T
-    triples = Delaunay(x).simplices.astype(np.int64)
+    # Qhull's order of the simplices is its own: sorted, the triangles and their corners come in
+    # one order whatever the scipy version (the sums of solid angles then round the same way)
+    triples = np.sort(Delaunay(x).simplices.astype(np.int64), axis=1)
+    triples = triples[np.lexsort(triples.T[::-1])]
     # one representative per translation class: the copy whose centroid is in a shifted home cell
     centroid = frac[triples].mean(1)
     home = (np.floor(centroid + 0.1234567) == 0).all(1)
@@ -166,7 +173,22 @@ def _motif_triangles(key: str) -> dict:
     if not math.isclose(area.sum(), cell_area, rel_tol=1e-9):
         raise ValueError(f"triangulation failed: triangles cover {area.sum():.6g} of a unit cell "
                          f"of area {cell_area:.6g}")
-    return {"sub": sub_of[triples], "cell": cell_of[triples], "area": area}
+    return {"sub": sub_of[triples], "cell": cell_of[triples] @ unimodular, "area": area}
+
+
+def _reduced_cell(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lagrange-Gauss reduction of 2D lattice vectors (2, 2): (reduced, M) with reduced = M @
+    vectors, M an integer matrix of determinant +-1, |reduced_0| <= |reduced_1| and the angle
+    between them within 60-120 degrees."""
+    reduced, m = vectors.astype(float).copy(), np.eye(2, dtype=np.int64)
+    while True:
+        if reduced[1] @ reduced[1] < reduced[0] @ reduced[0]:
+            reduced, m = reduced[::-1].copy(), m[::-1].copy()
+        mu = int(np.rint((reduced[0] @ reduced[1]) / (reduced[0] @ reduced[0])))
+        if mu == 0:
+            return reduced, m
+        reduced[1] -= mu * reduced[0]
+        m[1] -= mu * m[0]
 
 
 def solid_angle_sum(spins: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:

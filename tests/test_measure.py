@@ -190,3 +190,21 @@ def test_skyrmion_number_of_a_magnetic_supercell_lattice():
     assert abs(n_cell) == pytest.approx(1.0, abs=1e-9)
     tiled, tiled_spins = klmgraph.tile_spins(cell, spins, (2, 3))
     assert float(skyrmion_number(tiled, tiled_spins)) == pytest.approx(6 * n_cell, abs=1e-9)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: klmgraph.square_lattice().supercell([[1, 0], [3, 1]]).graph((4, 4)),
+    lambda: klmgraph.triangular_lattice().supercell([[1, 0], [5, 1]]).graph((3, 3)),
+    lambda: klmgraph.kagome_lattice().supercell([[1, 0], [3, 1]]).graph((3, 3)),
+    lambda: klmgraph.honeycomb_lattice().supercell([[2, 1], [-1, 1]]).graph((3, 3)),
+])
+def test_skewed_supercells_are_triangulated_as_their_lattice(make):
+    """A skewed supercell (a thin cell) triangulates the plane once: an integer skyrmion number for
+    random spins on a periodic lattice, and triangles covering the area."""
+    graph = make()
+    triangles, areas = elementary_triangles(graph)
+    vectors = torch.tensor(graph.description["vectors"], dtype=torch.float64)[:, :2]
+    cell_area = float(torch.linalg.det(vectors).abs()) * math.prod(graph.description["size"])
+    assert float(areas.sum()) == pytest.approx(cell_area, rel=1e-12)
+    n = skyrmion_number(graph, klmgraph.random_spins(graph, batch=4, seed=0, dtype=torch.float64))
+    torch.testing.assert_close(n, n.round(), rtol=0, atol=1e-9)

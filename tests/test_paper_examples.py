@@ -359,7 +359,7 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     # a label lost: resuming needs no model (the states exist), and refuses other --phase-records
     (evals / "labels" / "000_k2.pt").unlink()
     no_model = ["--checkpoint", str(tmp_path / "absent.cpt"), "--out", str(tmp_path / "empty")]
-    with pytest.raises(SystemExit, match="made with other --phase-records"):
+    with pytest.raises(SystemExit, match="made without --phase-records"):
         example.main(["--stage", "eval-data", "--phase-records", str(tmp_path)] + base + no_model)
     example.main(["--stage", "eval-data"] + base + no_model)
     assert (evals / "labels" / "000_k2.pt").exists()
@@ -533,6 +533,14 @@ def test_triangular_paper_model_snapshots_tiny(tmp_path, monkeypatch, one_thread
     assert [p.stat().st_mtime_ns for p in sorted((path.parent / "parts").glob("*.npy"))] == stamps and not labelled
     with pytest.raises(SystemExit, match="needs --phase-records"):
         example.main(["--stage", "snapshots", "--tiny", "--snapshots", str(path)])
+    with pytest.raises(SystemExit, match="no <branch>/<Hz>.json records there"):
+        example.main([str(tmp_path) if a == str(tmp_path / "records") else a for a in argv])
+    monkeypatch.undo()
+    if loop_size == 12:  # the same data set from two worker processes
+        other = tmp_path / "workers" / "snapshots.h5"
+        example.main([str(other) if a == str(path) else a for a in argv] + ["--workers", "2"])
+        data2 = klmgraph.load_dataset(other)
+        assert torch.equal(data2.spins, data.spins) and torch.equal(data2.field, data.field)
     # the full settings refuse the tiny run's parts
     with pytest.raises(SystemExit, match="holds snapshots of other settings"):
         example.main([a for a in argv if a != "--tiny"])
