@@ -567,3 +567,19 @@ def test_reference_phase_records_reproduce(one_thread):
     _, field = example.solver(cell, 16).energy_and_field(spins)
     torque = torch.linalg.cross(spins, field + torch.tensor([0.0, 0.0, record["hz"]], dtype=torch.float64))
     assert float(torque.norm(dim=-1).max()) < 1e-4
+
+
+def test_reference_evaluation_set_reproduces(one_thread):
+    """data/reference/triangular/evaluation: a cell state's coarse label is k-grid ED of its spins
+    again, and the set is the one its phase records (by content) made."""
+    example = load_example("triangular_paper_model")
+    reference = Path(example.__file__).parents[1] / "data" / "reference" / "triangular"
+    info = json.loads((reference / "evaluation" / "states.json").read_text())
+    assert info["phase_records"] == example.records_digest(reference / "phase_records")
+    spins = torch.load(reference / "evaluation" / "states.pt", weights_only=True)
+    i = next(k for k, state in enumerate(info["states"]) if state["kind"] == "cell")
+    s = example.Settings()
+    stored = torch.load(reference / "evaluation" / "labels" / f"{i:03d}_k{s.cell_grids[0]}.pt", weights_only=True)
+    energy, field = example.label(info["states"][i], spins[i], s, example.lattice_graph(s), s.cell_grids[0])
+    assert energy == pytest.approx(float(stored["energy_per_site"]), abs=1e-12)
+    torch.testing.assert_close(field, stored["field"], rtol=0, atol=1e-12)
