@@ -583,3 +583,20 @@ def test_reference_evaluation_set_reproduces(one_thread):
     energy, field = example.label(info["states"][i], spins[i], s, example.lattice_graph(s), s.cell_grids[0])
     assert energy == pytest.approx(float(stored["energy_per_site"]), abs=1e-12)
     torch.testing.assert_close(field, stored["field"], rtol=0, atol=1e-12)
+
+
+def test_reference_snapshots_reproduce(one_thread):
+    """data/reference/triangular/snapshots: labelled for the loop's lattice and k-grid, one label
+    is ED of its spins again, and the parts belong to the kept records (by content)."""
+    example = load_example("triangular_paper_model")
+    from klmgraph.learn import load_learn_config
+
+    reference = Path(example.__file__).parents[1] / "data" / "reference" / "triangular"
+    settings = json.loads((reference / "snapshots" / "parts" / "settings.json").read_text())
+    assert settings["phase_records"] == example.records_digest(reference / "phase_records")
+    data = klmgraph.load_dataset(reference / "snapshots" / "snapshots.h5")
+    ed = load_learn_config(example.LEARN_CONFIG).system.solver()
+    assert data.graph.same_lattice(ed.graph.description) and data.hamiltonian == ed.parameters()
+    energy, field = ed.energy_and_field(data.spins[-1])
+    torch.testing.assert_close(data.field[-1], field, rtol=0, atol=1e-10)
+    assert float(data.energy[-1]) == pytest.approx(float(energy), abs=1e-10)
