@@ -211,9 +211,10 @@ def distinct_states(found: list[dict]) -> list[dict]:
 
 def snapshot_part(task: tuple) -> str:
     """Make one part of the ``snapshots`` stage and store it as ``file`` (.npy) unless it exists
-    (module level: for the workers). ``task``: (file, kind, settings, hz, start, k) with kind
-    "equilibria" (``start`` itself), "thermal" (LLG at temperature ``k`` from ``start``) or
-    "random" (damped ED-LLG runs from random starts, the k-th field of the settings)."""
+    (module level: for the workers). ``task``: (file, kind, settings, hz, start, k, threads) with
+    kind "equilibria" (``start`` itself), "thermal" (LLG at (temperature, n) = ``k`` from
+    ``start``) or "random" (damped ED-LLG runs from random starts, the k-th field of the
+    settings); ``threads``: torch threads of the part."""
     import numpy as np
 
     file, kind, t, hz, start, k, threads = task
@@ -283,9 +284,10 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
 
     # one thread per worker process; a single process keeps the caller's threads
     threads = 1 if workers > 1 else torch.get_num_threads()
-    tasks = [(parts_dir / f"equilibria_{hz:.5f}.npy", "equilibria", t, hz, equilibria(hz), None, threads)
+    starts = {hz: equilibria(hz) for hz in far}
+    tasks = [(parts_dir / f"equilibria_{hz:.5f}.npy", "equilibria", t, hz, starts[hz], None, threads)
              for hz in far]
-    tasks += [(parts_dir / f"thermal_{hz:.5f}_T{T:g}.npy", "thermal", t, hz, equilibria(hz), (T, k), threads)
+    tasks += [(parts_dir / f"thermal_{hz:.5f}_T{T:g}.npy", "thermal", t, hz, starts[hz], (T, k), threads)
               for k, T in enumerate(t.temperatures) for hz in far]
     tasks += [(parts_dir / f"random_{hz:.5f}.npy", "random", t, hz, None, k, threads)
               for k, hz in enumerate(t.random_fields)]
