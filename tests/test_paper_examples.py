@@ -600,3 +600,22 @@ def test_reference_snapshots_reproduce(one_thread):
     energy, field = ed.energy_and_field(data.spins[-1])
     torch.testing.assert_close(data.field[-1], field, rtol=0, atol=1e-10)
     assert float(data.energy[-1]) == pytest.approx(float(energy), abs=1e-10)
+
+
+def test_shipped_triangular_model_reproduces_its_card(one_thread, tmp_path):
+    """data/models/triangular-paper: its card's held-out metrics are what the example's evaluation
+    of the shipped file on data/reference/triangular/evaluation gives again."""
+    example = load_example("triangular_paper_model")
+    reference = Path(example.__file__).parents[1] / "data" / "reference" / "triangular" / "evaluation"
+    card = klmgraph.model_card("triangular-paper")
+    assert card["hamiltonian"]["t3"] == example.HAMILTONIAN["t3"] and card["hamiltonian"]["mu"] == -3.5
+    s = example.Settings()
+    graph = example.lattice_graph(s)
+    model = klmgraph.pretrained("triangular-paper", graph=graph)
+    assert isinstance(model, klmgraph.Committee) and len(model.members()) == 4
+    results = example.evaluate_models(s, reference, {"ours": (model, "data/models/triangular-paper.pt")}, tmp_path)
+    stored = card["metrics"]["held_out_equilibrium_states"]
+    for key in ("rmse_field", "rmse_field_transverse", "energy_difference_max", "energy_difference_rms"):
+        assert results["models"]["ours"][key] == pytest.approx(stored[key], rel=1e-5), key
+    assert card["target"]["met"] == all(stored["met"].values())
+    assert stored["met"]["rmse_field"] == (stored["rmse_field"] <= card["target"]["rmse_field"])
