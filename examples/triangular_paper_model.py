@@ -567,6 +567,11 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
     config = json.loads((out / "config.json").read_text())
     ours, reference = results["models"]["ours"], results["reference"]
+    # the report's last entry is the newest *exploration*; the committee may be one fine-tuning on
+    iteration = int(model_path.parent.name[len("iter"):])
+    trained_on = model_path.parent / "train.h5" if iteration > 0 else None
+    if trained_on is None:
+        trained_on = out / "data" / ("initial_train.h5" if config["initial"].get("data") else "train.h5")
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest / "triangular-paper.pt") as tmp:
         shutil.copyfile(model_path, tmp)
@@ -586,6 +591,8 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
         "data": {"learning_loop": "random configurations, then states visited by committee ML-LLG at the explored "
                                   "conditions (klmgraph learn; see training.config)",
                  "iterations": len(report.get("iterations", [])), "stopped": stopped or "not finished (--partial)",
+                 "committee_of_iteration": iteration,
+                 "committee_trained_on_configurations": len(klmgraph.load_dataset(trained_on)),
                  "labels": report.get("iterations", [{}])[-1].get("labels") if report.get("iterations") else None,
                  "evaluation": f"{len(results['states'])} equilibrium states at Hz = "
                                f"{', '.join(f'{h:g}' for h in s.fields)} never trained on "

@@ -345,6 +345,9 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     (learn / "iter000").mkdir()
     (learn / "iter001").mkdir()
     Committee(members).save(learn / "iter000" / "model.pt")
+    # iteration 0's training data (the card counts it)
+    quick_ed = load_learn_config(example.LEARN_CONFIG, quick=True).system.solver()
+    klmgraph.generate_dataset(learn / "data" / "train.h5", quick_ed, num_samples=2, seed=0)
     assert example.newest_model(learn) == learn / "iter000" / "model.pt" and example.loop_state(learn) is None
 
     example.main(["--stage", "eval-data"] + base)
@@ -434,6 +437,12 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     card = klmgraph.model_card("triangular-paper", directory=dest)
     assert card["metrics"]["held_out_equilibrium_states"]["rmse_field"] == pytest.approx(ours["rmse_field"])
     assert card["data"]["stopped"] == "not finished (--partial)" and card["target"]["met"] is False
+    # the card names the iteration whose committee it ships and how many configurations trained it
+    newest = example.newest_model(learn)
+    assert card["data"]["committee_of_iteration"] == int(newest.parent.name[len("iter"):])
+    first = learn / "data" / ("initial_train.h5" if (learn / "data" / "initial_train.h5").exists() else "train.h5")
+    trained_on = newest.parent / "train.h5" if card["data"]["committee_of_iteration"] else first
+    assert card["data"]["committee_trained_on_configurations"] == len(klmgraph.load_dataset(trained_on))
     assert {"name", "summary", "date", "lattice", "hamiltonian", "solver", "data", "training", "metrics"} <= set(card)
 
 
