@@ -567,7 +567,8 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
     config = json.loads((out / "config.json").read_text())
     ours, reference = results["models"]["ours"], results["reference"]
-    # the report's last entry is the newest *exploration*; the committee may be one fine-tuning on
+    # the report's last entry is the newest *exploration*, while the newest committee may be one
+    # fine-tuning further on: the card takes the iteration from the committee's folder name
     iteration = int(model_path.parent.name[len("iter"):])
     trained_on = model_path.parent / "train.h5" if iteration > 0 else None
     if trained_on is None:

@@ -438,11 +438,14 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     assert card["metrics"]["held_out_equilibrium_states"]["rmse_field"] == pytest.approx(ours["rmse_field"])
     assert card["data"]["stopped"] == "not finished (--partial)" and card["target"]["met"] is False
     # the card names the iteration whose committee it ships and how many configurations trained it
-    newest = example.newest_model(learn)
-    assert card["data"]["committee_of_iteration"] == int(newest.parent.name[len("iter"):])
-    first = learn / "data" / ("initial_train.h5" if (learn / "data" / "initial_train.h5").exists() else "train.h5")
-    trained_on = newest.parent / "train.h5" if card["data"]["committee_of_iteration"] else first
-    assert card["data"]["committee_trained_on_configurations"] == len(klmgraph.load_dataset(trained_on))
+    assert card["data"]["committee_of_iteration"] == 0 and card["data"]["committee_trained_on_configurations"] == 2
+    # a fine-tuned committee (iteration 1) is shipped with the count of its own training set
+    Committee(members[::-1]).save(learn / "iter001" / "model.pt")
+    klmgraph.generate_dataset(learn / "iter001" / "train.h5", quick_ed, num_samples=3, seed=5)
+    example.main(["--stage", "ship", "--partial"] + base)
+    card = klmgraph.model_card("triangular-paper", directory=dest)
+    assert card["data"]["committee_of_iteration"] == 1 and card["data"]["committee_trained_on_configurations"] == 3
+    assert (dest / "triangular-paper.pt").read_bytes() == (learn / "iter001" / "model.pt").read_bytes()
     assert {"name", "summary", "date", "lattice", "hamiltonian", "solver", "data", "training", "metrics"} <= set(card)
 
 
@@ -624,7 +627,12 @@ def test_shipped_triangular_model_reproduces_its_card(one_thread, tmp_path):
     assert isinstance(model, klmgraph.Committee) and len(model.members()) == 4
     results = example.evaluate_models(s, reference, {"ours": (model, "data/models/triangular-paper.pt")}, tmp_path)
     stored = card["metrics"]["held_out_equilibrium_states"]
-    for key in ("rmse_field", "rmse_field_transverse", "energy_difference_max", "energy_difference_rms"):
-        assert results["models"]["ours"][key] == pytest.approx(stored[key], rel=1e-5), key
-    assert card["target"]["met"] == all(stored["met"].values())
-    assert stored["met"]["rmse_field"] == (stored["rmse_field"] <= card["target"]["rmse_field"])
+    ours = results["models"]["ours"]
+    # float32 sums over 576 sites: E/N resolves to ~1e-7, whatever the machine's summation order
+    for key in ("rmse_field", "rmse_field_transverse"):
+        assert ours[key] == pytest.approx(stored[key], rel=1e-4), key
+    for key in ("energy_difference_max", "energy_difference_rms"):
+        assert ours[key] == pytest.approx(stored[key], abs=1e-7), key
+    for hz, row in stored["per_field"].items():
+        assert ours["per_field"][hz]["rmse_field"] == pytest.approx(row["rmse_field"], rel=1e-4), hz
+    assert ours["met"] == stored["met"] and card["target"]["met"] == all(ours["met"].values())
