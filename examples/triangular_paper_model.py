@@ -66,6 +66,7 @@ import torch
 
 import klmgraph
 from klmgraph.files import atomic_path
+from klmgraph.learn.loop import committee_training_set
 from triangular_phase_diagram import HAMILTONIAN, RANDOM_STARTS, cell_graph, solver, to_lattice
 from triangular_training import ed_llg_snapshots
 
@@ -570,9 +571,7 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
     # the report's last entry is the newest *exploration*, while the newest committee may be one
     # fine-tuning further on: the card takes the iteration from the committee's folder name
     iteration = int(model_path.parent.name[len("iter"):])
-    trained_on = model_path.parent / "train.h5" if iteration > 0 else None
-    if trained_on is None:
-        trained_on = out / "data" / ("initial_train.h5" if config["initial"].get("data") else "train.h5")
+    trained_on = committee_training_set(out, iteration, bool(config["initial"].get("data")))
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest / "triangular-paper.pt") as tmp:
         shutil.copyfile(model_path, tmp)

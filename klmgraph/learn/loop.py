@@ -56,9 +56,18 @@ from .config import SELECT_BY, LearnConfig
 from .report import write_report
 from .selection import draw_holdout, select_by_spread
 
-__all__ = ["run_learning", "STAGES"]
+__all__ = ["run_learning", "committee_training_set", "STAGES"]
 
 STAGES = ("random_data", "train", "explore_condition", "explore", "select", "holdout", "measure", "labels", "merge")
+
+
+def committee_training_set(out: str | Path, iteration: int, initial_data: bool) -> Path:
+    """The data set a learning run in ``out`` trains iteration ``iteration``'s committee on: for
+    iteration 0 the random configurations (data/initial_train.h5 when [initial] data sets are
+    merged in, ``initial_data``), for the fine-tunings iterNNN/train.h5 (random + explored)."""
+    if iteration == 0:
+        return Path(out) / "data" / ("initial_train.h5" if initial_data else "train.h5")
+    return Path(out) / f"iter{iteration:03d}" / "train.h5"
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
@@ -119,7 +128,11 @@ class _Loop:
     @property
     def initial_train(self) -> Path:
         """The first training's data: the random configurations and the [initial] data sets."""
-        return self.out / "data" / ("initial_train.h5" if self.c.initial.data else "train.h5")
+        return self.training_set(0)
+
+    def training_set(self, k: int) -> Path:
+        """What iteration k's committee is trained on (:func:`committee_training_set`)."""
+        return committee_training_set(self.out, k, bool(self.c.initial.data))
 
     def train(self, k: int) -> None:
         """iterNNN/model.pt: trained from scratch (k = 0) or fine-tuned from iteration k - 1."""
@@ -129,10 +142,10 @@ class _Loop:
         raw = {name: dict(v) for name, v in self.c.train.items()}
         raw["training"]["out"] = str(self.it(k) / "training")
         if k == 0:
-            raw["data"] = {"train": str(self.initial_train), "validation": str(self.out / "data" / "val.h5")}
+            raw["data"] = {"train": str(self.training_set(0)), "validation": str(self.out / "data" / "val.h5")}
             what = "training the committee on random configurations"
         else:
-            raw["data"] = {"train": str(self.it(k) / "train.h5"), "validation": str(self.it(k) / "val.h5")}
+            raw["data"] = {"train": str(self.training_set(k)), "validation": str(self.it(k) / "val.h5")}
             raw["training"].update(init=str(self.it(k - 1) / "model.pt"), epochs=self.c.finetune.epochs,
                                    minutes=self.c.finetune.minutes)
             if self.c.finetune.lr:
@@ -148,7 +161,7 @@ class _Loop:
             # calibrated on the explored states held out so far (never trained on), the states the
             # committee is used on, instead of the random ones that dominate the validation set
             held = load_dataset(self.it(k) / "holdouts.h5", graph=self.graph)
-            train_set = load_dataset(self.it(k) / "train.h5", graph=self.graph)
+            train_set = load_dataset(self.training_set(k), graph=self.graph)
             calibrate_file(run["out"] / "best.pt", train_set, torch.arange(len(train_set)), held,
                            torch.arange(len(held)), self.threshold_margin)
         with atomic_path(target) as tmp:
@@ -278,7 +291,7 @@ class _Loop:
             # (leave one out), so the comparison with ED stays out of sample
             spread = u.field_error.double().cpu() / committee.calibration
             predicted = cross_fitted_rmse(spread, err)
-            train_set = load_dataset(self.initial_train if k == 0 else self.it(k) / "train.h5", graph=self.graph)
+            train_set = load_dataset(self.training_set(k), graph=self.graph)
             old = float(cand["calibration"]) if "calibration" in cand else committee.calibration
             committee = calibrate_file(path, train_set, torch.arange(len(train_set)), held,
                                        torch.arange(len(held)), self.threshold_margin)
@@ -324,7 +337,7 @@ class _Loop:
                                                  for j in range(k + 1)]
         merge_datasets(nxt / "val.h5", val_parts, conditions)
         merge_datasets(nxt / "holdouts.h5", val_parts[1:], conditions)
-        merge_datasets(nxt / "train.h5", train_parts, conditions)
+        merge_datasets(self.training_set(k + 1), train_parts, conditions)
         self.stage_done("merge", k)
 
     # ------------------------------------------------------------------ the loop
