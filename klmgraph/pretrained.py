@@ -92,6 +92,19 @@ def pretrained(name: str | None = None, graph=None, map_location="cpu", director
     return load_model(_find(name, directory), graph=graph, map_location=map_location)
 
 
+def _metric_lines(name: str, metrics: dict, indent: str) -> list[str]:
+    """``name: k v, ...`` for the scalars of ``metrics``, then one deeper line per nested dict
+    (a card's per-field or all-state metrics), so no dict is printed raw."""
+    def value(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    scalars = ", ".join(f"{k} {value(v)}" for k, v in metrics.items() if not isinstance(v, dict))
+    lines = [f"{indent}{name}: {scalars}" if scalars else f"{indent}{name}:"]
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            lines.extend(_metric_lines(k, v, indent + "  "))
+    return lines
+
+
 def describe(name: str, directory=None) -> str:
     """One paragraph of a card's key facts (for ``klmgraph models``)."""
     card = model_card(name, directory)
@@ -102,8 +115,7 @@ def describe(name: str, directory=None) -> str:
     if "hamiltonian" in card:
         lines.append("  hamiltonian: " + ", ".join(f"{k} = {v}" for k, v in card["hamiltonian"].items()))
     for split, metrics in card.get("metrics", {}).items():
-        facts = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-        lines.append(f"  {split}: {facts}")
+        lines.extend(_metric_lines(split, metrics, "  "))
     if "note" in card:
         lines.append(f"  note: {card['note']}")
     lines.append(f"  file: {_find(name, directory)}")

@@ -46,6 +46,20 @@ def test_listing_and_loading(folder):
     assert "tiny-a: a test model" in text and "rmse_field 0.5" in text
 
 
+def test_describe_prints_nested_metrics_as_lines_not_dicts(tmp_path):
+    """A card's per-field metrics (dicts inside a split) get a deeper line each."""
+    graph = klmgraph.square(4, 4)
+    klmgraph.ECNN.for_graph(graph, channels=2, num_interactions=1).save(tmp_path / "nested.pt")
+    (tmp_path / "nested.json").write_text(json.dumps({
+        "name": "nested", "summary": "per-field metrics",
+        "metrics": {"held_out": {"rmse_field": 0.25, "per_field": {"0.005": {"rmse_field": 0.125, "states": 3}}}}}))
+    lines = describe("nested", directory=tmp_path).splitlines()
+    assert "  held_out: rmse_field 0.25" in lines
+    assert "    per_field:" in lines
+    assert "      0.005: rmse_field 0.125, states 3" in lines
+    assert not any("{" in line for line in lines)
+
+
 def test_missing_name_lists_the_available_ones(folder):
     path, _ = folder
     with pytest.raises(ValueError, match=r"no shipped model named 'nope'; available: \['tiny-a', 'tiny-b'\]"):
