@@ -556,6 +556,13 @@ def plot(results: dict, path: Path) -> None:
 
 # ------------------------------------------------------------------------------ ship
 
+def portable_path(path: str) -> str:
+    """A data path as a card keeps it: relative to the repository where it lies inside it, else
+    the file name alone (an absolute path of the training machine means nothing on another)."""
+    p = Path(path).resolve()
+    return p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else p.name
+
+
 def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> dict:
     """Write ``dest``/triangular-paper.{pt,json}: the newest committee of ``out`` and its card."""
     model_path = newest_model(out)
@@ -567,11 +574,15 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
                          "let it finish, or pass --partial to ship its newest committee anyway")
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
     config = json.loads((out / "config.json").read_text())
+    initial_data = config["initial"].get("data")
     ours, reference = results["models"]["ours"], results["reference"]
     # the report's last entry is the newest *exploration*, while the newest committee may be one
     # fine-tuning further on: the card takes the iteration from the committee's folder name
     iteration = int(model_path.parent.name[len("iter"):])
-    trained_on = committee_training_set(out, iteration, bool(config["initial"].get("data")))
+    trained_on = committee_training_set(out, iteration, bool(initial_data))
+    if initial_data:
+        config["initial"]["data"] = ([portable_path(p) for p in initial_data] if isinstance(initial_data, list)
+                                     else portable_path(initial_data))
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest / "triangular-paper.pt") as tmp:
         shutil.copyfile(model_path, tmp)

@@ -449,6 +449,15 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     assert {"name", "summary", "date", "lattice", "hamiltonian", "solver", "data", "training", "metrics"} <= set(card)
 
 
+def test_triangular_paper_card_keeps_data_paths_portable(tmp_path):
+    """The card's copy of the loop configuration names its data by repository path or file name,
+    never by an absolute path of the training machine."""
+    example = load_example("triangular_paper_model")
+    inside = example.REPO / "data" / "reference" / "triangular" / "snapshots" / "snapshots.h5"
+    assert example.portable_path(str(inside)) == "data/reference/triangular/snapshots/snapshots.h5"
+    assert example.portable_path(str(tmp_path / "runs" / "snap.h5")) == "snap.h5"
+
+
 def test_triangular_phase_diagram_record_path_of_a_return_sweep(tmp_path):
     """A return sweep's first field is the first sweep's last record, in either direction (the
     random-start states go down first)."""
