@@ -11,7 +11,7 @@ from .spins import (double_skyrmion_crystal, ferromagnet, multi_q, random_spins,
                     tile_spins, transverse_part, triple_q_vectors)
 from .providers import Heisenberg, Provider, SingleIonAnisotropy, Zeeman, as_provider
 from .dynamics import LLG, DivergenceError
-from .measure import (abs_mz, energy_per_site, locality, magnetic_cell_sites, magnetization,
+from .measure import (abs_mz, energy_per_site, hop_distance, locality, locality_floor, magnetic_cell_sites, magnetization,
                       skyrmion_number, skyrmion_number_per_cell, structure_factor)
 from .trajectory import Trajectory, TrajectoryWriter, read_trajectory
 from .nn import ECNN, compute_field
@@ -38,7 +38,7 @@ __all__ = [
     "tile_spins", "transverse_part",
     "LLG", "DivergenceError", "Provider", "as_provider", "Zeeman", "SingleIonAnisotropy", "Heisenberg",
     "energy_per_site", "magnetization", "abs_mz", "skyrmion_number", "skyrmion_number_per_cell",
-    "structure_factor", "magnetic_cell_sites", "locality",
+    "structure_factor", "magnetic_cell_sites", "locality", "locality_floor", "hop_distance",
     "TrajectoryWriter", "Trajectory", "read_trajectory",
     "ECNN", "compute_field", "load_ecnn4klm", "load_model", "pretrained", "model_card",
     "simulate", "SimulationResult", "scan", "simulate_distributed", "export_snapshot",

@@ -26,6 +26,7 @@ import torch
 
 from .checks import check_spins
 from .providers import as_provider
+from .spins import random_spins
 from .graph import HoppingGraph
 
 __all__ = ["energy_per_site", "magnetization", "abs_mz", "elementary_triangles", "skyrmion_number",
@@ -400,6 +401,91 @@ def minimum_image_distance(graph: HoppingGraph, site: int) -> torch.Tensor:
     # skewed cells: the nearest image can be one cell further
     shifts = torch.tensor(list(itertools.product((-1, 0, 1), repeat=len(rows))), dtype=cell.dtype)
     return (delta[:, None, :] + (shifts @ cell)[None]).norm(dim=-1).min(1).values
+
+
+def hop_distance(graph: HoppingGraph, site: int) -> torch.Tensor:
+    """(N,) number of hops from ``site`` along the graph's edges; -1 where it cannot be reached.
+
+    Each convolution of a message-passing network reaches one hop: an :class:`~klmgraph.ECNN`
+    with K interaction blocks and its output convolution gives each site an energy that depends
+    on the spins within K + 1 hops, so the field at ``site`` depends on those within 2 (K + 1)
+    (the published models, K = 4: 10 hops).
+    """
+    if not 0 <= site < graph.num_nodes:
+        raise ValueError(f"site must lie in [0, {graph.num_nodes}), got {site}")
+    src, dst = graph.edge_index.cpu()
+    hops = torch.full((graph.num_nodes,), -1, dtype=torch.long)
+    hops[site] = 0
+    front, k = torch.tensor([site]), 0
+    while len(front):
+        k += 1
+        reached = torch.unique(dst[torch.isin(src, front)])
+        front = reached[hops[reached] < 0]
+        hops[front] = k
+    return hops
+
+
+@dataclass
+class LocalityFloor:
+    """Result of :func:`locality_floor`.
+
+    Attributes:
+        hops: (D,) the reaches d tested.
+        floor: (D,) RMSE per field component at the site that no model seeing only the spins
+            within d hops can beat.
+        samples: configurations averaged over.
+        site: the site whose field is predicted.
+    """
+
+    hops: torch.Tensor
+    floor: torch.Tensor
+    samples: int
+    site: int
+
+
+def locality_floor(provider, graph: HoppingGraph, hops, samples: int = 8, site: int = 0,
+                   seed: int = 0) -> LocalityFloor:
+    """The field error that no model of reach d can beat, on random configurations.
+
+    For each of ``samples`` random configurations, every spin more than d hops from ``site`` is
+    drawn afresh and the field at ``site`` is computed again. The best prediction from the spins
+    within d hops is the mean over the far spins, whose mean square error is half the mean
+    square change between two independent draws; the floor is its root, per field component, in
+    the units of ``rmse_field``. Compare it with a model's random-configuration RMSE for a d of
+    its reach (:func:`hop_distance`): where the two are close, the data, not the network,
+    set the error. Unlike :func:`locality` (one spin rotated), this adds up the whole far
+    region, as a random configuration does.
+
+    Args:
+        provider: force provider (ED, a model, ...).
+        graph: the lattice graph.
+        hops: reaches d to test (integers >= 0).
+        samples: random configurations (one call for each and for each d after it).
+        site: the site whose field is predicted.
+        seed: seed of the random configurations and redraws.
+
+    Returns:
+        :class:`LocalityFloor`.
+    """
+    hops = torch.as_tensor(hops)
+    if hops.dim() != 1 or len(hops) == 0 or hops.is_floating_point() or (hops < 0).any():
+        raise ValueError(f"hops must be a non-empty list of integers >= 0, got {hops.tolist()}")
+    if int(samples) < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    distance = hop_distance(graph, site)
+    p = as_provider(provider)
+    generator = torch.Generator().manual_seed(int(seed))
+    square = torch.zeros(len(hops), dtype=torch.float64)
+    for _ in range(int(samples)):
+        spins = random_spins(graph, generator=generator)
+        _, field = p.energy_and_field(spins)
+        for k, d in enumerate(hops.tolist()):
+            far = (distance > d) | (distance < 0)
+            redrawn = spins.clone()
+            redrawn[far] = random_spins(int(far.sum()), generator=generator)
+            _, other = p.energy_and_field(redrawn)
+            square[k] += (field[site] - other[site]).double().pow(2).mean().cpu() / 2
+    return LocalityFloor(hops=hops, floor=(square / int(samples)).sqrt(), samples=int(samples), site=site)
 
 
 def locality(provider, graph: HoppingGraph, spins: torch.Tensor, site: int = 0,

@@ -174,6 +174,36 @@ def test_locality_of_heisenberg_and_ed_fields():
     assert near > 1e-2 and far < 0.15 * near
 
 
+def test_hop_distance_counts_edges_of_the_graph():
+    graph = klmgraph.square(8, 8)
+    hops = klmgraph.hop_distance(graph, 0).reshape(8, 8)
+    i, j = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    manhattan = torch.minimum(i, 8 - i) + torch.minimum(j, 8 - j)  # periodic
+    assert torch.equal(hops, manhattan)
+    with pytest.raises(ValueError, match=r"site must lie in \[0, 64\)"):
+        klmgraph.hop_distance(graph, 64)
+
+
+def test_locality_floor_is_zero_beyond_the_reach_and_exact_for_heisenberg():
+    """Redrawing the spins beyond d hops leaves the field of a model of reach <= d unchanged: the
+    nearest-neighbour exchange (reach 1) and an ECNN with K interaction blocks plus its output
+    convolution (each site's energy sees K + 1 hops, its field 2 (K + 1)). Within the reach the
+    floor is positive; for the exchange B_0 = sum of the 4 neighbour spins, redrawn at d = 0,
+    half the mean square change per component is 4 / 3 in expectation."""
+    graph = klmgraph.square(12, 12)
+    exchange = klmgraph.locality_floor(Heisenberg(graph, 1.0), graph, [0, 1, 3], samples=200, seed=1)
+    assert float(exchange.floor[0]) == pytest.approx(math.sqrt(4 / 3), rel=0.06)
+    assert exchange.floor[1:].eq(0).all() and exchange.samples == 200 and exchange.site == 0
+    torch.manual_seed(0)
+    model = klmgraph.ECNN.for_graph(graph, channels=4, num_interactions=1)
+    floor = klmgraph.locality_floor(model.bind(graph), graph, [2, 3, 4, 5], samples=3, site=7).floor
+    assert (floor[:2] > 0).all() and floor[2:].eq(0).all()
+    with pytest.raises(ValueError, match="hops must be a non-empty list of integers >= 0"):
+        klmgraph.locality_floor(Heisenberg(graph, 1.0), graph, [-1])
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        klmgraph.locality_floor(Heisenberg(graph, 1.0), graph, [1], samples=0)
+
+
 def test_skyrmion_number_of_a_magnetic_supercell_lattice():
     """A lattice whose unit cell is a 48-site magnetic cell (a basis of 48 sites) is triangulated
     as quickly as a Bravais lattice, and counts the skyrmions of its tiling."""
