@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from .checks import check_spins
+from .domains import _Sources
 from .providers import as_provider
 from .spins import random_spins
 from .graph import HoppingGraph
 
 __all__ = ["energy_per_site", "magnetization", "abs_mz", "elementary_triangles", "skyrmion_number",
            "skyrmion_number_per_cell", "triangles_on", "solid_angle_sum", "StructureFactor", "structure_factor", "magnetic_cell_sites",
-           "Locality", "locality"]
+           "Locality", "locality", "hop_distance", "LocalityFloor", "locality_floor"]
 
 
 def _spins(graph: HoppingGraph, spins) -> torch.Tensor:
@@ -413,15 +414,11 @@ def hop_distance(graph: HoppingGraph, site: int) -> torch.Tensor:
     """
     if not 0 <= site < graph.num_nodes:
         raise ValueError(f"site must lie in [0, {graph.num_nodes}), got {site}")
-    src, dst = graph.edge_index.cpu()
+    # the breadth-first search of the domain decomposition: along the edges site energies read
+    sites, distance = _Sources(graph).ball(torch.tensor([site]), graph.num_nodes)
     hops = torch.full((graph.num_nodes,), -1, dtype=torch.long)
     hops[site] = 0
-    front, k = torch.tensor([site]), 0
-    while len(front):
-        k += 1
-        reached = torch.unique(dst[torch.isin(src, front)])
-        front = reached[hops[reached] < 0]
-        hops[front] = k
+    hops[sites] = distance
     return hops
 
 
@@ -432,7 +429,7 @@ class LocalityFloor:
     Attributes:
         hops: (D,) the reaches d tested.
         floor: (D,) RMSE per field component at the site that no model seeing only the spins
-            within d hops can beat.
+            within d hops can beat; exactly 0 where no site lies further than d hops.
         samples: configurations averaged over.
         site: the site whose field is predicted.
     """
@@ -444,46 +441,54 @@ class LocalityFloor:
 
 
 def locality_floor(provider, graph: HoppingGraph, hops, samples: int = 8, site: int = 0,
-                   seed: int = 0) -> LocalityFloor:
+                   seed: int = 0, device=None) -> LocalityFloor:
     """The field error that no model of reach d can beat, on random configurations.
 
-    For each of ``samples`` random configurations, every spin more than d hops from ``site`` is
-    drawn afresh and the field at ``site`` is computed again. The best prediction from the spins
-    within d hops is the mean over the far spins, whose mean square error is half the mean
-    square change between two independent draws; the floor is its root, per field component, in
-    the units of ``rmse_field``. Compare it with a model's random-configuration RMSE for a d of
-    its reach (:func:`hop_distance`): where the two are close, the data, not the network,
-    set the error. Unlike :func:`locality` (one spin rotated), this adds up the whole far
+    For each of ``samples`` random configurations, a second random configuration replaces every
+    spin more than d hops from ``site``, and the field at ``site`` is computed again. The best
+    prediction from the spins within d hops is the mean over the far spins, whose mean square
+    error is half the mean square change between two independent draws; the floor is its root,
+    per field component, in the units of ``rmse_field``. All reaches d use the same two draws
+    per sample, so the floors of several d are compared on the same configurations and do not
+    depend on which other d are asked for.
+
+    Compare it with a model's RMSE on random configurations of the same lattice and solver, for
+    the d of the model's reach (:func:`hop_distance`). On a periodic lattice no larger than the
+    reach every spin is seen and the floor is 0: measure it on a lattice whose largest hop
+    distance exceeds d. Unlike :func:`locality` (one spin rotated), this adds up the whole far
     region, as a random configuration does.
 
     Args:
         provider: force provider (ED, a model, ...).
         graph: the lattice graph.
         hops: reaches d to test (integers >= 0).
-        samples: random configurations (one call for each and for each d after it).
+        samples: random configurations (1 + D provider calls each, fewer where d reaches every site).
         site: the site whose field is predicted.
-        seed: seed of the random configurations and redraws.
+        seed: seed of the random configurations.
+        device: where the configurations (and so the provider) live (default: the CPU).
 
     Returns:
         :class:`LocalityFloor`.
     """
-    hops = torch.as_tensor(hops)
-    if hops.dim() != 1 or len(hops) == 0 or hops.is_floating_point() or (hops < 0).any():
+    hops = torch.as_tensor(hops).cpu()
+    if hops.dim() != 1 or len(hops) == 0 or hops.dtype in (torch.bool,) or hops.is_floating_point() \
+            or (hops < 0).any():
         raise ValueError(f"hops must be a non-empty list of integers >= 0, got {hops.tolist()}")
-    if int(samples) < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+    if int(samples) != samples or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples}")
     distance = hop_distance(graph, site)
     p = as_provider(provider)
     generator = torch.Generator().manual_seed(int(seed))
     square = torch.zeros(len(hops), dtype=torch.float64)
     for _ in range(int(samples)):
-        spins = random_spins(graph, generator=generator)
+        spins = random_spins(graph, generator=generator).to(device)
+        fresh = random_spins(graph, generator=generator).to(device)
         _, field = p.energy_and_field(spins)
         for k, d in enumerate(hops.tolist()):
-            far = (distance > d) | (distance < 0)
-            redrawn = spins.clone()
-            redrawn[far] = random_spins(int(far.sum()), generator=generator)
-            _, other = p.energy_and_field(redrawn)
+            far = ((distance > d) | (distance < 0)).to(spins.device)
+            if not far.any():
+                continue  # the model of reach d sees every spin
+            _, other = p.energy_and_field(torch.where(far[:, None], fresh, spins))
             square[k] += (field[site] - other[site]).double().pow(2).mean().cpu() / 2
     return LocalityFloor(hops=hops, floor=(square / int(samples)).sqrt(), samples=int(samples), site=site)
 

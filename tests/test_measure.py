@@ -182,6 +182,13 @@ def test_hop_distance_counts_edges_of_the_graph():
     assert torch.equal(hops, manhattan)
     with pytest.raises(ValueError, match=r"site must lie in \[0, 64\)"):
         klmgraph.hop_distance(graph, 64)
+    # two separate triangles: the other one is unreachable (-1), and its spins count as far
+    import networkx as nx
+    two = klmgraph.from_networkx(nx.disjoint_union(nx.cycle_graph(3), nx.cycle_graph(3)))
+    assert klmgraph.hop_distance(two, 0).tolist() == [0, 1, 1, -1, -1, -1]
+    exchange = Heisenberg(two, 1.0)
+    assert klmgraph.locality_floor(exchange, two, [1, 5], samples=4).floor.eq(0).all()
+    assert klmgraph.locality_floor(exchange, two, [0], samples=4).floor[0] > 0.5
 
 
 def test_locality_floor_is_zero_beyond_the_reach_and_exact_for_heisenberg():
@@ -191,17 +198,23 @@ def test_locality_floor_is_zero_beyond_the_reach_and_exact_for_heisenberg():
     floor is positive; for the exchange B_0 = sum of the 4 neighbour spins, redrawn at d = 0,
     half the mean square change per component is 4 / 3 in expectation."""
     graph = klmgraph.square(12, 12)
-    exchange = klmgraph.locality_floor(Heisenberg(graph, 1.0), graph, [0, 1, 3], samples=200, seed=1)
-    assert float(exchange.floor[0]) == pytest.approx(math.sqrt(4 / 3), rel=0.06)
-    assert exchange.floor[1:].eq(0).all() and exchange.samples == 200 and exchange.site == 0
+    exchange = klmgraph.locality_floor(Heisenberg(graph, 1.0), graph, [0, 1, 3], samples=1000, seed=1)
+    assert float(exchange.floor[0]) == pytest.approx(math.sqrt(4 / 3), rel=0.05)  # 1000 samples: ~1.5 % noise
+    assert exchange.floor[1:].eq(0).all() and exchange.samples == 1000 and exchange.site == 0
+    # every reach uses the same draws: asking for d = 0 alone gives the same floor
+    alone = klmgraph.locality_floor(Heisenberg(graph, 1.0), graph, [0], samples=1000, seed=1)
+    assert torch.equal(alone.floor[0], exchange.floor[0])
     torch.manual_seed(0)
     model = klmgraph.ECNN.for_graph(graph, channels=4, num_interactions=1)
     floor = klmgraph.locality_floor(model.bind(graph), graph, [2, 3, 4, 5], samples=3, site=7).floor
     assert (floor[:2] > 0).all() and floor[2:].eq(0).all()
     with pytest.raises(ValueError, match="hops must be a non-empty list of integers >= 0"):
         klmgraph.locality_floor(Heisenberg(graph, 1.0), graph, [-1])
-    with pytest.raises(ValueError, match="samples must be >= 1"):
-        klmgraph.locality_floor(Heisenberg(graph, 1.0), graph, [1], samples=0)
+    with pytest.raises(ValueError, match="hops must be a non-empty list of integers >= 0"):
+        klmgraph.locality_floor(Heisenberg(graph, 1.0), graph, [True])
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="samples must be an integer >= 1"):
+            klmgraph.locality_floor(Heisenberg(graph, 1.0), graph, [1], samples=bad)
 
 
 def test_skyrmion_number_of_a_magnetic_supercell_lattice():

@@ -68,6 +68,18 @@ def test_missing_name_lists_the_available_ones(folder):
         klmgraph.model_card("no-card", directory=path)
 
 
+def _strings(value):
+    """Every string inside a card (nested dicts and lists)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
 def test_shipped_models_have_cards_and_load(capsys):
     """Every model in the checkout's data/models is found, loads, and has a complete card."""
     if REPO_MODELS.is_dir():
@@ -81,6 +93,9 @@ def test_shipped_models_have_cards_and_load(capsys):
         assert card["name"] == name
         model = klmgraph.pretrained(name)
         assert isinstance(model, torch.nn.Module)
+        # a card names files by repository path or file name, never by the training machine's path
+        absolute = [v for v in _strings(card) if v.startswith("/")]
+        assert not absolute, f"{name}'s card holds absolute paths: {absolute}"
     # the model of the paper's square setting is shipped, and its card says what it reached
     assert "square-paper" in shipped
     card = klmgraph.model_card("square-paper")
