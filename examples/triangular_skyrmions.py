@@ -79,13 +79,14 @@ def load_provider_model(settings: dict, graph):
 
 def converged(path: Path, num_sites: int, window: int, tol: float) -> tuple[int, float]:
     """The last stored step of a trajectory and |E(step) - E(step - window)| / N (inf before
-    ``window`` steps, or without the record)."""
+    ``window`` steps, or without either record: a run killed between writing its last snapshot
+    and that step's observables resumes from the snapshot and writes them then)."""
     traj = klmgraph.read_trajectory(path)
     step = int(traj.spins_step[-1]) if traj.spins_step is not None and len(traj.spins_step) else 0
-    earlier = traj.step == step - window
-    if step < window or not earlier.any():
+    earlier, current = traj.step == step - window, traj.step == step
+    if step < window or not earlier.any() or not current.any():
         return step, math.inf
-    now = traj.energy[traj.step == step][-1]
+    now = traj.energy[current][-1]
     return step, abs(float(now - traj.energy[earlier][-1])) / num_sites
 
 

@@ -164,6 +164,25 @@ def test_triangular_skyrmions_stopping_rule_anneal_and_resume(tmp_path, capsys):
     assert [e["step"] for e in again] == [e["step"] for e in table]
 
 
+def test_triangular_skyrmions_resumes_a_run_killed_before_its_last_record(monkeypatch):
+    """A run killed after writing the snapshot of step 100 but not that step's observables is
+    not judged converged (and does not crash): the next segment resumes from the snapshot."""
+    import types
+
+    import numpy as np
+
+    example = load_example("triangular_skyrmions")
+    steps = np.arange(100)  # records of steps 0-99; the snapshot of step 100 has none yet
+    killed = types.SimpleNamespace(spins_step=np.array([0, 50, 100]), step=steps, energy=-0.28 * 144 + 0 * steps)
+    monkeypatch.setattr(example.klmgraph, "read_trajectory", lambda path: killed)
+    assert example.converged(Path("x.h5"), 144, 20, 1e-7) == (100, math.inf)
+    done = types.SimpleNamespace(spins_step=np.array([0, 50, 100]), step=np.arange(101),
+                                 energy=np.linspace(-40.0, -40.5, 101))
+    monkeypatch.setattr(example.klmgraph, "read_trajectory", lambda path: done)
+    step, change = example.converged(Path("x.h5"), 144, 20, 1e-7)
+    assert step == 100 and change == pytest.approx(0.1 / 144)
+
+
 def test_triangular_phase_boundaries_runs(tmp_path, capsys):
     if not (ECNN4KLM / "triangle_param.cpt").is_file():
         pytest.skip(f"the published checkpoint is not at {ECNN4KLM}")
