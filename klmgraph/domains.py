@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Domain", "LocalGraph", "partition", "decompose", "domain_of", "split_domain", "hop_distances",
+__all__ = ["Domain", "LocalGraph", "partition", "decompose", "domain_of", "split_domain", "hop_distances", "hop_distance",
            "check_halo"]
 
 
@@ -70,6 +70,24 @@ class _Sources:
         sites, distance = torch.cat(found), torch.cat(distance)
         order = torch.argsort(sites)
         return sites[order], distance[order]
+
+
+def hop_distance(graph, site: int) -> torch.Tensor:
+    """(N,) number of hops from ``site`` along the graph's edges; -1 where it cannot be reached.
+
+    Each convolution of a message-passing network reaches one hop: an :class:`~klmgraph.ECNN`
+    with K interaction blocks and its output convolution gives each site an energy that depends
+    on the spins within K + 1 hops, so the field at ``site`` depends on those within 2 (K + 1)
+    (the published models, K = 4: 10 hops).
+    """
+    if not 0 <= site < graph.num_nodes:
+        raise ValueError(f"site must lie in [0, {graph.num_nodes}), got {site}")
+    # along the edges site energies read, as the domain decomposition's halos
+    sites, distance = _Sources(graph).ball(torch.tensor([site]), graph.num_nodes)
+    hops = torch.full((graph.num_nodes,), -1, dtype=torch.long)
+    hops[site] = 0
+    hops[sites] = distance
+    return hops
 
 
 def hop_distances(graph, centre: int, targets) -> int:

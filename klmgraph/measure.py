@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .checks import check_spins
-from .domains import _Sources
+from .domains import hop_distance
 from .providers import as_provider
 from .spins import random_spins
 from .graph import HoppingGraph
@@ -402,24 +402,6 @@ def minimum_image_distance(graph: HoppingGraph, site: int) -> torch.Tensor:
     # skewed cells: the nearest image can be one cell further
     shifts = torch.tensor(list(itertools.product((-1, 0, 1), repeat=len(rows))), dtype=cell.dtype)
     return (delta[:, None, :] + (shifts @ cell)[None]).norm(dim=-1).min(1).values
-
-
-def hop_distance(graph: HoppingGraph, site: int) -> torch.Tensor:
-    """(N,) number of hops from ``site`` along the graph's edges; -1 where it cannot be reached.
-
-    Each convolution of a message-passing network reaches one hop: an :class:`~klmgraph.ECNN`
-    with K interaction blocks and its output convolution gives each site an energy that depends
-    on the spins within K + 1 hops, so the field at ``site`` depends on those within 2 (K + 1)
-    (the published models, K = 4: 10 hops).
-    """
-    if not 0 <= site < graph.num_nodes:
-        raise ValueError(f"site must lie in [0, {graph.num_nodes}), got {site}")
-    # the breadth-first search of the domain decomposition: along the edges site energies read
-    sites, distance = _Sources(graph).ball(torch.tensor([site]), graph.num_nodes)
-    hops = torch.full((graph.num_nodes,), -1, dtype=torch.long)
-    hops[site] = 0
-    hops[sites] = distance
-    return hops
 
 
 @dataclass
