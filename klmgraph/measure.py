@@ -453,12 +453,15 @@ def locality_floor(provider, graph: HoppingGraph, hops, samples: int = 8, site: 
         :class:`LocalityFloor`.
     """
     hops = torch.as_tensor(hops).cpu()
-    if hops.dim() != 1 or len(hops) == 0 or hops.dtype in (torch.bool,) or hops.is_floating_point() \
+    if hops.dim() != 1 or len(hops) == 0 or hops.dtype == torch.bool or hops.is_floating_point() \
             or (hops < 0).any():
         raise ValueError(f"hops must be a non-empty list of integers >= 0, got {hops.tolist()}")
     if int(samples) != samples or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples}")
     distance = hop_distance(graph, site)
+    # the sites each reach leaves unseen (unreachable ones too); None where it sees every spin
+    far_of = [far.to(device)[:, None] if far.any() else None
+              for far in ((distance > d) | (distance < 0) for d in hops.tolist())]
     p = as_provider(provider)
     generator = torch.Generator().manual_seed(int(seed))
     square = torch.zeros(len(hops), dtype=torch.float64)
@@ -466,11 +469,10 @@ def locality_floor(provider, graph: HoppingGraph, hops, samples: int = 8, site: 
         spins = random_spins(graph, generator=generator).to(device)
         fresh = random_spins(graph, generator=generator).to(device)
         _, field = p.energy_and_field(spins)
-        for k, d in enumerate(hops.tolist()):
-            far = ((distance > d) | (distance < 0)).to(spins.device)
-            if not far.any():
-                continue  # the model of reach d sees every spin
-            _, other = p.energy_and_field(torch.where(far[:, None], fresh, spins))
+        for k, far in enumerate(far_of):
+            if far is None:
+                continue
+            _, other = p.energy_and_field(torch.where(far, fresh, spins))
             square[k] += (field[site] - other[site]).double().pow(2).mean().cpu() / 2
     return LocalityFloor(hops=hops, floor=(square / int(samples)).sqrt(), samples=int(samples), site=site)
 
