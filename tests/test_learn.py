@@ -259,3 +259,51 @@ def test_initial_data_sets_join_the_first_training_and_every_later_one(tmp_path,
     raw["initial"]["data"] = "extra.h5"
     with pytest.raises(ValueError, match=r"\[initial\] data must be a list of data set paths"):
         learn_config_from_dict(raw)
+
+
+def test_explore_runs_start_from_the_states_of_a_file(tmp_path, one_thread):
+    """init = "file:PATH": every configuration of the file starts one run of its condition (the
+    committee relaxes given states, e.g. the candidates of a phase diagram), run numbers stay
+    distinct across conditions, a relative path is read from the configuration file's folder,
+    and a file of another lattice, a missing file or a rewritten one is refused by name."""
+    import numpy as np
+
+    from klmgraph.learn import load_learn_config
+
+    raw = {k: dict(v) for k, v in TINY.items()}
+    graph = learn_config_from_dict(raw).system.solver().graph
+    starts = torch.stack([klmgraph.ferromagnet(graph), klmgraph.random_spins(graph, seed=3),
+                          klmgraph.random_spins(graph, seed=4)]).float() * 2.0  # not unit length: normalised
+    np.save(tmp_path / "starts.npy", starts.numpy())
+    raw["explore"] = {**raw["explore"], "conditions": [{"hz": 0.1, "T": 0.0, "init": f"file:{tmp_path / 'starts.npy'}"},
+                                                       {"hz": 0.3, "T": 0.05}]}
+    raw["loop"] = {"iterations": 0}
+    out = tmp_path / "out"
+    run_learning(learn_config_from_dict(raw), out, progress=False, log=lambda line: None)
+    with np.load(out / "iter000" / "explore.npz") as z:
+        run, step, condition, spins = (torch.from_numpy(z[k]) for k in ("run", "step", "condition", "spins"))
+    assert sorted(set(run[condition == 0].tolist())) == [0, 1, 2]  # one run per configuration of the file
+    assert sorted(set(run[condition == 1].tolist())) == [3, 4]  # [explore] runs = 2, numbered after them
+    first = spins[(condition == 0) & (step == 0)]
+    assert torch.allclose(first, (starts / starts.norm(dim=-1, keepdim=True)).double(), atol=1e-6)
+    assert json.loads((out / "config.json").read_text())["start_files_sha256"]
+
+    toml = tmp_path / "learn.toml"
+    toml.write_text('[system]\nlattice = "square"\nsize = [4, 4]\nJ = 7.0\nfilling = 0.48\n'
+                    '[explore]\nconditions = [{hz = 0.1, init = "file:starts.npy"}]\n')
+    assert load_learn_config(toml).explore.conditions[0].init == f"file:{(tmp_path / 'starts.npy').resolve()}"
+
+    np.save(tmp_path / "starts.npy", starts[:2].numpy())  # rewritten under the same name
+    with pytest.raises(ValueError, match="holds a learning run with another configuration"):
+        run_learning(learn_config_from_dict(raw), out, progress=False, log=lambda line: None)
+    np.save(tmp_path / "wrong.npy", torch.zeros(2, 9, 3).numpy() + 1.0)
+    for name, message in (("wrong.npy", r"conditions\[0\]\.init: .*wrong\.npy holds configurations of shape "
+                                        r"\(9, 3\); the lattice .* needs \(16, 3\)"),
+                          ("absent.npy", r"conditions\[0\]\.init: spin file .*absent\.npy does not exist")):
+        raw["explore"]["conditions"][0]["init"] = f"file:{tmp_path / name}"
+        with pytest.raises(ValueError, match=message):
+            run_learning(learn_config_from_dict(raw), tmp_path / "out2", progress=False, log=lambda line: None)
+    assert not (tmp_path / "out2").exists()  # refused before anything is written
+    raw["explore"]["conditions"][0]["init"] = "file:"
+    with pytest.raises(ValueError, match=r"init must be random, ferromagnet, ansatz or file:PATH"):
+        learn_config_from_dict(raw)

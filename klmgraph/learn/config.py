@@ -16,7 +16,8 @@ from ..electrons import ExactDiagonalization
 from ..train import check_section_keys, config_from_dict
 
 __all__ = ["SystemConfig", "InitialConfig", "FinetuneConfig", "Condition", "ExploreConfig", "SelectConfig",
-           "LoopConfig", "LearnConfig", "SELECT_BY", "load_learn_config", "learn_config_from_dict"]
+           "LoopConfig", "LearnConfig", "SELECT_BY", "load_learn_config", "learn_config_from_dict",
+           "check_candidates"]
 
 _LATTICES = ("square", "triangular", "honeycomb", "kagome", "cubic")
 
@@ -105,7 +106,11 @@ class Condition:
     Attributes:
         hz: field along z (default 0); T: temperature of the LLG noise (default 0);
         alpha: damping (default: [explore] alpha); init: initial state "random" (default),
-        "ferromagnet" or "ansatz" (triple-Q skyrmion crystal, |Q| = pi/3).
+        "ferromagnet", "ansatz" (triple-Q skyrmion crystal, |Q| = pi/3), each [explore] runs
+        times, or "file:PATH": every configuration of a .npy/.npz/.h5 spin file
+        (:func:`~klmgraph.read_spins`; a relative PATH is read from the configuration file's
+        folder) starts one run, so that the committee relaxes given states, e.g. the candidate
+        states of a phase diagram, and its errors there are measured and labelled.
     """
 
     hz: float = 0.0
@@ -250,20 +255,19 @@ def _check(config: LearnConfig) -> None:
     if e.dt <= 0 or e.alpha < 0:
         raise ValueError(f"[explore] dt must be > 0 and alpha >= 0, got {e.dt} and {e.alpha}")
     for k, c in enumerate(e.conditions):
-        if c.init not in ("random", "ferromagnet", "ansatz"):
-            raise ValueError(f"[explore] conditions[{k}].init must be random, ferromagnet or ansatz, got {c.init!r}")
+        if c.init not in ("random", "ferromagnet", "ansatz") and not (c.init.startswith("file:") and c.init[5:]):
+            raise ValueError(f"[explore] conditions[{k}].init must be random, ferromagnet, ansatz or file:PATH, "
+                             f"got {c.init!r}")
         if c.T < 0 or (c.T > 0 and (c.alpha if c.alpha is not None else e.alpha) <= 0):
             raise ValueError(f"[explore] conditions[{k}]: T must be >= 0, and T > 0 needs alpha > 0")
-    candidates = e.runs * len(range(e.first_step, e.steps + 1, e.snapshot_every)) * len(e.conditions)
     sel = config.select
     _positive_int("select", "labels", sel.labels)
     _positive_int("select", "holdout", sel.holdout)
     _positive_int("select", "min_gap", sel.min_gap, low=0)
     if sel.by not in SELECT_BY:
         raise ValueError(f"[select] by must be one of {list(SELECT_BY)}, got {sel.by!r}")
-    if sel.labels + sel.holdout > candidates:
-        raise ValueError(f"[select] labels + holdout = {sel.labels + sel.holdout} but [explore] yields only "
-                         f"{candidates} candidate states per iteration (runs x snapshots x conditions)")
+    if not any(c.init.startswith("file:") for c in e.conditions):  # else the loop checks, knowing the files
+        check_candidates(config, [e.runs] * len(e.conditions))
     lp = config.loop
     _positive_int("loop", "iterations", lp.iterations, low=0)
     _positive_int("loop", "ed_budget", lp.ed_budget, low=0)
@@ -277,6 +281,16 @@ def _check(config: LearnConfig) -> None:
     for key in ("out", "init"):
         if key in training:
             raise ValueError(f"[training] {key} is set by klmgraph learn (run folders inside --out); remove it")
+
+
+def check_candidates(config: LearnConfig, runs: list) -> None:
+    """Raise unless the exploration, ``runs[c]`` runs in condition c, yields the states that
+    [select] takes per iteration."""
+    e, sel = config.explore, config.select
+    candidates = sum(runs) * len(range(e.first_step, e.steps + 1, e.snapshot_every))
+    if sel.labels + sel.holdout > candidates:
+        raise ValueError(f"[select] labels + holdout = {sel.labels + sel.holdout} but [explore] yields only "
+                         f"{candidates} candidate states per iteration (runs x snapshots, over the conditions)")
 
 
 def learn_config_from_dict(raw: dict, quick: bool = False) -> LearnConfig:
@@ -334,4 +348,10 @@ def load_learn_config(path, quick: bool = False) -> LearnConfig:
     extra = raw.get("initial", {}).get("data")
     if isinstance(extra, list):  # relative to the configuration file, as klmgraph train's data paths
         raw["initial"]["data"] = [str((path.parent / x).resolve()) if isinstance(x, str) and x else x for x in extra]
+    conditions = raw.get("explore", {}).get("conditions")
+    if isinstance(conditions, list):  # likewise the spin files that runs start from
+        for c in conditions:
+            init = c.get("init") if isinstance(c, dict) else None
+            if isinstance(init, str) and init.startswith("file:") and init[5:]:
+                c["init"] = "file:" + str((path.parent / init[5:]).resolve())
     return learn_config_from_dict(raw, quick=quick)

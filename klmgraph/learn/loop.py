@@ -45,14 +45,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data import generate_dataset, load_dataset, merge_datasets
+from ..data import generate_dataset, load_dataset, merge_datasets, read_spins
 from ..dynamics import LLG
 from ..files import atomic_path
 from ..io import load_model
 from ..nn.committee import cross_fitted_rmse
 from ..spins import ferromagnet, random_spins, skyrmion_crystal
 from ..train import calibrate_file, config_from_dict, evaluate, train
-from .config import SELECT_BY, LearnConfig
+from .config import SELECT_BY, LearnConfig, check_candidates
 from .report import write_report
 from .selection import draw_holdout, select_by_spread
 
@@ -91,6 +91,7 @@ class _Loop:
         self.progress, self.log, self.on_stage = progress, log, on_stage
         self.ed = config.system.solver()
         self.graph = self.ed.graph
+        self._starts: list | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -100,6 +101,19 @@ class _Loop:
 
     def it(self, k: int) -> Path:
         return self.out / f"iter{k:03d}"
+
+    @property
+    def starts(self) -> list:
+        """Per condition: the (M, N, 3) states its runs start from (init = "file:PATH"), or None."""
+        if self._starts is None:
+            self._starts = [None if not c.init.startswith("file:") else
+                            _read_start_states(c.init[5:], self.graph, f"[explore] conditions[{k}].init")
+                            for k, c in enumerate(self.c.explore.conditions)]
+        return self._starts
+
+    @property
+    def runs_per_condition(self) -> list:
+        return [self.c.explore.runs if s is None else len(s) for s in self.starts]
 
     def stage_done(self, name: str, k: int | None = None) -> None:
         if self.on_stage is not None:
@@ -179,7 +193,8 @@ class _Loop:
         e = self.c.explore
         committee = load_model(self.it(k) / "model.pt", graph=self.graph, map_location=self.device)
         provider = committee.bind(self.graph)
-        self.log(f"[iteration {k}] exploring: {len(e.conditions)} condition(s) x {e.runs} runs x {e.steps} steps "
+        self.log(f"[iteration {k}] exploring: {len(e.conditions)} condition(s), {sum(self.runs_per_condition)} runs "
+                 f"x {e.steps} steps "
                  f"on {self.graph.describe()}")
         parts = {"spins": [], "run": [], "step": [], "condition": []}
         for c, cond in enumerate(tqdm(e.conditions, desc="explore", unit="condition", disable=not self.progress)):
@@ -208,7 +223,7 @@ class _Loop:
             with np.load(path, allow_pickle=False) as z:
                 return {key: torch.from_numpy(z[key]) for key in z.files}
         e, seed = self.c.explore, self.c.loop.seed
-        spins = self._initial(cond, seed * 1_000_003 + k * 1009 + c).to(self.device)
+        spins = self._initial(c, seed * 1_000_003 + k * 1009 + c).to(self.device)
         llg = LLG(provider, dt=e.dt, alpha=e.alpha if cond.alpha is None else cond.alpha,
                   temperature=cond.T, field=(0.0, 0.0, cond.hz), integrator=e.integrator)
         run = llg.run(spins, e.steps, record_every=e.snapshot_every, record_spins=True,
@@ -218,14 +233,16 @@ class _Loop:
         snaps = run.snapshots[keep].cpu()  # (R', B, N, 3)
         r, b = snaps.shape[:2]
         part = {"spins": snaps.reshape(r * b, -1, 3), "step": steps[keep].repeat_interleave(b),
-                "run": torch.arange(b).repeat(r) + c * e.runs, "condition": torch.full((r * b,), c)}
+                "run": torch.arange(b).repeat(r) + sum(self.runs_per_condition[:c]), "condition": torch.full((r * b,), c)}
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_npz(path, part)
         self.stage_done("explore_condition", k)
         return part
 
-    def _initial(self, cond, seed: int) -> torch.Tensor:
-        runs = self.c.explore.runs
+    def _initial(self, c: int, seed: int) -> torch.Tensor:
+        cond, runs = self.c.explore.conditions[c], self.c.explore.runs
+        if self.starts[c] is not None:
+            return self.starts[c].to(torch.get_default_dtype())
         if cond.init == "random":
             return random_spins(self.graph, batch=runs, seed=seed)
         one = ferromagnet(self.graph) if cond.init == "ferromagnet" else skyrmion_crystal(self.graph)
@@ -342,8 +359,13 @@ class _Loop:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
+        check_candidates(self.c, self.runs_per_condition)  # reads and checks the start files first
         self.out.mkdir(parents=True, exist_ok=True)
         resolved = self.c.to_dict()
+        starts = {c.init[5:]: _file_digest(Path(c.init[5:])) for c in self.c.explore.conditions
+                  if c.init.startswith("file:")}
+        if starts:  # a run resumes only from the same start states, not from a rewritten file of that name
+            resolved["start_files_sha256"] = starts
         saved = self.out / "config.json"
         if saved.exists() and _read_json(saved) != json.loads(json.dumps(resolved)):
             raise ValueError(f"{self.out} holds a learning run with another configuration ({saved}); use another "
@@ -387,6 +409,27 @@ class _Loop:
         self.log(f"[done] {reason}; report {self.out / 'report.md'}, final committee {self.it(k) / 'model.pt'}")
         return {"iterations": entries, "stopped": reason, "model": str(self.it(k) / "model.pt"),
                 "out": str(self.out)}
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_start_states(path: str, graph, what: str) -> torch.Tensor:
+    """(M, N, 3) unit spins of a spin file, checked against the loop's lattice."""
+    try:
+        spins = read_spins(path)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+    if spins.dim() != 3 or spins.shape[1:] != (graph.num_nodes, 3):
+        raise ValueError(f"{what}: {path} holds configurations of shape {tuple(spins.shape[1:])}; the lattice "
+                         f"({graph.describe()}) needs ({graph.num_nodes}, 3)")
+    norm = spins.norm(dim=-1, keepdim=True)
+    if not bool(torch.isfinite(spins).all()) or bool((norm < 1e-6).any()):
+        raise ValueError(f"{what}: {path} holds a non-finite or zero spin")
+    return spins / norm  # float32 files: restore unit length
 
 
 def run_learning(config: LearnConfig, out, device: str = "cpu", progress: bool = True,
