@@ -307,3 +307,47 @@ def test_explore_runs_start_from_the_states_of_a_file(tmp_path, one_thread):
     raw["explore"]["conditions"][0]["init"] = "file:"
     with pytest.raises(ValueError, match=r"init must be random, ferromagnet, ansatz or file:PATH"):
         learn_config_from_dict(raw)
+
+
+def test_loop_continues_from_a_given_committee(tmp_path, one_thread):
+    """[initial] model: the given committee is iteration 0's (not retrained), explores, and is
+    fine-tuned from; a single network, a committee that [model] does not describe and a missing
+    file are refused by name before any ED."""
+    from klmgraph.learn import load_learn_config
+    from klmgraph.nn.modelfile import save_model
+
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["loop"] = {"iterations": 0}
+    first = run_learning(learn_config_from_dict(raw), tmp_path / "a", progress=False, log=lambda line: None)
+    given = klmgraph.load_model(first["model"])
+
+    raw["loop"] = {"iterations": 1}
+    raw["initial"] = {**raw["initial"], "model": first["model"], "seed": 5}
+    lines = []
+    result = run_learning(learn_config_from_dict(raw), tmp_path / "b", progress=False, log=lines.append)
+    assert any("[iteration 0] the committee of" in line for line in lines)
+    assert not (tmp_path / "b" / "iter000" / "training").exists()  # not trained again
+    start = klmgraph.load_model(tmp_path / "b" / "iter000" / "model.pt")
+    for name, value in given.state_dict().items():  # the same weights (its calibration is refitted)
+        assert torch.equal(start.state_dict()[name], value), name
+    fine = json.loads((tmp_path / "b" / "iter001" / "training" / "config.json").read_text())
+    assert fine["training"]["init"].endswith("iter000/model.pt")
+    assert result["iterations"][0]["training_configurations"] is None
+    assert "| 0 | " in (tmp_path / "b" / "report.md").read_text()
+
+    toml = tmp_path / "learn.toml"
+    toml.write_text('[system]\nlattice = "square"\nsize = [4, 4]\nJ = 7.0\nfilling = 0.48\n'
+                    '[initial]\nmodel = "a/iter000/model.pt"\n')
+    assert load_learn_config(toml).initial.model == str((tmp_path / "a" / "iter000" / "model.pt").resolve())
+
+    single = save_model(given.members()[0], tmp_path / "one.pt")
+    for model, change, message in (
+            (single, {}, r"\[initial\] model: .*one\.pt holds a single ECNN; the loop selects states by a committee"),
+            (first["model"], {"channels": 3}, r"\[initial\] model: .* \[model\] configures .*must describe it"),
+            (tmp_path / "absent.pt", {}, r"\[initial\] model: .*absent\.pt")):
+        bad = {k: dict(v) for k, v in raw.items()}
+        bad["initial"]["model"] = str(model)
+        bad["model"].update(change)
+        with pytest.raises(ValueError, match=message):
+            run_learning(learn_config_from_dict(bad), tmp_path / "c", progress=False, log=lambda line: None)
+        assert not (tmp_path / "c").exists()  # refused before anything is written

@@ -71,12 +71,19 @@ class InitialConfig:
             Hamiltonian, e.g. ED-LLG snapshots near the states of interest (the paper trained on
             random configurations and such snapshots). Relative paths are relative to the
             configuration file.
+        model: a committee file (klmgraph train's best.pt, a loop's iterNNN/model.pt, a shipped
+            model such as data/models/triangular-paper.pt) that is iteration 0's committee
+            instead of one trained on the random configurations (default "": train one), so that
+            learning continues from a model one has, e.g. on the states of a phase diagram
+            ([explore] init = "file:PATH"). [model] must describe it: the fine-tunings start
+            from it. Relative to the configuration file.
     """
 
     train_samples: int = 40
     validation_samples: int = 20
     seed: int = 0
     data: list = field(default_factory=list)
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -212,8 +219,9 @@ class LearnConfig:
             del d["select"]["by"]
         if d["finetune"]["energy_weight"] is None:  # unset: loops stored before the key still resume
             del d["finetune"]["energy_weight"]
-        if not d["initial"]["data"]:  # likewise
-            del d["initial"]["data"]
+        for key in ("data", "model"):  # likewise
+            if not d["initial"][key]:
+                del d["initial"][key]
         d.update(self.train)
         return d
 
@@ -238,6 +246,8 @@ def _check(config: LearnConfig) -> None:
     _positive_int("initial", "validation_samples", i.validation_samples)
     if not isinstance(i.data, list) or not all(isinstance(x, str) and x for x in i.data):
         raise ValueError(f"[initial] data must be a list of data set paths, got {i.data!r}")
+    if not isinstance(i.model, str):
+        raise ValueError(f"[initial] model must be the path of a committee file, got {i.model!r}")
     f = config.finetune
     _positive_int("finetune", "epochs", f.epochs)
     if f.minutes <= 0 or f.lr < 0:
@@ -348,6 +358,9 @@ def load_learn_config(path, quick: bool = False) -> LearnConfig:
     extra = raw.get("initial", {}).get("data")
     if isinstance(extra, list):  # relative to the configuration file, as klmgraph train's data paths
         raw["initial"]["data"] = [str((path.parent / x).resolve()) if isinstance(x, str) and x else x for x in extra]
+    model = raw.get("initial", {}).get("model")
+    if isinstance(model, str) and model:
+        raw["initial"]["model"] = str((path.parent / model).resolve())
     conditions = raw.get("explore", {}).get("conditions")
     if isinstance(conditions, list):  # likewise the spin files that runs start from
         for c in conditions:

@@ -51,7 +51,7 @@ from ..files import atomic_path
 from ..io import load_model
 from ..nn.committee import cross_fitted_rmse
 from ..spins import ferromagnet, random_spins, skyrmion_crystal
-from ..train import calibrate_file, config_from_dict, evaluate, train
+from ..train import build, calibrate_file, config_from_dict, evaluate, train
 from .config import SELECT_BY, LearnConfig, check_candidates
 from .report import write_report
 from .selection import draw_holdout, select_by_spread
@@ -115,6 +115,28 @@ class _Loop:
     def runs_per_condition(self) -> list:
         return [self.c.explore.runs if s is None else len(s) for s in self.starts]
 
+    def check_initial_model(self) -> None:
+        """[initial] model: a committee of at least 2 members that [model] describes."""
+        from types import SimpleNamespace
+
+        from ..nn.committee import Committee
+
+        path = self.c.initial.model
+        try:
+            given = load_model(path, graph=self.graph)
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"[initial] model: {err}") from None
+        if not isinstance(given, Committee) or given.size < 2:
+            raise ValueError(f"[initial] model: {path} holds a single {type(given).__name__}; the loop selects "
+                             "states by a committee's spread (train one with [model] committee >= 2)")
+        site = SimpleNamespace(graph=self.graph, hamiltonian=json.loads(json.dumps(self.ed.parameters())))
+        configured = build(config_from_dict({**self.c.train, "data": {"train": "-"}}), site)
+        fitted = {"calibration": 0, "threshold": 0, "site_threshold": 0}
+        if configured.config | fitted != given.config | fitted:
+            raise ValueError(f"[initial] model: {path} holds {given.config | fitted}, [model] configures "
+                             f"{configured.config | fitted}: the fine-tunings start from the file, so [model] must "
+                             "describe it")
+
     def stage_done(self, name: str, k: int | None = None) -> None:
         if self.on_stage is not None:
             self.on_stage(name, k)
@@ -152,6 +174,12 @@ class _Loop:
         """iterNNN/model.pt: trained from scratch (k = 0) or fine-tuned from iteration k - 1."""
         target = self.it(k) / "model.pt"
         if target.exists():
+            return
+        if k == 0 and self.c.initial.model:
+            self.log(f"[iteration 0] the committee of {self.c.initial.model} (not trained here)")
+            with atomic_path(target) as tmp:
+                shutil.copyfile(self.c.initial.model, tmp)
+            self.stage_done("train", k)
             return
         raw = {name: dict(v) for name, v in self.c.train.items()}
         raw["training"]["out"] = str(self.it(k) / "training")
@@ -318,7 +346,9 @@ class _Loop:
         result = {
             "iteration": k,
             "labels": self.labelled(k, with_train_labels_of_last=False),
-            "training_configurations": len(load_dataset(self.initial_train)) + k * self.c.select.labels,
+            # a given first committee was trained on data of its own, not on the loop's
+            "training_configurations": None if k == 0 and self.c.initial.model else
+            len(load_dataset(self.initial_train)) + k * self.c.select.labels,
             "explored_rmse_field": float(err.pow(2).mean().sqrt()),
             "predicted_rmse_field": float(predicted.pow(2).mean().sqrt()),
             "val_rmse_field": val["rmse_field"],
@@ -360,12 +390,16 @@ class _Loop:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         check_candidates(self.c, self.runs_per_condition)  # reads and checks the start files first
+        if self.c.initial.model:
+            self.check_initial_model()
         self.out.mkdir(parents=True, exist_ok=True)
         resolved = self.c.to_dict()
         starts = {c.init[5:]: _file_digest(Path(c.init[5:])) for c in self.c.explore.conditions
                   if c.init.startswith("file:")}
         if starts:  # a run resumes only from the same start states, not from a rewritten file of that name
             resolved["start_files_sha256"] = starts
+        if self.c.initial.model:  # likewise from the same first committee
+            resolved["initial_model_sha256"] = _file_digest(Path(self.c.initial.model))
         saved = self.out / "config.json"
         if saved.exists() and _read_json(saved) != json.loads(json.dumps(resolved)):
             raise ValueError(f"{self.out} holds a learning run with another configuration ({saved}); use another "

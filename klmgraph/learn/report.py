@@ -44,7 +44,8 @@ def _markdown(report: dict) -> str:
     ]
     for e in report["iterations"]:
         ratio = e["predicted_rmse_field"] / e["explored_rmse_field"] if e["explored_rmse_field"] else float("nan")
-        lines.append(f"| {e['iteration']} | {e['labels']} | {e['training_configurations']} | "
+        trained_on = "given" if e["training_configurations"] is None else e["training_configurations"]
+        lines.append(f"| {e['iteration']} | {e['labels']} | {trained_on} | "
                      f"{e['explored_rmse_field']:.4f} | {e['predicted_rmse_field']:.4f} | {ratio:.2f} | "
                      f"{e['val_rmse_field']:.4f} | {e['explored_rmse_energy_per_site']:.2e} | "
                      f"{e['predicted_rmse_field_all_explored']:.4f} |")
