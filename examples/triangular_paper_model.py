@@ -62,6 +62,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import klmgraph
@@ -208,6 +209,30 @@ def distinct_states(found: list[dict]) -> list[dict]:
     return [{k: v for k, v in d.items() if k != "t"} for d in distinct]
 
 
+# ------------------------------------------------------------------------------ start states of the loop
+
+def write_starts(size: int, phase_records: Path, folder: Path) -> list[Path]:
+    """``folder/hz<Hz>.npy``: per field of a phase-diagram run, its distinct k-grid-ED-relaxed
+    states tiled onto the loop's size x size lattice (12 x 12), (S, N, 3) float64: the start states of
+    examples/learn_triangular_phases.toml's exploration (``init = "file:..."``), where the
+    committee carries them to its own minima."""
+    graph = klmgraph.triangular(size, size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
+    index = to_lattice(cell_graph(), graph)
+    by_field: dict[float, list] = {}
+    for state in distinct_states(relaxed_records(phase_records, lambda h: True)):
+        by_field.setdefault(state["hz"], []).append(torch.tensor(state["cell_spins"], dtype=torch.float64)[index])
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for hz, states in sorted(by_field.items()):
+        spins = torch.stack(states)
+        path = folder / f"hz{hz:.5f}.npy"
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, (spins / spins.norm(dim=-1, keepdim=True)).numpy())
+        written.append(path)
+    return written
+
+
 # ------------------------------------------------------------------------------ training snapshots
 
 def snapshot_part(task: tuple) -> str:
@@ -216,7 +241,6 @@ def snapshot_part(task: tuple) -> str:
     kind "equilibria" (``start`` itself), "thermal" (LLG at (temperature, n) = ``k`` from
     ``start``) or "random" (damped ED-LLG runs from random starts, the k-th field of the
     settings); ``threads``: torch threads of the part."""
-    import numpy as np
 
     file, kind, t, hz, start, k, threads = task
     file = Path(file)
@@ -253,7 +277,6 @@ def snapshot_data(s: Settings, t: SnapshotSettings, system, phase_records: Path,
     (klmgraph.generate_dataset), so a killed stage continues where it stopped. ``system`` is the
     learn configuration's [system]: the data set is of its lattice and Hamiltonian ([initial]
     data of the loop)."""
-    import numpy as np
     from tqdm.auto import tqdm
 
     from triangular_phase_diagram import in_workers
@@ -631,7 +654,8 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", choices=("all", "snapshots", "learn", "eval-data", "eval", "ship"), default="all")
+    p.add_argument("--stage", choices=("all", "snapshots", "starts", "learn", "eval-data", "eval", "ship"),
+                   default="all")
     p.add_argument("--out", default="klmgraph-output/learn-tri", help="the klmgraph learn folder (read by eval/ship)")
     p.add_argument("--eval-dir", default="klmgraph-output/triangular_paper_eval", help="the evaluation set and results")
     p.add_argument("--config", default=str(LEARN_CONFIG), help="learn configuration (stage learn)")
@@ -644,6 +668,8 @@ def main(argv=None):
     p.add_argument("--partial", action="store_true", help="ship the newest committee of an unfinished loop")
     p.add_argument("--snapshots", default="klmgraph-output/triangular_snapshots/snapshots.h5",
                    help="the snapshots stage's data set (written by it, trained on by learn where it exists)")
+    p.add_argument("--starts-dir", default="klmgraph-output/triangular_starts",
+                   help="stage starts: where the start states of the loop's exploration go")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="stage snapshots: processes for its ED-LLG runs")
     p.add_argument("--model", help="stage eval: judge this model file (klmgraph train's best.pt, a committee) as "
@@ -659,6 +685,13 @@ def main(argv=None):
     if args.phase_records is not None and not Path(args.phase_records).is_dir():
         raise SystemExit(f"--phase-records: no folder at {args.phase_records}")
     snapshots = Path(args.snapshots)
+    if args.stage == "starts":
+        if args.phase_records is None:
+            raise SystemExit("--stage starts needs --phase-records (the relaxed states of "
+                             "examples/triangular_phase_diagram.py)")
+        for path in write_starts(SnapshotSettings().size, Path(args.phase_records), Path(args.starts_dir)):
+            print(f"wrote {path}: {len(np.load(path))} states")
+        return None
     if args.stage in ("all", "snapshots"):
         from klmgraph.learn import load_learn_config
 

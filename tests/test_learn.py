@@ -194,7 +194,7 @@ def test_the_examples_configurations_are_valid():
     from klmgraph.learn import load_learn_config
 
     examples = Path(__file__).parent.parent / "examples"
-    for name in ("learn_square.toml", "learn_triangular.toml"):
+    for name in ("learn_square.toml", "learn_triangular.toml", "learn_triangular_phases.toml"):
         for quick in (False, True):
             config = load_learn_config(examples / name, quick=quick)
             assert config.train["model"]["committee"] >= 2

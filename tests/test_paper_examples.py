@@ -664,3 +664,36 @@ def test_shipped_triangular_model_reproduces_its_card(one_thread, tmp_path):
     for hz, row in stored["per_field"].items():
         assert ours["per_field"][hz]["rmse_field"] == pytest.approx(row["rmse_field"], rel=1e-4), hz
     assert ours["met"] == stored["met"] and card["target"]["met"] == all(ours["met"].values())
+
+
+def test_reference_start_states_are_the_phase_records_tiled(tmp_path, capsys):
+    """data/reference/triangular/starts: the starts stage writes, per record field, the distinct
+    relaxed records tiled onto 12 x 12 (a tiled state's skyrmion number is 3 x its cell's), the
+    stored files are what it writes, and learn_triangular_phases.toml's exploration reads them on
+    the loop's lattice."""
+    import numpy as np
+
+    from klmgraph.learn import load_learn_config
+    from klmgraph.learn.loop import _Loop
+
+    example = load_example("triangular_paper_model")
+    reference = Path(example.__file__).parents[1] / "data" / "reference" / "triangular"
+    example.main(["--stage", "starts", "--phase-records", str(reference / "phase_records"),
+                  "--starts-dir", str(tmp_path)])
+    assert "wrote" in capsys.readouterr().out
+    written = sorted(p.name for p in tmp_path.glob("*.npy"))
+    assert written == sorted(p.name for p in (reference / "starts").glob("*.npy")) and len(written) == 9
+    for name in written:
+        assert np.array_equal(np.load(tmp_path / name), np.load(reference / "starts" / name)), name
+    starts = torch.from_numpy(np.load(tmp_path / "hz0.00500.npy"))
+    record = json.loads((reference / "phase_records" / "sk1r_down" / "0.00500.json").read_text())
+    cell = torch.tensor(record["spins"], dtype=torch.float64)
+    graph = klmgraph.triangular(12, 12, t1=1.0, t3=-0.85)
+    match = [k for k in range(len(starts)) if float((starts[k, :, 2].mean() - cell[:, 2].mean()).abs()) < 1e-12]
+    assert match, "the record's state is among the start states"
+    assert float(klmgraph.skyrmion_number(graph, starts[match[0]])) == pytest.approx(3 * record["n_sk_per_cell"], abs=1e-6)
+
+    config = load_learn_config(EXAMPLES / "learn_triangular_phases.toml")
+    loop = _Loop(config, tmp_path / "out", "cpu", False, lambda line: None, None)
+    assert loop.runs_per_condition == [len(np.load(c.init[5:])) for c in config.explore.conditions]
+    assert config.initial.model.endswith("data/models/triangular-paper.pt")
