@@ -46,6 +46,24 @@ def test_selection_takes_the_highest_spread_first():
         select_by_spread(spread, run, step, one, 7)
 
 
+def test_selection_skips_states_it_already_took():
+    """min_distance: a converged relaxation's snapshots (the same state) are labelled once; the
+    distance counts across runs; the fill-up pass still takes them when nothing else is left."""
+    base = torch.nn.functional.normalize(torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    # candidates 0-2: one run sitting at state 0 (tiny changes); 3: another run at state 0 too;
+    # 4, 5: states 1 and 2
+    spins = torch.stack([base[0], base[0] + 1e-4, base[0] - 1e-4, base[0] + 2e-4, base[1], base[2]])
+    spread = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    run = torch.tensor([0, 0, 0, 1, 2, 3])
+    step = torch.tensor([0, 100, 200, 100, 100, 100])
+    one = torch.zeros(6, dtype=torch.long)
+    assert select_by_spread(spread, run, step, one, 3, min_gap=50).tolist() == [0, 1, 2]
+    assert select_by_spread(spread, run, step, one, 3, min_gap=50, spins=spins, min_distance=0.01).tolist() == [0, 4, 5]
+    assert select_by_spread(spread, run, step, one, 4, spins=spins, min_distance=0.01).tolist() == [0, 4, 5, 1]
+    with pytest.raises(ValueError, match="min_distance > 0 needs the candidates' spins"):
+        select_by_spread(spread, run, step, one, 3, min_distance=0.01)
+
+
 def test_provenance_round_trips_through_hdf5(tmp_path):
     ed = ExactDiagonalization(klmgraph.square(4, 4), J=7.0, filling=0.48)
     a = klmgraph.generate_dataset(tmp_path / "a.h5", ed, num_samples=2, seed=0, progress=False)
@@ -80,6 +98,7 @@ def test_provenance_round_trips_through_hdf5(tmp_path):
     ({"explore": {"conditions": [{"hz": 0, "B": 1}]}}, r"\[explore\] conditions\[0\]"),
     ({"what": {}}, r"unknown section\(s\) \['what'\]"),
     ({"select": {"by": "energy"}}, r"\[select\] by must be one of \['rmse_field', 'max_site_error'\]"),
+    ({"select": {"min_distance": -0.1}}, r"\[select\] min_distance must be a number in \[0, 2\)"),
     ({"finetune": {"energy_weight": -1.0}}, r"\[finetune\] energy_weight must be a number >= 0"),
 ])
 def test_config_errors_name_the_key(change, message):

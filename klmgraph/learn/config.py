@@ -166,12 +166,17 @@ class SelectConfig:
             over the sites) or "max_site_error" (the largest predicted site error: a state whose
             uncertainty sits on a few sites, such as a domain wall or vortex in an ordered
             background, ranks by those sites instead of being averaged away).
+        min_distance: a candidate within this RMS spin difference per site of a selected
+            state (of any run) counts as that state (default 0: off). A relaxation that has
+            converged sits at one state for many snapshots; without it, its most uncertain
+            state is labelled once per min_gap steps.
     """
 
     labels: int = 20
     holdout: int = 8
     min_gap: int = 20
     by: str = "rmse_field"
+    min_distance: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,8 @@ class LearnConfig:
         d = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
         if d["select"]["by"] == "rmse_field":  # the default: loops stored before the key still resume
             del d["select"]["by"]
+        if not d["select"]["min_distance"]:  # likewise
+            del d["select"]["min_distance"]
         if d["finetune"]["energy_weight"] is None:  # unset: loops stored before the key still resume
             del d["finetune"]["energy_weight"]
         for key in ("data", "model"):  # likewise
@@ -274,6 +281,10 @@ def _check(config: LearnConfig) -> None:
     _positive_int("select", "labels", sel.labels)
     _positive_int("select", "holdout", sel.holdout)
     _positive_int("select", "min_gap", sel.min_gap, low=0)
+    if not isinstance(sel.min_distance, (int, float)) or isinstance(sel.min_distance, bool) \
+            or not 0 <= sel.min_distance < 2:
+        raise ValueError(f"[select] min_distance must be a number in [0, 2) (an RMS spin difference per site), "
+                         f"got {sel.min_distance!r}")
     if sel.by not in SELECT_BY:
         raise ValueError(f"[select] by must be one of {list(SELECT_BY)}, got {sel.by!r}")
     if not any(c.init.startswith("file:") for c in e.conditions):  # else the loop checks, knowing the files

@@ -287,11 +287,13 @@ class _Loop:
             return
         cand, sel = self.candidates(k), self.c.select
         chosen = select_by_spread(cand[SELECT_BY[sel.by]], cand["run"], cand["step"], cand["condition"],
-                                  sel.labels, sel.min_gap)
+                                  sel.labels, sel.min_gap, spins=cand["spins"], min_distance=sel.min_distance)
         holdout = draw_holdout(len(cand["run"]), chosen, sel.holdout, seed=self.c.loop.seed * 31 + k)
         _write_json(target, {"labels": chosen.tolist(), "holdout": holdout.tolist(),
                              "rule": f"highest {sel.by.replace('_', ' ')} first, >= {sel.min_gap} steps apart per run, "
-                                     "every condition its share; hold-out drawn at random among the rest"})
+                                     + (f">= {sel.min_distance:g} RMS spin difference from every other, "
+                                        if sel.min_distance else "")
+                                     + "every condition its share; hold-out drawn at random among the rest"})
         self.stage_done("select", k)
 
     def label(self, k: int, which: str) -> Path:

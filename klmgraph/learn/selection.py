@@ -7,11 +7,13 @@ __all__ = ["select_by_spread", "draw_holdout"]
 
 
 def select_by_spread(spread: torch.Tensor, run: torch.Tensor, step: torch.Tensor, condition: torch.Tensor,
-                     count: int, min_gap: int = 0) -> torch.Tensor:
+                     count: int, min_gap: int = 0, spins: torch.Tensor | None = None,
+                     min_distance: float = 0.0) -> torch.Tensor:
     """Indices of ``count`` candidate states, highest spread first.
 
     Greedy: candidates are taken in order of decreasing spread, skipping one that lies within
-    ``min_gap`` steps of a state already taken from the same run, and, in a first pass, one
+    ``min_gap`` steps of a state already taken from the same run or within ``min_distance``
+    (RMS over the sites of |S_i - S'_i|) of any state already taken, and, in a first pass, one
     whose condition already holds its share (ceil(count / conditions)) so that every
     condition contributes. When the rules leave too few, the skipped candidates fill up the
     rest, again by spread.
@@ -23,6 +25,10 @@ def select_by_spread(spread: torch.Tensor, run: torch.Tensor, step: torch.Tensor
         condition: (C,) its condition.
         count: how many to select (at most C).
         min_gap: steps between two states of one run.
+        spins: (C, N, 3) the candidates' spins (needed for ``min_distance`` > 0).
+        min_distance: RMS spin difference below which two candidates count as one state: a
+            relaxation sits at its minimum for many snapshots, and labelling it again and again
+            teaches nothing new.
 
     Returns:
         (count,) int64 indices into the candidates, in the order they were chosen.
@@ -33,6 +39,8 @@ def select_by_spread(spread: torch.Tensor, run: torch.Tensor, step: torch.Tensor
     n = len(spread)
     if count > n:
         raise ValueError(f"cannot select {count} states from {n} candidates")
+    if min_distance > 0 and spins is None:
+        raise ValueError("min_distance > 0 needs the candidates' spins")
     order = torch.argsort(spread, descending=True, stable=True).tolist()
     share = -(-count // max(1, len(torch.unique(condition))))
     chosen, taken_per_condition, skipped = [], {}, []
@@ -40,6 +48,9 @@ def select_by_spread(spread: torch.Tensor, run: torch.Tensor, step: torch.Tensor
         if len(chosen) == count:
             break
         near = any(int(run[j]) == int(run[i]) and abs(int(step[j]) - int(step[i])) < min_gap for j in chosen)
+        if not near and min_distance > 0 and chosen:
+            rms = (spins[chosen] - spins[i]).pow(2).sum(-1).mean(-1).sqrt()  # (len(chosen),)
+            near = bool((rms < min_distance).any())
         full = taken_per_condition.get(int(condition[i]), 0) >= share
         if near or full:
             skipped.append(i)
