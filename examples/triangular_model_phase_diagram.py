@@ -15,6 +15,13 @@ k-grid ED ones when ``--phase-diagram`` names that script's summary.json.
 Every (state, direction, field) is a JSON record under ``--out``/records (resumable). Writes
 ``model_phase_diagram.csv``, ``summary.json`` and ends with ``hz_2_1=<value> hz_1_0=<value>``
 (as item 1: a bound ``>hz`` / ``<hz`` where no crossing lies in the field range).
+
+``--check-ed N`` labels every model-relaxed state by k-grid ED (an N x N grid of the L x L
+lattice, i.e. the tiled NL x NL lattice; 8 on 12 x 12 is the training labels' 96 x 96), adds
+``energy_ed`` and ``model_minus_ed`` to the table and the phase diagram of these states by ED to
+the summary: whether the model's lowest state is ED's lowest among the states the model found,
+and how far off each state's energy is. A model whose relaxation ends in a false minimum is seen
+there, without a second ED relaxation. Each check is stored under ``--out``/ed_check (resumable).
 """
 from __future__ import annotations
 
@@ -54,6 +61,33 @@ def run_state(state: str, s, size: int, settings: dict, out: Path) -> list[dict]
     return follow(state, ansatz(state, lattice).double(), s.fields, out, step)
 
 
+def check_ed(rows: list[dict], size: int, grid: int, out: Path) -> None:
+    """Add ``energy_ed`` (E_el / N by k-grid ED minus Hz M^z, the model's ``energy_model``
+    convention) to every row, from its record's spins; stored per record under out/ed_check."""
+    from tqdm.auto import tqdm
+
+    lattice = klmgraph.triangular(size, size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
+    ed = klmgraph.ExactDiagonalization(lattice, J=HAMILTONIAN["J"], mu=HAMILTONIAN["mu"], k_grid=(grid, grid))
+    for row in tqdm(rows, desc=f"ED {grid}x{grid}", unit="state"):
+        path = out / "ed_check" / f"k{grid}" / row["branch"] / f"{row['hz']:.5f}.json"
+        if not path.exists():
+            # a return sweep's first row is the first sweep's last record, stored under that sweep
+            name = f"{row['hz']:.5f}.json"
+            source = next(folder / name for folder in (out / "records" / b for b in
+                                                        (row["branch"], f"{row['state']}_up", f"{row['state']}_down"))
+                          if (folder / name).exists())
+            record = json.loads(source.read_text())
+            spins = torch.tensor(record["spins"], dtype=torch.float64)
+            energy, _ = ed.energy_and_field(spins)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps({"energy_el_per_site": float(energy) / lattice.num_nodes,
+                                           "mz": float(spins[:, 2].mean()), "solver": ed.solver}))
+        checked = json.loads(path.read_text())
+        row["energy_ed"] = checked["energy_el_per_site"] - row["hz"] * checked["mz"]
+        row["model_minus_ed"] = row["energy_model"] - row["energy_ed"]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="24 x 24 (default 48 x 48)")
@@ -66,7 +100,11 @@ def main(argv=None):
     p.add_argument("--phase-diagram", default=None, metavar="SUMMARY",
                    help="examples/triangular_phase_diagram.py's summary.json: its boundaries beside the model's")
     p.add_argument("--out", default=None, help="default klmgraph-output/triangular_model_phase_diagram/<model>-L")
+    p.add_argument("--check-ed", type=int, default=0, metavar="N",
+                   help="label every relaxed state by ED with an N x N k-grid of the lattice (0: no check)")
     args = p.parse_args(argv)
+    if args.check_ed < 0:
+        raise SystemExit(f"--check-ed {args.check_ed}: a k-grid size N >= 1, or 0 for no check")
     torch.set_num_threads(1)
     size = args.size or (24 if args.quick else 48)
     if size % 12:
@@ -92,9 +130,12 @@ def main(argv=None):
     started, rows = time.perf_counter(), []
     for state in tqdm(s.states, desc="states", unit="state"):
         rows += run_state(state, s, size, settings, out)
+    if args.check_ed:
+        check_ed(rows, size, args.check_ed, out)
     lowest = {h: min(r["energy_model"] for r in rows if r["hz"] == h) for h in s.fields}
     columns = ["branch", "state", "direction", "hz", "n_sk_per_cell", "mz", "energy_start", "energy_model",
-               "minus_lowest", "max_torque", "steps", "dt", "seconds"]
+               "minus_lowest", "max_torque", "steps", "dt", "seconds"] + (
+        ["energy_ed", "model_minus_ed"] if args.check_ed else [])
     with atomic_path(out / "model_phase_diagram.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -106,6 +147,14 @@ def main(argv=None):
                "ground_states": [min((r for r in rows if r["hz"] == h), key=lambda r: r["energy_model"])["branch"]
                                  for h in s.fields],
                "seconds": time.perf_counter() - started}
+    if args.check_ed:
+        errors = [r["model_minus_ed"] for r in rows]
+        summary["ed_check"] = {
+            "solver": f"ED, k-grid {args.check_ed}x{args.check_ed} on {size}x{size}, of the states relaxed by {name}",
+            "hz_2_1": crossing(rows, s.fields, 2, 1, "energy_ed"), "hz_1_0": crossing(rows, s.fields, 1, 0, "energy_ed"),
+            "ground_states": [min((r for r in rows if r["hz"] == h), key=lambda r: r["energy_ed"])["branch"]
+                              for h in s.fields],
+            "model_minus_ed": {"min": min(errors), "max": max(errors)}}
     if args.phase_diagram:
         ed = json.loads(Path(args.phase_diagram).read_text())
         summary["ed"] = {"solver": ed["solver"], "hz_2_1": ed["hz_2_1"], "hz_1_0": ed["hz_1_0"]}
@@ -119,6 +168,15 @@ def main(argv=None):
         beside = (f"; k-grid ED ({summary['ed']['solver']}): {boundary_text(summary['ed'][key])}"
                   if "ed" in summary else "")
         print(f"{key} ({name}, {size}x{size}): {boundary_text(c)}{beside}; paper {PAPER[key]}; gaps per field: {gaps}")
+    if args.check_ed:
+        c = summary["ed_check"]
+        wrong = [h for h, a, b in zip(s.fields, summary["ground_states"], c["ground_states"])
+                 if round(abs(next(r["n_sk_per_cell"] for r in rows if r["hz"] == h and r["branch"] == a)))
+                 != round(abs(next(r["n_sk_per_cell"] for r in rows if r["hz"] == h and r["branch"] == b)))]
+        print(f"{c['solver']}: model - ED {c['model_minus_ed']['min']:+.1e} to {c['model_minus_ed']['max']:+.1e} "
+              f"per site; by ED of these states hz_2_1={boundary_text(c['hz_2_1'])} hz_1_0={boundary_text(c['hz_1_0'])}; "
+              f"the model's lowest |n_sk| is not ED's at "
+              f"{', '.join(f'{h:g}' for h in wrong) if wrong else 'no field'}")
     print(f"table {out / 'model_phase_diagram.csv'}")
     print(f"hz_2_1={boundary_text(summary['hz_2_1'])} hz_1_0={boundary_text(summary['hz_1_0'])}")
     return summary

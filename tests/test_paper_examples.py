@@ -332,6 +332,26 @@ def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
     assert example.main(argv)["ground_states"] == summary["ground_states"]
     assert [p.stat().st_mtime_ns for p in records] == stamps
 
+    # --check-ed: every relaxed state labelled by k-grid ED, in the model's energy convention
+    checked = example.main(argv + ["--check-ed", "1"])
+    text = capsys.readouterr().out
+    assert "ED, k-grid 1x1 on 12x12, of the states relaxed by triangle_param: model - ED" in text
+    with open(tmp_path / "run" / "model_phase_diagram.csv") as f:
+        rows = list(csv.DictReader(f))
+    row = next(r for r in rows if r["branch"] == "tq0_down")
+    record = json.loads((tmp_path / "run" / "records" / "tq0_down" / f"{float(row['hz']):.5f}.json").read_text())
+    spins = torch.tensor(record["spins"], dtype=torch.float64)
+    lattice = klmgraph.triangular(12, 12, t1=1.0, t3=-0.85)
+    energy, _ = klmgraph.ExactDiagonalization(lattice, J=-1.0, mu=-3.5).energy_and_field(spins)
+    hz, mz = float(row["hz"]), float(spins[:, 2].mean())
+    assert float(row["energy_ed"]) == pytest.approx(float(energy) / 144 - hz * mz, abs=1e-12)
+    assert float(row["model_minus_ed"]) == pytest.approx(float(row["energy_model"]) - float(row["energy_ed"]), abs=1e-15)
+    assert checked["ed_check"]["model_minus_ed"]["min"] <= float(row["model_minus_ed"]) <= \
+        checked["ed_check"]["model_minus_ed"]["max"]
+    assert len(list((tmp_path / "run" / "ed_check" / "k1").rglob("*.json"))) == len(rows)  # return sweeps too
+    with pytest.raises(SystemExit, match="--check-ed -1"):
+        example.main(argv + ["--check-ed", "-1"])
+
 
 @pytest.mark.slow
 def test_triangular_phase_diagram_quick(tmp_path, capsys):
