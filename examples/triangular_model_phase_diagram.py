@@ -21,7 +21,8 @@ lattice, i.e. the tiled NL x NL lattice; 8 on 12 x 12 is the training labels' 96
 ``energy_ed`` and ``model_minus_ed`` to the table and the phase diagram of these states by ED to
 the summary: whether the model's lowest state is ED's lowest among the states the model found,
 and how far off each state's energy is. A model whose relaxation ends in a false minimum is seen
-there, without a second ED relaxation. Each check is stored under ``--out``/ed_check (resumable).
+there, without a second ED relaxation. Each check is stored under ``--out``/ed_check, one file per
+record (resumable).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import torch
 import klmgraph
 from klmgraph.files import atomic_path
 from triangular_phase_diagram import (HAMILTONIAN, PAPER, QUICK, STATES, ansatz, boundary_text, cell_graph,
-                                      crossing, follow, relax)
+                                      crossing, follow, record_path, relax)
 from triangular_skyrmions import DEFAULT_CHECKPOINT, check_input_files, load_provider_model
 
 # the ED script's relaxation, with the model's stable step (dt 30 is halved to it anyway) and
@@ -69,13 +70,11 @@ def check_ed(rows: list[dict], size: int, grid: int, out: Path) -> None:
     lattice = klmgraph.triangular(size, size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
     ed = klmgraph.ExactDiagonalization(lattice, J=HAMILTONIAN["J"], mu=HAMILTONIAN["mu"], k_grid=(grid, grid))
     for row in tqdm(rows, desc=f"ED {grid}x{grid}", unit="state"):
-        path = out / "ed_check" / f"k{grid}" / row["branch"] / f"{row['hz']:.5f}.json"
+        source = record_path(out, row)  # a return sweep's first row is the first sweep's record
+        if not source.exists():
+            raise SystemExit(f"--check-ed: no record {source} for {row['branch']} at Hz = {row['hz']:g}")
+        path = out / "ed_check" / f"k{grid}" / source.relative_to(out / "records")
         if not path.exists():
-            # a return sweep's first row is the first sweep's last record, stored under that sweep
-            name = f"{row['hz']:.5f}.json"
-            source = next(folder / name for folder in (out / "records" / b for b in
-                                                        (row["branch"], f"{row['state']}_up", f"{row['state']}_down"))
-                          if (folder / name).exists())
             record = json.loads(source.read_text())
             spins = torch.tensor(record["spins"], dtype=torch.float64)
             energy, _ = ed.energy_and_field(spins)

@@ -170,12 +170,7 @@ def initial_spins(spec: str, graph, seed: int, ansatz_q: float = math.pi / 3, an
     if spec == "ansatz":
         return skyrmion_crystal(graph, q=ansatz_q, m_z=ansatz_mz)
     if spec.startswith("file:"):
-        spins = read_spins(spec[5:])
-        if spins.shape[-2] != graph.num_nodes:
-            raise ValueError(f"{spec[5:]} holds configurations of {spins.shape[-2]} sites; the lattice has "
-                             f"{graph.num_nodes}")
-        spins = spins[-1]
-        return spins / spins.norm(dim=-1, keepdim=True)  # float32 files: restore unit length
+        return read_spins(spec[5:], graph)[-1]
     raise ValueError(f"unknown initial state {spec!r}: use random, ferromagnet, ansatz or file:PATH")
 
 

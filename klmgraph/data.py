@@ -301,9 +301,16 @@ def merge_datasets(path: str | Path, parts: list, conditions: list | None = None
     return path
 
 
-def read_spins(path: str | Path) -> torch.Tensor:
+def read_spins(path: str | Path, graph: HoppingGraph | None = None) -> torch.Tensor:
     """Spin configurations from .npy, .npz (key 'spins') or HDF5 (data set 'spins'; of a
-    trajectory, the committed snapshots only): (M, N, 3)."""
+    trajectory, the committed snapshots only): (M, N, 3) float64.
+
+    With ``graph``: checked to be configurations of its sites (finite, no zero spin) and
+    normalised to unit length (a float32 file's spins are not quite).
+
+    Raises:
+        ValueError: for a missing or unreadable file, or configurations that do not fit ``graph``.
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"spin file {path} does not exist")
@@ -326,4 +333,13 @@ def read_spins(path: str | Path) -> torch.Tensor:
     if len(array) == 0:
         raise ValueError(f"spin file {path} holds no complete configuration")
     spins = torch.as_tensor(array, dtype=torch.float64)
-    return spins[None] if spins.dim() == 2 else spins
+    spins = spins[None] if spins.dim() == 2 else spins
+    if graph is None:
+        return spins
+    if spins.dim() != 3 or spins.shape[1:] != (graph.num_nodes, 3):
+        raise ValueError(f"{path} holds configurations of shape {tuple(spins.shape[1:])}; the lattice "
+                         f"({graph.describe()}) needs ({graph.num_nodes}, 3)")
+    norm = spins.norm(dim=-1, keepdim=True)
+    if not bool(torch.isfinite(spins).all()) or bool((norm < 1e-6).any()):
+        raise ValueError(f"{path} holds a non-finite or zero spin")
+    return spins / norm

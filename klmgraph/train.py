@@ -34,7 +34,7 @@ from .nn.forces import compute_field
 from .spins import transverse_part
 
 __all__ = ["DataConfig", "ModelConfig", "OptimizerConfig", "TrainingConfig", "RunConfig",
-           "load_config", "train", "evaluate", "loss_terms", "augment"]
+           "load_config", "train", "evaluate", "loss_terms", "augment", "load_matching_model"]
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -555,19 +555,30 @@ def _split(config: RunConfig, train_set: SpinDataset):
     return order[n_val:], train_set, order[:n_val]
 
 
-def _start_from(model: torch.nn.Module, path: str) -> None:
-    """Load the weights of the model file ``path`` into ``model`` ([training] init)."""
+def load_matching_model(path, model: torch.nn.Module, what: str) -> torch.nn.Module:
+    """The model in the file ``path``, which must be ``model``'s architecture and configuration
+    (its calibration and thresholds aside: they are refitted after training).
+
+    Raises:
+        ValueError: starting with ``what`` (the configuration key), for a missing or unreadable
+            file or another model.
+    """
     from .io import load_model
 
     try:
         start = load_model(path)
     except (FileNotFoundError, ValueError) as err:
-        raise ValueError(f"[training] init: {err}") from None
-    fitted = {"calibration": 0, "threshold": 0, "site_threshold": 0}  # refitted after training
+        raise ValueError(f"{what}: {err}") from None
+    fitted = {"calibration": 0, "threshold": 0, "site_threshold": 0}
     if type(start) is not type(model) or start.config | fitted != model.config | fitted:
-        raise ValueError(f"[training] init: {path} holds another model ({type(start).__name__}, "
+        raise ValueError(f"{what}: {path} holds another model ({type(start).__name__}, "
                          f"{start.config}) than the configured one ({type(model).__name__}, {model.config})")
-    model.load_state_dict(start.state_dict())
+    return start
+
+
+def _start_from(model: torch.nn.Module, path: str) -> None:
+    """Load the weights of the model file ``path`` into ``model`` ([training] init)."""
+    model.load_state_dict(load_matching_model(path, model, "[training] init").state_dict())
 
 
 def _without_budget(resolved: dict) -> dict:

@@ -323,9 +323,19 @@ def test_explore_runs_start_from_the_states_of_a_file(tmp_path, one_thread):
         with pytest.raises(ValueError, match=message):
             run_learning(learn_config_from_dict(raw), tmp_path / "out2", progress=False, log=lambda line: None)
     assert not (tmp_path / "out2").exists()  # refused before anything is written
-    raw["explore"]["conditions"][0]["init"] = "file:"
-    with pytest.raises(ValueError, match=r"init must be random, ferromagnet, ansatz or file:PATH"):
-        learn_config_from_dict(raw)
+    for bad in ("file:", 3):
+        raw["explore"]["conditions"][0]["init"] = bad
+        with pytest.raises(ValueError, match=r"init must be random, ferromagnet, ansatz or file:PATH"):
+            learn_config_from_dict(raw)
+
+
+def test_new_keys_at_their_defaults_leave_the_stored_configuration_as_it_was():
+    """[initial] model, [select] min_distance: absent from to_dict() at their defaults, so a loop
+    stored before them still resumes (its config.json compares equal)."""
+    config = learn_config_from_dict({k: dict(v) for k, v in TINY.items()})
+    stored = config.to_dict()
+    assert "model" not in stored["initial"] and "min_distance" not in stored["select"]
+    assert "start_files_sha256" not in stored
 
 
 def test_loop_continues_from_a_given_committee(tmp_path, one_thread):
@@ -352,7 +362,7 @@ def test_loop_continues_from_a_given_committee(tmp_path, one_thread):
     fine = json.loads((tmp_path / "b" / "iter001" / "training" / "config.json").read_text())
     assert fine["training"]["init"].endswith("iter000/model.pt")
     assert result["iterations"][0]["training_configurations"] is None
-    assert "| 0 | " in (tmp_path / "b" / "report.md").read_text()
+    assert "| 0 | 11 | given |" in (tmp_path / "b" / "report.md").read_text()
 
     toml = tmp_path / "learn.toml"
     toml.write_text('[system]\nlattice = "square"\nsize = [4, 4]\nJ = 7.0\nfilling = 0.48\n'
@@ -361,8 +371,8 @@ def test_loop_continues_from_a_given_committee(tmp_path, one_thread):
 
     single = save_model(given.members()[0], tmp_path / "one.pt")
     for model, change, message in (
-            (single, {}, r"\[initial\] model: .*one\.pt holds a single ECNN; the loop selects states by a committee"),
-            (first["model"], {"channels": 3}, r"\[initial\] model: .* \[model\] configures .*must describe it"),
+            (single, {}, r"\[initial\] model: .*one\.pt holds another model \(ECNN, .*the configured one \(Committee"),
+            (first["model"], {"channels": 3}, r"\[initial\] model: .*holds another model \(Committee.* than the configured"),
             (tmp_path / "absent.pt", {}, r"\[initial\] model: .*absent\.pt")):
         bad = {k: dict(v) for k, v in raw.items()}
         bad["initial"]["model"] = str(model)

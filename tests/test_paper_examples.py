@@ -348,7 +348,7 @@ def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
     assert float(row["model_minus_ed"]) == pytest.approx(float(row["energy_model"]) - float(row["energy_ed"]), abs=1e-15)
     assert checked["ed_check"]["model_minus_ed"]["min"] <= float(row["model_minus_ed"]) <= \
         checked["ed_check"]["model_minus_ed"]["max"]
-    assert len(list((tmp_path / "run" / "ed_check" / "k1").rglob("*.json"))) == len(rows)  # return sweeps too
+    assert len(list((tmp_path / "run" / "ed_check" / "k1").rglob("*.json"))) == len(records)  # one per record
     with pytest.raises(SystemExit, match="--check-ed -1"):
         example.main(argv + ["--check-ed", "-1"])
 
@@ -694,7 +694,6 @@ def test_reference_start_states_are_the_phase_records_tiled(tmp_path, capsys):
     import numpy as np
 
     from klmgraph.learn import load_learn_config
-    from klmgraph.learn.loop import _Loop
 
     example = load_example("triangular_paper_model")
     reference = Path(example.__file__).parents[1] / "data" / "reference" / "triangular"
@@ -714,6 +713,7 @@ def test_reference_start_states_are_the_phase_records_tiled(tmp_path, capsys):
     assert float(klmgraph.skyrmion_number(graph, starts[match[0]])) == pytest.approx(3 * record["n_sk_per_cell"], abs=1e-6)
 
     config = load_learn_config(EXAMPLES / "learn_triangular_phases.toml")
-    loop = _Loop(config, tmp_path / "out", "cpu", False, lambda line: None, None)
-    assert loop.runs_per_condition == [len(np.load(c.init[5:])) for c in config.explore.conditions]
+    for condition in config.explore.conditions:  # files of the loop's lattice, at the condition's field
+        assert condition.init.endswith(f"hz{condition.hz:.5f}.npy")
+        assert klmgraph.read_spins(condition.init[5:], config.system.solver().graph).shape[1] == 144
     assert config.initial.model.endswith("data/models/triangular-paper.pt")

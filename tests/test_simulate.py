@@ -229,7 +229,7 @@ def test_parse_values():
 def test_cli_init_from_file_of_other_lattice(tmp_path, capsys):
     np.save(tmp_path / "s.npy", klmgraph.random_spins(10, seed=0).numpy())
     assert main(["simulate", *TINY, "--out", str(tmp_path / "x"), "--init", f"file:{tmp_path / 's.npy'}"]) == 2
-    assert "holds configurations of 10 sites" in capsys.readouterr().err
+    assert "holds configurations of shape (10, 3); the lattice" in capsys.readouterr().err
 
 
 def _needs_model_import():

@@ -167,9 +167,10 @@ class SelectConfig:
             uncertainty sits on a few sites, such as a domain wall or vortex in an ordered
             background, ranks by those sites instead of being averaged away).
         min_distance: a candidate within this RMS spin difference per site of a selected
-            state (of any run) counts as that state (default 0: off). A relaxation that has
-            converged sits at one state for many snapshots; without it, its most uncertain
-            state is labelled once per min_gap steps.
+            state (of any run) counts as that state and is passed over (default 0: off), as
+            one within min_gap steps is; when too few candidates are left, the passed-over ones
+            fill up the labels by spread. A relaxation that has converged sits at one state for
+            many snapshots; without it, that state is labelled once per min_gap steps.
     """
 
     labels: int = 20
@@ -272,7 +273,8 @@ def _check(config: LearnConfig) -> None:
     if e.dt <= 0 or e.alpha < 0:
         raise ValueError(f"[explore] dt must be > 0 and alpha >= 0, got {e.dt} and {e.alpha}")
     for k, c in enumerate(e.conditions):
-        if c.init not in ("random", "ferromagnet", "ansatz") and not (c.init.startswith("file:") and c.init[5:]):
+        if not isinstance(c.init, str) or (c.init not in ("random", "ferromagnet", "ansatz")
+                                           and not (c.init.startswith("file:") and c.init[5:])):
             raise ValueError(f"[explore] conditions[{k}].init must be random, ferromagnet, ansatz or file:PATH, "
                              f"got {c.init!r}")
         if c.T < 0 or (c.T > 0 and (c.alpha if c.alpha is not None else e.alpha) <= 0):

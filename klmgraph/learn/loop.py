@@ -36,10 +36,12 @@ the output folder::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -51,7 +53,7 @@ from ..files import atomic_path
 from ..io import load_model
 from ..nn.committee import cross_fitted_rmse
 from ..spins import ferromagnet, random_spins, skyrmion_crystal
-from ..train import build, calibrate_file, config_from_dict, evaluate, train
+from ..train import build, calibrate_file, config_from_dict, evaluate, load_matching_model, train
 from .config import SELECT_BY, LearnConfig, check_candidates
 from .report import write_report
 from .selection import draw_holdout, select_by_spread
@@ -117,25 +119,13 @@ class _Loop:
 
     def check_initial_model(self) -> None:
         """[initial] model: a committee of at least 2 members that [model] describes."""
-        from types import SimpleNamespace
-
-        from ..nn.committee import Committee
-
-        path = self.c.initial.model
-        try:
-            given = load_model(path, graph=self.graph)
-        except (FileNotFoundError, ValueError) as err:
-            raise ValueError(f"[initial] model: {err}") from None
-        if not isinstance(given, Committee) or given.size < 2:
-            raise ValueError(f"[initial] model: {path} holds a single {type(given).__name__}; the loop selects "
-                             "states by a committee's spread (train one with [model] committee >= 2)")
+        run_config = config_from_dict({**self.c.train, "data": {"train": "-"}})
+        if run_config.model.committee < 2:  # the parser already refuses it; the model file must match
+            raise ValueError("[model] committee must be >= 2")
         site = SimpleNamespace(graph=self.graph, hamiltonian=json.loads(json.dumps(self.ed.parameters())))
-        configured = build(config_from_dict({**self.c.train, "data": {"train": "-"}}), site)
-        fitted = {"calibration": 0, "threshold": 0, "site_threshold": 0}
-        if configured.config | fitted != given.config | fitted:
-            raise ValueError(f"[initial] model: {path} holds {given.config | fitted}, [model] configures "
-                             f"{configured.config | fitted}: the fine-tunings start from the file, so [model] must "
-                             "describe it")
+        with torch.random.fork_rng():  # build seeds each member: leave the caller's generator alone
+            configured = build(run_config, site)
+        load_matching_model(self.c.initial.model, configured, "[initial] model")
 
     def stage_done(self, name: str, k: int | None = None) -> None:
         if self.on_stage is not None:
@@ -291,9 +281,10 @@ class _Loop:
         holdout = draw_holdout(len(cand["run"]), chosen, sel.holdout, seed=self.c.loop.seed * 31 + k)
         _write_json(target, {"labels": chosen.tolist(), "holdout": holdout.tolist(),
                              "rule": f"highest {sel.by.replace('_', ' ')} first, >= {sel.min_gap} steps apart per run, "
-                                     + (f">= {sel.min_distance:g} RMS spin difference from every other, "
+                                     + (f">= {sel.min_distance:g} RMS spin difference from every state taken, "
                                         if sel.min_distance else "")
-                                     + "every condition its share; hold-out drawn at random among the rest"})
+                                     + "every condition its share (the passed-over fill up by spread when too few are left); "
+                                     "hold-out drawn at random among the rest"})
         self.stage_done("select", k)
 
     def label(self, k: int, which: str) -> Path:
@@ -448,24 +439,15 @@ class _Loop:
 
 
 def _file_digest(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _read_start_states(path: str, graph, what: str) -> torch.Tensor:
     """(M, N, 3) unit spins of a spin file, checked against the loop's lattice."""
     try:
-        spins = read_spins(path)
+        return read_spins(path, graph)
     except ValueError as err:
         raise ValueError(f"{what}: {err}") from None
-    if spins.dim() != 3 or spins.shape[1:] != (graph.num_nodes, 3):
-        raise ValueError(f"{what}: {path} holds configurations of shape {tuple(spins.shape[1:])}; the lattice "
-                         f"({graph.describe()}) needs ({graph.num_nodes}, 3)")
-    norm = spins.norm(dim=-1, keepdim=True)
-    if not bool(torch.isfinite(spins).all()) or bool((norm < 1e-6).any()):
-        raise ValueError(f"{what}: {path} holds a non-finite or zero spin")
-    return spins / norm  # float32 files: restore unit length
 
 
 def run_learning(config: LearnConfig, out, device: str = "cpu", progress: bool = True,
