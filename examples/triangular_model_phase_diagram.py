@@ -39,7 +39,7 @@ import torch
 import klmgraph
 from klmgraph.files import atomic_path
 from triangular_phase_diagram import (HAMILTONIAN, PAPER, QUICK, STATES, ansatz, boundary_text, cell_graph,
-                                      crossing, follow, record_path, relax)
+                                      crossing, follow, record_path, relax, solver)
 from triangular_skyrmions import DEFAULT_CHECKPOINT, check_input_files, load_provider_model
 
 # the ED script's relaxation, with the model's stable step (dt 30 is halved to it anyway) and
@@ -47,9 +47,14 @@ from triangular_skyrmions import DEFAULT_CHECKPOINT, check_input_files, load_pro
 MODEL = replace(QUICK, dt=10.0, max_steps=400, tol=1e-10)
 
 
+def periodic_lattice(size: int):
+    """The size x size periodic lattice of the model's relaxations."""
+    return klmgraph.triangular(size, size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
+
+
 def run_state(state: str, s, size: int, settings: dict, out: Path) -> list[dict]:
     """One state relaxed with the model along the field sweeps (records resumed or written)."""
-    lattice = klmgraph.triangular(size, size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
+    lattice = periodic_lattice(size)
     provider = load_provider_model(settings, lattice).double().bind(lattice)
     cells = lattice.num_nodes // cell_graph().num_nodes
 
@@ -67,8 +72,8 @@ def check_ed(rows: list[dict], size: int, grid: int, out: Path) -> None:
     convention) to every row, from its record's spins; stored per record under out/ed_check."""
     from tqdm.auto import tqdm
 
-    lattice = klmgraph.triangular(size, size, t1=HAMILTONIAN["t1"], t3=HAMILTONIAN["t3"])
-    ed = klmgraph.ExactDiagonalization(lattice, J=HAMILTONIAN["J"], mu=HAMILTONIAN["mu"], k_grid=(grid, grid))
+    lattice = periodic_lattice(size)
+    ed = solver(lattice, grid)
     for row in tqdm(rows, desc=f"ED {grid}x{grid}", unit="state"):
         source = record_path(out, row)  # a return sweep's first row is the first sweep's record
         if not source.exists():

@@ -368,16 +368,18 @@ def load_learn_config(path, quick: bool = False) -> LearnConfig:
 
     path = Path(path)
     raw = read_toml(path)
-    extra = raw.get("initial", {}).get("data")
-    if isinstance(extra, list):  # relative to the configuration file, as klmgraph train's data paths
-        raw["initial"]["data"] = [str((path.parent / x).resolve()) if isinstance(x, str) and x else x for x in extra]
-    model = raw.get("initial", {}).get("model")
-    if isinstance(model, str) and model:
-        raw["initial"]["model"] = str((path.parent / model).resolve())
+
+    def resolve(name):  # file paths are relative to the configuration file, as klmgraph train's
+        return str((path.parent / name).resolve()) if isinstance(name, str) and name else name
+
+    initial = raw.get("initial", {})
+    if isinstance(initial.get("data"), list):
+        initial["data"] = [resolve(x) for x in initial["data"]]
+    if "model" in initial:
+        initial["model"] = resolve(initial["model"])
     conditions = raw.get("explore", {}).get("conditions")
-    if isinstance(conditions, list):  # likewise the spin files that runs start from
-        for c in conditions:
-            init = c.get("init") if isinstance(c, dict) else None
-            if isinstance(init, str) and init.startswith("file:") and init[5:]:
-                c["init"] = "file:" + str((path.parent / init[5:]).resolve())
+    for c in conditions if isinstance(conditions, list) else []:  # the spin files that runs start from
+        init = c.get("init") if isinstance(c, dict) else None
+        if isinstance(init, str) and init.startswith("file:") and init[5:]:
+            c["init"] = "file:" + resolve(init[5:])
     return learn_config_from_dict(raw, quick=quick)
