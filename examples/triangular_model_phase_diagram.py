@@ -23,6 +23,17 @@ the summary: whether the model's lowest state is ED's lowest among the states th
 and how far off each state's energy is. A model whose relaxation ends in a false minimum is seen
 there, without a second ED relaxation. Each check is stored under ``--out``/ed_check, one file per
 record (resumable).
+
+``--ed-states RECORDS`` asks the converse: does the model hold the states that k-grid ED relaxed?
+Every distinct state of item 1's records folder (data/reference/triangular/phase_records), tiled
+onto the lattice, is relaxed by the model at its own field as above, and ``ed_states.csv`` gives
+how far the model carries it (RMS spin change per site, n_sk and M^z before and after) and, with
+``--check-ed N``, what that move costs by ED (energy after minus before: about 0 where the model's
+minimum is ED's; negative where the record was not a minimum on this lattice and the model went
+downhill, positive where the model's field drives the state off ED's minimum) and the model's
+energy error at ED's own state. A soft state (a small restoring field) is carried far by a small
+field error, and a boundary that involves it is then set by the model's state, not ED's. Stored
+under ``--out``/ed_states, one file per state (resumable).
 """
 from __future__ import annotations
 
@@ -39,12 +50,18 @@ import torch
 import klmgraph
 from klmgraph.files import atomic_path
 from triangular_phase_diagram import (HAMILTONIAN, PAPER, QUICK, STATES, ansatz, boundary_text, cell_graph,
-                                      crossing, follow, record_path, relax, solver)
+                                      crossing, follow, record_path, relax, solver, to_lattice)
+from triangular_paper_model import distinct_states, records_digest, relaxed_records
 from triangular_skyrmions import DEFAULT_CHECKPOINT, check_input_files, load_provider_model
 
 # the ED script's relaxation, with the model's stable step (dt 30 is halved to it anyway) and
 # more steps: an ML step costs little on these lattices
 MODEL = replace(QUICK, dt=10.0, max_steps=400, tol=1e-10)
+
+
+ED_STATES_COLUMNS = ["branch", "hz", "n_sk_start", "n_sk_relaxed", "mz_start", "mz_relaxed", "rms_change",
+                     "energy_model_start", "energy_model_relaxed", "steps", "converged", "max_torque",
+                     "energy_ed_start", "energy_ed_relaxed", "ed_cost", "model_minus_ed_start"]
 
 
 def periodic_lattice(size: int):
@@ -92,6 +109,64 @@ def check_ed(rows: list[dict], size: int, grid: int, out: Path) -> None:
         row["model_minus_ed"] = row["energy_model"] - row["energy_ed"]
 
 
+def ed_states(records: Path, size: int, settings: dict, s, grid: int, out: Path) -> list[dict]:
+    """Every distinct k-grid-ED-relaxed state of ``records`` tiled onto the size x size lattice and
+    relaxed by the model at its own field (``relax`` with the settings ``s``): one row per state,
+    stored as out/ed_states/<branch>/<Hz>.json with the relaxed spins; where ``grid``, both states
+    labelled by ED with a grid x grid k-grid (out/ed_states/k<grid>/<branch>/<Hz>.json) in the
+    model's energy convention (E_el / N minus Hz M^z, as ``check_ed``)."""
+    from tqdm.auto import tqdm
+
+    lattice = periodic_lattice(size)
+    cells = lattice.num_nodes // cell_graph().num_nodes
+    index = to_lattice(cell_graph(), lattice)
+    provider = load_provider_model(settings, lattice).double().bind(lattice)
+    ed = solver(lattice, grid) if grid else None
+    digest = records_digest(records)
+    rows = []
+    for state in tqdm(distinct_states(relaxed_records(records, lambda h: True)), desc="ED states", unit="state"):
+        hz, name = state["hz"], Path(state["name"]) / f"{state['hz']:.5f}.json"
+        start = torch.tensor(state["cell_spins"], dtype=torch.float64)[index]
+        start = start / start.norm(dim=-1, keepdim=True)
+        path = out / "ed_states" / name
+        if path.exists():
+            row = json.loads(path.read_text())
+            if row["records"] != digest:
+                raise SystemExit(f"{path} was made from another records folder ({row['records']}, now {digest}); "
+                                 f"use another --out")
+        else:
+            r = relax(provider, start.clone(), hz, s)
+            end = r.pop("spins")
+            row = {"branch": state["name"], "hz": hz, "records": digest,
+                   "n_sk_start": float(klmgraph.skyrmion_number(lattice, start)) / cells,
+                   "n_sk_relaxed": float(klmgraph.skyrmion_number(lattice, end)) / cells,
+                   "mz_start": float(start[:, 2].mean()), "mz_relaxed": float(end[:, 2].mean()),
+                   "rms_change": float((end - start).pow(2).sum(-1).mean().sqrt()),
+                   "energy_model_start": r["energy_start"], "energy_model_relaxed": r["energy_relax"],
+                   "steps": r["steps"], "converged": r["converged"], "max_torque": r["max_torque"],
+                   "spins": end.tolist()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(row))
+        end = torch.tensor(row.pop("spins"), dtype=torch.float64)
+        if ed is not None:
+            checked = out / "ed_states" / f"k{grid}" / name
+            if not checked.exists():
+                energies = {}
+                for key, spins in (("start", start), ("relaxed", end)):
+                    energy, _ = ed.energy_and_field(spins)
+                    energies[key] = float(energy) / lattice.num_nodes - hz * float(spins[:, 2].mean())
+                checked.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(checked) as tmp:
+                    tmp.write_text(json.dumps({**energies, "solver": ed.solver}))
+            energies = json.loads(checked.read_text())
+            row.update(energy_ed_start=energies["start"], energy_ed_relaxed=energies["relaxed"],
+                       ed_cost=energies["relaxed"] - energies["start"],
+                       model_minus_ed_start=row["energy_model_start"] - energies["start"])
+        rows.append(row)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="24 x 24 (default 48 x 48)")
@@ -106,6 +181,9 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="default klmgraph-output/triangular_model_phase_diagram/<model>-L")
     p.add_argument("--check-ed", type=int, default=0, metavar="N",
                    help="label every relaxed state by ED with an N x N k-grid of the lattice (0: no check)")
+    p.add_argument("--ed-states", default=None, metavar="RECORDS",
+                   help="also relax every k-grid-ED-relaxed state of this records folder (item 1's "
+                        "phase_records) with the model: whether it holds them (ed_states.csv)")
     args = p.parse_args(argv)
     if args.check_ed < 0:
         raise SystemExit(f"--check-ed {args.check_ed}: a k-grid size N >= 1, or 0 for no check")
@@ -114,6 +192,9 @@ def main(argv=None):
     if size % 12:
         raise SystemExit(f"--size {size}: the 48-site magnetic cell needs L divisible by 12")
     check_input_files(args)
+    if args.ed_states and not Path(args.ed_states).is_dir():
+        raise SystemExit(f"--ed-states {args.ed_states}: not a folder; pass the records folder of "
+                         f"examples/triangular_phase_diagram.py (e.g. data/reference/triangular/phase_records)")
     s = replace(MODEL, fields=tuple(sorted(args.hz)) if args.hz else MODEL.fields,
                 states=tuple(args.states) if args.states else MODEL.states,
                 max_steps=args.max_steps or MODEL.max_steps)
@@ -162,6 +243,22 @@ def main(argv=None):
     if args.phase_diagram:
         ed = json.loads(Path(args.phase_diagram).read_text())
         summary["ed"] = {"solver": ed["solver"], "hz_2_1": ed["hz_2_1"], "hz_1_0": ed["hz_1_0"]}
+    if args.ed_states:
+        held = ed_states(Path(args.ed_states), size, settings, s, args.check_ed, out)
+        keys = [k for k in ED_STATES_COLUMNS if k in held[0]]
+        with atomic_path(out / "ed_states.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(sorted(held, key=lambda r: (r["hz"], r["branch"])))
+        summary["ed_states"] = {"records": str(args.ed_states), "states": len(held),
+                                "rms_change_max": max(r["rms_change"] for r in held),
+                                "topology_changed": [f"{r['branch']} {r['hz']:g}" for r in held
+                                                     if round(r["n_sk_start"]) != round(r["n_sk_relaxed"])]}
+        if args.check_ed:
+            summary["ed_states"].update(
+                ed_cost_max=max(r["ed_cost"] for r in held),
+                model_minus_ed_start={"min": min(r["model_minus_ed_start"] for r in held),
+                                      "max": max(r["model_minus_ed_start"] for r in held)})
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=float))
     for h, branch in zip(s.fields, summary["ground_states"]):
@@ -181,6 +278,14 @@ def main(argv=None):
               f"per site; by ED of these states hz_2_1={boundary_text(c['hz_2_1'])} hz_1_0={boundary_text(c['hz_1_0'])}; "
               f"the model's lowest |n_sk| is not ED's at "
               f"{', '.join(f'{h:g}' for h in wrong) if wrong else 'no field'}")
+    if args.ed_states:
+        for r in sorted(held, key=lambda r: (r["hz"], r["branch"])):
+            cost = (f", by ED {r['ed_cost']:+.1e} per site, model - ED at ED's state {r['model_minus_ed_start']:+.1e}"
+                    if args.check_ed else "")
+            print(f"ED state {r['branch']} at Hz = {r['hz']:g} relaxed by {name}: RMS change {r['rms_change']:.3f}, "
+                  f"n_sk {r['n_sk_start']:+.2f} -> {r['n_sk_relaxed']:+.2f}, M^z {r['mz_start']:.4f} -> "
+                  f"{r['mz_relaxed']:.4f}{cost}")
+        print(f"table {out / 'ed_states.csv'}")
     print(f"table {out / 'model_phase_diagram.csv'}")
     print(f"hz_2_1={boundary_text(summary['hz_2_1'])} hz_1_0={boundary_text(summary['hz_1_0'])}")
     return summary

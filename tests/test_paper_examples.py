@@ -5,6 +5,7 @@ import importlib
 import json
 import math
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import klmgraph
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ECNN4KLM = Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference" / "triangular"
 
 
 def load_example(name):
@@ -351,6 +353,41 @@ def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
     assert len(list((tmp_path / "run" / "ed_check" / "k1").rglob("*.json"))) == len(records)  # one per record
     with pytest.raises(SystemExit, match="--check-ed -1"):
         example.main(argv + ["--check-ed", "-1"])
+
+    # --ed-states: k-grid-ED-relaxed records tiled onto the lattice and relaxed by the model
+    records = tmp_path / "records"
+    for name in ("sk1_up/0.00400.json", "tq0_down/0.00800.json"):
+        (records / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REFERENCE / "phase_records" / name, records / name)
+    held = example.main(argv + ["--check-ed", "1", "--ed-states", str(records)])["ed_states"]
+    text = capsys.readouterr().out
+    assert "ED state tq0_down at Hz = 0.008 relaxed by triangle_param: RMS change" in text
+    with open(tmp_path / "run" / "ed_states.csv") as f:
+        rows = {r["branch"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["sk1_up", "tq0_down"] and held["states"] == 2
+    cell = torch.tensor(json.loads((records / "tq0_down/0.00800.json").read_text())["spins"], dtype=torch.float64)
+    row = rows["tq0_down"]
+    start = cell[example.to_lattice(example.cell_graph(), lattice)]
+    end = torch.tensor(json.loads((tmp_path / "run" / "ed_states" / "tq0_down" / "0.00800.json").read_text())["spins"],
+                       dtype=torch.float64)
+    assert float(row["mz_start"]) == pytest.approx(float(start[:, 2].mean()), abs=1e-12)
+    assert float(row["rms_change"]) == pytest.approx(float((end - start).pow(2).sum(-1).mean().sqrt()), abs=1e-12)
+    assert 0 < float(row["rms_change"]) < 1 and float(row["energy_model_relaxed"]) <= float(row["energy_model_start"])
+    ed1 = klmgraph.ExactDiagonalization(lattice, J=-1.0, mu=-3.5)
+    energy = [float(ed1.energy_and_field(s)[0]) / 144 - 0.008 * float(s[:, 2].mean()) for s in (start, end)]
+    assert float(row["ed_cost"]) == pytest.approx(energy[1] - energy[0], abs=1e-12)
+    assert float(row["model_minus_ed_start"]) == pytest.approx(float(row["energy_model_start"]) - energy[0], abs=1e-12)
+    assert round(float(rows["sk1_up"]["n_sk_start"])) in (-1, 1) and held["topology_changed"] == []
+    # resumed, not recomputed; a records folder with other content is refused
+    stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / "run" / "ed_states").rglob("*.json"))
+    example.main(argv + ["--check-ed", "1", "--ed-states", str(records)])
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "run" / "ed_states").rglob("*.json")) == stamps
+    (records / "tq0_down/0.00800.json").write_text(json.dumps({**json.loads((records / "tq0_down/0.00800.json")
+                                                                            .read_text()), "spins": (-cell).tolist()}))
+    with pytest.raises(SystemExit, match="another records folder"):
+        example.main(argv + ["--ed-states", str(records)])
+    with pytest.raises(SystemExit, match="--ed-states .*: not a folder"):
+        example.main(argv + ["--ed-states", str(tmp_path / "nowhere")])
 
 
 @pytest.mark.slow
