@@ -270,3 +270,44 @@ def test_threads_setting(datasets, tmp_path):
         assert more["epochs_run"] == 2 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_longitudinal_weight_splits_the_field_loss():
+    from klmgraph.train import field_squared_error
+
+    g = torch.Generator().manual_seed(0)
+    spins = torch.nn.functional.normalize(torch.randn(2, 7, 3, generator=g, dtype=torch.float64), dim=-1)
+    error = torch.randn(2, 7, 3, generator=g, dtype=torch.float64)
+    along = (error * spins).sum(-1, keepdim=True) * spins
+    across = klmgraph.transverse_part(error, spins)
+    assert float(field_squared_error(error, spins)) == float((error ** 2).mean())
+    for w in (0.5, 0.1):
+        expected = (across.pow(2) + w * along.pow(2)).mean()
+        assert float(field_squared_error(error, spins, w)) == pytest.approx(float(expected), rel=1e-12)
+    # an error along the spins alone is scaled by w, one across them not at all
+    assert float(field_squared_error(along, spins, 0.25)) == pytest.approx(0.25 * float(along.pow(2).mean()), rel=1e-12)
+    assert float(field_squared_error(across, spins, 0.25)) == pytest.approx(float(across.pow(2).mean()), rel=1e-12)
+
+
+def test_longitudinal_weight_in_training(datasets, tmp_path):
+    weighted = _config(datasets, tmp_path / "run", epochs=2)
+    # one step per epoch: the first epoch's loss is the loss of the initial weights
+    weighted = replace(weighted, training=replace(weighted.training, longitudinal_weight=0.2, batch_size=6))
+    assert weighted.to_dict()["training"]["longitudinal_weight"] == 0.2
+    # at its default the key is left out, so runs stored before it still resume
+    assert "longitudinal_weight" not in _config(datasets, tmp_path / "x", epochs=1).to_dict()["training"]
+    result = train(weighted, progress=False)
+    plain = _config(datasets, tmp_path / "plain", epochs=2)
+    plain = train(replace(plain, training=replace(plain.training, batch_size=6)), progress=False)
+    # the same initial weights, data and augmentation: the loss loses (1 - w) of the part along S
+    assert result["history"][0]["train_loss"] < plain["history"][0]["train_loss"]
+    assert result["history"][0]["train_rmse_field"] == pytest.approx(plain["history"][0]["train_rmse_field"], rel=1e-6)
+    # the log's RMSE(B) is the plain one: evaluate() on the run's model gives the validation column
+    model = klmgraph.load_model(tmp_path / "run" / "final.pt")
+    val = klmgraph.load_dataset(datasets[1])
+    assert float(_log(tmp_path / "run")[-1]["val_rmse_field"]) == pytest.approx(evaluate(model, val)["rmse_field"], rel=1e-5)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(replace(weighted, training=replace(weighted.training, longitudinal_weight=1.0, epochs=3)), progress=False)
+    for bad in (0.0, 1.5, "0.5"):
+        with pytest.raises(ValueError, match=r"longitudinal_weight must be a number in \(0, 1\]"):
+            config_from_dict({"data": {"train": "x.h5"}, "training": {"longitudinal_weight": bad}})
