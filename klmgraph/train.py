@@ -6,13 +6,7 @@ Loss (Miyazaki 2023, eq. 7): mean squared error of the field components plus
     L = < (B_pred - B_ED)^2 >_{configs, sites, components} + lambda < ((E_pred - E_ED) / N)^2 >_configs,
 
 with B_pred = -dE_pred/dS by autograd (double backward during training). The paper uses
-lambda = 0 for the square model and 1 for the triangular one. ``longitudinal_weight`` (w, default
-1) weights the field error's part along each spin, which does not move a spin of fixed length:
-
-    (B_pred - B_ED)^2 -> |transverse part|^2 + w |part along S|^2,
-
-the same loss at w = 1; below 1 the fit is spent on the torque that drives LLG and sets where the
-minima lie.
+lambda = 0 for the square model and 1 for the triangular one.
 
 A run folder holds ``config.json`` (the fully resolved configuration), ``log.csv`` (one row
 per epoch), ``last.pt`` (training state, for resuming), and ``best.pt`` / ``final.pt`` (models
@@ -130,10 +124,6 @@ class TrainingConfig:
         init: a model file whose weights start the run (fine-tuning; default "": fresh weights
             from ``seed``). It must be the configured model: same type, hyper-parameters and
             committee size.
-        longitudinal_weight: w, weight of the field error's part along the spin in the loss
-            (default 1.0: the plain mean squared error of the components; 0 < w < 1 fits the
-            transverse part, the torque, more closely). Must be > 0: the energy's gradient along
-            S is still the field, and w = 0 would leave it unconstrained.
     """
 
     out: str = "klmgraph-run"
@@ -147,7 +137,6 @@ class TrainingConfig:
     threads: int = 0
     deterministic: bool = False
     init: str = ""
-    longitudinal_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -185,8 +174,6 @@ class RunConfig:
             raise ValueError("[training] needs epochs >= 1, batch_size >= 1, minutes >= 0, energy_weight >= 0")
         if t.dtype not in ("float32", "float64"):
             raise ValueError(f"[training] dtype must be 'float32' or 'float64', got {t.dtype!r}")
-        if not (isinstance(t.longitudinal_weight, (int, float)) and 0 < t.longitudinal_weight <= 1):
-            raise ValueError(f"[training] longitudinal_weight must be a number in (0, 1], got {t.longitudinal_weight!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -195,8 +182,6 @@ class RunConfig:
         for key, default in _COMMITTEE_KEYS.items():
             if getattr(self.model, key) != default:
                 d["model"][key] = getattr(self.model, key)
-        if self.training.longitudinal_weight == 1.0:  # likewise
-            del d["training"]["longitudinal_weight"]
         return d
 
 
@@ -293,27 +278,14 @@ def predict(model: torch.nn.Module, batch: Batch, training: bool) -> tuple[torch
     return energy, field
 
 
-def field_squared_error(error: torch.Tensor, spins: torch.Tensor, longitudinal_weight: float = 1.0) -> torch.Tensor:
-    """Mean squared field error per component, its part along each spin weighted by
-    ``longitudinal_weight`` (1: the plain mean of ``error**2``).
-
-    Shapes:
-        error, spins: (..., 3), unit spins -> a scalar.
-    """
-    if longitudinal_weight == 1.0:
-        return (error ** 2).mean()
-    along = (error * spins).sum(-1)
-    return ((error ** 2).sum(-1) - (1.0 - longitudinal_weight) * along ** 2).mean() / 3
-
-
-def loss_terms(energy_pred, field_pred, batch: Batch, longitudinal_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean squared error of field components (:func:`field_squared_error`) and of the energy per site.
+def loss_terms(energy_pred, field_pred, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared error of field components and of the energy per site.
 
     Shapes:
         energy_pred: (num_graphs,); field_pred: (N_total, 3) -> two scalars.
     """
     sites = torch.bincount(batch.batch, minlength=batch.num_graphs).to(energy_pred)
-    field_mse = field_squared_error(field_pred - batch.field, batch.spins, longitudinal_weight)
+    field_mse = ((field_pred - batch.field) ** 2).mean()
     energy_mse = (((energy_pred - batch.energy) / sites) ** 2).mean()
     return field_mse, energy_mse
 
@@ -413,10 +385,9 @@ def predict_stacked(model, prepared, batch: StackedBatch, training: bool,
     return energy, field
 
 
-def stacked_loss_terms(energy_pred, field_pred, batch: StackedBatch,
-                       longitudinal_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def stacked_loss_terms(energy_pred, field_pred, batch: StackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`loss_terms` of a :class:`StackedBatch`. Shapes: (B,), (B, N, 3) -> two scalars."""
-    field_mse = field_squared_error(field_pred - batch.field, batch.spins, longitudinal_weight)
+    field_mse = ((field_pred - batch.field) ** 2).mean()
     energy_mse = (((energy_pred - batch.energy) / batch.spins.shape[-2]) ** 2).mean()
     return field_mse, energy_mse
 
@@ -715,7 +686,7 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
         totals, count = torch.zeros(2, dtype=torch.float64, device=device), 0
         for batch in stacked.batches(order, t.batch_size, generator, config.data.augment):
             energy, field_pred = predict_stacked(model, stacked.prepared, batch, training=True, members=members)
-            field_mse, energy_mse = stacked_loss_terms(energy, field_pred, batch, t.longitudinal_weight)
+            field_mse, energy_mse = stacked_loss_terms(energy, field_pred, batch)
             loss = field_mse + t.energy_weight * energy_mse
             if members:  # the sum of the members' losses: each member's gradient is its own
                 loss = loss * config.model.committee
@@ -726,9 +697,6 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
             optimizer.step()
             if config.optimizer.schedule == "onecycle":
                 scheduler.step()
-            if t.longitudinal_weight != 1.0:  # the log's RMSE(B) stays the plain one
-                with torch.no_grad():
-                    field_mse = ((field_pred - batch.field) ** 2).mean()
             totals += torch.stack([loss.detach() / config.model.committee,
                                    field_mse.detach()]).double() * batch.energy.shape[-1]
             count += batch.energy.shape[-1]
@@ -739,11 +707,7 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
             metrics = evaluate(model, val_set, t.batch_size, val_idx)
             row["val_rmse_field"] = metrics["rmse_field"]
             row["val_rmse_energy_per_site"] = metrics["rmse_energy_per_site"]
-            field_term = metrics["rmse_field"] ** 2
-            if t.longitudinal_weight != 1.0:  # the loss's own weighting of the two parts
-                transverse = metrics["rmse_field_transverse"] ** 2
-                field_term = transverse + t.longitudinal_weight * (field_term - transverse)
-            monitored = field_term + t.energy_weight * metrics["rmse_energy_per_site"] ** 2
+            monitored = metrics["rmse_field"] ** 2 + t.energy_weight * metrics["rmse_energy_per_site"] ** 2
         else:
             row["val_rmse_field"] = row["val_rmse_energy_per_site"] = float("nan")
             monitored = row["train_loss"]
