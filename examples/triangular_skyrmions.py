@@ -25,7 +25,9 @@ whose thermodynamic-limit ground state at each field the table sets beside each 
 Each final state is checked against an electronic solver: the model's field and E/N against ED
 at Gamma on lattices up to 48 x 48 (``--k-grid N`` for the thermodynamic limit of the state) and
 against KPM above, where ED is out of reach (``--check``; KPM at its defaults costs about an hour
-per 96 x 96 configuration on one CPU core: docs/electrons.md).
+per 96 x 96 configuration on one CPU core: docs/electrons.md). Each check is stored with its run
+(``check.json``: solver, final step, field RMSE, E/N of both) and read back when the table is made
+again, e.g. after another seed was added; a run that went on since, or another solver, is checked anew.
 
 Replicas (seeds) run one after another, not as one batch: on a CPU a batch of two 96 x 96 replicas
 costs 1.14 times as much per replica-step as two single runs (benchmarks/replicas.py,
@@ -164,6 +166,21 @@ def check_state(graph, model, spins: torch.Tensor, hz: float, solver) -> dict:
             "energy_per_site_reference": (float(e_ref) + zeeman) / graph.num_nodes, "solver_seconds": seconds}
 
 
+def stored_check(folder: Path, step: int, solver, compute) -> dict:
+    """``compute()`` (a final-state check) stored as folder/check.json for this final step and
+    solver: a KPM check of a 96 x 96 state costs half an hour of CPU, and the table is written
+    again whenever a run is added; a run that went on since, or another solver, is checked anew."""
+    path = folder / "check.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored["step"] == step and stored["solver"] == solver.solver:
+            return stored
+    check = {**compute(), "step": step}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(check, indent=1))
+    return check
+
+
 def make_solver(kind: str, graph, args):
     """The reference solver of the final-state check: "ed" (Gamma, or --k-grid), "kpm", or
     "auto" (ED up to 48 x 48, KPM above); None for "none"."""
@@ -300,9 +317,11 @@ def main(argv=None):
         stop = folder / "stop.json"
         entry["stopped"] = json.loads(stop.read_text())["reason"] if stop.exists() else row.get("status", "")
         if entry["phase"] != "failed":
-            spins = torch.as_tensor(klmgraph.read_trajectory(folder / "trajectory.h5").spins[-1])
+            trajectory = klmgraph.read_trajectory(folder / "trajectory.h5")
+            spins = torch.as_tensor(trajectory.spins[-1])
             if solver is not None:
-                check = check_state(graph, model, spins, row["hz"], solver)
+                check = stored_check(folder, int(trajectory.step[-1]), solver,
+                                     lambda: check_state(graph, model, spins, row["hz"], solver))
                 entry.update(check_solver=check["solver"], check_rmse_field=check["rmse_field"],
                              check_energy_model_minus_reference=check["energy_per_site_model"]
                              - check["energy_per_site_reference"])

@@ -165,6 +165,21 @@ def test_triangular_skyrmions_stopping_rule_anneal_and_resume(tmp_path, capsys):
     assert [e["energy_per_site"] for e in again] == [e["energy_per_site"] for e in table]
     assert [e["step"] for e in again] == [e["step"] for e in table]
 
+    # the final-state check is stored with its run (check.json) and read back, not computed again
+    checked = example.main([a if a != "none" else "ed" for a in argv])
+    files = sorted(tmp_path.rglob("check.json"))
+    assert len(files) == 3 and all(e["check_solver"].startswith("ED") for e in checked)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    stored = json.loads((Path(checked[0]["folder"]) / "check.json").read_text())
+    assert stored["step"] == checked[0]["step"] and stored["rmse_field"] == checked[0]["check_rmse_field"]
+    assert [e["check_rmse_field"] for e in example.main([a if a != "none" else "ed" for a in argv])] == \
+        [e["check_rmse_field"] for e in checked]
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    # another solver (a k-grid) is a new check
+    regridded = example.main([a if a != "none" else "ed" for a in argv] + ["--k-grid", "2"])
+    assert [f.stat().st_mtime_ns for f in files] != stamps
+    assert all(e["check_solver"] == "ED, k-grid 2x2" for e in regridded)
+
 
 def test_triangular_skyrmions_resumes_a_run_killed_before_its_last_record(monkeypatch):
     """A run killed after writing the snapshot of step 100 but not that step's observables is
