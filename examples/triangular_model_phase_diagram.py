@@ -51,7 +51,7 @@ import klmgraph
 from klmgraph.files import atomic_path
 from triangular_phase_diagram import (HAMILTONIAN, PAPER, QUICK, STATES, ansatz, boundary_text, cell_graph,
                                       crossing, follow, record_path, relax, solver, to_lattice)
-from triangular_paper_model import distinct_states, records_digest, relaxed_records
+from triangular_paper_model import distinct_states, relaxed_records
 from triangular_skyrmions import DEFAULT_CHECKPOINT, check_input_files, load_provider_model
 
 # the ED script's relaxation, with the model's stable step (dt 30 is halved to it anyway) and
@@ -84,8 +84,25 @@ def run_state(state: str, s, size: int, settings: dict, out: Path) -> list[dict]
     return follow(state, ansatz(state, lattice).double(), s.fields, out, step)
 
 
+def ed_label(ed, spins: torch.Tensor) -> dict:
+    """k-grid ED of one state as stored under ed_check and ed_states: E_el / N and M^z."""
+    energy, _ = ed.energy_and_field(spins)
+    return {"energy_el_per_site": float(energy) / spins.shape[0], "mz": float(spins[:, 2].mean()), "solver": ed.solver}
+
+
+def model_convention(label: dict, hz: float) -> float:
+    """E_el / N - Hz M^z: the total energy per site that the model's relaxation reports."""
+    return label["energy_el_per_site"] - hz * label["mz"]
+
+
+def spins_digest(spins: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(spins.to(torch.float64).contiguous().numpy().tobytes()).hexdigest()
+
+
 def check_ed(rows: list[dict], size: int, grid: int, out: Path) -> None:
-    """Add ``energy_ed`` (E_el / N by k-grid ED minus Hz M^z, the model's ``energy_model``
+    """Add ``energy_ed`` (``model_convention`` of k-grid ED, the model's ``energy_model``
     convention) to every row, from its record's spins; stored per record under out/ed_check."""
     from tqdm.auto import tqdm
 
@@ -98,14 +115,11 @@ def check_ed(rows: list[dict], size: int, grid: int, out: Path) -> None:
         path = out / "ed_check" / f"k{grid}" / source.relative_to(out / "records")
         if not path.exists():
             record = json.loads(source.read_text())
-            spins = torch.tensor(record["spins"], dtype=torch.float64)
-            energy, _ = ed.energy_and_field(spins)
+            label = ed_label(ed, torch.tensor(record["spins"], dtype=torch.float64))
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps({"energy_el_per_site": float(energy) / lattice.num_nodes,
-                                           "mz": float(spins[:, 2].mean()), "solver": ed.solver}))
-        checked = json.loads(path.read_text())
-        row["energy_ed"] = checked["energy_el_per_site"] - row["hz"] * checked["mz"]
+                tmp.write_text(json.dumps(label))
+        row["energy_ed"] = model_convention(json.loads(path.read_text()), row["hz"])
         row["model_minus_ed"] = row["energy_model"] - row["energy_ed"]
 
 
@@ -114,7 +128,8 @@ def ed_states(records: Path, size: int, settings: dict, s, grid: int, out: Path)
     relaxed by the model at its own field (``relax`` with the settings ``s``): one row per state,
     stored as out/ed_states/<branch>/<Hz>.json with the relaxed spins; where ``grid``, both states
     labelled by ED with a grid x grid k-grid (out/ed_states/k<grid>/<branch>/<Hz>.json) in the
-    model's energy convention (E_el / N minus Hz M^z, as ``check_ed``)."""
+    model's energy convention (``model_convention``). Each file carries the digest of the spins it
+    was made from, so a record that changed since is relaxed and labelled again."""
     from tqdm.auto import tqdm
 
     lattice = periodic_lattice(size)
@@ -122,22 +137,23 @@ def ed_states(records: Path, size: int, settings: dict, s, grid: int, out: Path)
     index = to_lattice(cell_graph(), lattice)
     provider = load_provider_model(settings, lattice).double().bind(lattice)
     ed = solver(lattice, grid) if grid else None
-    digest = records_digest(records)
+    states = distinct_states(relaxed_records(records, lambda h: True, option="--ed-states"))
+    for state in states:
+        if len(state["cell_spins"]) != cell_graph().num_nodes:
+            raise SystemExit(f"--ed-states {records}: {state['source']} holds {len(state['cell_spins'])} spins, not "
+                             f"the {cell_graph().num_nodes} of the magnetic cell; pass item 1's records folder "
+                             f"(examples/triangular_phase_diagram.py), not a model run's")
     rows = []
-    for state in tqdm(distinct_states(relaxed_records(records, lambda h: True)), desc="ED states", unit="state"):
+    for state in tqdm(states, desc="ED states", unit="state"):
         hz, name = state["hz"], Path(state["name"]) / f"{state['hz']:.5f}.json"
         start = torch.tensor(state["cell_spins"], dtype=torch.float64)[index]
         start = start / start.norm(dim=-1, keepdim=True)
         path = out / "ed_states" / name
-        if path.exists():
-            row = json.loads(path.read_text())
-            if row["records"] != digest:
-                raise SystemExit(f"{path} was made from another records folder ({row['records']}, now {digest}); "
-                                 f"use another --out")
-        else:
+        row = json.loads(path.read_text()) if path.exists() else None
+        if row is None or row.get("start_sha256") != spins_digest(start):
             r = relax(provider, start.clone(), hz, s)
             end = r.pop("spins")
-            row = {"branch": state["name"], "hz": hz, "records": digest,
+            row = {"branch": state["name"], "hz": hz, "start_sha256": spins_digest(start),
                    "n_sk_start": float(klmgraph.skyrmion_number(lattice, start)) / cells,
                    "n_sk_relaxed": float(klmgraph.skyrmion_number(lattice, end)) / cells,
                    "mz_start": float(start[:, 2].mean()), "mz_relaxed": float(end[:, 2].mean()),
@@ -151,18 +167,16 @@ def ed_states(records: Path, size: int, settings: dict, s, grid: int, out: Path)
         end = torch.tensor(row.pop("spins"), dtype=torch.float64)
         if ed is not None:
             checked = out / "ed_states" / f"k{grid}" / name
-            if not checked.exists():
-                energies = {}
-                for key, spins in (("start", start), ("relaxed", end)):
-                    energy, _ = ed.energy_and_field(spins)
-                    energies[key] = float(energy) / lattice.num_nodes - hz * float(spins[:, 2].mean())
+            labels = json.loads(checked.read_text()) if checked.exists() else None
+            key = {"start_sha256": row["start_sha256"], "relaxed_sha256": spins_digest(end)}
+            if labels is None or {k: labels.get(k) for k in key} != key:
+                labels = {**key, "start": ed_label(ed, start), "relaxed": ed_label(ed, end)}
                 checked.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(checked) as tmp:
-                    tmp.write_text(json.dumps({**energies, "solver": ed.solver}))
-            energies = json.loads(checked.read_text())
-            row.update(energy_ed_start=energies["start"], energy_ed_relaxed=energies["relaxed"],
-                       ed_cost=energies["relaxed"] - energies["start"],
-                       model_minus_ed_start=row["energy_model_start"] - energies["start"])
+                    tmp.write_text(json.dumps(labels))
+            before, after = (model_convention(labels[k], hz) for k in ("start", "relaxed"))
+            row.update(energy_ed_start=before, energy_ed_relaxed=after, ed_cost=after - before,
+                       model_minus_ed_start=row["energy_model_start"] - before)
         rows.append(row)
     return rows
 

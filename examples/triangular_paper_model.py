@@ -151,19 +151,20 @@ def load_models(out: Path | None, checkpoint: Path, graph, model: Path | None = 
 
 # ------------------------------------------------------------------------------ the evaluation set
 
-def record_files(phase_records: Path) -> list[Path]:
-    """The <branch>/<Hz>.json records of a phase-diagram run's records folder, sorted."""
+def record_files(phase_records: Path, option: str = "--phase-records") -> list[Path]:
+    """The <branch>/<Hz>.json records of a phase-diagram run's records folder, sorted (``option``:
+    the command-line option that named the folder, for the error message)."""
     files = sorted(Path(phase_records).glob("*/*.json"))
     if not files:
-        raise SystemExit(f"--phase-records {phase_records}: no <branch>/<Hz>.json records there; pass the records "
+        raise SystemExit(f"{option} {phase_records}: no <branch>/<Hz>.json records there; pass the records "
                          f"folder of examples/triangular_phase_diagram.py (e.g. data/reference/triangular/phase_records)")
     return files
 
 
-def relaxed_records(phase_records: Path, keep) -> list[dict]:
+def relaxed_records(phase_records: Path, keep, option: str = "--phase-records") -> list[dict]:
     """The k-grid-ED-relaxed branches of a phase-diagram run at the fields where ``keep(hz)``."""
     found = []
-    for path in record_files(phase_records):
+    for path in record_files(phase_records, option):
         record = json.loads(path.read_text())
         if keep(record["hz"]):
             found.append({"name": record["branch"], "hz": record["hz"],

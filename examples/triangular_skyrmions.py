@@ -26,8 +26,9 @@ Each final state is checked against an electronic solver: the model's field and 
 at Gamma on lattices up to 48 x 48 (``--k-grid N`` for the thermodynamic limit of the state) and
 against KPM above, where ED is out of reach (``--check``; KPM at its defaults costs about an hour
 per 96 x 96 configuration on one CPU core: docs/electrons.md). Each check is stored with its run
-(``check.json``: solver, final step, field RMSE, E/N of both) and read back when the table is made
-again, e.g. after another seed was added; a run that went on since, or another solver, is checked anew.
+(``check.json``: per solver, the final step and energy it checked, field RMSE, E/N of both) and read
+back when the table is made again, e.g. after another seed was added; a run that went on since is
+checked anew.
 
 Replicas (seeds) run one after another, not as one batch: on a CPU a batch of two 96 x 96 replicas
 costs 1.14 times as much per replica-step as two single runs (benchmarks/replicas.py,
@@ -166,18 +167,18 @@ def check_state(graph, model, spins: torch.Tensor, hz: float, solver) -> dict:
             "energy_per_site_reference": (float(e_ref) + zeeman) / graph.num_nodes, "solver_seconds": seconds}
 
 
-def stored_check(folder: Path, step: int, solver, compute) -> dict:
-    """``compute()`` (a final-state check) stored as folder/check.json for this final step and
-    solver: a KPM check of a 96 x 96 state costs half an hour of CPU, and the table is written
-    again whenever a run is added; a run that went on since, or another solver, is checked anew."""
+def stored_check(folder: Path, final: dict, solver, compute) -> dict:
+    """``compute()`` (a final-state check) stored in folder/check.json under its solver, with the
+    final state it checked (``final``: step and total energy): a KPM check of a 96 x 96 state costs
+    half an hour of CPU, and the table is made again whenever a run is added. A run that went on
+    since (or was run again) is checked anew; another solver's check is kept beside it."""
     path = folder / "check.json"
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored["step"] == step and stored["solver"] == solver.solver:
-            return stored
-    check = {**compute(), "step": step}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(check, indent=1))
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    check = stored.get(solver.solver)
+    if check is None or check["final"] != final:
+        check = {**compute(), "final": final}
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({**stored, solver.solver: check}, indent=1))
     return check
 
 
@@ -320,8 +321,8 @@ def main(argv=None):
             trajectory = klmgraph.read_trajectory(folder / "trajectory.h5")
             spins = torch.as_tensor(trajectory.spins[-1])
             if solver is not None:
-                check = stored_check(folder, int(trajectory.step[-1]), solver,
-                                     lambda: check_state(graph, model, spins, row["hz"], solver))
+                final = {"step": int(trajectory.step[-1]), "energy": float(trajectory.energy[-1])}
+                check = stored_check(folder, final, solver, lambda: check_state(graph, model, spins, row["hz"], solver))
                 entry.update(check_solver=check["solver"], check_rmse_field=check["rmse_field"],
                              check_energy_model_minus_reference=check["energy_per_site_model"]
                              - check["energy_per_site_reference"])

@@ -170,15 +170,23 @@ def test_triangular_skyrmions_stopping_rule_anneal_and_resume(tmp_path, capsys):
     files = sorted(tmp_path.rglob("check.json"))
     assert len(files) == 3 and all(e["check_solver"].startswith("ED") for e in checked)
     stamps = [f.stat().st_mtime_ns for f in files]
-    stored = json.loads((Path(checked[0]["folder"]) / "check.json").read_text())
-    assert stored["step"] == checked[0]["step"] and stored["rmse_field"] == checked[0]["check_rmse_field"]
+    stored = json.loads((Path(checked[0]["folder"]) / "check.json").read_text())["ED at Gamma"]
+    assert stored["final"]["step"] == checked[0]["step"] and stored["rmse_field"] == checked[0]["check_rmse_field"]
     assert [e["check_rmse_field"] for e in example.main([a if a != "none" else "ed" for a in argv])] == \
         [e["check_rmse_field"] for e in checked]
     assert [f.stat().st_mtime_ns for f in files] == stamps
-    # another solver (a k-grid) is a new check
+    # another solver (a k-grid) is a new check, kept beside the first
     regridded = example.main([a if a != "none" else "ed" for a in argv] + ["--k-grid", "2"])
-    assert [f.stat().st_mtime_ns for f in files] != stamps
     assert all(e["check_solver"] == "ED, k-grid 2x2" for e in regridded)
+    assert sorted(json.loads(files[0].read_text())) == ["ED at Gamma", "ED, k-grid 2x2"]
+    # a run that goes on (a larger step limit) is checked anew
+    short = ["--size", "12", "--steps", "40", "--window", "20", "--converge", "0", "--hz", "0.008", "--seed", "0",
+             "--check", "ed", "--quiet", "--threads", "1", "--out", str(tmp_path / "more")]
+    first = example.main(short)[0]
+    went_on = example.main([a if a != "40" else "60" for a in short])[0]
+    final = json.loads((Path(went_on["folder"]) / "check.json").read_text())["ED at Gamma"]["final"]
+    assert (first["step"], went_on["step"], final["step"]) == (40, 60, 60)
+    assert went_on["check_rmse_field"] != first["check_rmse_field"]
 
 
 def test_triangular_skyrmions_resumes_a_run_killed_before_its_last_record(monkeypatch):
@@ -397,10 +405,20 @@ def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
     stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / "run" / "ed_states").rglob("*.json"))
     example.main(argv + ["--check-ed", "1", "--ed-states", str(records)])
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "run" / "ed_states").rglob("*.json")) == stamps
-    (records / "tq0_down/0.00800.json").write_text(json.dumps({**json.loads((records / "tq0_down/0.00800.json")
-                                                                            .read_text()), "spins": (-cell).tolist()}))
-    with pytest.raises(SystemExit, match="another records folder"):
-        example.main(argv + ["--ed-states", str(records)])
+    # a record that changed is relaxed and labelled again (its files carry the spins' digest)
+    flipped = {**json.loads((records / "tq0_down/0.00800.json").read_text()), "spins": (-cell).tolist()}
+    (records / "tq0_down/0.00800.json").write_text(json.dumps(flipped))
+    example.main(argv + ["--check-ed", "1", "--ed-states", str(records)])
+    with open(tmp_path / "run" / "ed_states.csv") as f:
+        again = {r["branch"]: r for r in csv.DictReader(f)}
+    assert float(again["tq0_down"]["mz_start"]) == pytest.approx(-float(row["mz_start"]), abs=1e-12)
+    assert again["sk1_up"] == rows["sk1_up"]
+    # a model run's own records (L x L spins, not the 48-site cell) are refused, and so is an empty folder
+    with pytest.raises(SystemExit, match="holds 144 spins, not the 48 of the magnetic cell"):
+        example.main(argv + ["--ed-states", str(tmp_path / "run" / "records")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="--ed-states .*empty: no <branch>/<Hz>.json records"):
+        example.main(argv + ["--ed-states", str(tmp_path / "empty")])
     with pytest.raises(SystemExit, match="--ed-states .*: not a folder"):
         example.main(argv + ["--ed-states", str(tmp_path / "nowhere")])
 
