@@ -33,7 +33,10 @@ minimum is ED's; negative where the record was not a minimum on this lattice and
 downhill, positive where the model's field drives the state off ED's minimum) and the model's
 energy error at ED's own state. A soft state (a small restoring field) is carried far by a small
 field error, and a boundary that involves it is then set by the model's state, not ED's. Stored
-under ``--out``/ed_states, one file per state (resumable).
+under ``--out``/ed_states, one file per state (resumable); ``--no-diagram`` runs this check alone:
+
+    PYTHONPATH=. python examples/triangular_model_phase_diagram.py --size 12 --model data/models/triangular-paper.pt \
+        --ed-states data/reference/triangular/phase_records --check-ed 8 --no-diagram   # 63 states, minutes
 """
 from __future__ import annotations
 
@@ -181,6 +184,14 @@ def ed_states(records: Path, size: int, settings: dict, s, grid: int, out: Path)
     return rows
 
 
+def relaxation_of(settings: dict) -> dict:
+    """What a run's settings.json fixes for ``--ed-states`` alone: the lattice, the model and the
+    relaxation's step, tolerance and step limit, not the fields and candidates of the diagram."""
+    keep = ("dt", "tol", "max_steps", "chunk")
+    return {"size": settings["size"], "model": settings["model"],
+            **{k: settings["relaxation"][k] for k in keep}}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="24 x 24 (default 48 x 48)")
@@ -198,7 +209,11 @@ def main(argv=None):
     p.add_argument("--ed-states", default=None, metavar="RECORDS",
                    help="also relax every k-grid-ED-relaxed state of this records folder (item 1's "
                         "phase_records) with the model: whether it holds them (ed_states.csv)")
+    p.add_argument("--no-diagram", action="store_true",
+                   help="only the --ed-states check: no candidates followed in field (minutes instead of half an hour)")
     args = p.parse_args(argv)
+    if args.no_diagram and not args.ed_states:
+        raise SystemExit("--no-diagram leaves nothing to do without --ed-states RECORDS")
     if args.check_ed < 0:
         raise SystemExit(f"--check-ed {args.check_ed}: a k-grid size N >= 1, or 0 for no check")
     torch.set_num_threads(1)
@@ -219,44 +234,19 @@ def main(argv=None):
     record = {"relaxation": {k: v for k, v in asdict(s).items() if k not in ("relax_grid", "energy_grids", "refine_grids")},
               "size": size, "model": name}
     path = out / "settings.json"
-    if path.exists() and json.loads(path.read_text()) != json.loads(json.dumps(record)):
-        raise SystemExit(f"{out} holds a run with other settings ({path}); use another --out")
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2))
+    if path.exists():
+        stored, record = json.loads(path.read_text()), json.loads(json.dumps(record))
+        if args.no_diagram:  # the fields and candidates of a diagram there do not matter to --ed-states
+            stored, record = (relaxation_of(r) for r in (stored, record))
+        if stored != record:
+            raise SystemExit(f"{out} holds a run with other settings ({path}); use another --out")
+    if not (args.no_diagram and path.exists()):
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
 
-    from tqdm.auto import tqdm
-
-    started, rows = time.perf_counter(), []
-    for state in tqdm(s.states, desc="states", unit="state"):
-        rows += run_state(state, s, size, settings, out)
-    if args.check_ed:
-        check_ed(rows, size, args.check_ed, out)
-    lowest = {h: min(r["energy_model"] for r in rows if r["hz"] == h) for h in s.fields}
-    columns = ["branch", "state", "direction", "hz", "n_sk_per_cell", "mz", "energy_start", "energy_model",
-               "minus_lowest", "max_torque", "steps", "dt", "seconds"] + (
-        ["energy_ed", "model_minus_ed"] if args.check_ed else [])
-    with atomic_path(out / "model_phase_diagram.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for r in sorted(rows, key=lambda r: (r["branch"], r["hz"])):
-            writer.writerow({**r, "minus_lowest": r["energy_model"] - lowest[r["hz"]]})
-    summary = {"model": name, "size": size, "solver": f"{name} on {size}x{size} (float64)",
-               "hz_2_1": crossing(rows, s.fields, 2, 1, "energy_model"),
-               "hz_1_0": crossing(rows, s.fields, 1, 0, "energy_model"), "paper": PAPER,
-               "ground_states": [min((r for r in rows if r["hz"] == h), key=lambda r: r["energy_model"])["branch"]
-                                 for h in s.fields],
-               "seconds": time.perf_counter() - started}
-    if args.check_ed:
-        errors = [r["model_minus_ed"] for r in rows]
-        summary["ed_check"] = {
-            "solver": f"ED, k-grid {args.check_ed}x{args.check_ed} on {size}x{size}, of the states relaxed by {name}",
-            "hz_2_1": crossing(rows, s.fields, 2, 1, "energy_ed"), "hz_1_0": crossing(rows, s.fields, 1, 0, "energy_ed"),
-            "ground_states": [min((r for r in rows if r["hz"] == h), key=lambda r: r["energy_ed"])["branch"]
-                              for h in s.fields],
-            "model_minus_ed": {"min": min(errors), "max": max(errors)}}
-    if args.phase_diagram:
-        ed = json.loads(Path(args.phase_diagram).read_text())
-        summary["ed"] = {"solver": ed["solver"], "hz_2_1": ed["hz_2_1"], "hz_1_0": ed["hz_1_0"]}
+    summary = {"model": name, "size": size}
+    if not args.no_diagram:
+        summary.update(diagram(args, s, size, name, settings, out))
     if args.ed_states:
         held = ed_states(Path(args.ed_states), size, settings, s, args.check_ed, out)
         keys = [k for k in ED_STATES_COLUMNS if k in held[0]]
@@ -273,8 +263,58 @@ def main(argv=None):
                 ed_cost_max=max(r["ed_cost"] for r in held),
                 model_minus_ed_start={"min": min(r["model_minus_ed_start"] for r in held),
                                       "max": max(r["model_minus_ed_start"] for r in held)})
+        for r in sorted(held, key=lambda r: (r["hz"], r["branch"])):
+            cost = (f", by ED {r['ed_cost']:+.1e} per site, model - ED at ED's state {r['model_minus_ed_start']:+.1e}"
+                    if args.check_ed else "")
+            print(f"ED state {r['branch']} at Hz = {r['hz']:g} relaxed by {name}: RMS change {r['rms_change']:.3f}, "
+                  f"n_sk {r['n_sk_start']:+.2f} -> {r['n_sk_relaxed']:+.2f}, M^z {r['mz_start']:.4f} -> "
+                  f"{r['mz_relaxed']:.4f}{cost}")
+        print(f"table {out / 'ed_states.csv'}")
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=float))
+    if not args.no_diagram:
+        print(f"table {out / 'model_phase_diagram.csv'}")
+        print(f"hz_2_1={boundary_text(summary['hz_2_1'])} hz_1_0={boundary_text(summary['hz_1_0'])}")
+    return summary
+
+
+def diagram(args, s, size: int, name: str, settings: dict, out: Path) -> dict:
+    """The candidates followed up and down in field with the model (``--check-ed``: and labelled
+    by ED): writes model_phase_diagram.csv, prints the ground states and boundaries, returns the
+    summary's entries."""
+    from tqdm.auto import tqdm
+
+    started, rows = time.perf_counter(), []
+    for state in tqdm(s.states, desc="states", unit="state"):
+        rows += run_state(state, s, size, settings, out)
+    if args.check_ed:
+        check_ed(rows, size, args.check_ed, out)
+    lowest = {h: min(r["energy_model"] for r in rows if r["hz"] == h) for h in s.fields}
+    columns = ["branch", "state", "direction", "hz", "n_sk_per_cell", "mz", "energy_start", "energy_model",
+               "minus_lowest", "max_torque", "steps", "dt", "seconds"] + (
+        ["energy_ed", "model_minus_ed"] if args.check_ed else [])
+    with atomic_path(out / "model_phase_diagram.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for r in sorted(rows, key=lambda r: (r["branch"], r["hz"])):
+            writer.writerow({**r, "minus_lowest": r["energy_model"] - lowest[r["hz"]]})
+    summary = {"solver": f"{name} on {size}x{size} (float64)",
+               "hz_2_1": crossing(rows, s.fields, 2, 1, "energy_model"),
+               "hz_1_0": crossing(rows, s.fields, 1, 0, "energy_model"), "paper": PAPER,
+               "ground_states": [min((r for r in rows if r["hz"] == h), key=lambda r: r["energy_model"])["branch"]
+                                 for h in s.fields],
+               "seconds": time.perf_counter() - started}
+    if args.check_ed:
+        errors = [r["model_minus_ed"] for r in rows]
+        summary["ed_check"] = {
+            "solver": f"ED, k-grid {args.check_ed}x{args.check_ed} on {size}x{size}, of the states relaxed by {name}",
+            "hz_2_1": crossing(rows, s.fields, 2, 1, "energy_ed"), "hz_1_0": crossing(rows, s.fields, 1, 0, "energy_ed"),
+            "ground_states": [min((r for r in rows if r["hz"] == h), key=lambda r: r["energy_ed"])["branch"]
+                              for h in s.fields],
+            "model_minus_ed": {"min": min(errors), "max": max(errors)}}
+    if args.phase_diagram:
+        ed = json.loads(Path(args.phase_diagram).read_text())
+        summary["ed"] = {"solver": ed["solver"], "hz_2_1": ed["hz_2_1"], "hz_1_0": ed["hz_1_0"]}
     for h, branch in zip(s.fields, summary["ground_states"]):
         print(f"Hz = {h:<7g} lowest with {name}: {branch}")
     for key in ("hz_2_1", "hz_1_0"):
@@ -292,16 +332,6 @@ def main(argv=None):
               f"per site; by ED of these states hz_2_1={boundary_text(c['hz_2_1'])} hz_1_0={boundary_text(c['hz_1_0'])}; "
               f"the model's lowest |n_sk| is not ED's at "
               f"{', '.join(f'{h:g}' for h in wrong) if wrong else 'no field'}")
-    if args.ed_states:
-        for r in sorted(held, key=lambda r: (r["hz"], r["branch"])):
-            cost = (f", by ED {r['ed_cost']:+.1e} per site, model - ED at ED's state {r['model_minus_ed_start']:+.1e}"
-                    if args.check_ed else "")
-            print(f"ED state {r['branch']} at Hz = {r['hz']:g} relaxed by {name}: RMS change {r['rms_change']:.3f}, "
-                  f"n_sk {r['n_sk_start']:+.2f} -> {r['n_sk_relaxed']:+.2f}, M^z {r['mz_start']:.4f} -> "
-                  f"{r['mz_relaxed']:.4f}{cost}")
-        print(f"table {out / 'ed_states.csv'}")
-    print(f"table {out / 'model_phase_diagram.csv'}")
-    print(f"hz_2_1={boundary_text(summary['hz_2_1'])} hz_1_0={boundary_text(summary['hz_1_0'])}")
     return summary
 
 

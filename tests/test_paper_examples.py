@@ -405,6 +405,18 @@ def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
     stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / "run" / "ed_states").rglob("*.json"))
     example.main(argv + ["--check-ed", "1", "--ed-states", str(records)])
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "run" / "ed_states").rglob("*.json")) == stamps
+    # --no-diagram: the check alone, read back from the same folder (other fields do not matter)
+    capsys.readouterr()
+    alone = example.main(argv[:2] + ["--hz", "0.005"] + argv[5:] + ["--no-diagram", "--check-ed", "1", "--ed-states",
+                                                                   str(records)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("table ") and lines[-1].endswith("ed_states.csv")
+    assert not any(line.startswith("hz_2_1") for line in lines)
+    assert alone["ed_states"] == held and "hz_2_1" not in alone
+    with pytest.raises(SystemExit, match="--no-diagram leaves nothing to do without --ed-states"):
+        example.main(argv + ["--no-diagram"])
+    with pytest.raises(SystemExit, match="holds a run with other settings"):
+        example.main(argv + ["--no-diagram", "--ed-states", str(records), "--max-steps", "20"])
     # a record that changed is relaxed and labelled again (its files carry the spins' digest)
     flipped = {**json.loads((records / "tq0_down/0.00800.json").read_text()), "spins": (-cell).tolist()}
     (records / "tq0_down/0.00800.json").write_text(json.dumps(flipped))
