@@ -135,28 +135,29 @@ def ed_states(records: Path, size: int, settings: dict, s, grid: int, out: Path)
     was made from, so a record that changed since is relaxed and labelled again."""
     from tqdm.auto import tqdm
 
-    lattice = periodic_lattice(size)
-    cells = lattice.num_nodes // cell_graph().num_nodes
-    index = to_lattice(cell_graph(), lattice)
+    lattice, cell = periodic_lattice(size), cell_graph()
+    cells = lattice.num_nodes // cell.num_nodes
+    index = to_lattice(cell, lattice)
     provider = load_provider_model(settings, lattice).double().bind(lattice)
     ed = solver(lattice, grid) if grid else None
     states = distinct_states(relaxed_records(records, lambda h: True, option="--ed-states"))
     for state in states:
-        if len(state["cell_spins"]) != cell_graph().num_nodes:
+        if len(state["cell_spins"]) != cell.num_nodes:
             raise SystemExit(f"--ed-states {records}: {state['source']} holds {len(state['cell_spins'])} spins, not "
-                             f"the {cell_graph().num_nodes} of the magnetic cell; pass item 1's records folder "
+                             f"the {cell.num_nodes} of the magnetic cell; pass item 1's records folder "
                              f"(examples/triangular_phase_diagram.py), not a model run's")
     rows = []
     for state in tqdm(states, desc="ED states", unit="state"):
         hz, name = state["hz"], Path(state["name"]) / f"{state['hz']:.5f}.json"
         start = torch.tensor(state["cell_spins"], dtype=torch.float64)[index]
         start = start / start.norm(dim=-1, keepdim=True)
+        digest = spins_digest(start)
         path = out / "ed_states" / name
         row = json.loads(path.read_text()) if path.exists() else None
-        if row is None or row.get("start_sha256") != spins_digest(start):
+        if row is None or row.get("start_sha256") != digest:
             r = relax(provider, start.clone(), hz, s)
             end = r.pop("spins")
-            row = {"branch": state["name"], "hz": hz, "start_sha256": spins_digest(start),
+            row = {"branch": state["name"], "hz": hz, "start_sha256": digest,
                    "n_sk_start": float(klmgraph.skyrmion_number(lattice, start)) / cells,
                    "n_sk_relaxed": float(klmgraph.skyrmion_number(lattice, end)) / cells,
                    "mz_start": float(start[:, 2].mean()), "mz_relaxed": float(end[:, 2].mean()),

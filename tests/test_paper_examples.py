@@ -401,7 +401,7 @@ def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
     assert float(row["ed_cost"]) == pytest.approx(energy[1] - energy[0], abs=1e-12)
     assert float(row["model_minus_ed_start"]) == pytest.approx(float(row["energy_model_start"]) - energy[0], abs=1e-12)
     assert round(float(rows["sk1_up"]["n_sk_start"])) in (-1, 1) and held["topology_changed"] == []
-    # resumed, not recomputed; a records folder with other content is refused
+    # resumed, not recomputed
     stamps = sorted(p.stat().st_mtime_ns for p in (tmp_path / "run" / "ed_states").rglob("*.json"))
     example.main(argv + ["--check-ed", "1", "--ed-states", str(records)])
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "run" / "ed_states").rglob("*.json")) == stamps
