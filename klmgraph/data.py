@@ -32,6 +32,7 @@ from .checks import check_spins
 from .electrons import ExactDiagonalization
 from .files import atomic_path
 from .graph import HoppingGraph
+from .lattice import graph_from_description
 from .spins import random_spins
 
 __all__ = ["generate_dataset", "load_dataset", "merge_datasets", "SpinDataset", "read_spins", "PROVENANCE"]
@@ -246,6 +247,11 @@ def load_dataset(path: str | Path, graph: HoppingGraph | None = None, allow_part
     stored = HoppingGraph(**arrays, num_nodes=arrays["pos"].shape[0])
     stored.edge_classes = classes
     stored.description = description
+    if "vectors" in description and bool((torch.det(stored.symmetry_rotation) > 0).all()):
+        # written before mirrors joined the point group (2026-12-04): its rotations alone, so the
+        # training would augment with half the operations that leave these labels as they are
+        current = graph_from_description(description)
+        stored.symmetry_perm, stored.symmetry_rotation = current.symmetry_perm, current.symmetry_rotation
     if graph is not None and not graph.same_lattice(description):
         raise ValueError(f"{path} was generated on {stored.describe()}, not on {graph.describe()}")
     if not (torch.isfinite(energy).all() and torch.isfinite(field).all()):

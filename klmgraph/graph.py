@@ -18,10 +18,12 @@ key                 shape                meaning
 ``pos``             (N, 3) float64       site positions
 ``cell``            (3, 3) float64       rows: the supercell vectors (zero rows where a
                                          dimension is absent)
-``symmetry_perm``   (G, N) int64         site permutations of the point-group rotations the
-                                         hoppings respect; row 0 is the identity. A rotation
-                                         g moves the spin of site n to site symmetry_perm[g, n]
-``symmetry_rotation`` (G, 3, 3) float64  the Cartesian rotation matrices of those operations
+``symmetry_perm``   (G, N) int64         site permutations of the point-group operations
+                                         (rotations, then mirrors or inversion) the hoppings
+                                         respect; row 0 is the identity. Operation g moves the
+                                         spin of site n to site symmetry_perm[g, n] (unturned)
+``symmetry_rotation`` (G, 3, 3) float64  the Cartesian matrices of those operations
+                                         (determinant -1 for the improper ones)
 ==================  ===================  ===================================================
 
 Python attributes: ``edge_classes`` (list of K class names, index = edge_type) and

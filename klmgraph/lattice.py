@@ -156,7 +156,8 @@ class BravaisLattice:
             size: (L1, ..., Ld) number of cells along each primitive vector.
             periodic: periodic boundaries (True, default), open (False), or one flag per
                 dimension. Bonds that leave an open boundary are dropped.
-            symmetries: compute ``symmetry_perm`` (point-group rotations the hoppings respect).
+            symmetries: compute ``symmetry_perm`` (the point-group operations, rotations and
+                mirrors, that the hoppings respect).
         """
         size = tuple(int(s) for s in np.atleast_1d(size))
         if len(size) != self.dim or any(s < 1 for s in size):
@@ -432,7 +433,14 @@ def graph_from_description(description: dict) -> HoppingGraph:
 # ------------------------------------------------------------------------------ symmetry
 
 def _point_group_candidates(dim: int) -> list[np.ndarray]:
-    """Proper rotations worth trying: C6 and C4 about z, and in 3D the 24 cubic rotations."""
+    """Point-group operations worth trying, proper rotations first: C6 and C4 about z, in 3D the
+    24 cubic rotations; then the improper ones: the mirrors of C6v and C4v, in 3D the 24 cubic
+    rotations times the inversion.
+
+    Mirrors belong here because without spin-orbit coupling an operation of real space moves
+    spins between sites without turning them (:func:`site_permutation`): every permutation of the
+    sites that keeps the hoppings leaves the Kondo lattice Hamiltonian, so its energy and fields,
+    exactly as they are, mirrors and inversion as much as rotations."""
     mats = []
     for deg in (0, 60, 90, 120, 180, 240, 270, 300):
         c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
@@ -444,6 +452,9 @@ def _point_group_candidates(dim: int) -> list[np.ndarray]:
                 m[range(3), perm] = signs
                 if np.linalg.det(m) > 0:
                     mats.append(m)
+    # improper: in 2D a rotation after the mirror y -> -y (z = 0 on every site), in 3D after -1
+    flip = np.diag([1.0, -1.0, 1.0]) if dim < 3 else -np.eye(3)
+    mats += [m @ flip for m in mats]
     unique = []
     for m in mats:
         m = np.where(np.abs(m) < 1e-14, 0.0, m)

@@ -48,8 +48,9 @@ class DataConfig:
         validation: validation data set (default: none, see validation_fraction).
         validation_fraction: share of the training set held out for validation when no
             validation file is given (default 0.0: validate on nothing, monitor the training loss).
-        augment: apply a random point-group rotation of the lattice (a site permutation, to spins
-            and fields together) to every training configuration each epoch (default true).
+        augment: apply a random point-group operation of the lattice, a rotation or a mirror (a
+            site permutation, to spins and fields together), to every training configuration
+            each epoch (default true).
     """
 
     train: str = ""
@@ -291,7 +292,7 @@ def loss_terms(energy_pred, field_pred, batch: Batch) -> tuple[torch.Tensor, tor
 
 
 def augment(items: list, generator: torch.Generator) -> list:
-    """Apply a random lattice rotation (from the graph's ``symmetry_perm``) to each item.
+    """Apply a random point-group operation (from the graph's ``symmetry_perm``) to each item.
 
     The spin of site n moves to site perm[n], and so does its field: without spin-orbit
     coupling the ED labels of the moved configuration are the moved labels.
@@ -357,7 +358,7 @@ class StackedData:
 
     def batches(self, indices, batch_size, generator=None, augment_data=False):
         """StackedBatch per ``batch_size`` indices; with ``augment_data`` each configuration gets
-        the rotation g drawn from ``generator`` (CPU) exactly as :func:`augment` draws it.
+        the operation g drawn from ``generator`` (CPU) exactly as :func:`augment` draws it.
 
         ``indices`` (M, n), one row per committee member, gives batches of (M, B, N, 3)."""
         indices = torch.as_tensor(indices)

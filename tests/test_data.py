@@ -26,7 +26,7 @@ def test_round_trip_and_batching(tmp_path, ed):
     batch = next(iter(DataLoader(data, batch_size=3)))
     assert batch.spins.shape == (48, 3) and batch.energy.shape == (3,) and batch.field.shape == (48, 3)
     assert batch.edge_index.max() == 47 and batch.num_graphs == 3
-    assert batch.symmetry_perm.shape == (4, 48)  # permutations offset per graph
+    assert batch.symmetry_perm.shape == (8, 48)  # C4v, permutations offset per graph
     torch.testing.assert_close(batch.field[16:32], field[1], rtol=0, atol=1e-12)
     # the stored graph rebuilds the same lattice when no graph is given
     stored = klmgraph.load_dataset(path).graph
@@ -174,3 +174,28 @@ def test_generate_with_k_grid_records_it(tmp_path):
     data = klmgraph.load_dataset(path)
     assert data.hamiltonian["k_grid"] == [2, 2]
     torch.testing.assert_close(data.energy, ed.energy_and_field(data.spins)[0], rtol=0, atol=1e-12)
+
+
+def test_a_file_written_with_rotations_alone_augments_with_mirrors_too(tmp_path):
+    """Files from before mirrors joined the point group store C6 alone; loading gives C6v, so
+    training on them augments with every operation that leaves their labels as they are."""
+    ed = klmgraph.ExactDiagonalization(klmgraph.triangular(6, 6, t3=-0.85), J=-1.0, mu=-3.5)
+    path = klmgraph.generate_dataset(tmp_path / "d.h5", ed, num_samples=2, seed=0, progress=False)
+    with h5py.File(path, "r+") as f:
+        proper = np.linalg.det(f["graph/symmetry_rotation"][()]) > 0
+        for key in ("symmetry_perm", "symmetry_rotation"):
+            kept = f["graph"][key][()][proper]
+            del f["graph"][key]
+            f["graph"][key] = kept
+    with h5py.File(path, "r") as f:
+        assert f["graph/symmetry_perm"].shape == (6, 36)
+    data = klmgraph.load_dataset(path)
+    assert torch.equal(data.graph.symmetry_perm, ed.graph.symmetry_perm)
+    assert data.graph.symmetry_perm.shape == (12, 36)
+    # the labels of a mirrored configuration are the moved labels (what the augmentation assumes)
+    perm = data.graph.symmetry_perm[6]
+    moved = torch.empty_like(data.spins[0])
+    moved[perm] = data.spins[0]
+    energy, field = ed.energy_and_field(moved)
+    torch.testing.assert_close(energy, data.energy[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(field[perm], data.field[0], rtol=0, atol=1e-10)

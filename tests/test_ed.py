@@ -119,7 +119,8 @@ def test_translation_permutes_field():
 
 
 def test_point_group_permutes_field():
-    """Augmentation consistency: the ED field of a rotated-lattice configuration is the permuted field."""
+    """Augmentation consistency: the ED field of a configuration moved by a point-group operation
+    (the rotations of C6v and its mirrors) is the permuted field."""
     graph = klmgraph.triangular(6, 6, t3=-0.85)
     ed = klmgraph.ExactDiagonalization(graph, J=-1.0, mu=-3.5)
     spins = klmgraph.random_spins(graph, seed=6)

@@ -100,12 +100,12 @@ def test_bad_hopping_lists():
 
 
 @pytest.mark.parametrize("build, order", [
-    (lambda: klmgraph.square(6, 6, t2=0.2), 4),
-    (lambda: klmgraph.square(6, 4), 2),  # a rectangle keeps only C2
-    (lambda: klmgraph.triangular(6, 6, t3=-0.85), 6),
-    (lambda: klmgraph.honeycomb(3, 3), 3),
-    (lambda: klmgraph.cubic(3, 3, 3), 24),
-    (lambda: klmgraph.square(5, 5, periodic=False), 4),
+    (lambda: klmgraph.square(6, 6, t2=0.2), 8),  # C4v
+    (lambda: klmgraph.square(6, 4), 4),  # a rectangle keeps C2v
+    (lambda: klmgraph.triangular(6, 6, t3=-0.85), 12),  # C6v
+    (lambda: klmgraph.honeycomb(3, 3), 6),  # C3v about a site
+    (lambda: klmgraph.cubic(3, 3, 3), 48),  # Oh
+    (lambda: klmgraph.square(5, 5, periodic=False), 8),
 ])
 def test_symmetry_permutations_preserve_hoppings(build, order):
     g = build()
@@ -117,8 +117,9 @@ def test_symmetry_permutations_preserve_hoppings(build, order):
         moved = torch.empty_like(t)
         moved[p[:, None], p[None, :]] = t  # T'[p(i), p(j)] = T[i, j]
         assert torch.allclose(moved, t)
-    for rot in g.symmetry_rotation:
-        assert torch.allclose(rot @ rot.T, torch.eye(3, dtype=torch.float64)) and torch.det(rot) > 0
+    for k, rot in enumerate(g.symmetry_rotation):
+        assert torch.allclose(rot @ rot.T, torch.eye(3, dtype=torch.float64))
+        assert (torch.det(rot) > 0) == (k < order // 2)  # the rotations, then as many improper ones
 
 
 def test_site_permutation_translation():
