@@ -68,8 +68,8 @@ def kagome_by_hand(t: float = 1.0) -> klmgraph.BravaisLattice:
 
     Sublattices A, B = A + a1/2, C = A + a2/2. The origin is put at the centre of a hexagon,
     (a1 + a2)/2 from A, so that rotations about it by multiples of 60 degrees map the lattice
-    onto itself and klmgraph finds the full C6 point group (used to augment the training data;
-    with a site at the origin only the 180-degree rotation is a symmetry about it). Each
+    onto itself and klmgraph finds the full C6v point group, 6 rotations and 6 mirrors (used to
+    augment the training data; with a site at the origin only C2v is a symmetry about it). Each
     Hopping(i, j, offset, t) is the bond from sublattice i in cell R to sublattice j in cell
     R + offset; klmgraph adds its reverse.
     """
@@ -104,7 +104,7 @@ def compare_with_builtin(graph: klmgraph.HoppingGraph, size: int, seed: int) -> 
     result = {"same_bonds": bonds(graph) == bonds(builtin),
               "same_positions": bool(torch.allclose(graph.pos - builtin.pos, graph.pos[0] - builtin.pos[0],
                                                     atol=1e-12)),
-              "rotations": len(graph.symmetry_perm), "builtin_rotations": len(builtin.symmetry_perm),
+              "symmetries": len(graph.symmetry_perm), "builtin_symmetries": len(builtin.symmetry_perm),
               "energy_difference": float((e_hand - e_builtin).abs()),
               "max_field_difference": float((b_hand - b_builtin).abs().max())}
     result["same"] = (result["same_bonds"] and result["same_positions"] and result["energy_difference"] < 1e-9
@@ -136,8 +136,8 @@ def main(argv=None):
     summary["builtin_check"] = check
     print(f"      hand-made kagome vs klmgraph.kagome: same bonds {check['same_bonds']}, same positions up to "
           f"a shift {check['same_positions']}, |dE| = {check['energy_difference']:.1e}, "
-          f"max |dB| = {check['max_field_difference']:.1e} on the same spins; point-group rotations "
-          f"{check['rotations']} (built-in {check['builtin_rotations']})")
+          f"max |dB| = {check['max_field_difference']:.1e} on the same spins; point-group operations "
+          f"{check['symmetries']} (built-in {check['builtin_symmetries']})")
 
     # 2. ED data
     ed = klmgraph.ExactDiagonalization(graph, **HAMILTONIAN)

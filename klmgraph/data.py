@@ -40,6 +40,7 @@ __all__ = ["generate_dataset", "load_dataset", "merge_datasets", "SpinDataset", 
 FORMAT = "klmgraph-dataset"
 FORMAT_VERSION = 1
 PROVENANCE = ("iteration", "condition", "step")
+POINT_GROUP = "rotations and mirrors"  # /graph's mark: symmetry_perm holds both (since 2026-12-04)
 _GRAPH_KEYS = ("edge_index", "edge_type", "hopping", "edge_vec", "pos", "cell", "symmetry_perm", "symmetry_rotation")
 
 
@@ -154,6 +155,7 @@ def _fill(f, graph: HoppingGraph, settings: dict, spins: torch.Tensor) -> None:
     g = f.create_group("graph")
     for key in _GRAPH_KEYS:
         g.create_dataset(key, data=getattr(graph, key).numpy())
+    g.attrs["point_group"] = POINT_GROUP
 
 
 def _check_settings(f, path: Path, settings: dict, spins: torch.Tensor) -> None:
@@ -230,6 +232,7 @@ def load_dataset(path: str | Path, graph: HoppingGraph | None = None, allow_part
             done, total = int(f.attrs["num_done"]), int(f.attrs["num_samples"])
             description = json.loads(f.attrs["graph"])
             arrays = {key: torch.from_numpy(f["graph"][key][()]) for key in _GRAPH_KEYS}
+            before_mirrors = "point_group" not in f["graph"].attrs
             classes = json.loads(f.attrs["edge_classes"])
             hamiltonian = json.loads(f.attrs["hamiltonian"])
             spins = torch.from_numpy(f["spins"][:done])
@@ -247,11 +250,12 @@ def load_dataset(path: str | Path, graph: HoppingGraph | None = None, allow_part
     stored = HoppingGraph(**arrays, num_nodes=arrays["pos"].shape[0])
     stored.edge_classes = classes
     stored.description = description
-    if "vectors" in description and bool((torch.det(stored.symmetry_rotation) > 0).all()):
-        # written before mirrors joined the point group (2026-12-04): its rotations alone, so the
-        # training would augment with half the operations that leave these labels as they are
+    if graph is None and before_mirrors and "vectors" in description:
+        # written before mirrors joined the point group (2026-12-04): its rotations alone, so
+        # training on it would augment with only part of the operations the labels obey
         current = graph_from_description(description)
-        stored.symmetry_perm, stored.symmetry_rotation = current.symmetry_perm, current.symmetry_rotation
+        if torch.equal(current.pos, stored.pos):
+            stored.symmetry_perm, stored.symmetry_rotation = current.symmetry_perm, current.symmetry_rotation
     if graph is not None and not graph.same_lattice(description):
         raise ValueError(f"{path} was generated on {stored.describe()}, not on {graph.describe()}")
     if not (torch.isfinite(energy).all() and torch.isfinite(field).all()):

@@ -21,7 +21,8 @@ key                 shape                meaning
 ``symmetry_perm``   (G, N) int64         site permutations of the point-group operations
                                          (rotations, then mirrors or inversion) the hoppings
                                          respect; row 0 is the identity. Operation g moves the
-                                         spin of site n to site symmetry_perm[g, n] (unturned)
+                                         spin of site n to site symmetry_perm[g, n] (the spin
+                                         vector is not rotated)
 ``symmetry_rotation`` (G, 3, 3) float64  the Cartesian matrices of those operations
                                          (determinant -1 for the improper ones)
 ==================  ===================  ===================================================

@@ -223,7 +223,7 @@ class BravaisLattice:
             perms, mats = [], []
             for rot in rotations:
                 perm = self._rotation_permutation(rot, cells, size)
-                if perm is not None:
+                if perm is not None and not any(np.array_equal(perm, p) for p in perms):
                     perms.append(perm)
                     mats.append(rot)
             graph.symmetry_perm = torch.from_numpy(np.stack(perms))
@@ -433,14 +433,15 @@ def graph_from_description(description: dict) -> HoppingGraph:
 # ------------------------------------------------------------------------------ symmetry
 
 def _point_group_candidates(dim: int) -> list[np.ndarray]:
-    """Point-group operations worth trying, proper rotations first: C6 and C4 about z, in 3D the
-    24 cubic rotations; then the improper ones: the mirrors of C6v and C4v, in 3D the 24 cubic
-    rotations times the inversion.
+    """Point-group operations worth trying, proper rotations first: C6 and C4 about z (and in 3D
+    the 24 cubic rotations); then as many improper ones, each of those after the mirror y -> -y
+    in 1D and 2D, after the inversion in 3D.
 
     Mirrors belong here because without spin-orbit coupling an operation of real space moves
-    spins between sites without turning them (:func:`site_permutation`): every permutation of the
-    sites that keeps the hoppings leaves the Kondo lattice Hamiltonian, so its energy and fields,
-    exactly as they are, mirrors and inversion as much as rotations."""
+    spins between sites without rotating them (:func:`site_permutation`): a permutation of the
+    sites that keeps every hopping leaves the Kondo lattice Hamiltonian unchanged, so the energy
+    of the moved configuration is the same and its field is the moved field, for mirrors and
+    the inversion as much as for rotations."""
     mats = []
     for deg in (0, 60, 90, 120, 180, 240, 270, 300):
         c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
@@ -452,7 +453,8 @@ def _point_group_candidates(dim: int) -> list[np.ndarray]:
                 m[range(3), perm] = signs
                 if np.linalg.det(m) > 0:
                     mats.append(m)
-    # improper: in 2D a rotation after the mirror y -> -y (z = 0 on every site), in 3D after -1
+    # improper: in 1D and 2D a rotation after the mirror y -> -y, in 3D after the inversion (a
+    # 2D mirror as a 3D matrix; the site matching checks that it maps the sites onto sites)
     flip = np.diag([1.0, -1.0, 1.0]) if dim < 3 else -np.eye(3)
     mats += [m @ flip for m in mats]
     unique = []
@@ -552,7 +554,7 @@ def _attach_symmetries(graph: HoppingGraph, rotations, periodic_dims: np.ndarray
     perms, mats = [], []
     for rot in rotations:
         perm = _match_sites(graph, (pos - centre) @ rot.T + centre, periodic)
-        if perm is None:
+        if perm is None or any(np.array_equal(perm, p) for p in perms):
             continue
         mapped = perm[dst] * n + perm[src]
         where = np.clip(np.searchsorted(sorted_keys, mapped), 0, len(sorted_keys) - 1)

@@ -350,7 +350,7 @@ class StackedData:
         perms = getattr(dataset.graph, "symmetry_perm", None)
         self.num_symmetries = 0 if perms is None else len(perms)
         if perms is not None:
-            # a rotation moves the spin of site n to perm[n]: new[perm[n]] = old[n], a gather
+            # an operation moves the spin of site n to perm[n]: new[perm[n]] = old[n], a gather
             # new[m] = old[inverse[m]] (no scatter, so no atomics on a GPU)
             inverse = torch.empty_like(perms)
             inverse.scatter_(1, perms, torch.arange(perms.shape[1]).expand_as(perms))

@@ -181,7 +181,9 @@ def test_a_file_written_with_rotations_alone_augments_with_mirrors_too(tmp_path)
     training on them augments with every operation that leaves their labels as they are."""
     ed = klmgraph.ExactDiagonalization(klmgraph.triangular(6, 6, t3=-0.85), J=-1.0, mu=-3.5)
     path = klmgraph.generate_dataset(tmp_path / "d.h5", ed, num_samples=2, seed=0, progress=False)
-    with h5py.File(path, "r+") as f:
+    with h5py.File(path, "r+") as f:  # made old: rotations alone, no mark
+        assert f["graph"].attrs["point_group"] == "rotations and mirrors"
+        del f["graph"].attrs["point_group"]
         proper = np.linalg.det(f["graph/symmetry_rotation"][()]) > 0
         for key in ("symmetry_perm", "symmetry_rotation"):
             kept = f["graph"][key][()][proper]

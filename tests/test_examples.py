@@ -79,11 +79,11 @@ def test_custom_lattice_quick(tmp_path, capsys):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "summary.json").read_text())["training"] == summary["training"]
 
-    # the hand-made lattice is the built-in one (origin moved to a hexagon centre: full C6)
+    # the hand-made lattice is the built-in one (origin moved to a hexagon centre: full C6v)
     check = summary["builtin_check"]
     assert check["same"] and check["same_bonds"] and check["same_positions"]
     assert check["energy_difference"] < 1e-9 and check["max_field_difference"] < 1e-9
-    assert check["rotations"] == 6
+    assert check["symmetries"] == 12
 
     # trained: far below the spread of the field components (the RMSE of a constant prediction)
     training = summary["training"]
