@@ -40,7 +40,9 @@ __all__ = ["generate_dataset", "load_dataset", "merge_datasets", "SpinDataset", 
 FORMAT = "klmgraph-dataset"
 FORMAT_VERSION = 1
 PROVENANCE = ("iteration", "condition", "step")
-POINT_GROUP = "rotations and mirrors"  # /graph's mark: symmetry_perm holds both (since 2026-12-04)
+# /graph's mark of files written since mirrors joined the point group (2026-12-04): their
+# symmetry_perm is the writing graph's as it was (rotations and mirrors, or what symmetries= chose)
+POINT_GROUP = "rotations and mirrors"
 _GRAPH_KEYS = ("edge_index", "edge_type", "hopping", "edge_vec", "pos", "cell", "symmetry_perm", "symmetry_rotation")
 
 
