@@ -560,6 +560,7 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     assert card["data"]["stopped"] == "not finished (--partial)" and card["target"]["met"] is False
     # the card names the iteration whose committee it ships and how many configurations trained it
     assert card["data"]["committee_of_iteration"] == 0 and card["data"]["committee_trained_on_configurations"] == 2
+    assert "12 point-group operations (rotations and mirrors)" in card["training"]["augmentation"]  # C6v
     # a fine-tuned committee (iteration 1) is shipped with the count of its own training set
     Committee(members[::-1]).save(learn / "iter001" / "model.pt")
     klmgraph.generate_dataset(learn / "iter001" / "train.h5", quick_ed, num_samples=3, seed=5)
@@ -623,6 +624,20 @@ def test_square_paper_model_polish_and_ship(tmp_path, capsys, one_thread):
     expected = example.evaluate(klmgraph.load_model(out / chosen / "best.pt"), test, batch_size=4)["rmse_field"]
     assert card["metrics"]["test"]["rmse_field"] == pytest.approx(expected, abs=1e-6)
     assert f"square_paper_test_rmse={expected:.4f}" in capsys.readouterr().out
+
+
+def test_square_paper_model_quick_writes_beside_its_run(tmp_path, one_thread):
+    """--quick runs every stage on 12 x 12 and ships into <out>/models, never over data/models;
+    options given beside it win; the card names the point group the training augmented with."""
+    example = load_example("square_paper_model")
+    shipped = (EXAMPLES.parent / "data" / "models" / "square-paper.json").read_bytes()
+    out = tmp_path / "quick"
+    example.main(["--quick", "--out", str(out), "--counts", "4", "2", "--minutes", "0.02"])
+    assert (EXAMPLES.parent / "data" / "models" / "square-paper.json").read_bytes() == shipped
+    card = json.loads((out / "models" / "square-paper.json").read_text())
+    assert card["metrics"]["train"]["configurations"] == 4 and card["metrics"]["test"]["configurations"] == 2
+    assert klmgraph.load_dataset(out / "test.h5").graph.num_nodes == 144
+    assert "8 point-group operations (rotations and mirrors)" in card["training"]["augmentation"]
 
 
 @pytest.mark.parametrize("loop_size", [12, 24])
