@@ -24,8 +24,10 @@ whose thermodynamic-limit ground state at each field the table sets beside each 
 
 Each final state is checked against an electronic solver: the model's field and E/N against ED
 at Gamma on lattices up to 48 x 48 (``--k-grid N`` for the thermodynamic limit of the state) and
-against KPM above, where ED is out of reach (``--check``; KPM at its defaults costs about an hour
-per 96 x 96 configuration on one CPU core: docs/electrons.md). Each check is stored with its run
+against KPM above, where ED of the field is out of reach (``--check``; KPM at its defaults took
+16-30 CPU minutes per 96 x 96 configuration: docs/results.md). ``--check ed-energy`` is ED's energy
+alone (eigenvalues, no field: 12 minutes per 96 x 96 state on one core, exact at Gamma, or
+``--k-grid``): the number that decides which of two final states is lower. Each check is stored with its run
 (``check.json``: per solver, the final step and energy it checked, field RMSE, E/N of both) and read
 back when the table is made again, e.g. after another seed was added; a run that went on since is
 checked anew.
@@ -153,8 +155,20 @@ def run_annealed(settings: dict, hz: float, folder: Path) -> klmgraph.Simulation
                      {**settings, "metadata": {**settings["metadata"], "initial": "annealed"}})
 
 
+class EnergyOnly:
+    """ED's energy alone (``--check ed-energy``): eigenvalues without eigenvectors, so a 96 x 96
+    state takes minutes where ED of the field takes hours; ``energy_and_field`` gives no field."""
+
+    def __init__(self, ed: klmgraph.ExactDiagonalization):
+        self.ed, self.solver = ed, f"{ed.solver}, energy only"
+
+    def energy_and_field(self, spins: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.ed.energy(spins), None
+
+
 def check_state(graph, model, spins: torch.Tensor, hz: float, solver) -> dict:
-    """The model against ``solver`` (ED or KPM) on one final state: RMSE of B, E/N of both."""
+    """The model against ``solver`` (ED, ED's energy alone or KPM) on one final state: RMSE of B
+    (None without the reference's field), E/N of both."""
     provider = model.double().bind(graph)
     s = spins.to(torch.float64)
     started = time.perf_counter()
@@ -162,7 +176,8 @@ def check_state(graph, model, spins: torch.Tensor, hz: float, solver) -> dict:
     seconds = time.perf_counter() - started
     e_ml, b_ml = provider.energy_and_field(s)
     zeeman = -hz * float(s[:, 2].sum())  # the same spin-only term on both sides
-    return {"solver": solver.solver, "rmse_field": float((b_ml - b_ref).pow(2).mean().sqrt()),
+    rmse = None if b_ref is None else float((b_ml - b_ref).pow(2).mean().sqrt())
+    return {"solver": solver.solver, "rmse_field": rmse,
             "energy_per_site_model": (float(e_ml) + zeeman) / graph.num_nodes,
             "energy_per_site_reference": (float(e_ref) + zeeman) / graph.num_nodes, "solver_seconds": seconds}
 
@@ -183,15 +198,16 @@ def stored_check(folder: Path, final: dict, solver, compute) -> dict:
 
 
 def make_solver(kind: str, graph, args):
-    """The reference solver of the final-state check: "ed" (Gamma, or --k-grid), "kpm", or
-    "auto" (ED up to 48 x 48, KPM above); None for "none"."""
+    """The reference solver of the final-state check: "ed" (Gamma, or --k-grid), "ed-energy" (its
+    energy alone), "kpm", or "auto" (ED up to 48 x 48, KPM above); None for "none"."""
     if kind == "auto":
         kind = "ed" if graph.num_nodes <= 48 * 48 else "kpm"
     if kind == "none":
         return None
-    if kind == "ed":
-        return klmgraph.ExactDiagonalization(graph, J=-1.0, mu=-3.5,
-                                             k_grid=(args.k_grid,) * 2 if args.k_grid > 1 else None)
+    if kind in ("ed", "ed-energy"):
+        ed = klmgraph.ExactDiagonalization(graph, J=-1.0, mu=-3.5,
+                                           k_grid=(args.k_grid,) * 2 if args.k_grid > 1 else None)
+        return ed if kind == "ed" else EnergyOnly(ed)
     return klmgraph.KPM(graph, J=-1.0, mu=-3.5, order=args.kpm_order, probe_distance=args.kpm_probe_distance)
 
 
@@ -251,8 +267,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads with --jobs 1 (default torch's; 1 is faster on a busy machine)")
     parser.add_argument("--out", default=None, help="output folder (default triangular-skyrmions-L)")
-    parser.add_argument("--check", choices=("auto", "ed", "kpm", "none"), default="auto",
-                        help="solver of the final-state check (default auto: ED up to 48 x 48, KPM above)")
+    parser.add_argument("--check", choices=("auto", "ed", "ed-energy", "kpm", "none"), default="auto",
+                        help="solver of the final-state check (default auto: ED up to 48 x 48, KPM above; "
+                             "ed-energy: ED's energy alone, minutes at 96 x 96)")
     parser.add_argument("--k-grid", type=int, default=1, metavar="N", help="ED check on an N x N k-grid (default 1: Gamma)")
     parser.add_argument("--kpm-order", type=int, default=512, help="KPM check: Chebyshev moments (default 512)")
     parser.add_argument("--kpm-probe-distance", type=int, default=12, help="KPM check: probe distance (default 12)")
@@ -340,8 +357,8 @@ def main(argv=None):
               f"{entry['step']}, {entry['stopped']}"
               + (f"; committee max predicted RMSE(B) {entry['predicted_rmse_field_max']:.1e}"
                  if entry.get("predicted_rmse_field_max") is not None else "")
-              + (f"; {entry['check_solver']}: RMSE(B) {entry['check_rmse_field']:.1e}, E/N model - reference "
-                 f"{entry['check_energy_model_minus_reference']:+.1e}" if entry.get("check_solver") else ""))
+              + (f"; {entry['check_solver']}: RMSE(B) {number(entry['check_rmse_field']):.1e}, E/N model - "
+                 f"reference {entry['check_energy_model_minus_reference']:+.1e}" if entry.get("check_solver") else ""))
     with atomic_path(out / "runs.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()

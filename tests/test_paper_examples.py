@@ -179,6 +179,15 @@ def test_triangular_skyrmions_stopping_rule_anneal_and_resume(tmp_path, capsys):
     regridded = example.main([a if a != "none" else "ed" for a in argv] + ["--k-grid", "2"])
     assert all(e["check_solver"] == "ED, k-grid 2x2" for e in regridded)
     assert sorted(json.loads(files[0].read_text())) == ["ED at Gamma", "ED, k-grid 2x2"]
+    # ED's energy alone: the same reference energy as the full ED check, no field
+    energy_only = example.main([a if a != "none" else "ed-energy" for a in argv])
+    for e, full in zip(energy_only, checked):
+        assert e["check_solver"] == "ED at Gamma, energy only" and e["check_rmse_field"] is None
+        assert e["check_energy_model_minus_reference"] == pytest.approx(full["check_energy_model_minus_reference"],
+                                                                        abs=1e-12)
+    assert sorted(json.loads(files[0].read_text())) == ["ED at Gamma", "ED at Gamma, energy only", "ED, k-grid 2x2"]
+    with open(tmp_path / "runs.csv") as f:
+        assert {row["check_rmse_field"] for row in csv.DictReader(f)} == {""}
     # a run that goes on (a larger step limit) is checked anew
     short = ["--size", "12", "--steps", "40", "--window", "20", "--converge", "0", "--hz", "0.008", "--seed", "0",
              "--check", "ed", "--quiet", "--threads", "1", "--out", str(tmp_path / "more")]
