@@ -17,7 +17,8 @@ less than ``--converge`` per site over ``--window`` steps or for ``--steps`` ste
 Every run folder (``<out>/seed<S>/hz=<Hz>``, ``<out>/anneal/hz=<Hz>/...``) resumes where it
 stopped: run the same command again. Output: ``runs.csv`` (one row per run: |n_sk| per magnetic
 cell, |M^z|, E/N, the phase it ended in, the step it stopped at and why, with a committee its
-largest predicted field error, the final-state check), ``fig4a.png`` (|n_sk| and |M^z| of every
+largest predicted field error, the final-state check; rows of runs that earlier invocations put
+into the same ``--out``, e.g. another seed, are kept), ``fig4a.png`` (|n_sk| and |M^z| of every
 run against Hz), ``spins_<run>.png`` (the final spins, arrows coloured by S^z, Fig. 4b-d) and
 ``example.json``. ``--phase-diagram`` names examples/triangular_phase_diagram.py's summary.json,
 whose thermodynamic-limit ground state at each field the table sets beside each run.
@@ -218,6 +219,34 @@ COLUMNS = ("run", "seed", "hz", "skyrmion_number_per_cell", "abs_skyrmion_number
            "wall_time", "folder")
 
 
+TEXT_COLUMNS = ("run", "phase", "thermodynamic_limit_phase", "stopped", "check_solver", "folder")
+
+
+def csv_value(column: str, text: str):
+    """A runs.csv cell read back: text, None for an empty cell, or the number written."""
+    if column in TEXT_COLUMNS:
+        return text
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def merged_with_earlier_runs(path: Path, table: list[dict]) -> list[dict]:
+    """This invocation's rows and, from an earlier ``runs.csv`` at ``path``, the rows of runs it did
+    not touch (other seeds or fields run into the same ``--out`` before), so that runs.csv and
+    fig4a.png show every run of the folder however the runs were split over invocations."""
+    if not path.exists():
+        return table
+    mine = {(e["run"], float(e["hz"])) for e in table}
+    with open(path, newline="") as f:
+        earlier = [{k: csv_value(k, v) for k, v in row.items()}
+                   for row in csv.DictReader(f) if (row["run"], float(row["hz"])) not in mine]
+    return sorted(earlier + table, key=lambda e: (e["run"] == "anneal", e["run"], e["hz"]))
+
+
 def number(value) -> float:
     """A table value for printing (nan for a failed run's empty cell)."""
     return math.nan if value is None else float(value)
@@ -359,17 +388,18 @@ def main(argv=None):
                  if entry.get("predicted_rmse_field_max") is not None else "")
               + (f"; {entry['check_solver']}: RMSE(B) {number(entry['check_rmse_field']):.1e}, E/N model - "
                  f"reference {entry['check_energy_model_minus_reference']:+.1e}" if entry.get("check_solver") else ""))
+    every_run = merged_with_earlier_runs(out / "runs.csv", table)
     with atomic_path(out / "runs.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        for entry in table:
+        for entry in every_run:
             writer.writerow({k: "" if entry.get(k) is None else entry[k] for k in COLUMNS})
-    plot_fig4a(table, out / "fig4a.png", f"{title}; {date}")
+    plot_fig4a(every_run, out / "fig4a.png", f"{title}; {date}")
     print(f"total wall time {wall:.0f} s; table {out / 'runs.csv'}, figures {out / 'fig4a.png'}, {out}/spins_*.png")
     with atomic_path(out / "example.json") as tmp:
         tmp.write_text(json.dumps({"size": size, "max_steps": steps, "converge": args.converge, "window": args.window,
                                    "dt": args.dt, "seeds": args.seed, "anneal": args.anneal, "model": model_name,
-                                   "machine": where, "date": date, "wall_time": wall, "rows": table},
+                                   "machine": where, "date": date, "wall_time": wall, "rows": every_run},
                                   indent=1, default=str) + "\n")
     print(" ".join(f"n_sk_{e['run']}_hz{e['hz']:g}={number(e['skyrmion_number_per_cell']):.2f}" for e in table))
     return table

@@ -188,6 +188,17 @@ def test_triangular_skyrmions_stopping_rule_anneal_and_resume(tmp_path, capsys):
     assert sorted(json.loads(files[0].read_text())) == ["ED at Gamma", "ED at Gamma, energy only", "ED, k-grid 2x2"]
     with open(tmp_path / "runs.csv") as f:
         assert {row["check_rmse_field"] for row in csv.DictReader(f)} == {""}
+    # a seed run later into the same folder joins the table; the earlier rows stay as they were
+    with open(tmp_path / "runs.csv") as f:
+        earlier = list(csv.DictReader(f))
+    seeds = argv.index("--seed")
+    added = example.main(argv[:seeds] + ["--seed", "0", "2"] + argv[seeds + 3:argv.index("--anneal")]
+                         + argv[argv.index("--check"):])
+    assert [(e["run"], e["hz"]) for e in added] == [("seed0", 0.008), ("seed2", 0.008)]
+    with open(tmp_path / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["seed0", "seed1", "seed2", "anneal"]
+    assert rows[1] == earlier[1] and rows[3] == earlier[2]
     # a run that goes on (a larger step limit) is checked anew
     short = ["--size", "12", "--steps", "40", "--window", "20", "--converge", "0", "--hz", "0.008", "--seed", "0",
              "--check", "ed", "--quiet", "--threads", "1", "--out", str(tmp_path / "more")]
