@@ -571,12 +571,19 @@ def _add_learn_parser(sub) -> None:
     p.add_argument("--config", required=True, help="TOML configuration (examples/learn_square.toml)")
     p.add_argument("--out", default="klmgraph-learn", help="output folder (default klmgraph-learn)")
     p.add_argument("--quick", action="store_true", help="apply the configuration's [quick] overrides (minutes)")
-    p.add_argument("--device", default="cpu", help="torch device of training and exploration (default cpu)")
+    _add_run_options(p, device_help="torch device of training and exploration (default cpu)",
+                     quiet_help="no progress bars or stage lines")
+    p.set_defaults(func=_learn)
+
+# ---- end of the learning block
+
+
+def _add_run_options(p, device_help: str = "torch device (default cpu)", quiet_help: str = "no progress bars") -> None:
+    """--device, --threads and --quiet of the long jobs (demo, learn)."""
+    p.add_argument("--device", default="cpu", help=device_help)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default torch's; 1 is often faster on a busy machine)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
-    p.set_defaults(func=_learn)
-# ---- end of the learning block
+    p.add_argument("--quiet", action="store_true", help=quiet_help)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -593,10 +600,7 @@ def make_parser() -> argparse.ArgumentParser:
                                       "8x8 -> 32x32 in a few. Rerunning continues an interrupted demo.")
     demo.add_argument("--tiny", action="store_true", help="smaller and shorter (a few minutes)")
     demo.add_argument("--out", default="klmgraph-demo", help="output folder (default klmgraph-demo)")
-    demo.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    demo.add_argument("--threads", type=int, default=None,
-                      help="torch CPU threads (default torch's; 1 is often faster on a busy machine)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(demo)
     demo.set_defaults(func=_demo)
 
     gen = sub.add_parser("generate", help="write an exact-diagonalization (or KPM) data set (HDF5)",
