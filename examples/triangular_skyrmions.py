@@ -26,9 +26,9 @@ whose thermodynamic-limit ground state at each field the table sets beside each 
 Each final state is checked against an electronic solver: the model's field and E/N against ED
 at Gamma on lattices up to 48 x 48 (``--k-grid N`` for the thermodynamic limit of the state) and
 against KPM above, where ED of the field is out of reach (``--check``; KPM at its defaults took
-16-30 CPU minutes per 96 x 96 configuration: docs/results.md). ``--check ed-energy`` is ED's energy
+16-31 minutes per 96 x 96 configuration on one shared core: docs/results.md). ``--check ed-energy`` is ED's energy
 alone (eigenvalues, no field: 12 minutes per 96 x 96 state on one core, exact at Gamma, or
-``--k-grid``): the number that decides which of two final states is lower. Each check is stored with its run
+``--k-grid``, about N^2 times that): the number that decides which of two final states is lower. Each check is stored with its run
 (``check.json``: per solver, the final step and energy it checked, field RMSE, E/N of both) and read
 back when the table is made again, e.g. after another seed was added; a run that went on since is
 checked anew.
@@ -244,7 +244,7 @@ def merged_with_earlier_runs(path: Path, table: list[dict]) -> list[dict]:
     with open(path, newline="") as f:
         earlier = [{k: csv_value(k, v) for k, v in row.items()}
                    for row in csv.DictReader(f) if (row["run"], float(row["hz"])) not in mine]
-    return sorted(earlier + table, key=lambda e: (e["run"] == "anneal", e["run"], e["hz"]))
+    return sorted(earlier + table, key=lambda e: (e["run"] == "anneal", e["seed"], e["hz"]))
 
 
 def number(value) -> float:
@@ -298,7 +298,8 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="output folder (default triangular-skyrmions-L)")
     parser.add_argument("--check", choices=("auto", "ed", "ed-energy", "kpm", "none"), default="auto",
                         help="solver of the final-state check (default auto: ED up to 48 x 48, KPM above; "
-                             "ed-energy: ED's energy alone, minutes at 96 x 96)")
+                             "ed-energy: ED's energy alone, minutes at 96 x 96 at Gamma, "
+                             "about N^2 times that on an N x N --k-grid)")
     parser.add_argument("--k-grid", type=int, default=1, metavar="N", help="ED check on an N x N k-grid (default 1: Gamma)")
     parser.add_argument("--kpm-order", type=int, default=512, help="KPM check: Chebyshev moments (default 512)")
     parser.add_argument("--kpm-probe-distance", type=int, default=12, help="KPM check: probe distance (default 12)")
@@ -386,8 +387,10 @@ def main(argv=None):
               f"{entry['step']}, {entry['stopped']}"
               + (f"; committee max predicted RMSE(B) {entry['predicted_rmse_field_max']:.1e}"
                  if entry.get("predicted_rmse_field_max") is not None else "")
-              + (f"; {entry['check_solver']}: RMSE(B) {number(entry['check_rmse_field']):.1e}, E/N model - "
-                 f"reference {entry['check_energy_model_minus_reference']:+.1e}" if entry.get("check_solver") else ""))
+              + (f"; {entry['check_solver']}: " + ("" if entry["check_rmse_field"] is None else
+                                                    f"RMSE(B) {entry['check_rmse_field']:.1e}, ")
+                 + f"E/N model - reference {entry['check_energy_model_minus_reference']:+.1e}"
+                 if entry.get("check_solver") else ""))
     every_run = merged_with_earlier_runs(out / "runs.csv", table)
     with atomic_path(out / "runs.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")

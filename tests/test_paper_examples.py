@@ -181,6 +181,7 @@ def test_triangular_skyrmions_stopping_rule_anneal_and_resume(tmp_path, capsys):
     assert sorted(json.loads(files[0].read_text())) == ["ED at Gamma", "ED, k-grid 2x2"]
     # ED's energy alone: the same reference energy as the full ED check, no field
     energy_only = example.main([a if a != "none" else "ed-energy" for a in argv])
+    assert len(energy_only) == len(checked) == 3
     for e, full in zip(energy_only, checked):
         assert e["check_solver"] == "ED at Gamma, energy only" and e["check_rmse_field"] is None
         assert e["check_energy_model_minus_reference"] == pytest.approx(full["check_energy_model_minus_reference"],
