@@ -543,6 +543,14 @@ def _demo(args: argparse.Namespace) -> None:
           f"llg/time_series.png in {Path(summary['output']).resolve()}")
 
 
+def _add_run_options(p, device_help: str = "torch device (default cpu)", quiet_help: str = "no progress bars") -> None:
+    """--device, --threads and --quiet of the long jobs (demo, learn)."""
+    p.add_argument("--device", default="cpu", help=device_help)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default torch's; 1 is often faster on a busy machine)")
+    p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
 # ---- the active-learning loop (self-contained block)
 def _learn(args: argparse.Namespace) -> None:
     from .learn import load_learn_config, run_learning
@@ -574,16 +582,7 @@ def _add_learn_parser(sub) -> None:
     _add_run_options(p, device_help="torch device of training and exploration (default cpu)",
                      quiet_help="no progress bars or stage lines")
     p.set_defaults(func=_learn)
-
 # ---- end of the learning block
-
-
-def _add_run_options(p, device_help: str = "torch device (default cpu)", quiet_help: str = "no progress bars") -> None:
-    """--device, --threads and --quiet of the long jobs (demo, learn)."""
-    p.add_argument("--device", default="cpu", help=device_help)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default torch's; 1 is often faster on a busy machine)")
-    p.add_argument("--quiet", action="store_true", help=quiet_help)
 
 
 def make_parser() -> argparse.ArgumentParser:

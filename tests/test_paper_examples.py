@@ -648,7 +648,7 @@ def test_square_paper_model_polish_and_ship(tmp_path, capsys, one_thread):
 
 
 def test_square_paper_model_quick_writes_beside_its_run(tmp_path, one_thread):
-    """--quick runs every stage on 12 x 12 and ships into <out>/models, never over data/models;
+    """--quick runs the data, training and ship stages on 12 x 12 and ships into <out>/models, never over data/models;
     options given beside it win; the card names the point group the training augmented with."""
     example = load_example("square_paper_model")
     shipped = (EXAMPLES.parent / "data" / "models" / "square-paper.json").read_bytes()
