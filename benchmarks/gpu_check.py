@@ -1,9 +1,9 @@
 """One short check of klmgraph on a CUDA GPU: device tests, cross-device equalities, syncs, speed.
 
-NOT RUN YET: no GPU was at hand when this script was written (2026-12-02, issue 16); CI proves
-the device discipline on the CPU with ``meta`` tensors (tests/test_device.py) and counts host
-synchronisations there (tests/test_host_syncs.py). Run this the day a GPU is available and put
-its report into docs/benchmarks.md:
+Written without a GPU (2026-12-02, issue 16); CI proves the device discipline on the CPU with
+``meta`` tensors (tests/test_device.py) and counts host synchronisations there
+(tests/test_host_syncs.py). Run on one NVIDIA H200 on 2026-12-04 (all checks pass; report in
+docs/benchmarks.md, section "Host synchronisations per LLG step"). Put each new report there:
 
     python benchmarks/gpu_check.py [--out gpu_check.md] [--skip-benchmarks]
 

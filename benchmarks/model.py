@@ -21,7 +21,8 @@ Usage::
 
     python benchmarks/model.py                    # CPU plan (about 25 minutes on a loaded 2-core machine)
     python benchmarks/model.py --quick            # a smoke run (a minute)
-    python benchmarks/model.py --device cuda      # GPU: sizes until out of memory, peak memory
+    python benchmarks/model.py --device cuda      # GPU: eager path and ecnn4klm, sizes until out of memory,
+                                                  # peak memory; training step (--sections sizes training)
 
 The published checkpoints and code are looked for in ../shared/ecnn4klm/ beside the repository;
 where they are absent, the models get random weights with the published hyper-parameters and
@@ -88,6 +89,7 @@ def evaluator(kind: str, lattice: str, size: int, batch: int | None = None, devi
         net = peer_net(lattice)
         if net is None:
             return None, graph, None
+        net = net.to(device)
         grid = spins.reshape(batch or 1, size, size, 3)  # sites are numbered i1 * L2 + i2
 
         def fn():
@@ -306,20 +308,22 @@ def batch_table(args) -> list:
     return rows
 
 
-def training_step(kind: str, lattice: str, size: int, batch: int, peer_backward: str = "own"):
+def training_step(kind: str, lattice: str, size: int, batch: int, peer_backward: str = "own", device="cpu"):
     """One Adam step, loss mean|B - B_ref|^2 + mean((E - E_ref) / N)^2 (double backward), each
     implementation's own: klmgraph's trainer asks for the parameters' gradient alone
     (``loss.backward(inputs=parameters)``); ecnn4klm's learn.py calls ``loss.backward()``, which
     also differentiates with respect to the input spins (``peer_backward="params"``: the peer
     asked for the parameters alone too, a like-for-like comparison)."""
     graph = LATTICES[lattice](size)
-    spins0 = klmgraph.random_spins(graph, batch=batch, seed=1, dtype=torch.float32)
+    spins0 = klmgraph.random_spins(graph, batch=batch, seed=1, dtype=torch.float32, device=device)
     gen = torch.Generator().manual_seed(2)
     b_ref, e_ref = torch.randn(batch, graph.num_nodes, 3, generator=gen), torch.randn(batch, generator=gen)
+    b_ref, e_ref = b_ref.to(device), e_ref.to(device)
     if kind == "ecnn4klm":
         net = peer_net(lattice)
         if net is None:
             return None
+        net = net.to(device)
         grid0 = spins0.reshape(batch, size, size, 3)
 
         def predict():
@@ -329,7 +333,7 @@ def training_step(kind: str, lattice: str, size: int, batch: int, peer_backward:
             return energy, field.reshape(batch, -1, 3)
         params = list(net.parameters())
     else:
-        model = published_model(lattice, graph)
+        model = published_model(lattice, graph, device)
         model.fused = kind == "kernel"
         prepared = model.prepare(graph)
 
@@ -409,34 +413,96 @@ def llg_table(args) -> list:
     return rows
 
 
-def run_cuda(args) -> list:
-    """GPU: energy + field (eager path: the compiled kernel is CPU-only) until out of memory."""
-    rows = []
-    sizes = [64] if args.quick else [64, 128, 256, 384, 576, 768, 1024, 1536, 2048, 3072, 4096]
-    for lattice in args.lattices:
-        for size in sizes:
-            try:
-                fn, graph, _ = evaluator("eager", lattice, size, device="cuda")
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                fn()
-                synchronize("cuda")
-                times = []
-                for _ in range(args.repeats):
-                    t = time.perf_counter()
-                    fn()
-                    synchronize("cuda")
-                    times.append(time.perf_counter() - t)
-            except torch.cuda.OutOfMemoryError:
-                rows.append({"lattice": lattice, "size": size, "out_of_memory": True})
-                print(f"{lattice} {size}x{size}: out of memory (the largest that fits is the previous size)")
-                torch.cuda.empty_cache()
+def _device_call(fn, device, repeats: int, budget: float):
+    """Best seconds of ``fn`` on ``device`` (one warm-up call first, queued GPU work waited for)
+    and the peak memory of the calls above the memory allocated before them (MB; NaN off CUDA);
+    None where the device ran out of memory."""
+    cuda = torch.device(device).type == "cuda"
+    try:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        times, start = [], time.perf_counter()
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - t)
+            if time.perf_counter() - start > budget:
                 break
-            rows.append({"lattice": lattice, "size": size, "sites": graph.num_nodes, "ms": min(times) * 1e3,
-                         "us_per_site": min(times) / graph.num_nodes * 1e6,
-                         "peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20})
-            print(rows[-1], flush=True)
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        if cuda:
+            torch.cuda.empty_cache()
+    return min(times[1:] or times), peak
+
+
+def device_sizes(args, device="cuda") -> list:
+    """Energy + field on a GPU: the eager path (the compiled kernel is CPU-only) and the
+    published ecnn4klm code on the same device, growing lattices until each runs out of memory
+    (the previous size is the largest that fits) or a call takes longer than ``--budget``."""
+    rows = []
+    sizes = [64, 96] if args.quick else args.gpu_sizes
+    for lattice in args.lattices:
+        stopped = set()
+        for size in sizes:
+            for kind in ("eager", "ecnn4klm"):
+                if kind in stopped:
+                    continue
+                try:
+                    fn, graph, _ = evaluator(kind, lattice, size, device=device)
+                except torch.OutOfMemoryError:
+                    fn, graph = "oom", None
+                if fn is None:
+                    stopped.add(kind)
+                    continue
+                result = None if fn == "oom" else _device_call(fn, device, args.repeats, args.budget)
+                fn = None
+                if result is None:
+                    rows.append({"lattice": lattice, "size": size, "implementation": kind, "out_of_memory": True})
+                    print(f"{lattice} {size}x{size} {kind}: out of memory (the largest that fits is the previous size)",
+                          flush=True)
+                    stopped.add(kind)
+                    continue
+                seconds, peak = result
+                sites = size * size
+                rows.append({"lattice": lattice, "size": size, "implementation": kind, "sites": sites,
+                             "ms": seconds * 1e3, "us_per_site": seconds / sites * 1e6, "peak_mb": peak,
+                             "bytes_per_site": peak * 2**20 / sites})
+                print(rows[-1], flush=True)
+                if seconds > args.budget / 4:
+                    stopped.add(kind)
+    return rows
+
+
+def device_training(args, device="cuda") -> list:
+    """The training step on a GPU (eager path; the peer on the same device), at the CPU table's
+    batch and size and at a batch that fills more of the device."""
+    rows = []
+    for lattice in args.lattices:
+        cases = [(args.train_batch, args.train_size[lattice])] + ([] if args.quick else [(16, 96), (64, 96)])
+        for batch, size in cases:
+            for kind in ("eager", "ecnn4klm"):
+                try:
+                    step = training_step(kind, lattice, size, batch, args.peer_backward, device=device)
+                    result = None if step is None else _device_call(step, device, args.repeats, args.budget)
+                except torch.OutOfMemoryError:
+                    result = "oom"
+                if result is None:
+                    continue
+                if result == "oom":
+                    rows.append({"lattice": lattice, "size": size, "batch": batch, "implementation": kind,
+                                 "out_of_memory": True})
+                    print(f"training {lattice} {batch} x {size}x{size} {kind}: out of memory", flush=True)
+                    continue
+                seconds, peak = result
+                rows.append({"lattice": lattice, "size": size, "batch": batch, "implementation": kind,
+                             "seconds": seconds, "us_per_site": seconds / (batch * size * size) * 1e6,
+                             "peak_mb": peak})
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -444,8 +510,9 @@ def run_cuda(args) -> list:
 def markdown(info: dict, res: dict) -> str:
     out = [f"Machine: {info.get('gpu', info['cpu'])}, {info['cores']} cores, torch {info['torch']}, {info['date']}; "
            f"load average {info['load_average']:.1f} at the start, {info.get('load_average_end', float('nan')):.1f} "
-           f"at the end; float32 matmul on one core: {info.get('matmul_gflops', float('nan')):.0f} GFLOP/s at the "
-           f"start, {info.get('matmul_gflops_end', float('nan')):.0f} at the end."]
+           "at the end" + ("." if "matmul_gflops" not in info else
+                           f"; float32 matmul on one core: {info['matmul_gflops']:.0f} GFLOP/s at the "
+                           f"start, {info.get('matmul_gflops_end', float('nan')):.0f} at the end.")]
     gf = info.get("matmul_gflops_end") or info.get("matmul_gflops")
     if res.get("headline"):
         out += ["", "| lattice | 96x96, 1 thread | us / site (wall) | CPU us / site | x ecnn4klm | FLOP bound us / site | "
@@ -495,9 +562,20 @@ def markdown(info: dict, res: dict) -> str:
         out += [f"| {r['integrator']} | {r['ms_per_step']:.1f} | {r['provider_ms_per_step']:.1f} ms | "
                 f"{r['outside_fraction']:.1%} |" for r in res["llg"]]
     if res.get("cuda"):
-        out += ["", "| GPU | lattice | size | ms | us / site | peak MB |", "|---|---|---|---|---|---|"]
-        out += [f"| | {r['lattice']} | {r['size']}x{r['size']} | " + ("out of memory | | |" if r.get("out_of_memory") else
-                f"{r['ms']:.2f} | {r['us_per_site']:.4f} | {r['peak_mb']:.0f} |") for r in res["cuda"]]
+        out += ["", f"GPU: {info.get('gpu', '?')}. Energy + field of one configuration (eager path; the compiled "
+                "kernel is CPU-only), best of the calls after a warm-up; peak memory above the memory before the calls.",
+                "", "| lattice | size | implementation | ms | us / site | peak MB | bytes / site |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['lattice']} | {r['size']}x{r['size']} | {r['implementation']} | " +
+                ("out of memory | | | |" if r.get("out_of_memory") else
+                 f"{r['ms']:.2f} | {r['us_per_site']:.4f} | {r['peak_mb']:.0f} | {r['bytes_per_site']:.0f} |")
+                for r in res["cuda"]]
+    if res.get("cuda_training"):
+        out += ["", "| GPU training step | batch x size | implementation | s | us / site | peak MB |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {r['lattice']} | {r['batch']} x {r['size']}x{r['size']} | {r['implementation']} | " +
+                ("out of memory | | |" if r.get("out_of_memory") else
+                 f"{r['seconds']:.4f} | {r['us_per_site']:.4f} | {r['peak_mb']:.0f} |") for r in res["cuda_training"]]
     return "\n".join(out)
 
 
@@ -509,6 +587,9 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64, 96, 128, 256, 512])
     parser.add_argument("--headline-size", type=int, default=96)
     parser.add_argument("--eager-max", type=int, default=256)
+    parser.add_argument("--gpu-sizes", type=int, nargs="+",
+                        default=[64, 96, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096],
+                        help="--device cuda: lattice sizes, each implementation until it runs out of memory")
     parser.add_argument("--reference-max", type=int, default=32)
     parser.add_argument("--peer-max", type=int, default=32)
     parser.add_argument("--thread-sizes", type=int, nargs="+", default=[96, 256])
@@ -542,7 +623,11 @@ def main(argv=None):
     info = machine(args.device)
     res = {}
     if args.device == "cuda":
-        res["cuda"] = run_cuda(args)
+        print(json.dumps(info), flush=True)
+        if "sizes" in args.sections:
+            res["cuda"] = device_sizes(args)
+        if "training" in args.sections:
+            res["cuda_training"] = device_training(args)
     else:
         info["matmul_gflops"] = matmul_gflops()
         print(json.dumps(info), flush=True)

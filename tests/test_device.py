@@ -17,6 +17,11 @@ from klmgraph.train import StackedData, loss_terms, predict, predict_stacked, st
 META = torch.device(os.environ.get("KLMGRAPH_TEST_DEVICE", "meta"))
 
 
+def on_test_device(tensor: torch.Tensor) -> bool:
+    # by type: a tensor moved to torch.device("cuda") reports "cuda:0", which != "cuda"
+    return tensor.device.type == META.type
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -35,7 +40,7 @@ def test_bound_model_energy_and_field_on_meta(name):
     for spins in (klmgraph.random_spins(36, seed=0, dtype=torch.float32).to(META),
                   klmgraph.random_spins(36, batch=2, seed=0, dtype=torch.float32).to(META)):
         energy, field = bound.energy_and_field(spins)
-        assert energy.device == META and energy.shape == spins.shape[:-2] and field.shape == spins.shape
+        assert on_test_device(energy) and energy.shape == spins.shape[:-2] and field.shape == spins.shape
 
 
 def _spin_only(graph):
@@ -59,7 +64,7 @@ def test_llg_steps_on_meta(name, integrator):
         # the NaN check is the step's one synchronisation: off here, counted in test_host_syncs.py
         spins = klmgraph.random_spins(16, batch=shape[0] if len(shape) == 3 else None, seed=0, dtype=dtype)
         out = llg.run(spins.to(META), 2, record_every=1, seed=1, check_finite=False)
-        assert out.spins.device == META and out.spins.shape == shape and out.energies.shape[0] == 3
+        assert on_test_device(out.spins) and out.spins.shape == shape and out.energies.shape[0] == 3
 
 
 def _dataset(graph, count=6):
@@ -104,12 +109,12 @@ def test_training_step_on_meta(name):
         optimizer.zero_grad()
         (field_mse + energy_mse).backward()
         optimizer.step()
-    assert all(p.device == META for p in model.parameters())
+    assert all(on_test_device(p) for p in model.parameters())
 
 
 def test_noise_stream_on_meta():
     from klmgraph.noise import gaussian
-    assert gaussian(3, 4, (2, 16, 3), device=META).device == META
+    assert on_test_device(gaussian(3, 4, (2, 16, 3), device=META))
 
 
 def _backward_nodes(tensor) -> set[str]:
@@ -163,5 +168,5 @@ def test_exact_diagonalization_on_meta(params):
     graph = klmgraph.triangular(5, 5, t3=-0.85)
     ed = klmgraph.ExactDiagonalization(graph, J=-1.0, **params)
     energy, field = ed.energy_and_field(klmgraph.random_spins(graph, batch=2, seed=0).to(META))
-    assert energy.device == META and field.device == META
+    assert on_test_device(energy) and on_test_device(field)
     assert energy.shape == (2,) and field.shape == (2, 25, 3)
