@@ -40,7 +40,7 @@ import torch
 
 import klmgraph
 from klmgraph.timing import machine
-from klmgraph.train import config_from_dict, evaluate, train
+from klmgraph.train import config_from_dict, evaluate, recorded_augmentation, train
 
 TARGET = 0.040
 REPO = Path(__file__).resolve().parents[1]
@@ -110,10 +110,9 @@ def ship(out: Path, paths: dict[str, Path], config: dict, dest: Path) -> dict:
     metrics = {}
     for split, path in paths.items():
         data = klmgraph.load_dataset(path)
+        size = "x".join(str(n) for n in data.graph.description["size"])  # 30x30, or 12x12 with --quick
         m = evaluate(model, data, batch_size=4)
         metrics[split] = {"rmse_field": m["rmse_field"], "configurations": len(data)}
-        if split == "train":
-            operations = data.graph.symmetry_perm.shape[0]
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "best.pt", dest / "square-paper.pt")
     log = list(csv.DictReader(open(run / "log.csv")))
@@ -121,11 +120,11 @@ def ship(out: Path, paths: dict[str, Path], config: dict, dest: Path) -> dict:
     card = {
         "name": "square-paper",
         "summary": "ECNN (published hyper-parameters) for the paper's square Kondo lattice model, "
-                   "trained by klmgraph on Gamma-point ED of 30x30 random configurations",
+                   f"trained by klmgraph on Gamma-point ED of {size} random configurations",
         "date": datetime.date.today().isoformat(),
-        "lattice": "square 30x30 periodic (the model applies to any size of the square lattice)",
+        "lattice": f"square {size} periodic (the model applies to any size of the square lattice)",
         "hamiltonian": {"t1": 1.0, "J": 7.0, "filling": 0.48, "ensemble": "canonical", "temperature": 0.0},
-        "solver": "ED at Gamma (exact diagonalization of the 30x30 lattice itself, as the paper's labels); no k-grid",
+        "solver": f"ED at Gamma (exact diagonalization of the {size} lattice itself, as the paper's labels); no k-grid",
         "data": {
             "train": f"{metrics['train']['configurations']} random configurations (uniform on the sphere), seed 0",
             "test": f"{metrics['test']['configurations']} random configurations, seed 1: the independent "
@@ -136,9 +135,7 @@ def ship(out: Path, paths: dict[str, Path], config: dict, dest: Path) -> dict:
             "generator": "examples/square_paper_model.py (klmgraph.generate_dataset)",
         },
         "training": {**config, "epochs_run": int(log[-1]["epoch"]), "best_epoch": int(best["epoch"]),
-                     "augmentation": (f"each configuration under a random one of the lattice's {operations} "
-                                      "point-group operations (rotations and mirrors)"
-                                      if config["data"].get("augment", True) else "none"),
+                     "augmentation": recorded_augmentation(run),
                      "minutes": round(float(log[-1]["elapsed_s"]) / 60, 1),
                      "machine": {**machine(), "note": "training runs share the machine with other jobs; "
                                                          "the cores and load at shipping time"}},

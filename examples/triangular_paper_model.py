@@ -68,6 +68,7 @@ import torch
 import klmgraph
 from klmgraph.files import atomic_path
 from klmgraph.learn.loop import committee_training_set
+from klmgraph.train import recorded_augmentation
 from triangular_phase_diagram import HAMILTONIAN, RANDOM_STARTS, cell_graph, solver, to_lattice
 from triangular_training import ed_llg_snapshots
 
@@ -635,9 +636,7 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
                                f"(examples/triangular_paper_model.py --stage eval-data; explorer {results['explorer']})",
                  "generator": "examples/triangular_paper_model.py"},
         "training": {"config": config, "model_file": model_path.relative_to(out).as_posix(),
-                     "augmentation": ("each configuration under a random one of the lattice's "
-                                      f"{trained_set.graph.symmetry_perm.shape[0]} point-group operations "
-                                      "(rotations and mirrors)"),
+                     "augmentation": recorded_augmentation(model_path.parent / "training"),
                      "machine": f"{platform.processor() or platform.machine()} CPU"},
         "metrics": {"held_out_equilibrium_states": {k: ours[k] for k in pick},
                     "reference": {k: reference[k] for k in ("solver", "fine_grid")},

@@ -8,7 +8,8 @@ Loss (Miyazaki 2023, eq. 7): mean squared error of the field components plus
 with B_pred = -dE_pred/dS by autograd (double backward during training). The paper uses
 lambda = 0 for the square model and 1 for the triangular one.
 
-A run folder holds ``config.json`` (the fully resolved configuration), ``log.csv`` (one row
+A run folder holds ``config.json`` (the fully resolved configuration), ``augmentation.json``
+(the point-group operations the augmentation draws from, written at the start), ``log.csv`` (one row
 per epoch), ``last.pt`` (training state, for resuming), and ``best.pt`` / ``final.pt`` (models
 readable by :func:`klmgraph.load_model`). Every file is written to a temporary name and
 renamed, so an interrupted run never leaves a half-written checkpoint.
@@ -34,7 +35,8 @@ from .nn.forces import compute_field
 from .spins import transverse_part
 
 __all__ = ["DataConfig", "ModelConfig", "OptimizerConfig", "TrainingConfig", "RunConfig",
-           "load_config", "train", "evaluate", "loss_terms", "augment", "load_matching_model"]
+           "load_config", "train", "evaluate", "loss_terms", "augment", "augmentation_record", "recorded_augmentation",
+           "load_matching_model"]
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -312,6 +314,36 @@ def augment(items: list, generator: torch.Generator) -> list:
         new.field[perm] = data.field
         moved.append(new)
     return moved
+
+
+def augmentation_record(graph, enabled: bool) -> dict:
+    """What a run's augmentation draws from, as ``<out>/augmentation.json`` records it: the number
+    of point-group operations of the training graph (``symmetry_perm``), whether mirrors are among
+    them (an operation whose ``symmetry_rotation`` has determinant -1), and one sentence for
+    model cards. Written when a run starts, so that a card shipped later says what the model was
+    trained with, not what the data set holds by then."""
+    perms = getattr(graph, "symmetry_perm", None)
+    operations = 1 if perms is None else int(perms.shape[0])
+    rotations = getattr(graph, "symmetry_rotation", None)
+    mirrors = bool(rotations is not None and (torch.linalg.det(rotations) < 0).any())
+    applied = enabled and operations > 1
+    if not applied:
+        text = "none" if not enabled else "none: the training graph has no point-group operation but the identity"
+    else:
+        kind = "rotations and mirrors" if mirrors else "rotations only"
+        text = f"each configuration under a random one of the lattice's {operations} point-group operations ({kind})"
+    return {"applied": applied, "operations": operations if applied else 1, "mirrors": mirrors and applied,
+            "text": text}
+
+
+def recorded_augmentation(run_folder) -> str:
+    """The sentence of ``<run_folder>/augmentation.json``, or a statement that the run left no
+    record (it was trained before klmgraph wrote one, or its model was not trained there)."""
+    path = Path(run_folder) / "augmentation.json"
+    if not path.is_file():
+        return (f"not recorded ({path} is absent: the model was trained before klmgraph recorded its "
+                "augmentation, or not in this run folder)")
+    return json.loads(path.read_text())["text"]
 
 
 class StackedBatch:
@@ -660,6 +692,9 @@ def train(config: RunConfig, resume: bool = True, progress: bool = True) -> dict
             scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
     (out / "config.json").write_text(json.dumps(resolved, indent=2))
+    if state["epoch"] == 0:  # a resumed run keeps what it started with (or, if older, no record)
+        with atomic_path(out / "augmentation.json") as tmp:
+            tmp.write_text(json.dumps(augmentation_record(train_set.graph, config.data.augment), indent=2))
 
     log_path = out / "log.csv"
     columns = ["epoch", "lr", "train_loss", "train_rmse_field", "val_rmse_field", "val_rmse_energy_per_site",

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import klmgraph
+from klmgraph.train import augmentation_record
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ECNN4KLM = Path(__file__).resolve().parents[2] / "shared" / "ecnn4klm"
@@ -487,6 +488,10 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     (learn / "iter000").mkdir()
     (learn / "iter001").mkdir()
     Committee(members).save(learn / "iter000" / "model.pt")
+    # what `klmgraph learn`'s training run of iteration 0 records when it starts (the card quotes it)
+    (learn / "iter000" / "training").mkdir()
+    (learn / "iter000" / "training" / "augmentation.json").write_text(
+        json.dumps(augmentation_record(graph, True)))
     # iteration 0's training data (the card counts it)
     quick_ed = load_learn_config(example.LEARN_CONFIG, quick=True).system.solver()
     klmgraph.generate_dataset(learn / "data" / "train.h5", quick_ed, num_samples=2, seed=0)
@@ -588,6 +593,8 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     example.main(["--stage", "ship", "--partial"] + base)
     card = klmgraph.model_card("triangular-paper", directory=dest)
     assert card["data"]["committee_of_iteration"] == 1 and card["data"]["committee_trained_on_configurations"] == 3
+    # iteration 1 was not trained in its folder here: the card says so instead of guessing the group
+    assert card["training"]["augmentation"].startswith("not recorded")
     assert (dest / "triangular-paper.pt").read_bytes() == (learn / "iter001" / "model.pt").read_bytes()
     assert {"name", "summary", "date", "lattice", "hamiltonian", "solver", "data", "training", "metrics"} <= set(card)
 
@@ -659,6 +666,8 @@ def test_square_paper_model_quick_writes_beside_its_run(tmp_path, one_thread):
     assert card["metrics"]["train"]["configurations"] == 4 and card["metrics"]["test"]["configurations"] == 2
     assert klmgraph.load_dataset(out / "test.h5").graph.num_nodes == 144
     assert "8 point-group operations (rotations and mirrors)" in card["training"]["augmentation"]
+    # the card names the lattice the labels were computed on, not the paper's 30 x 30
+    assert card["lattice"].startswith("square 12x12 periodic") and "of the 12x12 lattice itself" in card["solver"]
 
 
 @pytest.mark.parametrize("loop_size", [12, 24])

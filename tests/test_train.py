@@ -7,7 +7,8 @@ import torch
 
 import klmgraph
 from klmgraph.cli import main
-from klmgraph.train import augment, config_from_dict, evaluate, load_config, train
+from klmgraph.train import (augment, augmentation_record, config_from_dict, evaluate, load_config,
+                            recorded_augmentation, train)
 
 SMALL_ECNN = {"type": "ecnn", "channels": 4, "num_interactions": 2}
 
@@ -125,6 +126,40 @@ def test_augmentation_keeps_labels_consistent():
         torch.testing.assert_close(b, item.field, rtol=0, atol=1e-10)
         moved += not torch.equal(item.spins, original)
     assert moved > 0
+
+
+def test_run_records_its_augmentation_when_it_starts(datasets, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    train(_config(datasets, run, epochs=1), progress=False)
+    record = json.loads((run / "augmentation.json").read_text())
+    # the square lattice's C4v: 4 rotations and 4 mirrors
+    assert record == {"applied": True, "operations": 8, "mirrors": True,
+                      "text": "each configuration under a random one of the lattice's 8 point-group operations "
+                              "(rotations and mirrors)"}
+    assert recorded_augmentation(run) == record["text"]
+    # a resumed run keeps what it started with: a run from before the record stays without one
+    (run / "augmentation.json").unlink()
+    train(_config(datasets, run, epochs=2), progress=False)
+    assert not (run / "augmentation.json").exists()
+    assert recorded_augmentation(run).startswith("not recorded")
+    off = replace(_config(datasets, tmp_path / "off", epochs=1), data=replace(_config(datasets, run, 1).data,
+                                                                                augment=False))
+    train(off, progress=False)
+    assert json.loads((tmp_path / "off" / "augmentation.json").read_text())["text"] == "none"
+
+
+def test_augmentation_record_names_the_group():
+    graph = klmgraph.triangular(6, 6)
+    assert augmentation_record(graph, True)["operations"] == 12 and augmentation_record(graph, True)["mirrors"]
+    rotations = torch.linalg.det(graph.symmetry_rotation) > 0  # C6 alone, as trained before the mirrors
+    graph.symmetry_perm, graph.symmetry_rotation = graph.symmetry_perm[rotations], graph.symmetry_rotation[rotations]
+    record = augmentation_record(graph, True)
+    assert record["operations"] == 6 and not record["mirrors"] and record["text"].endswith("(rotations only)")
+    graph.symmetry_perm, graph.symmetry_rotation = graph.symmetry_perm[:1], graph.symmetry_rotation[:1]
+    assert not augmentation_record(graph, True)["applied"]
+    assert augmentation_record(graph, True)["text"].startswith("none: the training graph")
 
 
 def test_evaluate_matches_hand_computed_rmse(datasets):
