@@ -440,11 +440,13 @@ def _device_call(fn, device, repeats: int, budget: float):
     return min(times[1:] or times), peak
 
 
-def device_sizes(args, device="cuda") -> list:
+def device_sizes(args, device="cuda", rows=None, on_row=lambda: None) -> list:
     """Energy + field on a GPU: the eager path (the compiled kernel is CPU-only) and the
     published ecnn4klm code on the same device, growing lattices until each runs out of memory
-    (the previous size is the largest that fits) or a call takes longer than ``--budget``."""
-    rows = []
+    (the previous size is the largest that fits) or a call takes longer than ``--budget``.
+    Rows are appended to ``rows`` and ``on_row()`` is called after each, so that a run stopped
+    by a time limit keeps what it measured."""
+    rows = [] if rows is None else rows
     sizes = [64, 96] if args.quick else args.gpu_sizes
     for lattice in args.lattices:
         stopped = set()
@@ -465,6 +467,7 @@ def device_sizes(args, device="cuda") -> list:
                     rows.append({"lattice": lattice, "size": size, "implementation": kind, "out_of_memory": True})
                     print(f"{lattice} {size}x{size} {kind}: out of memory (the largest that fits is the previous size)",
                           flush=True)
+                    on_row()
                     stopped.add(kind)
                     continue
                 seconds, peak = result
@@ -473,15 +476,17 @@ def device_sizes(args, device="cuda") -> list:
                              "ms": seconds * 1e3, "us_per_site": seconds / sites * 1e6, "peak_mb": peak,
                              "bytes_per_site": peak * 2**20 / sites})
                 print(rows[-1], flush=True)
+                on_row()
                 if seconds > args.budget / 4:
                     stopped.add(kind)
     return rows
 
 
-def device_training(args, device="cuda") -> list:
+def device_training(args, device="cuda", rows=None, on_row=lambda: None) -> list:
     """The training step on a GPU (eager path; the peer on the same device), at the CPU table's
-    batch and size and at a batch that fills more of the device."""
-    rows = []
+    batch and size and at a batch that fills more of the device (``rows``, ``on_row``: as
+    :func:`device_sizes`)."""
+    rows = [] if rows is None else rows
     for lattice in args.lattices:
         cases = [(args.train_batch, args.train_size[lattice])] + ([] if args.quick else [(16, 96), (64, 96)])
         for batch, size in cases:
@@ -497,12 +502,14 @@ def device_training(args, device="cuda") -> list:
                     rows.append({"lattice": lattice, "size": size, "batch": batch, "implementation": kind,
                                  "out_of_memory": True})
                     print(f"training {lattice} {batch} x {size}x{size} {kind}: out of memory", flush=True)
+                    on_row()
                     continue
                 seconds, peak = result
                 rows.append({"lattice": lattice, "size": size, "batch": batch, "implementation": kind,
                              "seconds": seconds, "us_per_site": seconds / (batch * size * size) * 1e6,
                              "peak_mb": peak})
                 print(rows[-1], flush=True)
+                on_row()
     return rows
 
 
@@ -624,10 +631,13 @@ def main(argv=None):
     res = {}
     if args.device == "cuda":
         print(json.dumps(info), flush=True)
+        def save():  # after every row: a run stopped by a time limit keeps its rows
+            if args.json:
+                args.json.write_text(json.dumps({"machine": info, **res}, indent=1))
         if "sizes" in args.sections:
-            res["cuda"] = device_sizes(args)
+            device_sizes(args, rows=res.setdefault("cuda", []), on_row=save)
         if "training" in args.sections:
-            res["cuda_training"] = device_training(args)
+            device_training(args, rows=res.setdefault("cuda_training", []), on_row=save)
     else:
         info["matmul_gflops"] = matmul_gflops()
         print(json.dumps(info), flush=True)
