@@ -2,8 +2,10 @@
 
 Written without a GPU (2026-12-02, issue 16); CI proves the device discipline on the CPU with
 ``meta`` tensors (tests/test_device.py) and counts host synchronisations there
-(tests/test_host_syncs.py). Run on one NVIDIA H200 on 2026-12-04 (all checks pass; report in
-docs/benchmarks.md, section "Host synchronisations per LLG step"). Put each new report there:
+(tests/test_host_syncs.py). Run on one NVIDIA H200 on 2026-12-04: every check passed except the
+device tests, which failed on a bug of the tests (cuda != cuda:0) and passed when rerun alone after
+its fix; report in docs/benchmarks.md, section "Host synchronisations per LLG step". Put each new
+report there:
 
     python benchmarks/gpu_check.py [--out gpu_check.md] [--skip-benchmarks]
 

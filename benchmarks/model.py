@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import klmgraph  # noqa: E402
+from klmgraph.files import atomic_path  # noqa: E402
 from klmgraph.timing import machine, synchronize  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -413,102 +414,109 @@ def llg_table(args) -> list:
     return rows
 
 
-def _device_call(fn, device, repeats: int, budget: float):
-    """Best seconds of ``fn`` on ``device`` (one warm-up call first, queued GPU work waited for)
-    and the peak memory of the calls above the memory allocated before them (MB; NaN off CUDA);
-    None where the device ran out of memory."""
+OUT_OF_MEMORY = "out of memory"
+
+
+def _device_call(make, device, repeats: int, budget: float):
+    """Build a call with ``make()`` (None where the implementation is absent) and time it on
+    ``device``: one warm-up call, then up to ``repeats`` timed ones (at least one, fewer once
+    ``budget`` seconds are spent), queued GPU work waited for. Returns (best seconds, peak MiB of
+    the calls above the memory allocated before them: the model, graph tables and inputs built
+    by ``make`` are not counted; NaN off CUDA), None where ``make`` gives None, or
+    ``OUT_OF_MEMORY``."""
     cuda = torch.device(device).type == "cuda"
+    fn = None
     try:
+        fn = make()
+        if fn is None:
+            return None
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         times, start = [], time.perf_counter()
-        for _ in range(repeats + 1):
+        for i in range(repeats + 1):
             t = time.perf_counter()
             fn()
             synchronize(device)
             times.append(time.perf_counter() - t)
-            if time.perf_counter() - start > budget:
+            if i >= 1 and time.perf_counter() - start > budget:
                 break
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
     except torch.OutOfMemoryError:
-        return None
+        return OUT_OF_MEMORY
     finally:
+        fn = None  # free the call's tensors before the next size
         if cuda:
             torch.cuda.empty_cache()
-    return min(times[1:] or times), peak
+    return min(times[1:]), peak
 
 
 def device_sizes(args, device="cuda", rows=None, on_row=lambda: None) -> list:
     """Energy + field on a GPU: the eager path (the compiled kernel is CPU-only) and the
-    published ecnn4klm code on the same device, growing lattices until each runs out of memory
-    (the previous size is the largest that fits) or a call takes longer than ``--budget``.
-    Rows are appended to ``rows`` and ``on_row()`` is called after each, so that a run stopped
-    by a time limit keeps what it measured."""
+    published ecnn4klm code on the same device, growing lattices until an implementation runs
+    out of memory or one of its calls takes longer than a quarter of ``--budget`` (a row says
+    which). Rows are appended to ``rows`` and ``on_row()`` is called after each, so that a run
+    stopped by a time limit keeps what it measured."""
     rows = [] if rows is None else rows
     sizes = [64, 96] if args.quick else args.gpu_sizes
     for lattice in args.lattices:
-        stopped = set()
+        last_fit, stopped = {}, set()
         for size in sizes:
             for kind in ("eager", "ecnn4klm"):
                 if kind in stopped:
                     continue
-                try:
-                    fn, graph, _ = evaluator(kind, lattice, size, device=device)
-                except torch.OutOfMemoryError:
-                    fn, graph = "oom", None
-                if fn is None:
+
+                def make(kind=kind, size=size):
+                    return evaluator(kind, lattice, size, device=device)[0]
+                result = _device_call(make, device, args.repeats, args.budget)
+                row = {"lattice": lattice, "size": size, "implementation": kind}
+                if result is None:  # the peer's code is absent (message printed)
                     stopped.add(kind)
                     continue
-                result = None if fn == "oom" else _device_call(fn, device, args.repeats, args.budget)
-                fn = None
-                if result is None:
-                    rows.append({"lattice": lattice, "size": size, "implementation": kind, "out_of_memory": True})
-                    print(f"{lattice} {size}x{size} {kind}: out of memory (the largest that fits is the previous size)",
-                          flush=True)
-                    on_row()
+                if result == OUT_OF_MEMORY:
                     stopped.add(kind)
-                    continue
-                seconds, peak = result
-                sites = size * size
-                rows.append({"lattice": lattice, "size": size, "implementation": kind, "sites": sites,
-                             "ms": seconds * 1e3, "us_per_site": seconds / sites * 1e6, "peak_mb": peak,
-                             "bytes_per_site": peak * 2**20 / sites})
-                print(rows[-1], flush=True)
+                    fits = last_fit.get(kind)
+                    row["out_of_memory"] = True
+                    print(f"{lattice} {size}x{size} {kind}: out of memory; the largest that fit in this run: "
+                          + (f"{fits}x{fits}" if fits else "none"), flush=True)
+                else:
+                    seconds, peak = result
+                    sites = size * size
+                    last_fit[kind] = size
+                    row.update(sites=sites, ms=seconds * 1e3, us_per_site=seconds / sites * 1e6, peak_mib=peak,
+                               bytes_per_site=peak * 2**20 / sites)
+                    if seconds > args.budget / 4:
+                        stopped.add(kind)
+                        row["stopped_after"] = f"a call took more than --budget / 4 = {args.budget / 4:g} s"
+                    print(row, flush=True)
+                rows.append(row)
                 on_row()
-                if seconds > args.budget / 4:
-                    stopped.add(kind)
     return rows
 
 
 def device_training(args, device="cuda", rows=None, on_row=lambda: None) -> list:
     """The training step on a GPU (eager path; the peer on the same device), at the CPU table's
-    batch and size and at a batch that fills more of the device (``rows``, ``on_row``: as
-    :func:`device_sizes`)."""
+    batch and size and at larger batches, which a GPU needs not to be launch-bound (``rows``,
+    ``on_row``: as :func:`device_sizes`)."""
     rows = [] if rows is None else rows
     for lattice in args.lattices:
         cases = [(args.train_batch, args.train_size[lattice])] + ([] if args.quick else [(16, 96), (64, 96)])
         for batch, size in cases:
             for kind in ("eager", "ecnn4klm"):
-                try:
-                    step = training_step(kind, lattice, size, batch, args.peer_backward, device=device)
-                    result = None if step is None else _device_call(step, device, args.repeats, args.budget)
-                except torch.OutOfMemoryError:
-                    result = "oom"
+                def make(kind=kind, batch=batch, size=size):
+                    return training_step(kind, lattice, size, batch, args.peer_backward, device=device)
+                result = _device_call(make, device, args.repeats, args.budget)
                 if result is None:
                     continue
-                if result == "oom":
-                    rows.append({"lattice": lattice, "size": size, "batch": batch, "implementation": kind,
-                                 "out_of_memory": True})
-                    print(f"training {lattice} {batch} x {size}x{size} {kind}: out of memory", flush=True)
-                    on_row()
-                    continue
-                seconds, peak = result
-                rows.append({"lattice": lattice, "size": size, "batch": batch, "implementation": kind,
-                             "seconds": seconds, "us_per_site": seconds / (batch * size * size) * 1e6,
-                             "peak_mb": peak})
-                print(rows[-1], flush=True)
+                row = {"lattice": lattice, "size": size, "batch": batch, "implementation": kind}
+                if result == OUT_OF_MEMORY:
+                    row["out_of_memory"] = True
+                else:
+                    seconds, peak = result
+                    row.update(seconds=seconds, us_per_site=seconds / (batch * size * size) * 1e6, peak_mib=peak)
+                print(row, flush=True)
+                rows.append(row)
                 on_row()
     return rows
 
@@ -570,19 +578,20 @@ def markdown(info: dict, res: dict) -> str:
                 f"{r['outside_fraction']:.1%} |" for r in res["llg"]]
     if res.get("cuda"):
         out += ["", f"GPU: {info.get('gpu', '?')}. Energy + field of one configuration (eager path; the compiled "
-                "kernel is CPU-only), best of the calls after a warm-up; peak memory above the memory before the calls.",
-                "", "| lattice | size | implementation | ms | us / site | peak MB | bytes / site |",
+                "kernel is CPU-only), best of the calls after a warm-up; peak memory of the calls above the memory "
+                "before them (the model, graph tables and inputs not counted).",
+                "", "| lattice | size | implementation | ms | us / site | peak MiB | bytes / site |",
                 "|---|---|---|---|---|---|---|"]
         out += [f"| {r['lattice']} | {r['size']}x{r['size']} | {r['implementation']} | " +
                 ("out of memory | | | |" if r.get("out_of_memory") else
-                 f"{r['ms']:.2f} | {r['us_per_site']:.4f} | {r['peak_mb']:.0f} | {r['bytes_per_site']:.0f} |")
+                 f"{r['ms']:.2f} | {r['us_per_site']:.4f} | {r['peak_mib']:.0f} | {r['bytes_per_site']:.0f} |")
                 for r in res["cuda"]]
     if res.get("cuda_training"):
-        out += ["", "| GPU training step | batch x size | implementation | s | us / site | peak MB |",
+        out += ["", "| GPU training step | batch x size | implementation | s | us / site | peak MiB |",
                 "|---|---|---|---|---|---|"]
         out += [f"| {r['lattice']} | {r['batch']} x {r['size']}x{r['size']} | {r['implementation']} | " +
                 ("out of memory | | |" if r.get("out_of_memory") else
-                 f"{r['seconds']:.4f} | {r['us_per_site']:.4f} | {r['peak_mb']:.0f} |") for r in res["cuda_training"]]
+                 f"{r['seconds']:.4f} | {r['us_per_site']:.4f} | {r['peak_mib']:.0f} |") for r in res["cuda_training"]]
     return "\n".join(out)
 
 
@@ -611,7 +620,8 @@ def main(argv=None):
                              "gradient), or the parameters' gradient alone as klmgraph's trainer asks")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--budget", type=float, default=90.0, help="seconds per interleaved comparison")
+    parser.add_argument("--budget", type=float, default=90.0, help="seconds per interleaved comparison (--device cuda: per call's timing; an "
+                             "implementation stops growing once a call takes a quarter of it)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, default=None)
@@ -629,11 +639,14 @@ def main(argv=None):
         args.batches, args.train_size, args.budget = [(1, 32), (4, 16)], {"triangular": 12, "square": 12}, 10.0
     info = machine(args.device)
     res = {}
+
+    def save():  # also after every GPU row: a run stopped by a time limit keeps its rows
+        if args.json:
+            with atomic_path(args.json) as tmp:
+                tmp.write_text(json.dumps({"machine": info, **res}, indent=1))
+
     if args.device == "cuda":
         print(json.dumps(info), flush=True)
-        def save():  # after every row: a run stopped by a time limit keeps its rows
-            if args.json:
-                args.json.write_text(json.dumps({"machine": info, **res}, indent=1))
         if "sizes" in args.sections:
             device_sizes(args, rows=res.setdefault("cuda", []), on_row=save)
         if "training" in args.sections:
@@ -648,8 +661,7 @@ def main(argv=None):
     info["load_average_end"] = os.getloadavg()[0]
     print()
     print(markdown(info, res))
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, **res}, indent=1))
+    save()
 
 
 if __name__ == "__main__":

@@ -588,6 +588,16 @@ def portable_path(path: str) -> str:
     return p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else p.name
 
 
+def committee_augmentation(out: Path, iteration: int) -> str:
+    """What the committee of ``iteration`` was trained with: each learning iteration fine-tunes
+    the previous committee, so the records of iterations 0 .. ``iteration`` (one sentence where
+    they agree)."""
+    records = [recorded_augmentation(out / f"iter{k:03d}" / "training") for k in range(iteration + 1)]
+    if len(set(records)) == 1:
+        return records[0]
+    return "; ".join(f"iteration {k}: {text}" for k, text in enumerate(records))
+
+
 def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> dict:
     """Write ``dest``/triangular-paper.{pt,json}: the newest committee of ``out`` and its card."""
     model_path = newest_model(out)
@@ -636,7 +646,7 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
                                f"(examples/triangular_paper_model.py --stage eval-data; explorer {results['explorer']})",
                  "generator": "examples/triangular_paper_model.py"},
         "training": {"config": config, "model_file": model_path.relative_to(out).as_posix(),
-                     "augmentation": recorded_augmentation(model_path.parent / "training"),
+                     "augmentation": committee_augmentation(out, iteration),
                      "machine": f"{platform.processor() or platform.machine()} CPU"},
         "metrics": {"held_out_equilibrium_states": {k: ours[k] for k in pick},
                     "reference": {k: reference[k] for k in ("solver", "fine_grid")},

@@ -324,25 +324,26 @@ def augmentation_record(graph, enabled: bool) -> dict:
     trained with, not what the data set holds by then."""
     perms = getattr(graph, "symmetry_perm", None)
     operations = 1 if perms is None else int(perms.shape[0])
-    rotations = getattr(graph, "symmetry_rotation", None)
-    mirrors = bool(rotations is not None and (torch.linalg.det(rotations) < 0).any())
     applied = enabled and operations > 1
     if not applied:
         text = "none" if not enabled else "none: the training graph has no point-group operation but the identity"
-    else:
-        kind = "rotations and mirrors" if mirrors else "rotations only"
-        text = f"each configuration under a random one of the lattice's {operations} point-group operations ({kind})"
-    return {"applied": applied, "operations": operations if applied else 1, "mirrors": mirrors and applied,
-            "text": text}
+        return {"applied": False, "operations": 1, "mirrors": False, "text": text}
+    rotations = getattr(graph, "symmetry_rotation", None)
+    # a graph built by hand may carry permutations without their Cartesian matrices
+    mirrors = None if rotations is None else bool((torch.linalg.det(rotations) < 0).any())
+    kind = {True: "rotations and mirrors", False: "rotations only", None: "whether mirrors are among them is not known"}
+    return {"applied": True, "operations": operations, "mirrors": mirrors,
+            "text": f"each configuration under a random one of the lattice's {operations} point-group operations "
+                    f"({kind[mirrors]})"}
 
 
 def recorded_augmentation(run_folder) -> str:
     """The sentence of ``<run_folder>/augmentation.json``, or a statement that the run left no
     record (it was trained before klmgraph wrote one, or its model was not trained there)."""
     path = Path(run_folder) / "augmentation.json"
-    if not path.is_file():
-        return (f"not recorded ({path} is absent: the model was trained before klmgraph recorded its "
-                "augmentation, or not in this run folder)")
+    if not path.is_file():  # no path in the sentence: it goes into model cards shipped elsewhere
+        return ("not recorded (no augmentation.json in the training run's folder: the model was trained "
+                "before klmgraph recorded its augmentation, or not there)")
     return json.loads(path.read_text())["text"]
 
 

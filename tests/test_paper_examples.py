@@ -593,8 +593,18 @@ def test_triangular_paper_model_tiny(tmp_path, capsys, one_thread):
     example.main(["--stage", "ship", "--partial"] + base)
     card = klmgraph.model_card("triangular-paper", directory=dest)
     assert card["data"]["committee_of_iteration"] == 1 and card["data"]["committee_trained_on_configurations"] == 3
-    # iteration 1 was not trained in its folder here: the card says so instead of guessing the group
-    assert card["training"]["augmentation"].startswith("not recorded")
+    # each iteration fine-tunes the previous committee: the card quotes the records of both
+    full = augmentation_record(graph, True)["text"]
+    assert card["training"]["augmentation"].startswith(f"iteration 0: {full}; iteration 1: not recorded")
+    rotations = torch.linalg.det(graph.symmetry_rotation) > 0
+    c6 = graph.clone()
+    c6.symmetry_perm, c6.symmetry_rotation = graph.symmetry_perm[rotations], graph.symmetry_rotation[rotations]
+    (learn / "iter001" / "training").mkdir()
+    (learn / "iter001" / "training" / "augmentation.json").write_text(json.dumps(augmentation_record(c6, True)))
+    example.main(["--stage", "ship", "--partial"] + base)
+    card = klmgraph.model_card("triangular-paper", directory=dest)
+    assert card["training"]["augmentation"] == (f"iteration 0: {full}; iteration 1: each configuration under a "
+                                                "random one of the lattice's 6 point-group operations (rotations only)")
     assert (dest / "triangular-paper.pt").read_bytes() == (learn / "iter001" / "model.pt").read_bytes()
     assert {"name", "summary", "date", "lattice", "hamiltonian", "solver", "data", "training", "metrics"} <= set(card)
 

@@ -1,4 +1,5 @@
 import csv
+import json
 import math
 from dataclasses import replace
 
@@ -129,8 +130,6 @@ def test_augmentation_keeps_labels_consistent():
 
 
 def test_run_records_its_augmentation_when_it_starts(datasets, tmp_path):
-    import json
-
     run = tmp_path / "run"
     train(_config(datasets, run, epochs=1), progress=False)
     record = json.loads((run / "augmentation.json").read_text())
@@ -144,9 +143,8 @@ def test_run_records_its_augmentation_when_it_starts(datasets, tmp_path):
     train(_config(datasets, run, epochs=2), progress=False)
     assert not (run / "augmentation.json").exists()
     assert recorded_augmentation(run).startswith("not recorded")
-    off = replace(_config(datasets, tmp_path / "off", epochs=1), data=replace(_config(datasets, run, 1).data,
-                                                                                augment=False))
-    train(off, progress=False)
+    config = _config(datasets, tmp_path / "off", epochs=1)
+    train(replace(config, data=replace(config.data, augment=False)), progress=False)
     assert json.loads((tmp_path / "off" / "augmentation.json").read_text())["text"] == "none"
 
 
@@ -160,6 +158,10 @@ def test_augmentation_record_names_the_group():
     graph.symmetry_perm, graph.symmetry_rotation = graph.symmetry_perm[:1], graph.symmetry_rotation[:1]
     assert not augmentation_record(graph, True)["applied"]
     assert augmentation_record(graph, True)["text"].startswith("none: the training graph")
+    hand_made = klmgraph.square(4, 4)
+    del hand_made.symmetry_rotation  # permutations without their matrices: mirrors unknown, not guessed
+    record = augmentation_record(hand_made, True)
+    assert record["operations"] == 8 and record["mirrors"] is None and "not known" in record["text"]
 
 
 def test_evaluate_matches_hand_computed_rmse(datasets):
