@@ -620,7 +620,8 @@ def main(argv=None):
                              "gradient), or the parameters' gradient alone as klmgraph's trainer asks")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--budget", type=float, default=90.0, help="seconds per interleaved comparison (--device cuda: per call's timing; an "
+    parser.add_argument("--budget", type=float, default=90.0,
+                        help="seconds per interleaved comparison (--device cuda: per timed call; an "
                              "implementation stops growing once a call takes a quarter of it)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
