@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 import klmgraph  # noqa: E402
 from klmgraph.files import atomic_path  # noqa: E402
-from klmgraph.timing import machine, synchronize  # noqa: E402
+from klmgraph.timing import call_times, machine, synchronize  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PEER = SHARED / "ecnn4klm"
@@ -419,8 +419,8 @@ OUT_OF_MEMORY = "out of memory"
 
 def _device_call(make, device, repeats: int, budget: float):
     """Build a call with ``make()`` (None where the implementation is absent) and time it on
-    ``device``: one warm-up call, then up to ``repeats`` timed ones (at least one, fewer once
-    ``budget`` seconds are spent), queued GPU work waited for. Returns (best seconds, peak MiB of
+    ``device`` with :func:`klmgraph.timing.call_times` (a warm-up call, then ``repeats`` timed
+    ones, at least one, fewer once ``budget`` seconds are spent; GPU work waited for). Returns (best seconds, peak MiB of
     the calls above the memory allocated before them: the model, graph tables and inputs built
     by ``make`` are not counted; NaN off CUDA), None where ``make`` gives None, or
     ``OUT_OF_MEMORY``."""
@@ -434,14 +434,7 @@ def _device_call(make, device, repeats: int, budget: float):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        times, start = [], time.perf_counter()
-        for i in range(repeats + 1):
-            t = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append(time.perf_counter() - t)
-            if i >= 1 and time.perf_counter() - start > budget:
-                break
+        times = call_times(fn, repeats, device, budget=budget)
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
     except torch.OutOfMemoryError:
         return OUT_OF_MEMORY
@@ -449,7 +442,7 @@ def _device_call(make, device, repeats: int, budget: float):
         fn = None  # free the call's tensors before the next size
         if cuda:
             torch.cuda.empty_cache()
-    return min(times[1:]), peak
+    return min(times), peak
 
 
 def device_sizes(args, device="cuda", rows=None, on_row=lambda: None) -> list:

@@ -107,13 +107,13 @@ def ship(out: Path, paths: dict[str, Path], config: dict, dest: Path) -> dict:
     if run.name != "ecnn":
         config = json.loads((run / "config.json").read_text())
     model = klmgraph.load_model(run / "best.pt")
-    # the labels' lattice: 30x30, or 12x12 with --quick
-    size = "x".join(str(n) for n in klmgraph.load_dataset(paths["train"]).graph.description["size"])
     metrics = {}
     for split, path in paths.items():
         data = klmgraph.load_dataset(path)
         m = evaluate(model, data, batch_size=4)
         metrics[split] = {"rmse_field": m["rmse_field"], "configurations": len(data)}
+        if split == "train":  # the labels' lattice: 30x30, or 12x12 with --quick
+            size = "x".join(str(n) for n in data.graph.description["size"])
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "best.pt", dest / "square-paper.pt")
     log = list(csv.DictReader(open(run / "log.csv")))

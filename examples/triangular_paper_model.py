@@ -615,7 +615,6 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
     # fine-tuning further on: the card takes the iteration from the committee's folder name
     iteration = int(model_path.parent.name[len("iter"):])
     trained_on = committee_training_set(out, iteration, bool(initial_data))
-    trained_set = klmgraph.load_dataset(trained_on)
     if initial_data:
         config["initial"]["data"] = ([portable_path(p) for p in initial_data] if isinstance(initial_data, list)
                                      else portable_path(initial_data))
@@ -639,7 +638,7 @@ def ship(s: Settings, out: Path, dest: Path, results: dict, partial: bool) -> di
                                   "conditions (klmgraph learn; see training.config)",
                  "iterations": len(report.get("iterations", [])), "stopped": stopped or "not finished (--partial)",
                  "committee_of_iteration": iteration,
-                 "committee_trained_on_configurations": len(trained_set),
+                 "committee_trained_on_configurations": len(klmgraph.load_dataset(trained_on)),
                  "labels": report.get("iterations", [{}])[-1].get("labels") if report.get("iterations") else None,
                  "evaluation": f"{len(results['states'])} equilibrium states at Hz = "
                                f"{', '.join(f'{h:g}' for h in s.fields)} never trained on "
