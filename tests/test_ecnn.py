@@ -32,6 +32,8 @@ def irregular_graph(seed=0):
 GRAPHS = {
     "triangular": lambda: klmgraph.triangular(6, 6, 1.0, 0.0, -0.85),
     "square-open": lambda: klmgraph.square(5, 4, periodic=False),
+    "kagome": lambda: klmgraph.kagome(3, 3),
+    "cubic": lambda: klmgraph.cubic(3, 3, 3),
     "irregular": irregular_graph,
 }
 
@@ -40,10 +42,12 @@ def spins_for(graph, batch=None, seed=1, dtype=torch.float64):
     return klmgraph.random_spins(graph, batch=batch, seed=seed, dtype=dtype)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["default", "eager"])
 @pytest.mark.parametrize("graph_name", list(GRAPHS))
-def test_fast_equals_reference_float64(graph_name):
+def test_fast_equals_reference_float64(graph_name, fused):
     graph = GRAPHS[graph_name]()
     model = small_model(graph)
+    model.fused = fused  # the compiled kernel where it applies (default), or the eager path
     provider = model.bind(graph)
     spins = spins_for(graph, batch=2)
     e_fast, b_fast = provider.energy_and_field(spins)
@@ -67,6 +71,45 @@ def test_fast_equals_reference_float32_published_size():
     e_ref, b_ref = provider.energy_and_field(spins)
     assert abs(e_fast - e_ref) <= 1e-5 * abs(e_ref)
     assert (b_fast - b_ref).abs().max() <= 1e-5 * b_ref.abs().max()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["default", "eager"])
+@pytest.mark.parametrize("graph_name", list(GRAPHS))
+def test_training_gradients_equal_reference_float64(graph_name, fused):
+    """The trainer's path (energy + force loss, double backward, the parameters' gradient) on
+    every kind of graph: the fast path's gradients are the e3nn reference's."""
+    graph = GRAPHS[graph_name]()
+    model = small_model(graph)
+    model.fused = fused
+    spins = spins_for(graph, batch=2)
+    target = torch.randn(spins.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+
+    def gradients(implementation):
+        model.implementation = implementation
+        s = spins.clone().requires_grad_(True)
+        energy = model.energy(s, model.prepare(graph))
+        field = compute_field(energy, s, training=True)
+        loss = ((field - target) ** 2).mean() + 0.1 * (energy / graph.num_nodes + 1.0).pow(2).sum()
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.autograd.grad(loss, params)
+
+    fast, reference = gradients("fast"), gradients("reference")
+    scale = max(g.abs().max().item() for g in reference)
+    assert scale > 1e-3
+    for g_fast, g_ref in zip(fast, reference):
+        torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("graph_name", list(GRAPHS))
+def test_rotation_equivariance_on_every_graph(graph_name):
+    graph = GRAPHS[graph_name]()
+    provider = small_model(graph).bind(graph)
+    spins = spins_for(graph)
+    rot = o3.rand_matrix(dtype=torch.float64)
+    e, b = provider.energy_and_field(spins)
+    e_rot, b_rot = provider.energy_and_field(spins @ rot.T)
+    assert abs(e_rot - e) <= 1e-5 * abs(e)
+    assert (b_rot - b @ rot.T).abs().max() <= 1e-5 * b.abs().max()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -98,8 +141,9 @@ def test_translation_equivariance():
     torch.testing.assert_close(b_t[shifted], b, rtol=0, atol=1e-12)
 
 
-def test_field_is_minus_gradient():
-    graph = GRAPHS["square-open"]()
+@pytest.mark.parametrize("graph_name", list(GRAPHS))
+def test_field_is_minus_gradient(graph_name):
+    graph = GRAPHS[graph_name]()
     model = small_model(graph)
     nb = model.neighbours(graph.edge_index, graph.edge_type, graph.num_nodes)
     spins = spins_for(graph)
