@@ -46,7 +46,7 @@ def step_row(kind, size, provider, device, repeat, dtype=torch.float64, integrat
             "us_per_site": t / graph.num_nodes * 1e6, "timed": n}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--spin-sizes", type=int, nargs="*", default=[48, 96, 192])
@@ -55,7 +55,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", help="also write the markdown table to this file (paste it into docs/benchmarks.md)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine(args.device)
@@ -108,6 +108,7 @@ def main():
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
+    return rows, observables
 
 
 if __name__ == "__main__":
