@@ -39,7 +39,7 @@ between neighbouring fields), with the uncertainty that the grid error gives thr
 where no crossing lies inside the field range the boundary is given as a bound
 (``hz_1_0>0.008``: the lower class stays lowest up to the top field).
 
-    python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 32, 64 / 88, 176 (15.9 min on 2 loaded cores)
+    python examples/triangular_phase_diagram.py --quick --workers 2  # 4 fields, grids 16 / 32, 64 / 88, 176 (13.8-16.5 min on 2 cores)
     nice -n 10 python examples/triangular_phase_diagram.py           # 13 fields, grids 20 / 32, 64 / 128, 256: 3.7 CPU hours, resumable
 
 Every (branch, field) is a JSON record under ``--out``/records, written atomically; running the

@@ -459,7 +459,7 @@ def test_triangular_model_phase_diagram_runs(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_triangular_phase_diagram_quick(tmp_path, capsys):
-    """The documented --quick setting (15.9 minutes on 2 loaded cores, 2026-12-02; docs/results.md)."""
+    """The documented --quick setting (13.8-16.5 minutes on 2 cores, 2026-12-02 and 04; docs/results.md)."""
     load_example("triangular_phase_diagram").main(["--quick", "--workers", "2", "--out", str(tmp_path)])
     assert PHASE_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])
 
