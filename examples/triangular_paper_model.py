@@ -67,7 +67,7 @@ import torch
 
 import klmgraph
 from klmgraph.files import atomic_path
-from klmgraph.learn.loop import committee_training_set
+from klmgraph.learn.loop import committee_training_run, committee_training_set
 from klmgraph.train import recorded_augmentation
 from triangular_phase_diagram import HAMILTONIAN, RANDOM_STARTS, cell_graph, solver, to_lattice
 from triangular_training import ed_llg_snapshots
@@ -592,7 +592,7 @@ def committee_augmentation(out: Path, iteration: int) -> str:
     """What the committee of ``iteration`` was trained with: each learning iteration fine-tunes
     the previous committee, so the records of iterations 0 .. ``iteration`` (one sentence where
     they agree)."""
-    records = [recorded_augmentation(out / f"iter{k:03d}" / "training") for k in range(iteration + 1)]
+    records = [recorded_augmentation(committee_training_run(out, k)) for k in range(iteration + 1)]
     if len(set(records)) == 1:
         return records[0]
     return "; ".join(f"iteration {k}: {text}" for k, text in enumerate(records))

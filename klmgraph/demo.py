@@ -191,6 +191,7 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
     matplotlib.use("Agg")
     from .io import load_model
     from .learn import learn_config_from_dict, run_learning
+    from .learn.loop import committee_training_run
     from .plot import parity_plot, save_run_figures
     from .simulation import simulate
     from .train import evaluate
@@ -222,7 +223,7 @@ def run_demo(out="klmgraph-demo", settings: DemoSettings = DEFAULT, device: str 
     rmse = metrics["rmse_field"]
     parity_plot(metrics["field_pred"], metrics["field_true"], out / "parity.png",
                 title=f"committee, {s.val_samples} random validation configurations: RMSE(B) = {rmse:.4f}")
-    first = _training_log(out / "learn" / "iter000" / "training")
+    first = _training_log(committee_training_run(out / "learn", 0))
     tuned = [_training_log(p) for p in sorted((out / "learn").glob("iter*/training"))[1:]]
     field_scale = float(metrics["field_true"].std())
     entries = learned["iterations"]

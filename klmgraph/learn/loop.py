@@ -58,7 +58,7 @@ from .config import SELECT_BY, LearnConfig, check_candidates
 from .report import write_report
 from .selection import draw_holdout, select_by_spread
 
-__all__ = ["run_learning", "committee_training_set", "STAGES"]
+__all__ = ["run_learning", "committee_training_set", "committee_training_run", "STAGES"]
 
 STAGES = ("random_data", "train", "explore_condition", "explore", "select", "holdout", "measure", "labels", "merge")
 
@@ -70,6 +70,12 @@ def committee_training_set(out: str | Path, iteration: int, initial_data: bool) 
     if iteration == 0:
         return Path(out) / "data" / ("initial_train.h5" if initial_data else "train.h5")
     return Path(out) / f"iter{iteration:03d}" / "train.h5"
+
+
+def committee_training_run(out: str | Path, iteration: int) -> Path:
+    """The ``klmgraph train`` run folder (log, checkpoints, augmentation record) in which a
+    learning run in ``out`` trains iteration ``iteration``'s committee."""
+    return Path(out) / f"iter{iteration:03d}" / "training"
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
@@ -172,7 +178,7 @@ class _Loop:
             self.stage_done("train", k)
             return
         raw = {name: dict(v) for name, v in self.c.train.items()}
-        raw["training"]["out"] = str(self.it(k) / "training")
+        raw["training"]["out"] = str(committee_training_run(self.out, k))
         if k == 0:
             raw["data"] = {"train": str(self.training_set(0)), "validation": str(self.out / "data" / "val.h5")}
             what = "training the committee on random configurations"
